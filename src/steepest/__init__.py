@@ -1,0 +1,42 @@
+"""steepest: steepest descent under any norm for PyTorch.
+
+Sign-based, l_p, coordinate, block-normalized and accelerated non-Euclidean optimizers built on
+one norm abstraction (:mod:`steepest.norms`), plus noise-aware training (:mod:`steepest.stats`),
+geometry diagnostics (:mod:`steepest.geometry`), distributed sign compression
+(:mod:`steepest.distributed`) and the papers' experiments (:mod:`steepest.experiments`).
+"""
+
+from steepest import norms
+from steepest.norms import L1, L2, BlockNorm, Linf, Lp, Norm
+from steepest.optim import (
+    BlockNormalizedSGD,
+    CoordinateDescent,
+    EFSignSGD,
+    Lion,
+    LpDescent,
+    ScaledSignSGD,
+    SignSGD,
+    SteepestDescent,
+    StepOptimizer,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "L1",
+    "L2",
+    "BlockNorm",
+    "BlockNormalizedSGD",
+    "CoordinateDescent",
+    "EFSignSGD",
+    "Linf",
+    "Lion",
+    "Lp",
+    "LpDescent",
+    "Norm",
+    "ScaledSignSGD",
+    "SignSGD",
+    "SteepestDescent",
+    "StepOptimizer",
+    "norms",
+]

@@ -1,0 +1,5 @@
+import sys
+
+from steepest.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""steepest.distributed (see the issue tracker)."""

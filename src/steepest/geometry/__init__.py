@@ -1,0 +1,1 @@
+"""steepest.geometry (see the issue tracker)."""

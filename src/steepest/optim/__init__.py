@@ -1,0 +1,25 @@
+"""Optimizers: every one a ``torch.optim.Optimizer`` built on :mod:`steepest.norms`."""
+
+from steepest.optim.base import StepOptimizer
+from steepest.optim.ef import EFSignSGD
+from steepest.optim.steepest import (
+    BlockNormalizedSGD,
+    CoordinateDescent,
+    Lion,
+    LpDescent,
+    ScaledSignSGD,
+    SignSGD,
+    SteepestDescent,
+)
+
+__all__ = [
+    "BlockNormalizedSGD",
+    "CoordinateDescent",
+    "EFSignSGD",
+    "Lion",
+    "LpDescent",
+    "ScaledSignSGD",
+    "SignSGD",
+    "SteepestDescent",
+    "StepOptimizer",
+]

@@ -1,0 +1,71 @@
+"""Error-feedback sign descent (seed 004, Eq. 12; Karimireddy et al. 2019)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from steepest.norms import Linf, _ops, _safe_div
+from steepest.optim.base import StepOptimizer
+
+__all__ = ["EFSignSGD"]
+
+
+class EFSignSGD(StepOptimizer):
+    """EF-signSGD (seed 004, Eq. 12)::
+
+        p_t     = lr g_t + e_t
+        delta_t = (||p_t||_1 / d) sign(p_t)
+        x_{t+1} = x_t - delta_t
+        e_{t+1} = p_t - delta_t
+
+    with ``d`` and ``||p_t||_1`` taken over the scope (``"global"``: all parameters of the group
+    as one vector; ``"per_tensor"``: each tensor). ``delta_t`` is the l_inf sharp of ``p_t``
+    divided by ``d``. The error ``e`` (initially 0) lives in ``state["error"]``.
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        scope: str = "global",
+        weight_decay: float = 0.0,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        nonfinite: str = "raise",
+    ) -> None:
+        super().__init__(
+            params,
+            dict(lr=lr, scope=scope, weight_decay=weight_decay, maximize=maximize,
+                 foreach=foreach, nonfinite=nonfinite),
+        )
+
+    def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
+        state["error"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    def _update(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        states: list[dict[str, Any]],
+        foreach: bool,
+    ) -> None:
+        ops = _ops(foreach)
+        lr, wd = group["lr"], group["weight_decay"]
+        errs = [s["error"] for s in states]
+        ops.axpy_(errs, grads, lr)  # e <- p = lr g + e
+        per_tensor = group["scope"] == "per_tensor"
+        f = Linf()._factor(errs, ops, per_tensor)
+        sizes = [float(e.numel()) for e in errs]
+        d = torch.tensor(
+            sizes if per_tensor else [sum(sizes)] * len(errs), dtype=f.dual.dtype, device=f.dual.device
+        )
+        delta = ops.mul_(f.unit, list(_safe_div(f.dual, d).unbind(0)))
+        if wd:
+            ops.mul_scalar_(params, 1.0 - lr * wd)
+        ops.axpy_(params, delta, -1.0)
+        ops.axpy_(errs, delta, -1.0)  # e <- p - delta

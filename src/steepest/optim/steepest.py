@@ -1,0 +1,339 @@
+"""Steepest descent under a norm, and the named methods that are presets of it.
+
+One update rule (seed 000, Sec. 3; DESIGN.md):
+
+    c_t = beta1 m_{t-1} + (1 - beta1) g_t              (momentum scheme; c_t = g_t without it)
+    m_t = beta2 m_{t-1} + (1 - beta2) g_t
+    x_{t+1} = (1 - lr wd) x_t - lr * direction(c_t)
+
+where ``direction`` is the norm's steepest-descent direction in one of four modes
+(:meth:`steepest.norms.Factored.coefficients`): ``scaled`` c# (Eq. 10), ``normalized``
+c#/||c||_* (Eq. 49), ``soft`` c#/(||c||_* + beta) (Eq. 52/57) or ``unscaled`` (the norm's
+elementwise map alone, e.g. sign(c)). With ``beta1 = beta2 = b`` this is the EMA momentum of
+Signum (c_t = m_t); with ``beta1 != beta2`` it is Lion's interpolation.
+
+The named optimizers are presets:
+
+=====================  =====================================  ============================
+optimizer              norm, mode                             source
+=====================  =====================================  ============================
+SignSGD                Linf, unscaled (sign); momentum=Signum seed 000 Eq. 2, 001 Alg. 3
+ScaledSignSGD          Linf, scaled (||g||_1 sign g)          seed 000 Eq. 11, 004 Alg. 1-2
+LpDescent              Lp(p, eps), unscaled or scaled         seed 003 Alg. 1
+CoordinateDescent      L1, scaled                             seed 000 Eq. 33
+BlockNormalizedSGD     BlockNorm, normalized (or any mode)    seed 000 App. A.2.2
+Lion                   Linf, unscaled, betas=(0.9, 0.99)      Chen et al. 2023
+=====================  =====================================  ============================
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from steepest.norms import MODES, BlockNorm, L1, Linf, Lp, Norm, _ops
+from steepest.optim.base import StepOptimizer, check_betas, check_choice, check_range
+
+__all__ = [
+    "BlockNormalizedSGD",
+    "CoordinateDescent",
+    "Lion",
+    "LpDescent",
+    "ScaledSignSGD",
+    "SignSGD",
+    "SteepestDescent",
+]
+
+
+def apply_direction(
+    group: dict[str, Any],
+    params: list[Tensor],
+    c: list[Tensor],
+    norm: Norm,
+    mode: str,
+    foreach: bool,
+    *,
+    lr: float | None = None,
+    beta: float = 1.0,
+) -> None:
+    """``x <- (1 - lr wd) x - lr direction(c)``, the shared last line of every steepest method."""
+    ops = _ops(foreach)
+    lr = group["lr"] if lr is None else lr
+    per_tensor = group.get("scope", "global") == "per_tensor"
+    if mode == "unscaled" and isinstance(norm, Lp):
+        # Elementwise map only: no reductions (signSGD must not pay for ||g||_1).
+        units = norm.unit(c, ops)
+    else:
+        f = norm._factor(c, ops, per_tensor)
+        units = ops.mul_(_fresh(f.unit, c), list(f.coefficients(mode, beta).unbind(0)))
+    wd = group.get("weight_decay", 0.0)
+    if wd:
+        ops.mul_scalar_(params, 1.0 - lr * wd)
+    ops.axpy_(params, units, -lr)
+
+
+def _fresh(units: list[Tensor], sources: list[Tensor]) -> list[Tensor]:
+    """Never scale in place a tensor that is the caller's (the l2 unit of z is z itself)."""
+    return [u.clone() if u is s else u for u, s in zip(units, sources)]
+
+
+class SteepestDescent(StepOptimizer):
+    """Steepest descent w.r.t. ``norm`` (seed 000, Sec. 3, Table 1).
+
+    Args:
+        params: parameters or param groups (each group may override every option).
+        lr: step size ``>= 0``.
+        norm: a :class:`steepest.norms.Norm`, e.g. ``Lp(3)``, ``Linf()``, ``BlockNorm()``.
+        mode: ``"scaled"`` x -= lr g# (Eq. 10); ``"normalized"`` x -= lr g#/||g||_* (Eq. 49);
+            ``"soft"`` x -= lr g#/(||g||_* + beta) (Eq. 52/57); ``"unscaled"`` the norm's
+            elementwise map only (sign(g) for Linf, s(g) of seed 003 Alg. 1 for Lp).
+        beta: the ``beta > 0`` of ``soft`` mode.
+        momentum: ``b in [0, 1)``; the direction is taken of m = b m + (1-b) g (m_0 = 0).
+        scope: ``"global"`` takes the norm over all parameters of the group as one vector (the
+            papers' R^d); ``"per_tensor"`` over each tensor on its own.
+        weight_decay: decoupled weight decay, x -= lr wd x.
+        maximize: ascend instead of descend.
+        foreach: ``None`` (loop on CPU, foreach on CUDA), ``True`` or ``False``.
+        nonfinite: ``"raise"`` (default) or ``"skip"`` for NaN/inf gradients.
+
+    A zero gradient gives a zero step in every mode (no 0/0).
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        norm: Norm | dict[str, Any] | str = "l2",
+        mode: str = "scaled",
+        beta: float = 1.0,
+        momentum: float = 0.0,
+        scope: str = "global",
+        weight_decay: float = 0.0,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        nonfinite: str = "raise",
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            norm=norm,
+            mode=mode,
+            beta=beta,
+            momentum=momentum,
+            scope=scope,
+            weight_decay=weight_decay,
+            maximize=maximize,
+            foreach=foreach,
+            nonfinite=nonfinite,
+        )
+        super().__init__(params, defaults)
+
+    def _validate_group(self, group: dict[str, Any]) -> None:
+        super()._validate_group(group)
+        check_choice("mode", group["mode"], MODES)
+        b = group["beta"]
+        if not isinstance(b, (int, float)) or not math.isfinite(b) or b <= 0:
+            raise ValueError(f"beta must be a finite number > 0, got {b!r}")
+        if "betas" in group:
+            check_betas(group["betas"])
+        else:
+            check_range("momentum", group["momentum"], 0.0, 1.0)
+
+    @staticmethod
+    def _betas(group: dict[str, Any]) -> tuple[float, float]:
+        if "betas" in group:
+            return tuple(group["betas"])  # type: ignore[return-value]
+        m = group["momentum"]
+        return m, m
+
+    def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
+        if any(self._betas(group)):
+            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    def _update(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        states: list[dict[str, Any]],
+        foreach: bool,
+    ) -> None:
+        c = momentum_direction_input(self._betas(group), grads, states, foreach)
+        apply_direction(group, params, c, group["norm"], group["mode"], foreach, beta=group["beta"])
+
+
+def momentum_direction_input(
+    betas: tuple[float, float],
+    grads: list[Tensor],
+    states: list[dict[str, Any]],
+    foreach: bool,
+    key: str = "momentum_buffer",
+) -> list[Tensor]:
+    """c = b1 m + (1-b1) g, then m <- b2 m + (1-b2) g (in place). Returns c."""
+    b1, b2 = betas
+    if b1 == 0.0 and b2 == 0.0:
+        return grads
+    ops = _ops(foreach)
+    bufs = [s[key] for s in states]
+    if b1 == b2:
+        ops.lerp_(bufs, grads, 1.0 - b1)
+        return bufs
+    c = ops.lerp(bufs, grads, 1.0 - b1)
+    ops.lerp_(bufs, grads, 1.0 - b2)
+    return c
+
+
+class SignSGD(SteepestDescent):
+    """signSGD, x -= lr sign(g) (seed 000 Eq. 2; seed 004 Eq. 3); with ``momentum=b > 0`` it is
+    Signum / M-SIGN-SGD (seed 001 Alg. 3): m = b m + (1-b) g, x -= lr sign(m)."""
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        nonfinite: str = "raise",
+    ) -> None:
+        super().__init__(
+            params, lr, Linf(), "unscaled", 1.0, momentum, "global", weight_decay,
+            maximize=maximize, foreach=foreach, nonfinite=nonfinite,
+        )
+
+
+class ScaledSignSGD(SteepestDescent):
+    """Norm-scaled sign descent, x -= lr ||g||_1 sign(g): steepest descent w.r.t. l_inf
+    (seed 000 Eq. 11; seed 004 Alg. 1-2). ``scope`` picks the l1 norm over the group or per
+    tensor."""
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        scope: str = "global",
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        nonfinite: str = "raise",
+    ) -> None:
+        super().__init__(
+            params, lr, Linf(), "scaled", 1.0, momentum, scope, weight_decay,
+            maximize=maximize, foreach=foreach, nonfinite=nonfinite,
+        )
+
+
+class LpDescent(SteepestDescent):
+    """Stochastic l_p descent (seed 003, Alg. 1): x -= lr s(g), s_i(g) = sign(g_i)|g_i|^(1/(p-1)).
+
+    ``eps > 0`` smooths the map: s_eps_i(g) = g_i / (|g_i|^((p-2)/(p-1)) + eps) (the paper's
+    form; ``eps_mode="code"`` gives the authors' code's g_i (|g_i| + eps)^(-(p-2)/(p-1))).
+    ``scaled=True`` uses the steepest-descent direction g# = s(g) ||g||_q^((p-2)/(p-1))
+    (q = p/(p-1)) over ``scope``. ``p = 2`` is SGD and ``p = math.inf`` signSGD.
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        p: float = 3.0,
+        eps: float = 0.0,
+        scaled: bool = False,
+        scope: str = "global",
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        *,
+        eps_mode: str = "paper",
+        maximize: bool = False,
+        foreach: bool | None = None,
+        nonfinite: str = "raise",
+    ) -> None:
+        if not isinstance(scaled, bool):
+            raise ValueError(f"scaled must be a bool, got {scaled!r}")
+        super().__init__(
+            params, lr, Lp(p, eps, eps_mode), "scaled" if scaled else "unscaled", 1.0, momentum,
+            scope, weight_decay, maximize=maximize, foreach=foreach, nonfinite=nonfinite,
+        )
+
+
+class CoordinateDescent(SteepestDescent):
+    """Greedy coordinate descent, steepest descent w.r.t. l1 (seed 000, Eq. 33): only the
+    coordinate with the largest |g_i| (over the group, or per tensor) moves, by lr g_i."""
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        scope: str = "global",
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        nonfinite: str = "raise",
+    ) -> None:
+        super().__init__(
+            params, lr, L1(), "scaled", 1.0, 0.0, scope, 0.0,
+            maximize=maximize, foreach=foreach, nonfinite=nonfinite,
+        )
+
+
+class BlockNormalizedSGD(SteepestDescent):
+    """Steepest descent w.r.t. the block norm max_B ||x_B||_2 (seed 000, App. A.2.2).
+
+    ``mode="normalized"`` (default) moves every block by lr along g_B/||g_B||_2 (block-normalized
+    gradient descent); ``"scaled"`` multiplies that by sum_B ||g_B||_2 (Eq. 37-38). Blocks are
+    tensors (``blocks="tensor"``) or rows of matrices (``blocks="row"``).
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        mode: str = "normalized",
+        blocks: str = "tensor",
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        beta: float = 1.0,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        nonfinite: str = "raise",
+    ) -> None:
+        super().__init__(
+            params, lr, BlockNorm(blocks), mode, beta, momentum, "global", weight_decay,
+            maximize=maximize, foreach=foreach, nonfinite=nonfinite,
+        )
+
+
+class Lion(SteepestDescent):
+    """Lion (Chen et al., 2023), the baseline of seed 003: c = b1 m + (1-b1) g;
+    x -= lr (sign(c) + wd x); m = b2 m + (1-b2) g. It is l_inf steepest descent (unscaled) on
+    Lion's interpolated momentum."""
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.99),
+        weight_decay: float = 0.0,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        nonfinite: str = "raise",
+    ) -> None:
+        check_betas(betas)
+        StepOptimizer.__init__(
+            self,
+            params,
+            dict(
+                lr=lr, betas=tuple(betas), weight_decay=weight_decay, norm=Linf(),
+                mode="unscaled", beta=1.0, scope="global", maximize=maximize, foreach=foreach,
+                nonfinite=nonfinite,
+            ),
+        )

@@ -1,0 +1,1 @@
+"""steepest.stats (see the issue tracker)."""
