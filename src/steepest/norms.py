@@ -489,7 +489,7 @@ class BlockNorm(Norm):
     def _block_norms(self, x: Tensor) -> Tensor:
         """l2 norm of every block of x, shaped to broadcast against x."""
         if self._rows(x):
-            return torch.linalg.vector_norm(x.reshape(x.shape[0], -1), dim=1).reshape(
+            return torch.linalg.vector_norm(x.reshape(x.shape[0], math.prod(x.shape[1:])), dim=1).reshape(
                 (x.shape[0],) + (1,) * (x.dim() - 1)
             )
         return torch.linalg.vector_norm(x) if x.numel() else x.new_zeros(())

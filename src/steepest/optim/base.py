@@ -125,7 +125,8 @@ class StepOptimizer(Optimizer):
         # Old checkpoints may lack options added later: fill them from the defaults.
         for group in self.param_groups:
             for k, v in self.defaults.items():
-                group.setdefault(k, v)
+                if k != "differentiable":  # torch's own __setstate__ adds it to defaults
+                    group.setdefault(k, v)
 
     # ---- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
