@@ -62,7 +62,14 @@ class _Ops:
     @staticmethod
     def norms(xs: list[Tensor], ord: float) -> Tensor:
         """Per-tensor vector norms, stacked into a 1-d tensor (0 for empty tensors)."""
-        out = [torch.linalg.vector_norm(x, ord) if x.numel() else x.new_zeros(()) for x in xs]
+        if ord in (1.0, 2.0) or math.isinf(ord):
+            out = [torch.linalg.vector_norm(x, ord) if x.numel() else x.new_zeros(()) for x in xs]
+            return _stack(out)
+        # General l_p: divide by max|x| first, since sum |x|^p overflows for large p or |x|.
+        out = []
+        for x in xs:
+            m = x.abs().amax() if x.numel() else x.new_zeros(())
+            out.append(m * torch.linalg.vector_norm(x / torch.where(m > 0, m, 1.0), ord))
         return _stack(out)
 
     @staticmethod
@@ -138,7 +145,13 @@ class _ForeachOps(_Ops):
             nonempty = [i for i, x in enumerate(xs) if x.numel()]
             vals = iter(torch._foreach_norm([xs[i] for i in nonempty], ord) if nonempty else [])
             return _stack([next(vals) if x.numel() else x.new_zeros(()) for x in xs])
-        return _stack(list(torch._foreach_norm(xs, ord)))
+        if ord in (1.0, 2.0):
+            return _stack(list(torch._foreach_norm(xs, ord)))
+        # General l_p: divide by max|x| first (see _Ops.norms).
+        maxes = _ForeachOps.norms(xs, math.inf)
+        safe = torch.where(maxes > 0, maxes, torch.ones_like(maxes))
+        scaled = torch._foreach_div(xs, list(safe.unbind(0)))
+        return maxes * _stack(list(torch._foreach_norm(scaled, ord)))
 
     @staticmethod
     def sign(xs: list[Tensor]) -> list[Tensor]:
@@ -343,7 +356,7 @@ def _combine_pow(partials: Tensor, q: float, per_tensor: bool) -> Tensor:
     else:
         # Scale by the max before powering so that large q cannot overflow.
         m = partials.max()
-        total = m * torch.linalg.vector_norm(_safe_div(partials, m.expand_as(partials)), q) if m > 0 else m
+        total = m * torch.linalg.vector_norm(partials / torch.where(m > 0, m, 1.0), q)
     return total.expand(partials.shape[0])
 
 
