@@ -16,6 +16,7 @@ from steepest.optim import (
     LpDescent,
     ScaledSignSGD,
     SignSGD,
+    Stacey,
     SteepestDescent,
     StepOptimizer,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "Norm",
     "ScaledSignSGD",
     "SignSGD",
+    "Stacey",
     "SteepestDescent",
     "StepOptimizer",
     "norms",

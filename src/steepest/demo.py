@@ -66,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     header = f"{'optimizer':18s} {'best lr':>9s} {'train loss':>11s} {'test loss':>10s} {'test acc':>9s} {'s/run':>7s}"
     print(header)
     print("-" * len(header))
+    train(args.problem, OPTIMIZERS["SGD (torch)"][0], 0.1, 5, args.seed)  # warm-up, untimed
     rows = []
     for name, (make, grid) in OPTIMIZERS.items():
         runs = [train(args.problem, make, lr, args.steps, args.seed) for lr in grid]

@@ -218,3 +218,50 @@ def test_foreach_default_is_loop_on_cpu():
     p = torch.zeros(3, requires_grad=True)
     opt = SignSGD([p], lr=0.1)
     assert opt._use_foreach(opt.param_groups[0], [p]) is False
+
+
+# ---------------------------------------------------------------- property tests (hypothesis)
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_shape = st.lists(st.integers(0, 5), min_size=0, max_size=3).map(tuple)
+_dtype = st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16])
+
+
+@settings(max_examples=30, deadline=None)
+@given(shapes=st.lists(_shape, min_size=1, max_size=3), dtype=_dtype, seed=st.integers(0, 2**16))
+def test_signsgd_moves_every_nonzero_coordinate_by_lr(shapes, dtype, seed):
+    """For any shapes and dtypes: shape and dtype kept, |x' - x| = lr exactly where g != 0
+    (up to the dtype's rounding of x - lr), and 0 where g == 0."""
+    g = torch.Generator().manual_seed(seed)
+    ps = [torch.randn(s, generator=g).to(dtype).requires_grad_() for s in shapes]
+    grads = [torch.randn(s, generator=g).round().to(dtype) for s in shapes]  # many exact zeros
+    for p, gr in zip(ps, grads):
+        p.grad = gr
+    before = [p.detach().clone() for p in ps]
+    SignSGD(ps, lr=0.25).step()
+    for p, b, gr in zip(ps, before, grads):
+        assert p.shape == b.shape and p.dtype == dtype
+        expected = (b.double() - 0.25 * torch.sign(gr.double())).to(dtype)
+        assert torch.equal(p.detach(), expected)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    shapes=st.lists(_shape, min_size=1, max_size=3),
+    p=st.one_of(st.just(math.inf), st.floats(2.0, 12.0)),
+    scaled=st.booleans(),
+    scope=st.sampled_from(["global", "per_tensor"]),
+)
+def test_lp_descent_step_is_a_descent_direction(shapes, p, scaled, scope):
+    """<g, x - x'> >= 0 for every l_p step (it is lr * <g, s(g)> = lr * sum |g_i|^(p/(p-1)) ...)."""
+    g = torch.Generator().manual_seed(0)
+    ps = [torch.randn(s, generator=g, dtype=D).requires_grad_() for s in shapes]
+    grads = [torch.randn(s, generator=g, dtype=D) for s in shapes]
+    for prm, gr in zip(ps, grads):
+        prm.grad = gr
+    before = [prm.detach().clone() for prm in ps]
+    LpDescent(ps, lr=0.1, p=p, scaled=scaled, scope=scope).step()
+    inner = sum(float((gr * (b - prm.detach())).sum()) for prm, b, gr in zip(ps, before, grads))
+    assert inner >= 0.0
+    assert all(torch.isfinite(prm).all() for prm in ps)

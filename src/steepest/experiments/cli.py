@@ -1,4 +1,14 @@
-"""``steepest reproduce NAME [--quick] [--seeds K] [--out DIR]`` and ``steepest reproduce --list``."""
+"""``steepest reproduce NAME [--quick] [--seeds K] [--out DIR] [--set KEY=VALUE ...]`` and
+``steepest reproduce --list``.
+
+Examples::
+
+    steepest reproduce --list
+    steepest reproduce quadratic-2d --quick
+    steepest reproduce quadratic-grid --seeds 3 --out docs/results/quadratic-grid
+    steepest reproduce adam-ablation --data-dir ~/data --set datasets=fashion-mnist
+    steepest reproduce all --quick --out /tmp/repro
+"""
 
 from __future__ import annotations
 
@@ -8,13 +18,32 @@ import sys
 from steepest.experiments.harness import registry, run_experiment
 
 
+def _parse_set(items: list[str]) -> dict[str, str]:
+    """``["steps=50", "lr=0.1"]`` -> ``{"steps": "50", "lr": "0.1"}``."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        out[key.strip().replace("-", "_")] = value.strip()
+    return out
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", nargs="*", help="experiment name(s); 'all' runs every one")
     parser.add_argument("--list", action="store_true", help="list the experiments and exit")
     parser.add_argument("--quick", action="store_true", help="small budget (under a minute each)")
-    parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default: per experiment)")
+    parser.add_argument(
+        "--seeds", type=int, default=None, help="number of seeds (default: per experiment)"
+    )
     parser.add_argument("--out", default=None, help="output folder (default: results/NAME)")
-    parser.add_argument("--data-dir", default=None, help="folder with standard data files, where used")
+    parser.add_argument(
+        "--data-dir", default=None, help="folder with standard data files, where used"
+    )
+    parser.add_argument(
+        "--set", dest="set_", action="append", default=[], metavar="KEY=VALUE",
+        help="an experiment option (repeatable), e.g. --set steps=200; see each module's doc",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -27,16 +56,32 @@ def run(args: argparse.Namespace) -> int:
     names = list(exps) if args.name == ["all"] else args.name
     unknown = [n for n in names if n not in exps]
     if unknown:
-        print(f"unknown experiment(s) {unknown}; `steepest reproduce --list` shows them", file=sys.stderr)
+        print(
+            f"unknown experiment(s) {unknown}; `steepest reproduce --list` shows them",
+            file=sys.stderr,
+        )
         return 2
+    try:
+        options: dict[str, str | None] = {"data_dir": args.data_dir, **_parse_set(args.set_)}
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    failed = 0
     for name in names:
         out = args.out if (args.out is None or len(names) == 1) else f"{args.out}/{name}"
-        run_experiment(
-            name,
-            quick=args.quick,
-            seeds=args.seeds,
-            out_dir=out,
-            progress=not args.no_progress,
-            options={"data_dir": args.data_dir},
-        )
+        try:
+            summary = run_experiment(
+                name,
+                quick=args.quick,
+                seeds=args.seeds,
+                out_dir=out,
+                progress=not args.no_progress,
+                options=options,
+            )
+        except ValueError as exc:
+            print(f"{name}: {exc}", file=sys.stderr)
+            return 2
+        failed += summary["total"] - summary["holds"]
+    if len(names) > 1:
+        print(f"{len(names)} experiments run; {failed} claim(s) did not hold")
     return 0

@@ -7,9 +7,14 @@ finds them by scanning the package, so adding an experiment is adding one file.
 Outputs of ``run_experiment`` in ``out_dir``:
 
 * ``results.csv``: tidy rows, one per run and logged step (columns chosen by the experiment);
-* ``summary.json``: ``{"experiment", "settings", "claims": [{"id", "claim", "paper", "measured",
-  "holds"}], "figures"}``;
+* ``summary.json``: ``{"experiment", "source", "quick", "seeds", "seconds", "settings",
+  "claims": [{"id", "claim", "paper", "measured", "holds"}], "holds", "total", "figures"}``;
 * one PNG per figure, and a printed claim table.
+
+Options: an experiment reads its own knobs with :meth:`Context.opt` (``steepest reproduce NAME
+--set steps=50``); an option that was given but never read is reported, so a typo cannot pass
+silently. Seeds are ``0 .. seeds-1``; an experiment derives every random draw from them, so a
+rerun with the same arguments writes the same numbers.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ from __future__ import annotations
 import csv
 import importlib
 import json
+import math
 import pkgutil
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -25,6 +32,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+__all__ = [
+    "Claim",
+    "Context",
+    "Experiment",
+    "Result",
+    "format_claims",
+    "registry",
+    "run_experiment",
+    "write_rows",
+]
 
 
 @dataclass
@@ -41,6 +59,36 @@ class Claim:
         self.holds = bool(self.holds)
 
 
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _convert(name: str, value: Any, default: Any) -> Any:
+    """Cast an option given as text (from the command line) to the type of its default."""
+    if not isinstance(value, str) or default is None or isinstance(default, str):
+        return value
+    try:
+        if isinstance(default, bool):
+            low = value.strip().lower()
+            if low in _TRUE | _FALSE:
+                return low in _TRUE
+            raise ValueError(value)
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, (list, tuple)):
+            items = [s for s in value.split(",") if s.strip()]
+            if default:
+                return type(default)(_convert(name, s, default[0]) for s in items)
+            return type(default)(items)
+    except ValueError:
+        raise ValueError(
+            f"option {name}={value!r}: expected a value of type {type(default).__name__}"
+        ) from None
+    return value
+
+
 @dataclass
 class Context:
     """What an experiment's ``run`` receives."""
@@ -50,6 +98,24 @@ class Context:
     out_dir: Path
     progress: bool = True
     options: dict[str, Any] = field(default_factory=dict)
+    used_options: set[str] = field(default_factory=set)
+
+    def opt(self, name: str, default: T) -> T:
+        """Option ``name`` (``--set name=value``), cast to the type of ``default``."""
+        self.used_options.add(name)
+        value = self.options.get(name)
+        if value is None:
+            return default
+        return _convert(name, value, default)
+
+    @property
+    def data_dir(self) -> Path | None:
+        """The ``--data-dir`` folder (standard data files), or ``None``."""
+        d = self.opt("data_dir", "")
+        return Path(d).expanduser() if d else None
+
+    def seed_list(self) -> list[int]:
+        return list(range(self.seeds))
 
     def track(self, iterable: Iterable[T], desc: str = "", total: int | None = None) -> Iterator[T]:
         """Iterate with a progress bar (tqdm) when progress is on and tqdm is installed."""
@@ -65,6 +131,23 @@ class Context:
 
     def figure_path(self, name: str) -> Path:
         return self.out_dir / f"{name}.png"
+
+    @staticmethod
+    def pyplot() -> Any:
+        """matplotlib's pyplot on the Agg backend (no display needed)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        return plt
+
+    def save_figure(self, fig: Any, name: str, dpi: int = 120) -> str:
+        """Save ``fig`` as ``out_dir/name.png``, close it, return the file name."""
+        path = self.figure_path(name)
+        fig.savefig(path, dpi=dpi, bbox_inches="tight")
+        self.pyplot().close(fig)
+        return path.name
 
 
 @dataclass
@@ -102,17 +185,29 @@ def registry() -> dict[str, Experiment]:
     return dict(sorted(found.items()))
 
 
+def _cell(v: Any) -> Any:
+    """CSV cell: floats in full precision but without numpy/torch wrappers."""
+    if hasattr(v, "item") and callable(v.item):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return repr(v)
+    return v
+
+
 def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     """Write tidy rows as CSV; the header is the union of keys in first-seen order."""
     keys: list[str] = []
+    seen: set[str] = set()
     for row in rows:
         for k in row:
-            if k not in keys:
+            if k not in seen:
+                seen.add(k)
                 keys.append(k)
     with path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=keys)
         writer.writeheader()
-        writer.writerows(rows)
+        for row in rows:
+            writer.writerow({k: _cell(v) for k, v in row.items()})
 
 
 def format_claims(name: str, claims: list[Claim]) -> str:
@@ -126,6 +221,14 @@ def format_claims(name: str, claims: list[Claim]) -> str:
     return "\n".join(lines)
 
 
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 0) == 0:
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
+
+
 def run_experiment(
     name: str,
     *,
@@ -136,20 +239,34 @@ def run_experiment(
     options: dict[str, Any] | None = None,
     echo: bool = True,
 ) -> dict[str, Any]:
-    """Run one experiment and write its outputs; returns the summary dict."""
+    """Run one experiment and write its outputs; returns the summary dict.
+
+    Args:
+        name: a name from :func:`registry`.
+        quick: the small budget (under a minute per experiment on two CPU cores).
+        seeds: number of seeds ``>= 1`` (default: the experiment's, quick or full).
+        out_dir: output folder (default ``results/NAME``); created if missing.
+        progress: show progress bars.
+        options: experiment options (see :meth:`Context.opt`), e.g. ``{"steps": 50}``.
+        echo: print the claim table.
+    """
     exps = registry()
     if name not in exps:
         raise ValueError(f"unknown experiment {name!r}; choose one of {sorted(exps)}")
     exp = exps[name]
-    if seeds is not None and seeds < 1:
-        raise ValueError(f"seeds must be >= 1, got {seeds}")
+    if seeds is not None and (not isinstance(seeds, int) or seeds < 1):
+        raise ValueError(f"seeds must be an integer >= 1, got {seeds!r}")
     n_seeds = seeds if seeds is not None else (exp.quick_seeds if quick else exp.default_seeds)
     out = Path(out_dir) if out_dir is not None else Path("results") / name
     out.mkdir(parents=True, exist_ok=True)
-    ctx = Context(quick=quick, seeds=n_seeds, out_dir=out, progress=progress, options=options or {})
+    opts = {k: v for k, v in (options or {}).items() if v is not None}
+    ctx = Context(quick=quick, seeds=n_seeds, out_dir=out, progress=progress, options=opts)
     t0 = time.perf_counter()
     result = exp.run(ctx)
     elapsed = time.perf_counter() - t0
+    unused = sorted(set(opts) - ctx.used_options - {"data_dir"})
+    if unused:
+        print(f"warning: {name} did not use option(s) {unused}", file=sys.stderr)
     write_rows(out / "results.csv", result.rows)
     summary = {
         "experiment": exp.name,
@@ -159,12 +276,17 @@ def run_experiment(
         "seconds": round(elapsed, 2),
         "settings": result.settings,
         "claims": [asdict(c) for c in result.claims],
+        "holds": sum(c.holds for c in result.claims),
+        "total": len(result.claims),
         "figures": result.figures,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_jsonable))
     if echo:
         print(format_claims(exp.name, result.claims))
         if result.settings:
-            print("settings: " + json.dumps(result.settings, default=str))
-        print(f"wrote {out}/results.csv, summary.json and {len(result.figures)} figure(s) in {elapsed:.1f}s")
+            print("settings: " + json.dumps(result.settings, default=_jsonable))
+        print(
+            f"wrote {out}/results.csv, summary.json and {len(result.figures)} figure(s) "
+            f"in {elapsed:.1f}s"
+        )
     return summary

@@ -2,6 +2,7 @@
 
 from steepest.optim.base import StepOptimizer
 from steepest.optim.ef import EFSignSGD
+from steepest.optim.stacey import Stacey
 from steepest.optim.steepest import (
     BlockNormalizedSGD,
     CoordinateDescent,
@@ -20,6 +21,7 @@ __all__ = [
     "LpDescent",
     "ScaledSignSGD",
     "SignSGD",
+    "Stacey",
     "SteepestDescent",
     "StepOptimizer",
 ]

@@ -190,22 +190,17 @@ class StepOptimizer(Optimizer):
         grads = [g for items in gathered for (_, _, g) in items if g.numel()]
         if not grads:
             return True, ""
-        # One reduction per tensor and one host sync per step: max|g| is inf/NaN iff g is.
-        maxes = torch.stack([
-            (torch.view_as_real(g) if g.is_complex() else g).abs().amax().float() for g in grads
-        ])
-        if bool(torch.isfinite(maxes).all()):
+        # Fast path, one host sync per step: a sum is finite whenever every term is (a sum is
+        # the cheapest reduction on CPU, ~10x cheaper than max|g|). Only if some sum is not
+        # (a NaN/inf, or a rare overflow of huge finite values) do we look elementwise.
+        sums = torch.stack([g.sum() for g in grads])
+        if bool(torch.isfinite(sums).all()):
             return True, ""
-        k = int((~torch.isfinite(maxes)).nonzero()[0])
-        seen = 0
         for gi, items in enumerate(gathered):
             for i, p, g in items:
-                if not g.numel():
-                    continue
-                if seen == k:
+                if g.numel() and not bool(torch.isfinite(g).all()):
                     return False, self._named(gi, i, p)
-                seen += 1
-        return False, "a parameter"  # pragma: no cover
+        return True, ""
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
