@@ -9,6 +9,12 @@ geometry diagnostics (:mod:`steepest.geometry`), distributed sign compression
 from steepest import norms
 from steepest.norms import L1, L2, BlockNorm, Linf, Lp, Norm
 from steepest.optim import (
+    MSGD,
+    MSVAG,
+    SVAG,
+    AdamAveraged,
+    AdamShuffled,
+    AdamStar,
     BlockNormalizedSGD,
     CoordinateDescent,
     EFSignSGD,
@@ -26,6 +32,12 @@ __version__ = "0.1.0"
 __all__ = [
     "L1",
     "L2",
+    "MSGD",
+    "MSVAG",
+    "SVAG",
+    "AdamAveraged",
+    "AdamShuffled",
+    "AdamStar",
     "BlockNorm",
     "BlockNormalizedSGD",
     "CoordinateDescent",

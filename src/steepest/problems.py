@@ -239,3 +239,91 @@ register_problem(Problem(
 def describe() -> dict[str, Any]:
     """Name -> description of every registered problem."""
     return {n: p.description for n, p in sorted(_PROBLEMS.items())}
+
+
+# ------------------------------------------------------------------------------ seed 000 App. D.1
+# The CNNs of "The Geometry of Sign Gradient Descent" (seed 000, App. D.1), used by
+# ``steepest reproduce adam-ablation``. Pooling is max-pooling over 3 (x 3) with stride 2
+# ("same" padding, so each pool halves the size, rounding up).
+def cnn_2c2d(in_shape: tuple[int, ...] = (1, 28, 28), classes: int = 10) -> nn.Module:
+    """Seed 000's Fashion-MNIST CNN: conv 5x5 (32) - pool - conv 5x5 (64) - pool - fc 1024 -
+    fc ``classes``, ReLU, "same" convolutions. ``in_shape`` is ``(C, H, W)`` (2-d convolutions)
+    or ``(C, L)`` (the same network with 1-d convolutions, for MNIST-1D)."""
+    if len(in_shape) not in (2, 3):
+        raise ValueError(f"in_shape must be (C, L) or (C, H, W), got {in_shape!r}")
+    conv, pool = (nn.Conv1d, nn.MaxPool1d) if len(in_shape) == 2 else (nn.Conv2d, nn.MaxPool2d)
+    features = nn.Sequential(
+        conv(in_shape[0], 32, 5, padding=2), nn.ReLU(), pool(3, stride=2, padding=1),
+        conv(32, 64, 5, padding=2), nn.ReLU(), pool(3, stride=2, padding=1), nn.Flatten(),
+    )
+    return _with_head(features, in_shape, [1024], classes)
+
+
+def cnn_3c3d(in_shape: tuple[int, int, int] = (3, 32, 32), classes: int = 10) -> nn.Module:
+    """Seed 000's CIFAR-10 CNN (DeepOBS ``cifar10_3c3d``): conv 5x5 (64, valid) - pool - conv 3x3
+    (96, valid) - pool - conv 3x3 (128, same) - pool - fc 512 - fc 256 - fc ``classes``, ReLU.
+    The paper adds an l2 penalty 0.002 (on the weights); the training loop applies it."""
+    features = nn.Sequential(
+        nn.Conv2d(in_shape[0], 64, 5), nn.ReLU(), nn.MaxPool2d(3, stride=2, padding=1),
+        nn.Conv2d(64, 96, 3), nn.ReLU(), nn.MaxPool2d(3, stride=2, padding=1),
+        nn.Conv2d(96, 128, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, stride=2, padding=1),
+        nn.Flatten(),
+    )
+    return _with_head(features, in_shape, [512, 256], classes)
+
+
+def _with_head(features: nn.Module, in_shape: tuple[int, ...], hidden: list[int], classes: int
+               ) -> nn.Module:
+    with torch.no_grad():
+        n = features(torch.zeros(1, *in_shape)).shape[1]
+    layers: list[nn.Module] = [features]
+    for a, b in zip([n, *hidden], hidden):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    layers.append(nn.Linear(([n, *hidden])[-1], classes))
+    return nn.Sequential(*layers)
+
+
+def _mnist1d_channels(seed: int):
+    xtr, ytr, xte, yte = _mnist1d(seed)
+    return xtr[:, None, :], ytr, xte[:, None, :], yte
+
+
+def _data_dir_loader(kind: str) -> Callable[[int], tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """Standard files from ``$STEEPEST_DATA_DIR`` (``steepest reproduce --data-dir`` passes its
+    own folder instead); nothing is downloaded."""
+
+    def load(seed: int):
+        import os
+
+        from steepest.experiments.data import image_tensors
+
+        d = os.environ.get("STEEPEST_DATA_DIR")
+        if not d:
+            raise FileNotFoundError(
+                f"{kind} needs its standard files: set STEEPEST_DATA_DIR (or pass --data-dir)"
+            )
+        return image_tensors(kind, d)
+
+    return load
+
+
+register_problem(Problem(
+    "digits-2c2d", "seed 000's Fashion-MNIST CNN (2 conv + 2 fc) on scikit-learn's 8x8 digits",
+    lambda: cnn_2c2d((1, 8, 8)), _digits_images, _ce, batch_size=64, steps=630,
+    metric=accuracy, tags=("sklearn", "cnn", "seed000"),
+))
+register_problem(Problem(
+    "mnist1d-2c2d", "seed 000's Fashion-MNIST CNN with 1-d convolutions on MNIST-1D",
+    lambda: cnn_2c2d((1, 40)), _mnist1d_channels, _ce, batch_size=64, steps=940,
+    metric=accuracy, tags=("mnist1d", "cnn", "seed000"),
+))
+register_problem(Problem(
+    "fashion-mnist-2c2d", "seed 000's Fashion-MNIST CNN (needs the IDX files, $STEEPEST_DATA_DIR)",
+    lambda: cnn_2c2d((1, 28, 28)), _data_dir_loader("fashion-mnist"), _ce, batch_size=64,
+    steps=6 * 938, metric=accuracy, tags=("cnn", "seed000", "data-dir"),
+))
+register_problem(Problem(
+    "cifar10-3c3d", "seed 000's CIFAR-10 CNN (needs the python batches, $STEEPEST_DATA_DIR)",
+    lambda: cnn_3c3d((3, 32, 32)), _data_dir_loader("cifar10"), _ce, batch_size=128,
+    steps=10 * 391, metric=accuracy, tags=("cnn", "seed000", "data-dir"),
+))

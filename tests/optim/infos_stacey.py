@@ -50,7 +50,8 @@ INFOS = [
     OptimInfo("Stacey-pp-p8", Stacey, {"p": 8.0, "tau": 0.1, "variant": "pp"}, lr=0.02),
     OptimInfo(
         "Stacey-pp-p4-wd-tau1", Stacey,
-        {"p": 4.0, "tau": 1.0, "variant": "pp", "weight_decay": 0.01}, lr=0.05, zero_grad_noop=False,
+        {"p": 4.0, "tau": 1.0, "variant": "pp", "weight_decay": 0.01}, lr=0.05,
+        zero_grad_noop=False,
     ),
     OptimInfo("Stacey-2p-p3", Stacey, {"p": 3.0, "tau": 0.1, "variant": "2p"}, lr=0.05),
     OptimInfo(

@@ -70,7 +70,9 @@ def pack_bits(mask: Tensor) -> Tensor:
     :func:`packed_nbytes` bytes.
     """
     if mask.dim() != 1 or mask.dtype != torch.bool:
-        raise ValueError(f"mask must be a 1-D bool tensor, got {mask.dtype} of shape {tuple(mask.shape)}")
+        raise ValueError(
+            f"mask must be a 1-D bool tensor, got {mask.dtype} of shape {tuple(mask.shape)}"
+        )
     n = mask.numel()
     nbytes = packed_nbytes(n)
     mask = mask.contiguous()
@@ -97,7 +99,9 @@ def _check_packed(packed: Tensor, n: int) -> Tensor:
             f"packed must be a 1-D uint8 tensor, got {packed.dtype} of shape {tuple(packed.shape)}"
         )
     if n < 0 or 8 * packed.numel() < n:
-        raise ValueError(f"n must be in [0, {8 * packed.numel()}] for {packed.numel()} bytes, got {n}")
+        raise ValueError(
+            f"n must be in [0, {8 * packed.numel()}] for {packed.numel()} bytes, got {n}"
+        )
     return packed
 
 
@@ -127,7 +131,38 @@ def pack_signs(x: Tensor, zero_bits: Tensor | int | None = None) -> Tensor:
 
 def unpack_signs(packed: Tensor, n: int, dtype: torch.dtype = torch.float32) -> Tensor:
     """The first ``n`` packed bits as ``+1`` (bit 1) / ``-1`` (bit 0) in ``dtype``."""
-    return unpack_bits(packed, n).to(dtype).mul_(2).sub_(1)
+    packed = _check_packed(packed, n)
+    nb = (n + 7) // 8
+    table = _sign_table(dtype)
+    return torch.index_select(table, 0, packed[:nb].to(torch.int32)).view(-1)[:n]
+
+
+# Lookup tables turn packed bytes into values with one gather (much faster than bit twiddling
+# followed by a dtype conversion): 256 x 8 for signs, 65536 x 8 indexed by pos | neg << 8 for
+# ternary vectors (2 MiB in float32), built once per dtype.
+_TABLES: dict[tuple[str, torch.dtype], Tensor] = {}
+
+
+def _bit_rows(count: int) -> Tensor:
+    """Row ``i`` = the 8 low bits of ``i`` (LSB first) as int8, for ``i < count``."""
+    i = torch.arange(count, dtype=torch.int64).unsqueeze(1)
+    return (i.bitwise_right_shift(torch.arange(8)).bitwise_and(1)).to(torch.int8)
+
+
+def _sign_table(dtype: torch.dtype) -> Tensor:
+    key = ("sign", dtype)
+    if key not in _TABLES:
+        _TABLES[key] = (_bit_rows(256) * 2 - 1).to(dtype)
+    return _TABLES[key]
+
+
+def _ternary_table(dtype: torch.dtype) -> Tensor:
+    key = ("ternary", dtype)
+    if key not in _TABLES:
+        bits = _bit_rows(256)
+        idx = torch.arange(65536)
+        _TABLES[key] = (bits[idx & 255] - bits[idx >> 8]).to(dtype).contiguous()
+    return _TABLES[key]
 
 
 def pack_ternary(v: Tensor) -> tuple[Tensor, Tensor]:
@@ -139,14 +174,29 @@ def pack_ternary(v: Tensor) -> tuple[Tensor, Tensor]:
 def unpack_ternary(
     pos: Tensor, neg: Tensor, n: int, dtype: torch.dtype = torch.float32, out: Tensor | None = None
 ) -> Tensor:
-    """Inverse of :func:`pack_ternary`: ``unpack(pos) - unpack(neg)`` as ``dtype`` (or into
-    ``out``, a 1-D tensor of length ``n``)."""
-    p = unpack_bits(pos, n).view(torch.int8)
-    q = unpack_bits(neg, n).view(torch.int8)
-    r = p.sub(q)
-    if out is None:
-        return r.to(dtype)
-    return out.copy_(r)
+    """Inverse of :func:`pack_ternary`: ``unpack(pos) - unpack(neg)`` as ``dtype``, or written
+    into ``out`` (a 1-D tensor of ``n`` elements, any dtype, e.g. a DDP bucket)."""
+    _check_packed(pos, n)
+    _check_packed(neg, n)
+    if pos.numel() != neg.numel():
+        raise ValueError(
+            f"pos and neg must have the same length, got {pos.numel()} and {neg.numel()}"
+        )
+    nb = (n + 7) // 8
+    if out is not None:
+        if out.dim() != 1 or out.numel() != n:
+            raise ValueError(
+                f"out must be a 1-D tensor of {n} elements, got shape {tuple(out.shape)}"
+            )
+        dtype = out.dtype
+    idx = pos[:nb].to(torch.int32).bitwise_or_(neg[:nb].to(torch.int32).bitwise_left_shift_(8))
+    table = _ternary_table(dtype)
+    if out is not None and n % 8 == 0 and out.is_contiguous():
+        # Gather straight into the destination: no temporary of n elements.
+        torch.index_select(table, 0, idx, out=out.view(nb, 8))
+        return out
+    values = torch.index_select(table, 0, idx).view(-1)[:n]
+    return values if out is None else out.copy_(values)
 
 
 # ------------------------------------------------------------------ bit-sliced counting
@@ -213,13 +263,21 @@ def majority_vote(packed: Tensor, active: Tensor | None = None) -> tuple[Tensor,
         (a tie, or no active voter) is 0 in both planes.
     """
     if packed.dim() != 2 or packed.dtype != torch.uint8:
-        raise ValueError(f"packed must be a (M, B) uint8 tensor, got {packed.dtype} {tuple(packed.shape)}")
+        raise ValueError(
+            f"packed must be a (M, B) uint8 tensor, got {packed.dtype} {tuple(packed.shape)}"
+        )
     m, nbytes = packed.shape
     if m < 1 or nbytes % 8:
-        raise ValueError(f"packed must have M >= 1 rows of a multiple of 8 bytes, got {tuple(packed.shape)}")
+        raise ValueError(
+            f"packed must have M >= 1 rows of a multiple of 8 bytes, got {tuple(packed.shape)}"
+        )
     if active is not None and (active.shape != packed.shape or active.dtype != torch.uint8):
         raise ValueError(f"active must be a uint8 tensor of shape {tuple(packed.shape)}")
-    rows = packed.view(torch.int64) if packed.is_contiguous() else packed.contiguous().view(torch.int64)
+    rows = (
+        packed.view(torch.int64)
+        if packed.is_contiguous()
+        else packed.contiguous().view(torch.int64)
+    )
     words = list(rows.unbind(0))
     nbits = m.bit_length()
     if active is None:

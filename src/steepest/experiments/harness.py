@@ -27,6 +27,7 @@ import pkgutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,8 +40,10 @@ __all__ = [
     "Experiment",
     "Result",
     "format_claims",
+    "log_grid_search",
     "registry",
     "run_experiment",
+    "torch_threads",
     "write_rows",
 ]
 
@@ -87,6 +90,27 @@ def _convert(name: str, value: Any, default: Any) -> Any:
             f"option {name}={value!r}: expected a value of type {type(default).__name__}"
         ) from None
     return value
+
+
+class _TrackedOptions(dict):
+    """A dict that records which keys were looked up (``get``, ``[]``, ``in``), so options an
+    experiment never read can be reported whether it uses :meth:`Context.opt` or the dict."""
+
+    def __init__(self, data: dict[str, Any], seen: set[str]) -> None:
+        super().__init__(data)
+        self._seen = seen
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        self._seen.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key: Any) -> Any:
+        self._seen.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key: object) -> bool:
+        self._seen.add(key)  # type: ignore[arg-type]
+        return super().__contains__(key)
 
 
 @dataclass
@@ -168,6 +192,52 @@ class Experiment:
     run: Callable[[Context], Result]
     default_seeds: int = 1
     quick_seeds: int = 1
+
+
+def log_grid_search(
+    score: Callable[[float], float],
+    centre: float,
+    n_grid: int = 5,
+    factor: float = 4.0,
+    max_extend: int = 6,
+) -> tuple[float, list[tuple[float, float]]]:
+    """Step-size tuning on a logarithmic grid (lower score is better; ``inf`` for a diverged run).
+
+    Scores ``n_grid`` values ``centre * factor^k`` around ``centre``; while the best lies on an
+    edge the grid grows by one value past that edge (at most ``max_extend`` times), so the optimum
+    is bracketed. Returns the best value and every ``(value, score)`` tried, sorted by value.
+    """
+    if n_grid < 1 or factor <= 1 or centre <= 0:
+        raise ValueError(f"need n_grid >= 1, factor > 1, centre > 0; got {n_grid}, {factor}, {centre}")
+    half = n_grid // 2
+    ks = range(-half, n_grid - half)
+    tried = {k: score(centre * factor**k) for k in ks}
+    for _ in range(max_extend):
+        best = min(tried, key=lambda k: (tried[k], abs(k)))
+        if best == min(tried) and len(tried) > 1:
+            k = best - 1
+        elif best == max(tried) and len(tried) > 1:
+            k = best + 1
+        else:
+            break
+        tried[k] = score(centre * factor**k)
+    best = min(tried, key=lambda k: (tried[k], abs(k)))
+    return centre * factor**best, [(centre * factor**k, tried[k]) for k in sorted(tried)]
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run with ``n`` torch intra-op threads, then restore the setting. Experiments on tiny
+    tensors are several times faster single-threaded (no thread hand-off per small op), more so
+    on a shared machine."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def registry() -> dict[str, Experiment]:
@@ -260,11 +330,13 @@ def run_experiment(
     out = Path(out_dir) if out_dir is not None else Path("results") / name
     out.mkdir(parents=True, exist_ok=True)
     opts = {k: v for k, v in (options or {}).items() if v is not None}
-    ctx = Context(quick=quick, seeds=n_seeds, out_dir=out, progress=progress, options=opts)
+    used: set[str] = set()
+    ctx = Context(quick=quick, seeds=n_seeds, out_dir=out, progress=progress,
+                  options=_TrackedOptions(opts, used), used_options=used)
     t0 = time.perf_counter()
     result = exp.run(ctx)
     elapsed = time.perf_counter() - t0
-    unused = sorted(set(opts) - ctx.used_options - {"data_dir"})
+    unused = sorted(set(opts) - used - {"data_dir"})
     if unused:
         print(f"warning: {name} did not use option(s) {unused}", file=sys.stderr)
     write_rows(out / "results.csv", result.rows)

@@ -222,7 +222,7 @@ def run(ctx: Context) -> Result:
             axes[ax_i].plot(rad * np.cos(t), rad * np.sin(t), color="0.8", lw=0.8)
         axes[ax_i].plot(0, 0, "k*", ms=10, label="x*")
         axes[ax_i].set_aspect("equal")
-        axes[ax_i].set_title("Ex. 1: signGD on x1^2 + x2^2 from (a/2, a/2)")
+        axes[ax_i].set_title("Ex. 1: signGD, f = x1^2 + x2^2, x0 = (a/2, a/2)", fontsize=10)
         axes[ax_i].legend(loc="upper left", fontsize=8)
     styles = {"GD": ("C0", "-", 4), "scaled signGD": ("C1", "--", 2.5),
               "EF-signGD": ("C2", ":", 1.5), "signGD": ("C3", "-", 1), "Signum": ("C4", "-", 1)}
@@ -232,13 +232,13 @@ def run(ctx: Context) -> Result:
         axes[2].plot(xcurves[name][0], color=c, ls=ls, lw=lw, label=name)
     axes[1].set_xlabel("iteration k")
     axes[1].set_ylabel("f(x_k) - f*")
-    axes[1].set_title(f"Ex. 4: f = x^2 + 3 sin^2 x, step {STEP}, x0 = {x0s[0]}")
+    axes[1].set_title(f"Ex. 4: f = x^2 + 3 sin^2 x, step {STEP}, x0 = {x0s[0]}", fontsize=10)
     axes[1].legend(fontsize=8)
     axes[2].set_xlabel("iteration k")
     axes[2].set_ylabel("x_k")
     axes[2].set_ylim(-0.15, 0.15)
     axes[2].axhline(0, color="k", lw=0.5)
-    axes[2].set_title("Ex. 4: iterates near x* = 0 (signGD/Signum oscillate)")
+    axes[2].set_title("Ex. 4: iterates x_k near x* = 0", fontsize=10)
     figures.append(ctx.save_figure(fig, "toy_examples"))
 
     # ---- Part 3: Theorem 1 on a diagonal quadratic with known mu and L ----------------------

@@ -462,7 +462,7 @@ def solve_norm_inf1(
     if time_limit is not None and not time_limit > 0:
         raise ValueError(f"time_limit must be > 0 seconds or None, got {time_limit!r}")
     A = _matrix(H, square=False)
-    m, n = A.shape
+    n = A.shape[1]
     if n > MAX_EXACT_DIM:
         raise ValueError(
             f"exact ||H||_inf,1 needs d <= {MAX_EXACT_DIM}, got d = {n}; use heuristic_norm_inf1 "

@@ -1,7 +1,9 @@
 """Optimizers: every one a ``torch.optim.Optimizer`` built on :mod:`steepest.norms`."""
 
+from steepest.optim.adam_ablation import AdamAveraged, AdamShuffled
 from steepest.optim.base import StepOptimizer
 from steepest.optim.ef import EFSignSGD
+from steepest.optim.noise import MSGD, MSVAG, SVAG, AdamStar
 from steepest.optim.stacey import Stacey
 from steepest.optim.steepest import (
     BlockNormalizedSGD,
@@ -14,6 +16,12 @@ from steepest.optim.steepest import (
 )
 
 __all__ = [
+    "MSGD",
+    "MSVAG",
+    "SVAG",
+    "AdamAveraged",
+    "AdamShuffled",
+    "AdamStar",
     "BlockNormalizedSGD",
     "CoordinateDescent",
     "EFSignSGD",

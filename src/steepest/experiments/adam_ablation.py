@@ -1,0 +1,312 @@
+"""``adam-ablation``: Adam against its shuffled and averaged variants and momentum SGD
+(seed 000, Sec. 2, Fig. 1, App. D.1).
+
+Adam's step is ``gamma * sign(m)`` with ``gamma = |m| / (sqrt(v) + eps)`` (Eq. 59).
+:class:`steepest.AdamShuffled` permutes ``gamma`` randomly within each tensor at every step,
+:class:`steepest.AdamAveraged` replaces it by its mean over the tensor (App. D.1: "shuffling and
+averaging is done independently for each variable"); both use Adam's step size, as in the paper.
+M-SGD (:class:`steepest.MSGD`, EMA momentum 0.9) is the reference.
+
+Problems (:mod:`steepest.problems`), all with the paper's architectures:
+
+* ``mnist1d``: the Fashion-MNIST CNN (conv 5 (32) - pool 3/2 - conv 5 (64) - pool 3/2 - fc 1024 -
+  fc 10) with 1-d convolutions on MNIST-1D (generated locally by ``mnist1d``, 4000 train /
+  1000 test), batch 64;
+* ``digits``: the same CNN (2-d) on scikit-learn's 8x8 digits (1348 train / 449 test), batch 64;
+* ``fashion-mnist`` (6 epochs, batch 64) and ``cifar10`` (DeepOBS 3c3d, l2 0.002 on the weights,
+  10 epochs, batch 128): the paper's own set-ups, run when ``--data-dir`` holds the standard files
+  (IDX files; CIFAR-10 python batches), see :mod:`steepest.experiments.data`.
+
+Step sizes, as App. D.1: one for M-SGD and one for Adam per problem, tuned on seed 0 for the
+lowest training loss after the budget on a log grid (factor sqrt(10), starting around the paper's
+values 0.06 and 0.001, growing past an edge while the best lies on it); quick mode skips tuning
+and uses stored values (the full run's choices on the local problems, the paper's on its own).
+
+Claim, per problem: the three Adam variants perform alike. Judged as: the variant's training loss
+averaged over the run (all logged points, mean over seeds) is within a factor 1.25 of Adam's, and its
+final test accuracy within 2 percentage points of Adam's. The numbers are reported either way.
+
+Options (``--set``): ``datasets`` (default ``mnist1d,digits``, plus ``fashion-mnist,cifar10``
+when ``--data-dir`` has them), ``epochs`` (per problem), ``tune`` (default: not quick),
+``train_subset`` (cap on training examples; quick: 5000 on the data-dir problems),
+``evals_per_epoch`` (2).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from steepest import MSGD, AdamAveraged, AdamShuffled
+from steepest.experiments.harness import (
+    Claim,
+    Context,
+    Experiment,
+    Result,
+    log_grid_search,
+    torch_threads,
+)
+from steepest.problems import get_problem
+
+OPTIMIZERS = ("Adam", "AdamShuffled", "AdamAveraged", "M-SGD")
+LOSS_FACTOR = 1.25
+ACC_POINTS = 2.0
+
+
+@dataclass
+class Setup:
+    problem: str
+    epochs: int
+    quick_epochs: int
+    batch: int
+    lr_adam: float  # quick-mode / grid-centre values
+    lr_msgd: float
+    l2: float = 0.0
+    data_dir: str | None = None  # "fashion-mnist" / "cifar10": loaded from --data-dir
+
+
+SETUPS = {
+    # lr values: the full run's tuned choices (docs/results/adam-ablation/summary.json)
+    "mnist1d": Setup("mnist1d-2c2d", 10, 2, 64, 1e-3, 0.06),
+    "digits": Setup("digits-2c2d", 20, 4, 64, 1e-3, 0.06),
+    # seed 000 App. D.1
+    "fashion-mnist": Setup("fashion-mnist-2c2d", 6, 1, 64, 1e-3, 0.06, 0.0, "fashion-mnist"),
+    "cifar10": Setup("cifar10-3c3d", 10, 1, 128, 6e-4, 0.06, 0.002, "cifar10"),
+}
+
+
+def make_optimizer(name: str, params: list[Tensor], lr: float, seed: int) -> torch.optim.Optimizer:
+    if name == "Adam":
+        return torch.optim.Adam(params, lr=lr)
+    if name == "AdamShuffled":
+        return AdamShuffled(params, lr=lr, generator=torch.Generator().manual_seed(seed))
+    if name == "AdamAveraged":
+        return AdamAveraged(params, lr=lr)
+    if name == "M-SGD":
+        return MSGD(params, lr=lr, beta=0.9)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+def l2_penalty(model: nn.Module, factor: float) -> Tensor:
+    """``factor/2 * sum ||W||^2`` over weight matrices and filters (not biases), as DeepOBS's
+    ``l2_regularizer`` in the paper's CIFAR-10 set-up."""
+    return 0.5 * factor * sum((p * p).sum() for p in model.parameters() if p.dim() > 1)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, chunk: int = 1000) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over ``(x, y)``."""
+    model.eval()
+    loss, correct = 0.0, 0
+    for i in range(0, len(x), chunk):
+        out = model(x[i : i + chunk])
+        loss += float(nn.functional.cross_entropy(out, y[i : i + chunk], reduction="sum"))
+        correct += int((out.argmax(-1) == y[i : i + chunk]).sum())
+    model.train()
+    return loss / len(x), correct / len(x)
+
+
+def train(
+    setup: Setup,
+    data: tuple[Tensor, Tensor, Tensor, Tensor],
+    opt_name: str,
+    lr: float,
+    seed: int,
+    epochs: int,
+    evals_per_epoch: int = 2,
+) -> list[dict[str, float]]:
+    """One run, logged ``evals_per_epoch`` times an epoch: the mean minibatch training loss
+    (data term) since the last log, test loss and accuracy. The minibatch order depends on the
+    seed only (the same for every optimizer)."""
+    xtr, ytr, xte, yte = data
+    torch.manual_seed(seed)
+    model = get_problem(setup.problem).make_model()
+    opt = make_optimizer(opt_name, list(model.parameters()), lr, seed)
+    per_epoch = math.ceil(len(xtr) / setup.batch)
+    log_at = {round(j * per_epoch / evals_per_epoch) for j in range(1, evals_per_epoch + 1)}
+    out: list[dict[str, float]] = []
+    step = 0
+    for epoch in range(epochs):
+        order = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+        total, count = 0.0, 0
+        for i in range(per_epoch):
+            idx = order[i * setup.batch : (i + 1) * setup.batch]
+            opt.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(model(xtr[idx]), ytr[idx])
+            obj = loss + l2_penalty(model, setup.l2) if setup.l2 else loss
+            obj.backward()
+            opt.step()
+            step += 1
+            total += float(loss.detach()) * len(idx)
+            count += len(idx)
+            if i + 1 not in log_at:
+                continue
+            train_loss = total / count
+            total, count = 0.0, 0
+            if not math.isfinite(train_loss):
+                out.append({"epoch": step / per_epoch, "step": step, "train_loss": math.inf,
+                            "test_loss": math.inf, "test_acc": 0.0})
+                return out
+            te_loss, te_acc = evaluate(model, xte, yte)
+            out.append({"epoch": step / per_epoch, "step": step, "train_loss": train_loss,
+                        "test_loss": te_loss, "test_acc": te_acc})
+    return out
+
+
+def load_data(name: str, setup: Setup, ctx: Context, subset: int) -> tuple[Tensor, ...]:
+    if setup.data_dir is not None:
+        from steepest.experiments.data import image_tensors
+
+        if ctx.data_dir is None:
+            raise ValueError(f"dataset {name} needs --data-dir with its standard files")
+        xtr, ytr, xte, yte = image_tensors(setup.data_dir, ctx.data_dir)
+    else:
+        xtr, ytr, xte, yte = get_problem(setup.problem).load_data(0)
+    if subset and subset < len(xtr):
+        keep = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(0))[:subset]
+        xtr, ytr = xtr[keep], ytr[keep]
+    return xtr, ytr, xte, yte
+
+
+def default_datasets(ctx: Context) -> list[str]:
+    names = ["mnist1d", "digits"]
+    if ctx.data_dir is not None:
+        from steepest.experiments.data import find_cifar10, find_fashion_mnist
+
+        for name, find in (("fashion-mnist", find_fashion_mnist), ("cifar10", find_cifar10)):
+            try:
+                find(ctx.data_dir)
+                names.append(name)
+            except FileNotFoundError:
+                pass
+    return names
+
+
+def alike(
+    adam: dict[str, float], variant: dict[str, float]
+) -> tuple[bool, float, float]:
+    """The verdict for one variant: (alike, loss ratio variant/Adam, accuracy difference in pp)."""
+    ratio = variant["mean_train_loss"] / adam["mean_train_loss"]
+    dacc = 100.0 * (variant["final_test_acc"] - adam["final_test_acc"])
+    ok = math.isfinite(ratio) and 1 / LOSS_FACTOR <= ratio <= LOSS_FACTOR and abs(dacc) <= ACC_POINTS
+    return ok, ratio, dacc
+
+
+def summarize(runs: list[list[dict[str, float]]]) -> dict[str, float]:
+    """Mean over seeds of the run-averaged training loss and of the final test accuracy."""
+    return {
+        "mean_train_loss": float(np.mean([np.mean([r["train_loss"] for r in run]) for run in runs])),
+        "final_test_acc": float(np.mean([run[-1]["test_acc"] for run in runs])),
+        "final_train_loss": float(np.mean([run[-1]["train_loss"] for run in runs])),
+    }
+
+
+def run(ctx: Context) -> Result:
+    with torch_threads(1):
+        return _run(ctx)
+
+
+def _run(ctx: Context) -> Result:
+    datasets = ctx.opt("datasets", default_datasets(ctx))
+    tune = ctx.opt("tune", not ctx.quick)
+    epochs_opt = ctx.opt("epochs", 0)
+    subset_opt = ctx.opt("train_subset", 0)
+    evals = ctx.opt("evals_per_epoch", 2)
+    if evals < 1:
+        raise ValueError(f"evals_per_epoch must be >= 1, got {evals}")
+    unknown = [d for d in datasets if d not in SETUPS]
+    if unknown:
+        raise ValueError(f"datasets: unknown {unknown}; choose from {sorted(SETUPS)}")
+    rows: list[dict] = []
+    claims: list[Claim] = []
+    settings: dict = {"optimizers": list(OPTIMIZERS), "msgd_beta": 0.9, "adam_betas": [0.9, 0.999],
+                      "adam_eps": 1e-8, "datasets": {}}
+    curves: dict[str, dict[str, list[list[dict[str, float]]]]] = {}
+    for name in datasets:
+        setup = SETUPS[name]
+        epochs = epochs_opt or (setup.quick_epochs if ctx.quick else setup.epochs)
+        subset = subset_opt or (5000 if ctx.quick and setup.data_dir else 0)
+        data = load_data(name, setup, ctx, subset)
+        lrs = {"adam": setup.lr_adam, "msgd": setup.lr_msgd}
+        tuning: dict = {}
+        if tune:
+            for key, opt_name in (("adam", "Adam"), ("msgd", "M-SGD")):
+                def score(lr: float, opt_name: str = opt_name, data=data, setup=setup,
+                          epochs: int = epochs) -> float:
+                    res = train(setup, data, opt_name, lr, 0, epochs, evals_per_epoch=1)
+                    last = res[-1]["train_loss"]  # mean training loss over the last epoch
+                    return last if math.isfinite(last) and len(res) == epochs else math.inf
+
+                lr, tried = log_grid_search(score, lrs[key], 3, math.sqrt(10.0))
+                lrs[key] = lr
+                tuning[opt_name] = [{"lr": a, "final_train_loss": b} for a, b in tried]
+        curves[name] = {}
+        jobs = [(o, s) for o in OPTIMIZERS for s in ctx.seed_list()]
+        for opt_name, seed in ctx.track(jobs, desc=f"{name}"):
+            lr = lrs["msgd"] if opt_name == "M-SGD" else lrs["adam"]
+            res = train(setup, data, opt_name, lr, seed, epochs, evals)
+            curves[name].setdefault(opt_name, []).append(res)
+            for r in res:
+                rows.append({"dataset": name, "optimizer": opt_name, "lr": lr, "seed": seed, **r})
+        stats = {o: summarize(curves[name][o]) for o in OPTIMIZERS}
+        verdicts = {v: alike(stats["Adam"], stats[v]) for v in ("AdamShuffled", "AdamAveraged")}
+        settings["datasets"][name] = {
+            "problem": setup.problem, "epochs": epochs, "batch": setup.batch, "l2": setup.l2,
+            "train_examples": len(data[0]), "test_examples": len(data[2]),
+            "lr_adam": lrs["adam"], "lr_msgd": lrs["msgd"], "tuned": tune, "tuning": tuning,
+            "stats": stats,
+        }
+        parts = [f"{o}: train loss {stats[o]['mean_train_loss']:.4f} (run mean), "
+                 f"test acc {100 * stats[o]['final_test_acc']:.1f}%" for o in OPTIMIZERS]
+        claims.append(Claim(
+            f"{name}/adam-variants-alike",
+            "Adam, Adam with shuffled gamma and Adam with averaged gamma perform alike (training "
+            f"loss over the run within x{LOSS_FACTOR:g} of Adam's, final test accuracy within "
+            f"{ACC_POINTS:g} points)",
+            "seed 000 Fig. 1: 'Both variants perform very similarly to original Adam, suggesting "
+            "that Adam is primarily a sign-based method'",
+            f"[{name}, {setup.problem}, {epochs} epochs, {ctx.seeds} seed(s), Adam lr "
+            f"{lrs['adam']:.2g}] " + "; ".join(parts)
+            + "; ratios to Adam: " + ", ".join(
+                f"{v} loss x{r:.2f}, acc {d:+.1f} pts" for v, (_, r, d) in verdicts.items()),
+            all(ok for ok, _, _ in verdicts.values()),
+        ))
+
+    plt = ctx.pyplot()
+    fig, axes = plt.subplots(len(datasets), 2, figsize=(11, 3.6 * len(datasets)), squeeze=False)
+    for row, name in enumerate(datasets):
+        for i, o in enumerate(OPTIMIZERS):
+            runs = curves[name][o]
+            n = min(len(r) for r in runs)
+            ep = np.array([runs[0][k]["epoch"] for k in range(n)])
+            for col, key, scale in ((0, "train_loss", 1.0), (1, "test_acc", 100.0)):
+                vals = np.array([[r[k][key] for k in range(n)] for r in runs]) * scale
+                ax = axes[row, col]
+                ax.plot(ep, vals.mean(0), color=f"C{i}", marker=".", label=o,
+                        ls="--" if o == "M-SGD" else "-")
+                if len(runs) > 1:
+                    ax.fill_between(ep, vals.min(0), vals.max(0), color=f"C{i}", alpha=0.15)
+        axes[row, 0].set_yscale("log")
+        axes[row, 0].set_ylabel("training loss")
+        axes[row, 1].set_ylabel("test accuracy (%)")
+        for col in (0, 1):
+            axes[row, col].set_xlabel("epoch")
+            axes[row, col].set_title(f"{name} ({SETUPS[name].problem})", fontsize=10)
+        axes[row, 0].legend(fontsize=8)
+    fig.tight_layout()
+    figures = [ctx.save_figure(fig, "adam_ablation")]
+    return Result(rows=rows, claims=claims, settings=settings, figures=figures)
+
+
+EXPERIMENT = Experiment(
+    name="adam-ablation",
+    description="Adam vs Adam with shuffled / averaged gamma vs M-SGD on the paper's CNNs",
+    source="seed 000 Fig. 1, App. D.1",
+    run=run,
+    default_seeds=3,
+    quick_seeds=1,
+)

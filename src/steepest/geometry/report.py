@@ -1,0 +1,280 @@
+"""The sign-friendliness report: does sign descent (l_inf steepest descent) suit this problem?
+
+Seed 000 (Sec. 4-5) compares the guaranteed one-step progress of gradient descent,
+``||g||_2^2 / L_2`` (Eq. 28), and norm-scaled sign descent, ``||g||_1^2 / L_inf`` (Eq. 29); their
+ratio is ``R = phi(g) d L_2 / L_inf`` (Eq. 31). Sign descent is favoured when the gradient is
+dense (``phi`` near 1) and ``L_inf << d L_2``, which needs outlier eigenvalues
+(``lambda_max >> lambda_bar``, Eq. 24) and diagonal concentration (``rho_diag`` large, Prop. 4).
+
+:func:`geometry_report` measures all of these at the model's current parameters. ``L_inf`` is
+NP-hard, so it is reported as a bracket: the lower end is always certified (the value of an
+explicit sign vector), the upper end is certified when it comes from ``d L_2`` (Eq. 23), Prop. 5
+or the entrywise sum of a dense Hessian, and marked as an estimate otherwise. ``R`` is reported
+for both ends of the bracket.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from steepest.geometry import dense as D
+from steepest.geometry import models as M
+
+__all__ = ["GeometryReport", "geometry_report"]
+
+
+@dataclass
+class GeometryReport:
+    """Every number of the report; :meth:`format` prints it, :meth:`to_dict` serializes it."""
+
+    name: str
+    dim: int
+    num_examples: int
+    loss: float
+    grad_norm: float
+    density: float
+    L2: float
+    lambda_max: float
+    lambda_min: float
+    trace: float
+    abs_trace: float
+    rho_diag: float
+    rho_diag_stderr: float
+    linf_lower: float
+    linf_lower_source: str
+    linf_upper: float
+    linf_upper_source: str
+    linf_upper_certified: bool
+    mode: str  # "dense", "dense+exact" or "matrix-free"
+    estimates: dict[str, str] = field(default_factory=dict)  # quantity -> how it was obtained
+    extra: dict[str, float] = field(default_factory=dict)
+    density_history: list[tuple[int, float, float]] = field(default_factory=list)
+    hvps: int = 0
+    seconds: float = 0.0
+
+    @property
+    def lambda_bar(self) -> float:
+        """Mean absolute eigenvalue ``(1/d) sum_i |lambda_i|`` (seed 000, Eq. 24)."""
+        return self.abs_trace / self.dim
+
+    @property
+    def outlier_ratio(self) -> float:
+        """``max_i |lambda_i| / lambda_bar`` (Eq. 24): large means outlier eigenvalues."""
+        return self.L2 / self.lambda_bar if self.lambda_bar > 0 else math.nan
+
+    @property
+    def advantage(self) -> tuple[float, float]:
+        """``R = phi d L_2 / L_inf`` (Eq. 31) at the upper and the lower end of the bracket."""
+        num = self.density * self.dim * self.L2
+        lo = num / self.linf_upper if self.linf_upper > 0 else math.nan
+        hi = num / self.linf_lower if self.linf_lower > 0 else math.nan
+        return lo, hi
+
+    def verdict(self) -> str:
+        lo, hi = self.advantage
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            return "undetermined (zero gradient or zero curvature)"
+        if lo > 1:
+            note = "" if self.linf_upper_certified else " (using the estimated upper end of L_inf)"
+            return (f"sign descent (R >= {lo:.3g} > 1): its progress guarantee beats gradient "
+                    f"descent's{note}")
+        if hi < 1:
+            return f"gradient descent (R <= {hi:.3g} < 1): sign descent's guarantee is worse here"
+        return (f"undecided: R lies in [{lo:.3g}, {hi:.3g}], which contains 1; "
+                "a tighter L_inf bracket would settle it")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        lo, hi = self.advantage
+        out.update(lambda_bar=self.lambda_bar, outlier_ratio=self.outlier_ratio,
+                   advantage_lower=lo, advantage_upper=hi, verdict=self.verdict())
+        return out
+
+    def format(self) -> str:
+        d = self.dim
+        lo, hi = self.advantage
+        est = self.estimates
+        cert = "certified" if self.linf_upper_certified else "estimate"
+
+        def how(key: str) -> str:
+            return f"  [{est[key]}]" if key in est else ""
+
+        lines = [
+            f"geometry of {self.name}: d = {d:,} parameters, N = {self.num_examples:,} examples, "
+            f"{self.mode} ({self.hvps:,} Hessian-vector products, {self.seconds:.1f} s)",
+            f"  loss                                 {self.loss:.6g}",
+            f"  gradient: ||g||_2 = {self.grad_norm:.4g}, density phi(g) = {self.density:.4g}"
+            f"  (Eq. 30; 1/d = {1 / d:.2g} sparse ... 1 dense)",
+            "curvature (Hessian at the current parameters)",
+            f"  L_2 = max|lambda|                    {self.L2:.6g}{how('L2')}",
+            f"  lambda_max / lambda_min              {self.lambda_max:.6g} / {self.lambda_min:.6g}",
+            f"  tr(H) = sum lambda                   {self.trace:.6g}{how('trace')}",
+            f"  lambda_bar = sum|lambda| / d         {self.lambda_bar:.6g}{how('abs_trace')}",
+            f"  max|lambda| / lambda_bar             {self.outlier_ratio:.4g}"
+            "  (Eq. 24: >> 1 favours sign descent)",
+            f"  rho_diag                             {self.rho_diag:.4g}"
+            + (f" +- {self.rho_diag_stderr:.2g}" if self.rho_diag_stderr > 0 else "")
+            + f"{how('rho_diag')}  (Prop. 4; in [1/d, 1], 1 = diagonal)",
+            "l_inf smoothness L_inf = ||H||_inf,1 (Eq. 19, NP-hard: a bracket)",
+            f"  lower (certified: {self.linf_lower_source:<22s}) {self.linf_lower:.6g}",
+            f"  upper ({cert}: {self.linf_upper_source:<{31 - len(cert)}s}) {self.linf_upper:.6g}",
+            f"  L_inf / (d L_2) in [{self.linf_lower / (d * self.L2):.3g}, "
+            f"{self.linf_upper / (d * self.L2):.3g}]  (Eq. 23: between 1/d and 1)"
+            if self.L2 > 0 else "  L_2 = 0: the loss is linear here",
+        ]
+        for k, v in self.extra.items():
+            lines.append(f"  {k:<37s}{v:.6g}")
+        lines += [
+            "prediction (Eq. 31: R = phi d L_2 / L_inf, sign-descent progress / GD progress)",
+            f"  R in [{lo:.4g}, {hi:.4g}]",
+            f"  favours: {self.verdict()}",
+        ]
+        if self.density_history:
+            lines.append("gradient density along training (full gradient)")
+            lines.append("     step        loss    phi(g)")
+            for t, loss, phi in self.density_history:
+                lines.append(f"  {t:7d}  {loss:10.5g}  {phi:8.4g}")
+        return "\n".join(lines)
+
+
+def geometry_report(
+    model: nn.Module,
+    loss_fn: Any,
+    data: Any,
+    *,
+    name: str = "model",
+    mode: str = "auto",
+    dense_max: int = 2000,
+    exact_max: int = 24,
+    num_probes: int = 8,
+    slq_steps: int = 40,
+    num_columns: int = 128,
+    lb_random: int = 4,
+    lb_iterations: int = 10,
+    seed: int = 0,
+    progress: bool = False,
+    check_deterministic: bool = True,
+) -> GeometryReport:
+    """Measure the sign-friendliness quantities of ``loss_fn(model(x), y)`` averaged over ``data``.
+
+    ``mode="dense"`` builds the Hessian (``d`` HVPs) and computes the spectrum, ``rho_diag``,
+    Prop. 5 and the entrywise bound exactly, ``L_inf`` exactly when ``d <= exact_max``;
+    ``"matrix-free"`` uses only HVPs: Lanczos (``eigsh``) for ``L_2``/``lambda_max``/
+    ``lambda_min``, Hutchinson for ``tr H``, stochastic Lanczos quadrature for ``sum|lambda|``,
+    ``num_columns`` sampled columns for ``rho_diag`` and ``sum_ij |H_ij|``, and a sign-vector
+    search for the certified lower bound; ``"auto"`` picks dense when ``d <= dense_max``.
+    """
+    if mode not in ("auto", "dense", "matrix-free"):
+        raise ValueError(f"mode must be 'auto', 'dense' or 'matrix-free', got {mode!r}")
+    t0 = time.perf_counter()
+    op = M.HessianOperator(model, loss_fn, data)
+    if check_deterministic:
+        op.check_deterministic()
+    d = op.dim
+    loss, g = op.gradient()
+    gnorm = float(g.norm())
+    phi = D.density(g) if gnorm > 0 else math.nan
+    use_dense = mode == "dense" or (mode == "auto" and d <= dense_max)
+    if use_dense:
+        rep = _dense_report(op, name, loss, gnorm, phi, exact_max, seed, progress)
+    else:
+        rep = _matrix_free_report(op, name, loss, g, gnorm, phi, num_probes, slq_steps, num_columns,
+                                  lb_random, lb_iterations, seed, progress)
+    rep.hvps = op.num_hvps
+    rep.seconds = time.perf_counter() - t0
+    return rep
+
+
+def _dense_report(op: M.HessianOperator, name: str, loss: float, gnorm: float, phi: float,
+                  exact_max: int, seed: int, progress: bool) -> GeometryReport:
+    H = op.dense(progress=progress).double().cpu().numpy()
+    H = 0.5 * (H + H.T)  # HVPs are symmetric up to rounding
+    d = H.shape[0]
+    lam = np.linalg.eigvalsh(H)
+    L2 = float(np.abs(lam).max())
+    abs_sum = float(np.abs(H).sum())
+    rho = D.rho_diag(H)
+    p5 = D.prop5_bound(H)
+    uppers = {"entrywise sum|H_ij| (Eq.80)": abs_sum, "Prop. 5 (Eq. 21)": p5, "d L_2 (Eq. 23)": d * L2}
+    extra = {"Prop. 5 bound (Eq. 21)": p5, "entrywise bound sum|H_ij|": abs_sum,
+             "Eq. 22 lower bound": D.lower_bound_eq22(H)}
+    if lam.min() >= -1e-10 * max(L2, 1e-300) * d and abs_sum > 0:
+        extra["Prop. 4 bound (PSD, Eq. 20)"] = D.prop4_bound(H)
+    mode = "dense"
+    if d <= exact_max:
+        res = D.solve_norm_inf1(H, time_limit=60.0, progress=progress)
+        lower, lsrc = res.lower, ("exact (branch-and-bound)" if res.exact else "branch-and-bound")
+        if res.exact:
+            uppers = {"exact (branch-and-bound)": res.upper}
+            mode = "dense+exact"
+        else:
+            uppers["branch-and-bound bracket"] = res.upper
+    else:
+        lower = D.heuristic_norm_inf1(H, starts=8, seed=seed)
+        lsrc = "sign local search"
+        eq22 = extra["Eq. 22 lower bound"]
+        if eq22 > lower:
+            lower, lsrc = eq22, "Eq. 22 (eigenvector)"
+    usrc = min(uppers, key=uppers.get)  # type: ignore[arg-type]
+    return GeometryReport(
+        name=name, dim=d, num_examples=op.num_examples, loss=loss, grad_norm=gnorm, density=phi,
+        L2=L2, lambda_max=float(lam.max()), lambda_min=float(lam.min()), trace=float(lam.sum()),
+        abs_trace=float(np.abs(lam).sum()), rho_diag=rho, rho_diag_stderr=0.0,
+        linf_lower=lower, linf_lower_source=lsrc, linf_upper=uppers[usrc], linf_upper_source=usrc,
+        linf_upper_certified=True, mode=mode, extra=extra,
+    )
+
+
+def _matrix_free_report(op: M.HessianOperator, name: str, loss: float, g: torch.Tensor,
+                        gnorm: float, phi: float, num_probes: int, slq_steps: int,
+                        num_columns: int, lb_random: int, lb_iterations: int, seed: int,
+                        progress: bool) -> GeometryReport:
+    d = op.dim
+    lam_lm, v_lm = M.top_eigenvalues(op, 1, which="LM", seed=seed)
+    lam_la, v_la = M.top_eigenvalues(op, 1, which="LA", seed=seed)
+    lam_sa, _ = M.top_eigenvalues(op, 1, which="SA", seed=seed)
+    L2 = float(abs(lam_lm[0]))
+    trace, tr_se = M.hutchinson_trace(op, num_samples=num_probes * 4, seed=seed)
+    abs_tr, abs_se = M.slq_trace(op, np.abs, num_probes=num_probes, steps=slq_steps, seed=seed,
+                                 progress=progress)
+    dc = M.diagonal_concentration(op, num_columns, seed=seed, progress=progress)
+    lb = M.inf1_lower_bound(op, num_random=lb_random, eigvecs=[v_lm[:, 0], v_la[:, 0]],
+                            extra={"grad": g}, iterations=lb_iterations, seed=seed,
+                            progress=progress)
+    # Eq. 22 with the computed eigenvector: ||H v||_1 / ||v||_inf is a bound for *any* v
+    v = torch.as_tensor(v_lm[:, 0])
+    eq22 = float(op.matvec(v).abs().sum() / v.abs().max())
+    lower, lsrc = lb.value, f"sign search ({lb.source})"
+    if eq22 > lower:
+        lower, lsrc = eq22, "Eq. 22 (eigenvector)"
+    estimates = {
+        "L2": "Lanczos (eigsh)",
+        "trace": f"Hutchinson, +- {tr_se:.2g}",
+        "abs_trace": f"stochastic Lanczos quadrature, sum|lambda| +- {abs_se:.2g}",
+        "rho_diag": ("exact, all columns" if dc.exact
+                     else f"estimate from {dc.columns} sampled columns"),
+    }
+    uppers = {"d L_2 (Eq. 23)": (d * L2, True)}
+    if dc.exact:
+        uppers["entrywise sum|H_ij| (Eq.80)"] = (dc.abs_sum, True)
+    else:
+        uppers["entrywise sum|H_ij| (Eq.80)"] = (dc.abs_sum, False)
+    usrc = min(uppers, key=lambda k: uppers[k][0])
+    extra = {"sign search lower bound": lb.value, "Eq. 22 lower bound": eq22,
+             "d L_2 (certified upper)": d * L2,
+             "sum|H_ij| " + ("(exact)" if dc.exact else "(estimated)"): dc.abs_sum}
+    return GeometryReport(
+        name=name, dim=d, num_examples=op.num_examples, loss=loss, grad_norm=gnorm, density=phi,
+        L2=L2, lambda_max=float(lam_la[0]), lambda_min=float(lam_sa[0]), trace=trace,
+        abs_trace=abs_tr, rho_diag=dc.rho, rho_diag_stderr=dc.stderr,
+        linf_lower=lower, linf_lower_source=lsrc, linf_upper=uppers[usrc][0],
+        linf_upper_source=usrc, linf_upper_certified=uppers[usrc][1], mode="matrix-free",
+        estimates=estimates, extra=extra,
+    )

@@ -1,0 +1,690 @@
+"""Variance-adapted optimizers from "Dissecting Adam" (seed 001, Ch. 5 and App. B).
+
+Adam's update splits into a *sign* and a *variance adaptation* (seed 001 Eq. 5.5-5.7). Of the
+four recombinations (Fig. 5.1), M-SIGN-SGD is :class:`steepest.optim.SignSGD` with
+``momentum=beta`` (Alg. 3); this module adds the other three and SVAG:
+
+==========  ===========================================  =============================
+optimizer   update, elementwise                          source
+==========  ===========================================  =============================
+MSGD        x -= lr m                                    seed 001 Alg. 3 (M-SGD)
+SVAG        x -= lr m^2/(m^2 + s) g                      Alg. 4 (Eq. 5.17)
+MSVAG       x -= lr m^2/(m^2 + rho s) m                  Alg. 2 (Eq. 5.19)
+MSVAG(mb)   x -= lr m^2/(m^2 + rho r) m                  Alg. 6 (App. B.4.1)
+AdamStar    x -= lr sqrt(m^2/(m^2 + rho s)) sign(m)      Alg. 5 (Adam*)
+==========  ===========================================  =============================
+
+with the shared moment estimates (one constant ``beta`` for both moments, Sec. 5.4.1)
+
+    m~ <- beta m~ + (1 - beta) g,        v~ <- beta v~ + (1 - beta) g^2,   m~ = v~ = 0 initially,
+    m = m~ / (1 - beta^(t+1)),           v = v~ / (1 - beta^(t+1)),
+    s = (v - m^2) / (1 - rho(beta, t))                                        (Eq. 5.16)
+
+**Index convention.** The thesis counts iterations ``t = 0, ..., T-1``; ``t`` is the number of
+steps taken *before* the current one. The optimizers keep torch's counter ``state["step"]``
+(the number of steps taken *including* the current one), so ``t = state["step"] - 1``: the first
+step has ``t = 0``, bias corrections ``1 - beta^1`` and ``rho(beta, 0) = 1``.
+
+**Details of Sec. 5.4.4, as implemented.**
+
+* At ``t = 0`` Eq. 5.16 is 0/0 (``v - m^2 = 0`` and ``1 - rho(beta, 0) = 0``; the thesis text says
+  "rho(beta, 0) = 0", but Eq. 5.15 gives 1, and it is ``1 - rho`` that vanishes). We use
+  ``s_0 = 0``, so the first step of SVAG and M-SVAG is an SGD step and that of Adam* a sign step.
+  ``beta = 0`` makes ``1 - rho = 0`` at every step (no averaging, no variance information): the
+  same rule gives SGD (SVAG, M-SVAG) and signSGD (Adam*).
+* No ``eps``. Where ``m = v = 0`` the factor ``m^2/(m^2 + rho s)`` is 0/0; it is defined as 0 there,
+  so that coordinate does not move. (In floating point: the denominator is clamped below at the
+  dtype's smallest normal number, which changes nothing else.)
+* ``v >= m^2`` holds exactly (Jensen: both are the same convex combination); rounding can make
+  ``v - m^2`` slightly negative, so ``s`` is clamped at 0.
+
+Every optimizer takes decoupled ``weight_decay`` (x <- (1 - lr wd) x before the step; 0 by default,
+which is the thesis' algorithm), ``maximize``, ``foreach`` and ``nonfinite`` as all ``steepest``
+optimizers do (:mod:`steepest.optim.base`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+import weakref
+from typing import Any
+
+import torch
+from torch import Tensor
+
+import steepest
+from steepest.norms import _ForeachOps, _Ops
+from steepest.optim.base import StepOptimizer, check_choice, check_range
+from steepest.optim.steepest import momentum_direction_input
+
+__all__ = ["MSGD", "MSVAG", "SVAG", "AdamStar", "rho"]
+
+VARIANCES = ("moving_average", "minibatch")
+
+
+# ------------------------------------------------------------------ the two backends
+# steepest.norms._ops gives the per-tensor loop and the torch._foreach_* backend; the variance-
+# adapted updates need a few more elementwise operations (per-tensor scalar lists, because the
+# step counter, hence the bias correction, is per parameter as in torch.optim).
+class _NoiseOps(_Ops):
+    @staticmethod
+    def count(steps: list[Tensor]) -> list[float]:
+        """Increment the step counters; return their new values as floats."""
+        for s in steps:
+            s.add_(1.0)
+        return [float(s) for s in steps]
+
+    @staticmethod
+    def addcmul_(xs: list[Tensor], ys: list[Tensor], zs: list[Tensor], value: float) -> list[Tensor]:
+        for x, y, z in zip(xs, ys, zs):
+            x.addcmul_(y, z, value=value)
+        return xs
+
+    @staticmethod
+    def addcmul(xs: list[Tensor], ys: list[Tensor], zs: list[Tensor], values: list[float]) -> list[Tensor]:
+        """Out of place: ``xs[i] + values[i] * ys[i] * zs[i]``."""
+        return [torch.addcmul(x, y, z, value=v) for x, y, z, v in zip(xs, ys, zs, values)]
+
+    @staticmethod
+    def maximum_(xs: list[Tensor], ys: list[Tensor]) -> list[Tensor]:
+        for x, y in zip(xs, ys):
+            torch.maximum(x, y, out=x)
+        return xs
+
+    @staticmethod
+    def rsqrt_(xs: list[Tensor]) -> list[Tensor]:
+        for x in xs:
+            x.rsqrt_()
+        return xs
+
+    @staticmethod
+    def mul(xs: list[Tensor], ys: list[Tensor]) -> list[Tensor]:
+        return [x * y for x, y in zip(xs, ys)]
+
+    @staticmethod
+    def mul_scalars(xs: list[Tensor], cs: list[float]) -> list[Tensor]:
+        return [x * c for x, c in zip(xs, cs)]
+
+    @staticmethod
+    def mul_scalars_(xs: list[Tensor], cs: list[float]) -> list[Tensor]:
+        for x, c in zip(xs, cs):
+            x.mul_(c)
+        return xs
+
+    @staticmethod
+    def div_scalars_(xs: list[Tensor], cs: list[float]) -> list[Tensor]:
+        for x, c in zip(xs, cs):
+            x.div_(c)
+        return xs
+
+    @staticmethod
+    def sub_(xs: list[Tensor], ys: list[Tensor]) -> list[Tensor]:
+        for x, y in zip(xs, ys):
+            x.sub_(y)
+        return xs
+
+    @staticmethod
+    def clamp_min_(xs: list[Tensor], cs: list[float]) -> list[Tensor]:
+        for x, c in zip(xs, cs):
+            x.clamp_min_(c)
+        return xs
+
+    @staticmethod
+    def sqrt(xs: list[Tensor]) -> list[Tensor]:
+        return [torch.sqrt(x) for x in xs]
+
+    @staticmethod
+    def sqrt_(xs: list[Tensor]) -> list[Tensor]:
+        for x in xs:
+            x.sqrt_()
+        return xs
+
+    @staticmethod
+    def abs_(xs: list[Tensor]) -> list[Tensor]:
+        for x in xs:
+            x.abs_()
+        return xs
+
+    @staticmethod
+    def axpy_scalars_(xs: list[Tensor], ys: list[Tensor], alphas: list[float]) -> list[Tensor]:
+        """xs[i] += alphas[i] * ys[i]."""
+        for x, y, a in zip(xs, ys, alphas):
+            x.add_(y, alpha=a)
+        return xs
+
+
+class _NoiseForeachOps(_ForeachOps, _NoiseOps):
+    @staticmethod
+    def count(steps: list[Tensor]) -> list[float]:
+        torch._foreach_add_(steps, 1.0)
+        return [float(s) for s in steps]
+
+    @staticmethod
+    def addcmul_(xs: list[Tensor], ys: list[Tensor], zs: list[Tensor], value: float) -> list[Tensor]:
+        torch._foreach_addcmul_(xs, ys, zs, value=value)
+        return xs
+
+    @staticmethod
+    def addcmul(xs: list[Tensor], ys: list[Tensor], zs: list[Tensor], values: list[float]) -> list[Tensor]:
+        return list(torch._foreach_addcmul(xs, ys, zs, values))
+
+    @staticmethod
+    def maximum_(xs: list[Tensor], ys: list[Tensor]) -> list[Tensor]:
+        torch._foreach_maximum_(xs, ys)
+        return xs
+
+    @staticmethod
+    def rsqrt_(xs: list[Tensor]) -> list[Tensor]:
+        torch._foreach_rsqrt_(xs)
+        return xs
+
+    @staticmethod
+    def mul(xs: list[Tensor], ys: list[Tensor]) -> list[Tensor]:
+        return list(torch._foreach_mul(xs, ys))
+
+    @staticmethod
+    def mul_scalars(xs: list[Tensor], cs: list[float]) -> list[Tensor]:
+        return list(torch._foreach_mul(xs, cs))
+
+    @staticmethod
+    def mul_scalars_(xs: list[Tensor], cs: list[float]) -> list[Tensor]:
+        torch._foreach_mul_(xs, cs)
+        return xs
+
+    @staticmethod
+    def div_scalars_(xs: list[Tensor], cs: list[float]) -> list[Tensor]:
+        torch._foreach_div_(xs, cs)
+        return xs
+
+    @staticmethod
+    def sub_(xs: list[Tensor], ys: list[Tensor]) -> list[Tensor]:
+        torch._foreach_sub_(xs, ys)
+        return xs
+
+    @staticmethod
+    def clamp_min_(xs: list[Tensor], cs: list[float]) -> list[Tensor]:
+        torch._foreach_clamp_min_(xs, cs)
+        return xs
+
+    @staticmethod
+    def sqrt(xs: list[Tensor]) -> list[Tensor]:
+        return list(torch._foreach_sqrt(xs))
+
+    @staticmethod
+    def sqrt_(xs: list[Tensor]) -> list[Tensor]:
+        torch._foreach_sqrt_(xs)
+        return xs
+
+    @staticmethod
+    def abs_(xs: list[Tensor]) -> list[Tensor]:
+        torch._foreach_abs_(xs)
+        return xs
+
+    @staticmethod
+    def axpy_scalars_(xs: list[Tensor], ys: list[Tensor], alphas: list[float]) -> list[Tensor]:
+        if len(set(alphas)) <= 1:
+            if alphas:
+                torch._foreach_add_(xs, ys, alpha=alphas[0])
+        else:
+            torch._foreach_add_(xs, torch._foreach_mul(ys, alphas))
+        return xs
+
+
+def _vops(foreach: bool) -> type[_NoiseOps]:
+    return _NoiseForeachOps if foreach else _NoiseOps
+
+
+def _tiny(xs: list[Tensor]) -> list[float]:
+    """The smallest normal number of each tensor's dtype: the floor for 0/0-prone denominators."""
+    return [torch.finfo(x.dtype).tiny for x in xs]
+
+
+# ------------------------------------------------------------------ rho(beta, t), Eq. 5.15
+def rho(beta: float, t: int | float) -> float:
+    """``rho(beta, t) = (1-beta)(1+beta^(t+1)) / ((1+beta)(1-beta^(t+1)))`` (seed 001 Eq. 5.15).
+
+    ``t`` is the thesis' 0-based iteration index (``t = state["step"] - 1``). ``rho`` is the sum of
+    the squared weights of the bias-corrected EMA, ``sum_s c(beta, t, s)^2`` (Eq. B.26), i.e.
+    ``Var[m_t] = rho(beta, t) sigma^2`` for iid gradients: ``rho(beta, 0) = 1`` and
+    ``rho -> (1-beta)/(1+beta)`` as ``t -> inf`` (Eq. B.27). ``beta = 0`` gives 1 for all ``t``.
+    """
+    check_range("beta", beta, 0.0, 1.0)
+    if t < 0:
+        raise ValueError(f"t must be >= 0 (the 0-based iteration index), got {t!r}")
+    if t == 0 or beta == 0.0:
+        return 1.0
+    bt = beta ** (t + 1)
+    return (1.0 - beta) * (1.0 + bt) / ((1.0 + beta) * (1.0 - bt))
+
+
+def _one_minus_rho(beta: float, t: float) -> float:
+    """``1 - rho(beta, t) = 2 beta (1 - beta^t) / ((1+beta)(1 - beta^(t+1)))``, free of the
+    cancellation of ``1 - rho`` near ``t = 0`` (it is exactly 0 at ``t = 0`` and for ``beta = 0``)."""
+    if t == 0 or beta == 0.0:
+        return 0.0
+    return 2.0 * beta * (1.0 - beta**t) / ((1.0 + beta) * (1.0 - beta ** (t + 1)))
+
+
+def _check_beta(group: dict[str, Any]) -> None:
+    check_range("beta", group["beta"], 0.0, 1.0)
+
+
+# ------------------------------------------------------------------ M-SGD
+class MSGD(StepOptimizer):
+    """M-SGD (seed 001 Alg. 3): SGD along the bias-corrected exponential moving average
+
+        m~ <- beta m~ + (1 - beta) g,     m = m~ / (1 - beta^(t+1)),     x <- x - lr m
+
+    (``t = state["step"] - 1``, so the first step divides by ``1 - beta``). It is steepest
+    descent w.r.t. the l2 norm (``SteepestDescent(norm=L2())``) applied to ``m`` instead of ``g``,
+    and a rescaled SGD with momentum: with ``beta`` it equals ``torch.optim.SGD(momentum=beta,
+    dampening=beta)`` up to the bias correction. M-SIGN-SGD, the sign counterpart of Alg. 3, is
+    ``SignSGD(momentum=beta)``.
+
+    Args:
+        params: parameters or param groups.
+        lr: step size ``>= 0``.
+        beta: EMA constant in ``[0, 1)``; ``beta = 0`` is plain SGD.
+        weight_decay: decoupled, ``x <- (1 - lr wd) x`` before the step.
+        maximize, foreach, nonfinite: see :class:`steepest.optim.base.StepOptimizer`.
+
+    State: ``step`` (float32 0-d), ``exp_avg`` (m~).
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-2,
+        beta: float = 0.9,
+        weight_decay: float = 0.0,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        nonfinite: str = "raise",
+    ) -> None:
+        defaults = dict(lr=lr, beta=beta, weight_decay=weight_decay, maximize=maximize,
+                        foreach=foreach, nonfinite=nonfinite)
+        super().__init__(params, defaults)
+
+    def _validate_group(self, group: dict[str, Any]) -> None:
+        super()._validate_group(group)
+        _check_beta(group)
+
+    def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
+        state["step"] = torch.tensor(0.0, dtype=torch.float32)
+        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    def _update(self, group, params, grads, states, foreach) -> None:  # type: ignore[no-untyped-def]
+        ops = _vops(foreach)
+        lr, b, wd = group["lr"], group["beta"], group["weight_decay"]
+        ks = ops.count([s["step"] for s in states])
+        m = momentum_direction_input((b, b), grads, states, foreach, key="exp_avg")
+        if m is grads:  # beta = 0: the buffer is not used, m~ = g
+            for s, g in zip(states, grads):
+                s["exp_avg"].copy_(g)
+            m = [s["exp_avg"] for s in states]
+        if wd:
+            ops.mul_scalar_(params, 1.0 - lr * wd)
+        ops.axpy_scalars_(params, m, [-lr / (1.0 - b**k) for k in ks])
+
+
+# ------------------------------------------------------------------ SVAG, M-SVAG, Adam*
+class _VarianceAdapted(StepOptimizer):
+    """Shared state and moment estimates of SVAG, M-SVAG and Adam* (see the module docstring)."""
+
+    def _validate_group(self, group: dict[str, Any]) -> None:
+        super()._validate_group(group)
+        _check_beta(group)
+
+    def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
+        state["step"] = torch.tensor(0.0, dtype=torch.float32)
+        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    @staticmethod
+    def _denominators(
+        b: float,
+        grads: list[Tensor],
+        states: list[dict[str, Any]],
+        ops: type[_NoiseOps],
+        weight: bool,
+    ) -> tuple[list[float], list[Tensor], list[Tensor], list[Tensor]]:
+        """Update m~, v~; return ``a = 1/(1 - beta^(t+1))``, ``m~``, ``m~^2`` and ``den'`` with
+        ``m^2 + w s = a^2 den'`` (``w = rho(beta, t)`` if ``weight`` else 1).
+
+        The bias corrections are folded into scalars (gamma = m^2/(m^2 + w s) = m~^2/den'):
+        ``v - m^2 = a (v~ - a m~^2)``, so ``den' = m~^2 + w a c (v~ - a m~^2)/a^2`` with
+        ``c = 1/(1 - rho(beta, t))`` (0 at t = 0: ``s_0 = 0``). ``den' >= m~^2`` (``s >= 0``) and
+        ``den' >= tiny`` (0/0 := 0) are enforced.
+        """
+        ts = [k - 1.0 for k in ops.count([s["step"] for s in states])]
+        m_t = [s["exp_avg"] for s in states]
+        v_t = [s["exp_avg_sq"] for s in states]
+        ops.lerp_(m_t, grads, 1.0 - b)
+        ops.mul_scalar_(v_t, b)
+        ops.addcmul_(v_t, grads, grads, 1.0 - b)
+        a = [1.0 / (1.0 - b ** (t + 1.0)) for t in ts]
+        num = ops.mul(m_t, m_t)
+        den = ops.addcmul(v_t, m_t, m_t, [-ai for ai in a])  # v~ - a m~^2 = (v - m^2)/a
+        ops.mul_scalars_(den, [
+            (rho(b, t) if weight else 1.0) * _safe_reciprocal(_one_minus_rho(b, t)) / ai
+            for t, ai in zip(ts, a)
+        ])
+        ops.axpy_(den, num, 1.0)
+        return a, m_t, num, _floor(den, num, ops)
+
+
+def _floor(den: list[Tensor], num: list[Tensor], ops: type[_NoiseOps]) -> list[Tensor]:
+    """``den <- max(den, num, tiny)``: a variance is >= 0, and where m = v = 0 the factor
+    ``num/den`` is 0/0, defined as 0 (no update; Sec. 5.4.4)."""
+    ops.maximum_(den, num)
+    return ops.clamp_min_(den, _tiny(den))
+
+
+def _safe_reciprocal(x: float) -> float:
+    return 1.0 / x if x > 0.0 else 0.0
+
+
+class SVAG(_VarianceAdapted):
+    """SVAG, stochastic variance-adapted gradient (seed 001 Alg. 4, Eq. 5.11 and 5.17)::
+
+        m~, v~ as in Adam with beta1 = beta2 = beta;  m, v bias-corrected by 1 - beta^(t+1)
+        s     = (v - m^2) / (1 - rho(beta, t))                 (Eq. 5.16; s = 0 at t = 0)
+        gamma = m^2 / (m^2 + s)                                 (Eq. 5.17)
+        x    <- x - lr gamma * g
+
+    The variance adaptation factor ``gamma = 1/(1 + s/m^2)`` estimates the optimal factor
+    ``1/(1 + sigma^2/grad^2)`` of Lemma 5.1 for the direction ``g``. ``t = state["step"] - 1``;
+    the first step is an SGD step; no ``eps``; a coordinate with ``m = v = 0`` does not move.
+    See the module docstring for the conventions.
+
+    Args:
+        params: parameters or param groups.
+        lr: step size ``>= 0``.
+        beta: the one EMA constant of both moments, in ``[0, 1)`` (0.9 in the thesis).
+        weight_decay: decoupled, ``x <- (1 - lr wd) x``.
+        maximize, foreach, nonfinite: see :class:`steepest.optim.base.StepOptimizer`.
+
+    State: ``step``, ``exp_avg`` (m~), ``exp_avg_sq`` (v~).
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-2,
+        beta: float = 0.9,
+        weight_decay: float = 0.0,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        nonfinite: str = "raise",
+    ) -> None:
+        super().__init__(params, dict(lr=lr, beta=beta, weight_decay=weight_decay,
+                                      maximize=maximize, foreach=foreach, nonfinite=nonfinite))
+
+    def _update(self, group, params, grads, states, foreach) -> None:  # type: ignore[no-untyped-def]
+        ops = _vops(foreach)
+        lr, wd = group["lr"], group["weight_decay"]
+        _, _, num, den = self._denominators(group["beta"], grads, states, ops, weight=False)
+        upd = ops.mul_(ops.div_(num, den), grads)  # gamma g, gamma = m^2/(m^2 + s)
+        if wd:
+            ops.mul_scalar_(params, 1.0 - lr * wd)
+        ops.axpy_(params, upd, -lr)
+
+
+class AdamStar(_VarianceAdapted):
+    """Adam* (seed 001 Alg. 5, App. B.3.2): Adam with M-SVAG's variance estimate::
+
+        m, v, s as in M-SVAG (beta1 = beta2 = beta, Eq. 5.16; s = 0 at t = 0)
+        gamma = sqrt(m^2 / (m^2 + rho(beta, t) s))
+        x    <- x - lr gamma * sign(m)
+
+    computed as ``m / sqrt(m^2 + rho s)`` (the same number). It differs from Adam in the single
+    ``beta``, the bias-corrected variance, the momentum factor ``rho`` and the absent ``eps``. The
+    first step is a signSGD step; a coordinate with ``m = v = 0`` does not move.
+    ``t = state["step"] - 1``.
+
+    Args:
+        params: parameters or param groups.
+        lr: step size ``>= 0``.
+        beta: EMA constant in ``[0, 1)``.
+        weight_decay: decoupled, ``x <- (1 - lr wd) x``.
+        maximize, foreach, nonfinite: see :class:`steepest.optim.base.StepOptimizer`.
+
+    State: ``step``, ``exp_avg`` (m~), ``exp_avg_sq`` (v~).
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        beta: float = 0.9,
+        weight_decay: float = 0.0,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        nonfinite: str = "raise",
+    ) -> None:
+        super().__init__(params, dict(lr=lr, beta=beta, weight_decay=weight_decay,
+                                      maximize=maximize, foreach=foreach, nonfinite=nonfinite))
+
+    def _update(self, group, params, grads, states, foreach) -> None:  # type: ignore[no-untyped-def]
+        ops = _vops(foreach)
+        lr, b, wd = group["lr"], group["beta"], group["weight_decay"]
+        _, m_t, _, den = self._denominators(b, grads, states, ops, weight=True)
+        # gamma sign(m) = m / sqrt(m^2 + rho s) = m~ / sqrt(den')  (the bias corrections cancel)
+        upd = ops.mul_(ops.rsqrt_(den), m_t)
+        if wd:
+            ops.mul_scalar_(params, 1.0 - lr * wd)
+        ops.axpy_(params, upd, -lr)
+
+
+class MSVAG(_VarianceAdapted):
+    """M-SVAG, momentum SGD with variance adaptation (seed 001 Alg. 2; Alg. 6 for minibatch
+    variance).
+
+    ``variance="moving_average"`` (default, Alg. 2)::
+
+        m~ <- beta m~ + (1-beta) g;   v~ <- beta v~ + (1-beta) g^2
+        m = m~/(1-beta^(t+1));        v = v~/(1-beta^(t+1))
+        s = (v - m^2)/(1 - rho(beta, t))                       (Eq. 5.16; s = 0 at t = 0)
+        gamma = m^2/(m^2 + rho(beta, t) s)                     (Eq. 5.19)
+        x <- x - lr gamma * m
+
+    ``rho(beta, t)`` (Eq. 5.15, :func:`rho`) turns the variance of one gradient into that of the
+    average ``m`` (Sec. 5.4.3). The first step is an SGD step; no ``eps``; a coordinate with
+    ``m = v = 0`` does not move. ``t = state["step"] - 1``.
+
+    ``variance="minibatch"`` (Alg. 6) replaces ``v~`` by an average of the *within-batch*
+    variance of the mean gradient, ``s_mb = grad_var / N`` (Eq. B.30 with the estimator of
+    Eq. 3.30; unbiased, as App. B.4 says; the printed Eq. B.31 subtracts ``g^2`` rather than
+    ``N/(N-1) g^2`` and is not, so we follow Eq. 3.30)::
+
+        m~ <- beta m~ + (1-beta) g;       r~ <- beta^2 r~ + (1-beta^2) s_mb
+        m = m~/(1-beta^(t+1));            r = r~/(1-beta^(2(t+1)))
+        gamma = m^2/(m^2 + rho(beta, t) r);   x <- x - lr gamma * m
+
+    Here the first step is already variance-adapted (``r`` is known at ``t = 0``). It reads, for
+    every parameter ``p`` with a gradient, two attributes that must be set after each backward:
+
+    * ``p.grad_var``: the elementwise variance of the N individual gradients of the mean-reduced
+      loss, ``1/(N-1) sum_i (g_i - g)^2`` (Eq. 3.30), a tensor shaped like ``p.grad`` (for a
+      complex ``p``, complex: real part the variance of the real parts, imaginary part that of
+      the imaginary parts). It should be >= 0 (``GradientMoments`` clamps it); whatever the
+      input, ``m^2 + rho r`` is floored at ``m^2``, so ``gamma <= 1``;
+    * ``p.grad_batch_size``: the batch size ``N >= 2`` (an int).
+
+    :class:`steepest.stats.GradientMoments` attaches both during an ordinary ``backward()``::
+
+        opt = MSVAG(model.parameters(), lr=0.1, variance="minibatch")
+        for x, y in loader:
+            opt.zero_grad()
+            with steepest.stats.GradientMoments(model):    # per-example variance, in backward
+                loss = loss_fn(model(x), y)                # mean-reduced over the batch
+                loss.backward()                            # sets p.grad, p.grad_var, p.grad_batch_size
+            opt.step()
+
+    A per-example loop gives the same attributes by hand: ``p.grad = G.mean(0)``,
+    ``p.grad_var = G.var(0, unbiased=True)``, ``p.grad_batch_size = N`` for the stacked
+    per-example gradients ``G``. A missing attribute raises a ``RuntimeError``; a ``grad_var``
+    that is still the very tensor of the previous step (statistics not refreshed) warns;
+    a non-finite ``grad_var`` follows the ``nonfinite`` policy like a non-finite gradient.
+
+    Args:
+        params: parameters or param groups.
+        lr: step size ``>= 0``.
+        beta: EMA constant in ``[0, 1)`` (0.9 in the thesis).
+        variance: ``"moving_average"`` (Alg. 2) or ``"minibatch"`` (Alg. 6).
+        weight_decay: decoupled, ``x <- (1 - lr wd) x``.
+        maximize, foreach, nonfinite: see :class:`steepest.optim.base.StepOptimizer`.
+
+    State: ``step``, ``exp_avg`` (m~) and ``exp_avg_sq`` (v~, moving average) or ``exp_var``
+    (r~, minibatch).
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-2,
+        beta: float = 0.9,
+        variance: str = "moving_average",
+        weight_decay: float = 0.0,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        nonfinite: str = "raise",
+    ) -> None:
+        self._pending: dict[int, list[tuple[Tensor, int, Tensor]]] = {}
+        super().__init__(params, dict(lr=lr, beta=beta, variance=variance,
+                                      weight_decay=weight_decay, maximize=maximize,
+                                      foreach=foreach, nonfinite=nonfinite))
+
+    def _validate_group(self, group: dict[str, Any]) -> None:
+        super()._validate_group(group)
+        check_choice("variance", group["variance"], VARIANCES)
+
+    def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
+        state["step"] = torch.tensor(0.0, dtype=torch.float32)
+        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        key = "exp_var" if group["variance"] == "minibatch" else "exp_avg_sq"
+        state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    # ---- the minibatch variance: read, check, and hand to _update ------------------------
+    def _gather(self, gi: int, group: dict[str, Any]) -> list[tuple[int, Tensor, Tensor]]:
+        items = super()._gather(gi, group)
+        if not hasattr(self, "_pending") or gi == 0:
+            self._pending = {}
+        if group["variance"] == "minibatch":
+            self._pending[gi] = [self._read_variance(gi, i, p) for i, p, _ in items]
+        return items
+
+    def _read_variance(self, gi: int, i: int, p: Tensor) -> tuple[Tensor, int, Tensor]:
+        name = self._named(gi, i, p)
+        var, n = getattr(p, "grad_var", None), getattr(p, "grad_batch_size", None)
+        if var is None or n is None:
+            raise RuntimeError(
+                f"MSVAG(variance='minibatch') needs the per-example gradient variance of {name}: "
+                "set p.grad_var (elementwise variance of the individual gradients, 1/(N-1) "
+                "normalisation, shaped like p.grad) and p.grad_batch_size (N) after backward, "
+                "e.g. by running the backward inside `with steepest.stats.GradientMoments(model):`"
+            )
+        if not isinstance(var, Tensor) or var.shape != p.shape or var.is_complex() != p.is_complex():
+            got = f"shape {tuple(var.shape)}, dtype {var.dtype}" if isinstance(var, Tensor) else type(var).__name__
+            raise ValueError(
+                f"grad_var of {name} must be a tensor shaped like the parameter "
+                f"(complex for a complex parameter), got {got}"
+            )
+        if isinstance(n, Tensor) and n.numel() == 1 and not n.is_floating_point():
+            n = int(n)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+            raise ValueError(f"grad_batch_size of {name} must be an int >= 2, got {n!r}")
+        last = self.__dict__.setdefault("_last_var", {}).get(id(p))
+        if last is not None and last[0]() is var and last[1] == var._version:
+            warnings.warn(
+                f"MSVAG: grad_var of {name} is the same, unmodified tensor as at the previous "
+                "step; were the per-example statistics refreshed for this backward?",
+                RuntimeWarning,
+                stacklevel=_caller_level(),
+            )
+        return var, n, p
+
+    def _all_finite(self, gathered: list[list[tuple[int, Tensor, Tensor]]]) -> tuple[bool, str]:
+        ok, where = super()._all_finite(gathered)
+        if not ok:
+            return ok, where
+        pending = getattr(self, "_pending", {})
+        flat = [(gi, i, p, var) for gi, items in enumerate(gathered) if gi in pending
+                for (i, p, _), (var, *_) in zip(items, pending[gi]) if var.numel()]
+        if not flat:
+            return True, ""
+        maxes = torch.stack([_real_view(v).abs().amax().float() for *_, v in flat])
+        bad = ~torch.isfinite(maxes)
+        if bool(bad.any()):
+            gi, i, p, _ = flat[int(bad.nonzero()[0])]
+            return False, f"grad_var of {self._named(gi, i, p)}"
+        return True, ""
+
+    # ---- the step ------------------------------------------------------------------------------
+    def _update(self, group, params, grads, states, foreach) -> None:  # type: ignore[no-untyped-def]
+        ops = _vops(foreach)
+        lr, b, wd = group["lr"], group["beta"], group["weight_decay"]
+        if group["variance"] == "minibatch":
+            gi = next(j for j, g in enumerate(self.param_groups) if g is group)
+            pending = self._pending.pop(gi)
+            a, m_t, num, den = self._minibatch_denominators(b, grads, states, pending, ops)
+            # Remember what was consumed, to warn if the next step is handed the same tensor.
+            seen = self.__dict__.setdefault("_last_var", {})
+            for var, _, p in pending:
+                seen[id(p)] = (weakref.ref(var), var._version)
+        else:
+            a, m_t, num, den = self._denominators(b, grads, states, ops, weight=True)
+        upd = ops.mul_(ops.div_(num, den), m_t)  # gamma m~; gamma m = a gamma m~
+        if wd:
+            ops.mul_scalar_(params, 1.0 - lr * wd)
+        ops.axpy_scalars_(params, upd, [-lr * ai for ai in a])
+
+    @staticmethod
+    def _minibatch_denominators(
+        b: float,
+        grads: list[Tensor],
+        states: list[dict[str, Any]],
+        pending: list[tuple[Tensor, int, Tensor]],
+        ops: type[_NoiseOps],
+    ) -> tuple[list[float], list[Tensor], list[Tensor], list[Tensor]]:
+        """Alg. 6: update m~ and r~ (r~ <- beta^2 r~ + (1-beta^2) grad_var/N); return
+        ``a = 1/(1 - beta^(t+1))``, ``m~``, ``m~^2`` and ``den' = m~^2 + rho r / a^2`` with
+        ``r = r~/(1 - beta^(2(t+1)))``, so that ``gamma = m^2/(m^2 + rho r) = m~^2/den'``."""
+        ts = [k - 1.0 for k in ops.count([s["step"] for s in states])]
+        # grad_var in the working dtype (float32 for half parameters; real views of complex).
+        var = [_real_view(v).to(dtype=g.dtype, device=g.device) for (v, *_), g in zip(pending, grads)]
+        m_t = [s["exp_avg"] for s in states]
+        r_t = [s["exp_var"] for s in states]
+        ops.lerp_(m_t, grads, 1.0 - b)
+        ops.mul_scalar_(r_t, b * b)
+        ops.axpy_scalars_(r_t, var, [(1.0 - b * b) / n for _, n, _ in pending])
+        a = [1.0 / (1.0 - b ** (t + 1.0)) for t in ts]
+        num = ops.mul(m_t, m_t)
+        den = ops.mul_scalars(r_t, [
+            rho(b, t) / (ai * ai * (1.0 - b ** (2.0 * (t + 1.0)))) for t, ai in zip(ts, a)
+        ])
+        ops.axpy_(den, num, 1.0)
+        # Negative variance entries (rounding in the caller's estimator) count as 0 via den' >= m~^2.
+        return a, m_t, num, _floor(den, num, ops)
+
+
+_SKIP_DIRS = tuple(os.path.dirname(m.__file__) for m in (steepest, torch) if m.__file__)
+
+
+def _caller_level() -> int:
+    """``stacklevel`` of the first frame outside steepest and torch (the user's ``opt.step()``)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_SKIP_DIRS):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _real_view(v: Tensor) -> Tensor:
+    return torch.view_as_real(v) if v.is_complex() else v
+

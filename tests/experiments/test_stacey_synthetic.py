@@ -1,0 +1,153 @@
+"""The STACEY synthetic reproduction (seed 003 Sec. 5.1): batching, divergence handling, the
+claim logic, and a small end-to-end run."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from steepest import Lion, Stacey
+from steepest.experiments.harness import registry, run_experiment
+from steepest.experiments.stacey_synthetic import (
+    MU,
+    RunStats,
+    make_claims,
+    neg_log_density_grad,
+    simulate,
+)
+
+
+@pytest.mark.parametrize("p", [2.0, 4.0, 8.0])
+def test_gradient_is_that_of_the_negative_log_density(p):
+    x = torch.randn(5, 2, dtype=torch.float64, requires_grad=True)
+    mu = torch.tensor(MU, dtype=torch.float64)
+    f = ((x - mu).abs() ** p / p).sum()
+    (g,) = torch.autograd.grad(f, x)
+    torch.testing.assert_close(neg_log_density_grad(x.detach(), mu, p), g)
+
+
+MAKERS = {
+    "stacey-pp": lambda ps: Stacey(ps, lr=1e-3, alpha=1e-2, tau=1e-3, p=8.0, variant="pp"),
+    "stacey-p2": lambda ps: Stacey(ps, lr=1e-3, tau=1e-3, p=4.0),
+    "adamw": lambda ps: torch.optim.AdamW(ps, lr=1e-3),
+    "lion": lambda ps: Lion(ps, lr=1e-3),
+}
+
+
+@pytest.mark.parametrize("name", list(MAKERS))
+def test_batched_starts_equal_separate_runs(name):
+    # Each row of the (n, 2) parameter must be an independent problem: run start i inside the
+    # batch (rolled to the front, whose trajectory is recorded) and alone.
+    x0 = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    p = 8.0 if name == "stacey-pp" else 4.0
+    singles = []
+    for i in range(3):
+        batched = simulate(MAKERS[name], torch.roll(x0, -i, dims=0), p, 120)
+        alone = simulate(MAKERS[name], x0[i : i + 1], p, 120)
+        np.testing.assert_array_equal(batched.trajectory, alone.trajectory)
+        singles.append(alone.curve)
+    full = simulate(MAKERS[name], x0[:3], p, 120)
+    np.testing.assert_allclose(full.curve, np.mean(singles, axis=0), rtol=1e-12)
+
+
+def test_divergence_is_detected_not_raised():
+    # STACEY(8,2) with the App. D defaults blows up from far away: z -= alpha c with c ~ r^7.
+    x0 = torch.tensor([[-3.0, 3.0], [1.9, 0.1]], dtype=torch.float64)
+    r = simulate(lambda ps: Stacey(ps, lr=1e-3, tau=1e-3, p=8.0), x0, 8.0, 400)
+    assert r.diverged == 1 and r.diverged_at is not None
+    assert math.isinf(r.final) and r.steps_to(0.1) is None
+    assert np.isfinite(r.curve[: r.diverged_at]).all()
+
+
+def _fake(label, p, reach, *, diverged=0, reversal=0.0, steps=1000, cfg=None):
+    """A run whose mean distance falls linearly from 2 and crosses 0.1 at ``reach``."""
+    t = np.arange(steps + 1)
+    curve = 2.0 - 1.9 * t / reach if reach else np.full(steps + 1, 1.0)
+    curve = np.maximum(curve, 0.01)
+    if diverged:
+        curve[50:] = np.inf
+    return RunStats(label, p, curve, diverged, 50 if diverged else None, reversal, 1e-3,
+                    np.zeros((steps + 1, 2)), dict(cfg or {}))
+
+
+def _primary(reach, lion_rev=0.6, div2=False):
+    """reach[p] = (stacey_p2, stacey_pp, adamw, lion) iterations to 0.1 (None = never)."""
+    out = {}
+    for p, (a, b, c, d) in reach.items():
+        out[p] = {
+            "STACEY(p,2)": _fake("STACEY(p,2)", p, a, diverged=int(div2)),
+            "STACEY(p,p)": _fake("STACEY(p,p)", p, b),
+            "AdamW": _fake("AdamW", p, c),
+            "Lion": _fake("Lion", p, d, reversal=lion_rev),
+        }
+    return out
+
+
+def _by_id(claims):
+    return {c.id: c.holds for c in claims}
+
+
+def test_claims_hold_when_stacey_is_faster_and_most_on_n8():
+    prim = _primary({2.0: (400, 500, 600, 450), 4.0: (300, 350, None, 450),
+                     8.0: (150, 200, None, 600)})
+    got = _by_id(make_claims(prim, {}, steps=1000))
+    assert got == {"faster-N2": True, "faster-N4": True, "faster-N8": True,
+                   "especially-N8": True, "lion-fluctuates": True}
+
+
+def test_claims_fail_when_a_baseline_wins_or_stacey_never_arrives():
+    prim = _primary({2.0: (200, 250, 600, 450), 4.0: (None, None, None, 450),
+                     8.0: (700, 650, None, 600)})
+    got = _by_id(make_claims(prim, {}, steps=1000))
+    assert got["faster-N2"] and not got["faster-N4"] and not got["faster-N8"]
+    # Largest speed-up at N_2 (2.25x), not N_8 (< 1): the "especially" claim fails.
+    assert not got["especially-N8"]
+
+
+def test_a_diverged_variant_does_not_count_and_lion_must_really_fluctuate():
+    prim = _primary({2.0: (100, 500, 600, 450), 8.0: (100, 900, None, 600)}, div2=True)
+    claims = make_claims(prim, {}, steps=1000)
+    got = _by_id(claims)
+    # STACEY(p,2) "reaches" at 100 but diverged; STACEY(p,p) is slower than Lion.
+    assert not got["faster-N2"] and not got["faster-N8"]
+    assert "diverged" in next(c for c in claims if c.id == "faster-N8").measured
+    calm = make_claims(_primary({2.0: (100, 100, 600, 450)}, lion_rev=0.1), {}, steps=1000)
+    assert not _by_id(calm)["lion-fluctuates"]
+
+
+def test_sweep_claim_takes_the_best_setting_per_p():
+    prim = _primary({2.0: (None, None, 600, 450), 8.0: (None, None, None, 600)})
+    good = {p: [_fake("STACEY(p,p)", p, 900, cfg={"alpha": 1e-3, "tau": 1e-3}),
+                _fake("STACEY(p,p)", p, 300, cfg={"alpha": 1e-2, "tau": 1e-4}),
+                _fake("STACEY(p,2)", p, 10, diverged=1, cfg={"alpha": 1e-2, "tau": 1e-2})]
+            for p in (2.0, 8.0)}
+    claims = make_claims(prim, good, steps=1000)
+    sweep = next(c for c in claims if c.id == "faster-some-alpha-tau")
+    assert sweep.holds and "alpha=0.01 tau=0.0001" in sweep.measured
+    bad = {2.0: good[2.0], 8.0: [_fake("STACEY(p,p)", 8.0, 700)]}
+    assert not _by_id(make_claims(prim, bad, steps=1000))["faster-some-alpha-tau"]
+
+
+def test_end_to_end_small_run(tmp_path):
+    assert "stacey-synthetic" in registry()
+    opts = {"steps": 120, "starts": 5, "ps": (2.0, 8.0), "sweep_alphas": (1e-2,),
+            "sweep_taus": (1e-3,), "noise": 0.1}
+    summary = run_experiment("stacey-synthetic", quick=True, out_dir=tmp_path, progress=False,
+                             options=opts, echo=False)
+    ids = [c["id"] for c in summary["claims"]]
+    assert ids == ["faster-N2", "faster-N8", "especially-N8", "faster-some-alpha-tau",
+                   "lion-fluctuates"]
+    s = summary["settings"]
+    for key in ("gradient_noise_std", "stacey_alpha", "stacey_tau", "stacey_p", "lr", "sweep"):
+        assert key in s
+    assert s["gradient_noise_std"] == 0.1 and s["iterations"] == 120 and s["starts"] == 5
+    for fig in summary["figures"]:
+        assert (tmp_path / fig).stat().st_size > 10_000
+    rows = (tmp_path / "results.csv").read_text().splitlines()
+    # 2 p x (5 primary + 2 sweep) runs, logged at 0, 50, 100 and 120.
+    assert len(rows) == 1 + 2 * 7 * 4
+    assert json.loads((tmp_path / "summary.json").read_text())["experiment"] == "stacey-synthetic"
