@@ -171,6 +171,9 @@ def main() -> None:
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
           f"load average {os.getloadavg()[0]:.2f}, median of {args.repeats} interleaved repeats")
+    if os.getloadavg()[0] > (os.cpu_count() or 1) and torch.get_num_threads() > 1:
+        print("note: the machine is oversubscribed (load average > cores); multi-threaded "
+              "timings are erratic here, --threads 1 gives stable ratios")
     if _backpack is None:
         print("backpack-for-pytorch is not installed: skipping the BackPACK column "
               "(set-up command in this file's docstring)")

@@ -7,9 +7,10 @@ writes its result (or its traceback) to a file and leaves with ``os._exit`` afte
 process-group teardown, which can abort in gloo's destructors when ranks exit together and is
 not what these tests are about.
 
-The parent joins every worker against one deadline and kills (by pid, only its own children)
-whatever is still alive after it, so that a hung worker fails the test instead of hanging the
-suite.
+The parent joins every worker against one deadline, and once one worker has exited gives the
+others at most ``linger_s`` (default: the collective timeout + 10 s) more; it then kills (only
+its own children, by handle) whatever is still alive, so that a hung worker fails the test
+instead of hanging the suite.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def run_workers(
     args: tuple[Any, ...] = (),
     timeout_s: float = 20.0,
     deadline_s: float = 120.0,
+    linger_s: float | None = None,
     allow_errors: bool = False,
 ) -> list[tuple[str, Any] | None]:
     """Outcomes per rank: ``("ok", result)``, ``("error", traceback)`` or ``None`` (the
@@ -96,9 +98,17 @@ def run_workers(
     ]
     for p in procs:
         p.start()
+    # Wait for all, but once one has exited the others get only `linger_s` more: a rank that
+    # outlives its peers by more than the collective timeout is stuck.
+    linger = timeout_s + 10.0 if linger_s is None else linger_s
     end = time.monotonic() + deadline_s
-    for p in procs:
-        p.join(max(0.0, end - time.monotonic()))
+    while time.monotonic() < end and any(p.is_alive() for p in procs):
+        if any(not p.is_alive() for p in procs):
+            end = min(end, time.monotonic() + linger)
+            for p in procs:
+                p.join(max(0.0, end - time.monotonic()))
+            break
+        procs[0].join(0.05)
     killed = []
     for rank, p in enumerate(procs):
         if p.is_alive():

@@ -46,7 +46,7 @@ def suite(request: pytest.FixtureRequest) -> list[dict]:
 
 @pytest.mark.parametrize("key", GRID, ids=lambda k: "-".join(map(str, k)))
 def test_hook_equals_reference(suite: list[dict], key: tuple) -> None:
-    transport, scaled, _, _ = key
+    _, scaled, _, _ = key
     for rank, res in enumerate(suite):
         r = res["grid"][key]
         assert r["sign_mismatch"] == 0, (rank, r)
@@ -54,9 +54,9 @@ def test_hook_equals_reference(suite: list[dict], key: tuple) -> None:
             assert r["rel_err"] < 1e-5, (rank, r)
         else:
             assert r["rel_err"] == 0, (rank, r)  # number of differing entries
-        # >= 4 iterations and DDP's bucket rebuild crossed: the layout changed after step 1
-        # and there are several buckets.
-        assert len(r["layouts"]) >= 4 and r["layouts"][0] != r["layouts"][1], r["layouts"]
+        # >= 4 iterations and DDP's bucket rebuild crossed (static_graph rebuilds after the
+        # second step): the layout changed and ends with several buckets.
+        assert len(r["layouts"]) >= 4 and r["layouts"][0] != r["layouts"][-1], r["layouts"]
         assert len(r["layouts"][-1]) > 1
         assert r["iterations"] == len(r["layouts"])
 
@@ -76,6 +76,16 @@ def test_zero_gradients_do_not_vote(suite: list[dict], key: tuple) -> None:
         assert not moved["unused.weight"] and not moved["unused.bias"]
         assert not moved["frozen.weight"] and not moved["frozen.bias"]
         assert moved["gated.weight"] and moved["a.weight"]
+    # a.weight[:, 0] has an exact zero gradient on every rank (dead input) inside a voting
+    # parameter: no drift. Exact for int8 and for one bit in an even world (ranks of opposite
+    # parity cancel); one bit in an odd world alternates by at most one step.
+    transport, scaled, _, momentum = key
+    for res in suite:
+        r = res["grid"][key]
+        if transport == "int8" or len(suite) % 2 == 0:
+            assert r["dead_input_drift"] == 0, r
+        elif not scaled:
+            assert r["dead_input_drift"] <= r["lr"] * (1 + 1e-6), r
     # rank 1 abstains on gated.weight and gated.bias and on unused (2) every step, others on unused
     r0, r1 = suite[0]["grid"][key], suite[1]["grid"][key]
     assert r1["abstentions"] == r0["abstentions"] + 2 * r0["iterations"]
@@ -94,7 +104,8 @@ def test_bytes_counted_match_socket_bytes(suite: list[dict]) -> None:
         assert fp32 == pytest.approx(8 * n * (world - 1) / world, rel=0.02)  # ring all-reduce
         for t in _workers.TRANSPORTS:
             measured, counted = b[t]["measured"], b[t]["counted"]
-            assert measured == pytest.approx(counted, rel=0.03, abs=512), (t, b[t])
+            # payload counted; gloo adds a header of a few hundred bytes per message
+            assert measured == pytest.approx(counted, rel=0.03, abs=2048), (t, b[t])
             assert b[t]["fp32_counted"] == pytest.approx(fp32, rel=0.02)
         assert fp32 / b["int8"]["measured"] > 3.8
         if world == 3:
@@ -160,10 +171,13 @@ def test_majority_vote_tolerates_a_byzantine_worker(m3: list[dict]) -> None:
     for res in m3:
         r = res["byzantine"]
         start = r[(None, "vote")]["start"]
-        assert r[(None, "vote")]["final"] < 0.1 * start
-        assert r[("negate", "vote")]["final"] < 0.15 * start
-        assert r[("random", "vote")]["final"] < 0.15 * start
-        assert r[("random", "vote_scaled")]["final"] < 0.15 * start
+        for case in [
+            (None, "vote"),
+            ("negate", "vote"),
+            ("random", "vote"),
+            ("random", "vote_scaled"),
+        ]:
+            assert r[case]["final"] < 0.1 * start, (case, r[case])
         assert r[("random", "mean")]["final"] > 0.5 * start
 
 
@@ -182,6 +196,7 @@ def test_dead_or_hung_worker_fails_fast(
         args=(fault, transport, scaled),
         timeout_s=timeout,
         deadline_s=90,
+        linger_s=3,
         allow_errors=True,
     )
     assert outcomes[-1] is None  # the faulty rank: died, or killed by the harness

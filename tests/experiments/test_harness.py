@@ -148,3 +148,20 @@ def test_options_read_as_a_dict_count_as_used(tmp_path, monkeypatch, capsys):
     s = run_experiment("dict", out_dir=tmp_path, options={"n": "3", "m": 1}, echo=False)
     err = capsys.readouterr().err
     assert "'m'" in err and "'n'" not in err and s["total"] == 0
+
+
+def test_summarize_prints_markdown_tables(tmp_path, fake_registry, capsys):
+    run_experiment("fake", out_dir=tmp_path / "fake", echo=False, progress=False)
+    capsys.readouterr()
+    assert main(["reproduce", "--summarize", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "**fake**" in out and "1/2 claims hold" in out
+    assert "| `a`: first | paper a | m a | holds |" in out
+    assert "| `b`: second | p b | m b | **does not hold** |" in out
+    assert main(["reproduce", "--summarize", str(tmp_path / "empty")]) == 2
+
+
+def test_claims_markdown_escapes_pipes():
+    summary = {"experiment": "x", "claims": [
+        {"id": "i", "claim": "||x||", "paper": "p", "measured": "m", "holds": True}]}
+    assert "\\|\\|x\\|\\|" in harness.claims_markdown(summary)

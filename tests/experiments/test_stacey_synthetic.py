@@ -134,8 +134,9 @@ def test_sweep_claim_takes_the_best_setting_per_p():
 
 def test_end_to_end_small_run(tmp_path):
     assert "stacey-synthetic" in registry()
-    opts = {"steps": 120, "starts": 5, "ps": (2.0, 8.0), "sweep_alphas": (1e-2,),
-            "sweep_taus": (1e-3,), "noise": 0.1}
+    # Options as the command line gives them (--set name=value): strings.
+    opts = {"steps": "120", "starts": "5", "ps": "2,8", "sweep_alphas": "0.01",
+            "sweep_taus": "0.001", "noise": "0.1", "alpha": "0.002", "tau": "0.01"}
     summary = run_experiment("stacey-synthetic", quick=True, out_dir=tmp_path, progress=False,
                              options=opts, echo=False)
     ids = [c["id"] for c in summary["claims"]]
@@ -145,6 +146,8 @@ def test_end_to_end_small_run(tmp_path):
     for key in ("gradient_noise_std", "stacey_alpha", "stacey_tau", "stacey_p", "lr", "sweep"):
         assert key in s
     assert s["gradient_noise_std"] == 0.1 and s["iterations"] == 120 and s["starts"] == 5
+    assert (s["stacey_alpha"], s["stacey_tau"], s["ps"]) == (0.002, 0.01, [2.0, 8.0])
+    assert s["sweep"] == {"alphas": [0.01], "taus": [0.001]}
     for fig in summary["figures"]:
         assert (tmp_path / fig).stat().st_size > 10_000
     rows = (tmp_path / "results.csv").read_text().splitlines()

@@ -58,4 +58,12 @@ INFOS = [
         "Stacey-2p-p6-nomomentum", Stacey,
         {"p": 6.0, "tau": 0.2, "variant": "2p", "betas": (0.0, 0.0)}, lr=0.05,
     ),
+    OptimInfo(
+        "Stacey-p2-p3-explicit-alpha", Stacey, {"p": 3.0, "tau": 0.1, "alpha": 0.05}, lr=0.02,
+        lr_zero_freezes=False,
+    ),
+    OptimInfo(
+        "Stacey-pp-p4-explicit-alpha", Stacey, {"p": 4.0, "tau": 0.1, "alpha": 0.02, "variant": "pp"},
+        lr=0.02, lr_zero_freezes=False,
+    ),
 ]

@@ -32,6 +32,8 @@ class OptimInfo:
             attach per-example statistics an optimizer needs).
         stochastic: the update draws random numbers (foreach/loop comparisons reseed first).
         decrease: the loss must fall below ``decrease * initial`` in the decrease test.
+        lr_zero_freezes: a param group with ``lr = 0`` does not move (False for methods with a
+            second, unscheduled step size, e.g. STACEY with an explicit mirror step ``alpha``).
     """
 
     name: str
@@ -44,6 +46,7 @@ class OptimInfo:
     prepare: Callable[[list[torch.Tensor]], None] | None = None
     stochastic: bool = False
     decrease: float = 0.8
+    lr_zero_freezes: bool = True
 
     def make(self, params: Any, **overrides: Any) -> torch.optim.Optimizer:
         kw = {"lr": self.lr, **self.kwargs, **overrides}

@@ -221,7 +221,8 @@ def test_param_group_options_are_honoured(info):
         if info.stochastic:
             torch.manual_seed(t)
         alone.step()
-    assert torch.equal(a[1], before)
+    if info.lr_zero_freezes:
+        assert torch.equal(a[1], before)
     torch.testing.assert_close(a[0], b[0], rtol=0, atol=0)
     assert not torch.equal(a[0], _params(with_edge_cases=False)[0])
 

@@ -353,10 +353,15 @@ def test_nonfinite_loss_propagates_nan():
     assert math.isnan(res.variance_sum) and math.isnan(res.noise_to_signal)
 
 
-def test_batch_of_one_raises():
+def test_batch_of_one_and_unbatched_inputs_raise():
     model = nn.Sequential(nn.Linear(3, 2)).to(D)
     with pytest.raises(ValueError, match="at least 2"):
         gradient_moments(model, F.cross_entropy, *data(1, 3, classes=2))
+    with pytest.raises(ValueError, match="batch dimension"):
+        gradient_moments(model, lambda o, t: o.sum(), torch.ones(3, dtype=D), None)
+    conv = nn.Sequential(nn.Conv2d(1, 2, 3)).to(D)
+    with pytest.raises(ValueError, match="batch dimension"):
+        gradient_moments(conv, lambda o, t: o.sum(), torch.ones(1, 5, 5, dtype=D), None)
 
 
 def test_batchnorm_in_training_mode_raises():
@@ -434,3 +439,30 @@ def test_backpack_variance_scaling():
     for name, p in bmodel.named_parameters():
         torch.testing.assert_close(p.variance * 6**3 / 5, ours_var[name], rtol=1e-4, atol=1e-7)
 
+
+
+def test_fallback_refuses_randomness_inside_the_module():
+    """The fallback re-runs the module per example and cannot replay a dropout mask."""
+
+    class NoisyGain(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gain = nn.Parameter(torch.ones(3))
+            self.drop = nn.Dropout(0.5)
+
+        def forward(self, x):
+            return self.drop(x) * self.gain
+
+    model = nn.Sequential(nn.Linear(3, 3), NoisyGain()).to(D)
+    with pytest.raises(RuntimeError, match=r"fallback failed for module '1' \(NoisyGain\)"):
+        gradient_moments(model, F.cross_entropy, *data(4, 3), unsupported="fallback")
+    model.eval()  # no randomness: fine
+    assert_matches(model, *data(4, 3), unsupported="fallback")
+
+
+def test_embedding_scaled_by_batch_frequency_raises():
+    emb = nn.Sequential(nn.Embedding(5, 3, scale_grad_by_freq=True), nn.Flatten(),
+                        nn.Linear(6, 2))
+    t = torch.randint(0, 5, (4, 2))
+    with pytest.raises(ValueError, match="scale_grad_by_freq"):
+        gradient_moments(emb, F.cross_entropy, t, torch.zeros(4, dtype=torch.long))

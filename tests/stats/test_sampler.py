@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -111,3 +113,29 @@ def test_cabs_drives_sgd_on_digits():
     assert sizes[0] == 16 and max(sizes) > 16  # the batch grows as the loss falls
     assert sum(sizes[-20:]) / 20 > sum(sizes[:20]) / 20
     assert examples > 1.9 * len(X)
+
+
+def test_gradient_moments_feed_msvag_minibatch():
+    """The p.grad_var / p.grad_batch_size contract, consumed by seed 001 Alg. 6."""
+    optim = pytest.importorskip("steepest.optim")
+    if not hasattr(optim, "MSVAG"):
+        pytest.skip("MSVAG not available")
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(256, 8, generator=g)
+    y = (X[:, :2].sum(1) > 0).long()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 2))
+    opt = optim.MSVAG(model.parameters(), lr=0.1, variance="minibatch")
+    with torch.no_grad():
+        initial = float(F.cross_entropy(model(X), y))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. MSVAG's "statistics not refreshed" warning
+        with GradientMoments(model):
+            for step in range(60):
+                idx = torch.arange(step * 32, step * 32 + 32) % 256
+                opt.zero_grad()
+                F.cross_entropy(model(X[idx]), y[idx]).backward()
+                assert all(p.grad_batch_size == 32 for p in model.parameters())
+                opt.step()
+    with torch.no_grad():
+        assert float(F.cross_entropy(model(X), y)) < 0.5 * initial

@@ -105,28 +105,21 @@ def _check_packed(packed: Tensor, n: int) -> Tensor:
     return packed
 
 
-def pack_signs(x: Tensor, zero_bits: Tensor | int | None = None) -> Tensor:
+def pack_signs(x: Tensor, zero_as: int = 0) -> Tensor:
     """One bit a coordinate: bit = 1 iff ``x > 0`` (:func:`pack_bits` layout).
 
-    A bit cannot say "zero". By default a zero (or NaN) coordinate is sent as 0, i.e. as
-    ``-1``. ``zero_bits`` replaces those bits: an ``int`` byte pattern (e.g. ``0x55``) or a
-    ``uint8`` tensor of the packed length. :func:`steepest.distributed.sign_vote_hook` sends
-    alternating bits there so that zeros carry no persistent direction.
+    A bit cannot say "zero": an exact zero is sent as ``zero_as`` (0, i.e. ``-1``, by default;
+    1, i.e. ``+1``). NaN is sent as 0. :func:`steepest.distributed.sign_vote_hook` alternates
+    ``zero_as`` with rank and step so that zeros carry no persistent direction. Complex
+    tensors are packed as their real view.
     """
+    if zero_as not in (0, 1):
+        raise ValueError(f"zero_as must be 0 or 1, got {zero_as!r}")
     flat = x.reshape(-1)
     if flat.is_complex():
         flat = torch.view_as_real(flat).reshape(-1)
-    pos = pack_bits(flat > 0)
-    if zero_bits is None:
-        return pos
-    neg = pack_bits(flat < 0)
-    if isinstance(zero_bits, int):
-        if not 0 <= zero_bits <= 255:
-            raise ValueError(f"zero_bits must be a byte in [0, 255], got {zero_bits}")
-        return pos.bitwise_or_(neg.bitwise_not_().bitwise_and_(zero_bits))
-    if zero_bits.shape != pos.shape or zero_bits.dtype != torch.uint8:
-        raise ValueError(f"zero_bits must be a uint8 tensor of shape {tuple(pos.shape)}")
-    return pos.bitwise_or_(neg.bitwise_not_().bitwise_and_(zero_bits))
+    # One comparison either way: zeros fall on the side that `zero_as` names.
+    return pack_bits(flat >= 0 if zero_as else flat > 0)
 
 
 def unpack_signs(packed: Tensor, n: int, dtype: torch.dtype = torch.float32) -> Tensor:

@@ -34,9 +34,11 @@ Decisions the paper leaves open (documented in docs/distributed.md):
   frozen/unused parameter, a joined rank's zero-filled bucket) *abstains* there: a per-parameter
   status byte travels with the bits and the vote counts only the ranks that voted; a parameter
   nobody voted on gets 0 and does not move. Its momentum is not updated either. Exact zeros
-  *inside* a parameter that has non-zero entries cannot be said in one bit: they are sent as
-  bits alternating with rank, coordinate and step (so all-zero coordinates cancel between
-  ranks and carry no persistent direction); ``transport="int8"`` is exact there.
+  *inside* a parameter that has non-zero entries cannot be said in one bit: rank m sends
+  ``+1`` there if ``m + step`` is odd, else ``-1``. Ranks of opposite parity cancel (a
+  coordinate that is zero on every rank of an even world never moves; in an odd world it
+  alternates by one step, with no drift), and the bit flips every step, so zeros carry no
+  persistent direction. ``transport="int8"`` is exact there.
 * **Non-finite gradients**: a parameter whose gradient has NaN/inf on a rank abstains on that
   rank (``nonfinite="abstain"``) or makes *every* rank raise the same ``FloatingPointError``
   after the exchange (``nonfinite="raise"``): raising on one rank alone would leave the others
@@ -399,7 +401,7 @@ class _Job:
     lengths: list[int]
     status: Tensor
     local_l1: float
-    pattern: int
+    zero_bit: int
     ctx: _Iteration
 
     def wait(self, what: str, fut: Future) -> Any:
@@ -410,11 +412,17 @@ class _Job:
         except (_HookError, FloatingPointError, OverflowError):
             raise  # already explained (by this rank or, identically, by every rank)
         except Exception as err:
+            msg = str(err)
+            start = msg.find("sign_vote_hook:")
+            if start >= 0:
+                # Explained upstream; futures wrap it in "Got the following error when
+                # running the callback: ..." and append tracebacks: keep the explanation.
+                raise _HookError(msg[start:].split("\n\nAt:")[0].strip()) from err
             raise _HookError(
                 f"sign_vote_hook: {what} of bucket {self.index} failed on rank {self.rank} of "
-                f"{self.world} (transport={self.transport!r}): {err}. Another rank has probably "
-                "died, hung or run a different model; the wait is bounded by the process "
-                "group's timeout."
+                f"{self.world} (transport={self.transport!r}): {msg.strip()} -- another rank "
+                "has probably died, hung or run a different model; the wait is bounded by the "
+                "process group's timeout."
             ) from err
 
     def check_nonfinite(self, status: Tensor) -> None:
@@ -495,10 +503,11 @@ def _active_bits(
     return torch.stack(rows)
 
 
-def _zero_pattern(rank: int, step: int) -> int:
-    """Bits sent for exact zeros: bit k of a byte is (rank + k + step) mod 2, so that zeros of
-    ranks of opposite parity cancel and flip every step (no persistent direction)."""
-    return 0xAA if (rank + step) % 2 == 0 else 0x55
+def _zero_bit(rank: int, step: int) -> int:
+    """The bit a rank sends for an exact zero inside a parameter it votes on: (rank + step)
+    mod 2. Ranks of opposite parity cancel, and the bit flips every step, so that zeros carry
+    no persistent direction."""
+    return (rank + step) % 2
 
 
 def _phase2_group(process_group: dist.ProcessGroup | None) -> dist.ProcessGroup:
@@ -555,7 +564,7 @@ def sign_vote_hook(state: SignVoteState, bucket: dist.GradBucket) -> Future:
         lengths,
         status,
         local_l1,
-        _zero_pattern(rank, state.iterations),
+        _zero_bit(rank, state.iterations),
         ctx,
     )
     n = flat.numel()
@@ -587,7 +596,7 @@ def sign_vote_hook(state: SignVoteState, bucket: dist.GradBucket) -> Future:
         torch.futures.collect_all(list(ctx.decoded)).then(
             functools.partial(_set_scale, ctx, state.scale_reduce, job)
         )
-    return torch.futures.collect_all([voted, ctx.scale]).then(_apply_scale)
+    return torch.futures.collect_all([voted, ctx.scale]).then(functools.partial(_apply_scale, job))
 
 
 # DDP checks the hook's annotations as objects, not strings (this module postpones annotations).
@@ -600,7 +609,7 @@ sign_vote_hook.__annotations__ = {
 
 def _set_scale(ctx: _Iteration, reduce: str, job: _Job, all_fut: Future) -> None:
     try:
-        for f in all_fut.value():
+        for f in job.wait("the buckets' votes", all_fut):
             job.wait("a bucket's vote", f)  # re-raise a failed bucket
         # Rank m's ||u_m||_1 over the whole model = the sum of its per-bucket sums.
         per_rank = torch.stack([ctx.l1_parts[i] for i in sorted(ctx.l1_parts)]).sum(0)
@@ -611,10 +620,10 @@ def _set_scale(ctx: _Iteration, reduce: str, job: _Job, all_fut: Future) -> None
         ctx.scale.set_exception(err)
 
 
-def _apply_scale(both: Future) -> Tensor:
-    f_voted, f_scale = both.value()
-    out = f_voted.value()
-    scale = f_scale.value()
+def _apply_scale(job: _Job, both: Future) -> Tensor:
+    f_voted, f_scale = job.wait("the vote", both)
+    out = job.wait("the vote", f_voted)
+    scale = job.wait("the global scale", f_scale)
     target = torch.view_as_real(out).view(-1) if out.is_complex() else out.view(-1)
     if scale > torch.finfo(target.dtype).max:
         raise OverflowError(
@@ -662,7 +671,7 @@ def _vote_allgather(job: _Job, group: dist.ProcessGroup | None) -> Future:
     lay = _layout(n, world, len(job.lengths), job.scaled, "allgather")
     nbits, row = lay["bits"], lay["row"]
     msg = torch.zeros(row, dtype=torch.uint8)
-    msg[:nbits] = pack_signs(job.flat, job.pattern)
+    msg[:nbits] = pack_signs(job.flat, job.zero_bit)
     _header(job, msg[nbits:])
     out = torch.empty(world * row, dtype=torch.uint8)
     return _all_gather(out, msg, group).then(functools.partial(_decode_allgather, job, out, lay))
@@ -683,7 +692,7 @@ def _vote_twophase(job: _Job, group: dist.ProcessGroup | None, group2: dist.Proc
     n, world = job.flat.numel(), job.world
     lay = _layout(n, world, len(job.lengths), job.scaled, "twophase")
     sb = lay["slice_bytes"]
-    bits = pack_signs(job.flat, job.pattern)
+    bits = pack_signs(job.flat, job.zero_bit)
     send = torch.zeros(world, lay["row"], dtype=torch.uint8)
     padded = torch.zeros(world * sb, dtype=torch.uint8)
     padded[: bits.numel()] = bits
@@ -720,7 +729,7 @@ def _twophase_vote_slice(
     # Runs on a communication thread: never block here; phase 2's callback completes `result`.
     sc, sb, world = lay["slice"], lay["slice_bytes"], job.world
     try:
-        f1, f_prev = both.value()
+        f1, f_prev = job.wait("the all-to-all of the signs", both)
         job.wait("the previous bucket", f_prev)
         job.wait("the all-to-all of the signs", f1)
         status = _read_header(job, recv[:, sb:])
@@ -765,7 +774,7 @@ def _vote_int8(job: _Job, group: dist.ProcessGroup | None) -> Future:
 
 
 def _decode_int8(job: _Job, votes: Tensor, l1_all: Tensor, fut: Future) -> Tensor:
-    for f in fut.value():
+    for f in job.wait("the int8 all-reduce", fut):
         job.wait("the int8 all-reduce", f)
     n = job.flat.numel()
     bad = int(votes[n])

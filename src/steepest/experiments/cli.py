@@ -8,14 +8,17 @@ Examples::
     steepest reproduce quadratic-grid --seeds 3 --out docs/results/quadratic-grid
     steepest reproduce adam-ablation --data-dir ~/data --set datasets=fashion-mnist
     steepest reproduce all --quick --out /tmp/repro
+    steepest reproduce --summarize docs/results     # markdown claim tables of finished runs
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
-from steepest.experiments.harness import registry, run_experiment
+from steepest.experiments.harness import claims_markdown, registry, run_experiment
 
 
 def _parse_set(items: list[str]) -> dict[str, str]:
@@ -45,9 +48,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="an experiment option (repeatable), e.g. --set steps=200; see each module's doc",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument(
+        "--summarize", metavar="DIR", default=None,
+        help="print the claim tables (markdown) of every DIR/*/summary.json and exit",
+    )
+
+
+def summarize(folder: str) -> int:
+    """Markdown claim tables of the summaries under ``folder`` (one sub-folder per experiment)."""
+    root = Path(folder)
+    paths = sorted(root.glob("*/summary.json")) + sorted(root.glob("summary.json"))
+    if not paths:
+        print(f"no summary.json under {root}", file=sys.stderr)
+        return 2
+    for path in paths:
+        summary = json.loads(path.read_text())
+        print(claims_markdown(summary, link=str(path.parent)))
+        print()
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.summarize:
+        return summarize(args.summarize)
     exps = registry()
     if args.list or not args.name:
         for exp in exps.values():

@@ -39,6 +39,7 @@ __all__ = [
     "Context",
     "Experiment",
     "Result",
+    "claims_markdown",
     "format_claims",
     "log_grid_search",
     "registry",
@@ -288,6 +289,24 @@ def format_claims(name: str, claims: list[Claim]) -> str:
         lines.append(f"[{verdict}] {c.id}: {c.claim}")
         lines.append(f"    paper:    {c.paper}")
         lines.append(f"    measured: {c.measured}")
+    return "\n".join(lines)
+
+
+def claims_markdown(summary: dict[str, Any], link: str | None = None) -> str:
+    """A markdown table of one ``summary.json``: claim, paper, measured, verdict. ``link``
+    prefixes the figure links (e.g. ``results/quadratic-2d``)."""
+    esc = lambda t: str(t).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    mode = "quick" if summary.get("quick") else "full"
+    head = (f"**{summary['experiment']}** ({summary.get('source', '')}; {mode} run, "
+            f"{summary.get('seeds')} seed(s), {summary.get('seconds')} s): "
+            f"{summary.get('holds', 0)}/{summary.get('total', 0)} claims hold")
+    lines = [head, "", "| claim | paper | measured | verdict |", "| --- | --- | --- | --- |"]
+    for c in summary["claims"]:
+        verdict = "holds" if c["holds"] else "**does not hold**"
+        lines.append(f"| `{esc(c['id'])}`: {esc(c['claim'])} | {esc(c['paper'])} | "
+                     f"{esc(c['measured'])} | {verdict} |")
+    if link is not None and summary.get("figures"):
+        lines += ["", " ".join(f"![{f}]({link}/{f})" for f in summary["figures"])]
     return "\n".join(lines)
 
 

@@ -26,6 +26,7 @@ from steepest.geometry.dense import (
     rho_diag,
     rho_diag_block,
     rotated_quadratic,
+    sdp_bound,
     sep_smoothness,
     solve_norm_inf1,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "rho_diag",
     "rho_diag_block",
     "rotated_quadratic",
+    "sdp_bound",
     "sep_smoothness",
     "solve_norm_inf1",
 ]

@@ -48,6 +48,7 @@ __all__ = [
     "rho_diag",
     "rho_diag_block",
     "rotated_quadratic",
+    "sdp_bound",
     "sep_smoothness",
     "solve_norm_inf1",
 ]
@@ -324,18 +325,24 @@ def norm_inf1_bruteforce(H: Any, *, chunk: int = 1 << 14) -> float:
     This is what the paper did (App. D.2): ``O(2^d d^2)``; the reference the benchmark and the
     docs compare :func:`norm_inf1` against. Practical up to ``d ~ 22``.
     """
-    A = _matrix(H, square=False)
+    return _brute(_matrix(H, square=False), chunk)[0]
+
+
+def _brute(A: np.ndarray, chunk: int) -> tuple[float, int]:
     n = A.shape[1]
     if n > 40:
         raise ValueError(f"plain enumeration of 2^{n} sign vectors is out of reach; d must be <= 40")
-    best = -np.inf
+    best, best_code = -np.inf, 0
     total = 1 << n
     shifts = np.arange(n, dtype=np.int64)
     for start in range(0, total, chunk):
         codes = np.arange(start, min(start + chunk, total), dtype=np.int64)
         S = 2.0 * ((codes[:, None] >> shifts[None, :]) & 1) - 1.0
-        best = max(best, float(np.abs(S @ A.T).sum(axis=1).max()))
-    return best
+        vals = np.abs(S @ A.T).sum(axis=1)
+        k = int(vals.argmax())
+        if vals[k] > best:
+            best, best_code = float(vals[k]), int(codes[k])
+    return best, best_code
 
 
 def _enumerate(A: np.ndarray, deadline: float | None) -> tuple[float, int, int]:
@@ -487,9 +494,8 @@ def solve_norm_inf1(
     if method == "brute":
         if time_limit is not None:
             raise ValueError("method='brute' does not support time_limit")
-        val = norm_inf1_bruteforce(A, chunk=chunk)
-        _, s = heuristic_norm_inf1(A, return_sign=True)
-        return Inf1Result(val, val, s, True, method, 1 << n, time.perf_counter() - t0)
+        _, code = _brute(A, chunk)
+        return finish(code, 1 << n)
     if method == "enumerate":
         try:
             _, code, count = _enumerate(A, deadline)
@@ -587,31 +593,30 @@ def _progress_bar(total: int, enabled: bool) -> Any:
 # --------------------------------------------------------------------------------------------
 # separable smoothness (SDP)
 # --------------------------------------------------------------------------------------------
-def sep_smoothness(
-    H: Any, *, solver: str | None = None, return_weights: bool = False, eps: float = 1e-8
-) -> float | tuple[float, np.ndarray]:
-    """``L_sep(H) = min sum_i l_i  s.t.  l_i >= 0,  H <= diag(l)`` (seed 000, Eq. 26), by SDP.
+def _diag_sdp(W: np.ndarray, solver: str | None, eps: float, max_dim: int, what: str) -> np.ndarray:
+    """Solve ``min sum_i l_i  s.t.  diag(l) - W >= 0`` and return a *certified feasible* ``l``.
 
-    For PSD H, Prop. 6 gives ``L_inf <= L_sep <= sum(lambda) / rho_diag`` (Eq. 27). Needs the
-    optional dependency ``cvxpy`` (``pip install steepest[sdp]``). The solver's accuracy is
-    about ``eps`` relative; ``return_weights`` also returns the optimal ``l``.
+    The solver's ``l`` is shifted by ``max(0, -lambda_min(diag(l) - W))`` so that the constraint
+    holds exactly (up to the eigenvalue routine's rounding), whatever the solver's accuracy.
     """
     try:
         import cvxpy as cp
-    except ImportError as exc:  # pragma: no cover - exercised by monkeypatching in tests
+    except ImportError as exc:
         raise ImportError(
-            "sep_smoothness needs the optional dependency cvxpy: pip install 'steepest[sdp]'"
+            f"{what} needs the optional dependency cvxpy: pip install 'steepest[sdp]'"
         ) from exc
-    A = _symmetric(H)
-    d = A.shape[0]
-    scale = float(np.abs(A).max())
+    d = W.shape[0]
+    if d > max_dim:
+        raise ValueError(
+            f"{what}: the SDP has a {d}x{d} matrix constraint, above max_dim = {max_dim} "
+            "(interior-point cost grows like d^6); raise max_dim if you can wait"
+        )
+    scale = float(np.abs(W).max())
     if scale == 0.0:
-        z = np.zeros(d)
-        return (0.0, z) if return_weights else 0.0
-    An = A / scale  # solve a well-scaled problem
-    lv = cp.Variable(d, nonneg=True)
-    M = cp.diag(lv) - An
-    prob = cp.Problem(cp.Minimize(cp.sum(lv)), [0.5 * (M + M.T) >> 0])
+        return np.zeros(d)
+    Wn = W / scale  # a well-scaled problem
+    lv = cp.Variable(d)
+    prob = cp.Problem(cp.Minimize(cp.sum(lv)), [cp.diag(lv) - Wn >> 0])
     kwargs: dict[str, Any] = {}
     if solver is None:
         solver = "CLARABEL" if "CLARABEL" in cp.installed_solvers() else None
@@ -619,10 +624,55 @@ def sep_smoothness(
         kwargs = {"tol_gap_abs": eps, "tol_gap_rel": eps, "tol_feas": eps}
     prob.solve(solver=solver, **kwargs)
     if prob.status not in ("optimal", "optimal_inaccurate") or lv.value is None:
-        raise RuntimeError(f"sep_smoothness: SDP solver failed with status {prob.status!r}")
-    l = np.maximum(np.asarray(lv.value, dtype=np.float64), 0.0) * scale
+        raise RuntimeError(f"{what}: SDP solver failed with status {prob.status!r}")
+    l = np.asarray(lv.value, dtype=np.float64).reshape(-1)
+    shift = -float(np.linalg.eigvalsh(np.diag(l) - Wn).min())
+    l = l + max(shift, 0.0) * (1 + 1e-9) + (1e-14 if shift > 0 else 0.0)
+    return l * scale
+
+
+def sep_smoothness(
+    H: Any, *, solver: str | None = None, return_weights: bool = False, eps: float = 1e-9,
+    max_dim: int = 80,
+) -> float | tuple[float, np.ndarray]:
+    """``L_sep(H) = min sum_i l_i  s.t.  l_i >= 0,  H <= diag(l)`` (seed 000, Eq. 26), by SDP.
+
+    For PSD H, Prop. 6 gives ``L_inf <= L_sep <= sum(lambda) / rho_diag`` (Eq. 27); it is also
+    the classical SDP relaxation of ``max_s s^T H s`` and so at most ``pi/2 L_inf`` (Nesterov
+    1998). The solver's ``l`` is made exactly feasible before summing, so the value is a
+    certified upper bound on ``L_inf`` for PSD H, at most ~``eps`` relative above the optimum.
+    Needs the optional dependency ``cvxpy`` (``pip install steepest[sdp]``); ``ImportError``
+    with that hint otherwise. ``d > max_dim`` raises ``ValueError`` (interior-point SDPs get
+    slow: ~1 min at d = 100 on one core). ``return_weights`` also returns ``l``.
+    """
+    A = _symmetric(H)
+    l = _diag_sdp(A, solver, eps, max_dim, "sep_smoothness")
+    l = np.maximum(l, 0.0)  # l >= 0 is implied when H is PSD; enforced for indefinite H
+    if float(np.linalg.eigvalsh(np.diag(l) - A).min()) < -1e-12 * max(float(np.abs(A).max()), 1e-300):
+        l = l + (-float(np.linalg.eigvalsh(np.diag(l) - A).min()))
     val = float(l.sum())
     return (val, l) if return_weights else val
+
+
+def sdp_bound(H: Any, *, solver: str | None = None, eps: float = 1e-9, max_dim: int = 80) -> float:
+    """Certified SDP upper bound on ``||H||_{inf,1}`` for any square H.
+
+    ``||H||_{inf,1} = max_{s,t in {-1,1}^d} t^T H s = max_z z^T W z`` with
+    ``z = (t, s)``, ``W = [[0, H/2], [H^T/2, 0]]``; any ``l`` with ``diag(l) >= W`` gives
+    ``z^T W z <= sum l`` (the argument of Prop. 6, Eq. 86). For PSD H the smaller ``L_sep(H)``
+    is used (Prop. 6). Within a factor ``pi/2`` (PSD) or Grothendieck's constant ``< 1.783``
+    of ``L_inf``. Needs ``cvxpy``.
+    """
+    A = _matrix(H)
+    if np.allclose(A, A.T, rtol=0, atol=1e-12 * max(float(np.abs(A).max()), 1e-300)):
+        lam = np.linalg.eigvalsh(0.5 * (A + A.T))
+        if lam.min() >= -1e-12 * max(float(np.abs(lam).max()), 1e-300) * len(lam):
+            return float(sep_smoothness(A, solver=solver, eps=eps, max_dim=max_dim))
+    d = A.shape[0]
+    W = np.zeros((2 * d, 2 * d))
+    W[:d, d:] = 0.5 * A
+    W[d:, :d] = 0.5 * A.T
+    return float(_diag_sdp(W, solver, eps, max_dim, "sdp_bound").sum())
 
 
 # --------------------------------------------------------------------------------------------
@@ -716,6 +766,11 @@ def heuristic_norm_inf1_block(
         starts_x.append(rng.standard_normal(A.shape[0]))
     best = 0.0
     for x0 in starts_x:
+        # x0 scaled to unit block-max norm is feasible too; from the top eigenvector it gives
+        # ||H v||^B_1 / ||v||^B_inf >= ||H v||_2 / ||v||_2 = L_2 (block analogue of Eq. 22-23)
+        bmax = max(float(np.linalg.norm(x0[b])) for b in bl)
+        if bmax > 0:
+            best = max(best, value(x0 / bmax))
         x = normalize(x0)
         v = value(x)
         for _ in range(max_iter):
@@ -752,11 +807,10 @@ def density(z: Any) -> float:
     method makes progress).
     """
     v = _vector(z, "z")
-    l2sq = float(np.dot(v, v))
-    if l2sq == 0.0:
+    vmax = float(np.abs(v).max())
+    if vmax == 0.0:
         return math.nan
-    # scale first: ||z||_2^2 underflows/overflows for tiny/huge entries
-    v = v / np.abs(v).max()
+    v = v / vmax  # scale first: ||z||_2^2 underflows/overflows for tiny/huge entries
     return float(np.abs(v).sum() ** 2 / (v.size * np.dot(v, v)))
 
 

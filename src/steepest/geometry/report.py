@@ -153,6 +153,7 @@ def geometry_report(
     mode: str = "auto",
     dense_max: int = 2000,
     exact_max: int = 24,
+    sdp_max: int = 60,
     num_probes: int = 8,
     slq_steps: int = 40,
     num_columns: int = 128,
@@ -165,7 +166,8 @@ def geometry_report(
     """Measure the sign-friendliness quantities of ``loss_fn(model(x), y)`` averaged over ``data``.
 
     ``mode="dense"`` builds the Hessian (``d`` HVPs) and computes the spectrum, ``rho_diag``,
-    Prop. 5 and the entrywise bound exactly, ``L_inf`` exactly when ``d <= exact_max``;
+    Prop. 5 and the entrywise bound exactly, ``L_inf`` exactly when ``d <= exact_max`` and the
+    SDP bound (``L_sep`` for PSD H, needs cvxpy) when ``d <= sdp_max``;
     ``"matrix-free"`` uses only HVPs: Lanczos (``eigsh``) for ``L_2``/``lambda_max``/
     ``lambda_min``, Hutchinson for ``tr H``, stochastic Lanczos quadrature for ``sum|lambda|``,
     ``num_columns`` sampled columns for ``rho_diag`` and ``sum_ij |H_ij|``, and a sign-vector
@@ -183,7 +185,7 @@ def geometry_report(
     phi = D.density(g) if gnorm > 0 else math.nan
     use_dense = mode == "dense" or (mode == "auto" and d <= dense_max)
     if use_dense:
-        rep = _dense_report(op, name, loss, gnorm, phi, exact_max, seed, progress)
+        rep = _dense_report(op, name, loss, gnorm, phi, exact_max, sdp_max, seed, progress)
     else:
         rep = _matrix_free_report(op, name, loss, g, gnorm, phi, num_probes, slq_steps, num_columns,
                                   lb_random, lb_iterations, seed, progress)
@@ -193,7 +195,7 @@ def geometry_report(
 
 
 def _dense_report(op: M.HessianOperator, name: str, loss: float, gnorm: float, phi: float,
-                  exact_max: int, seed: int, progress: bool) -> GeometryReport:
+                  exact_max: int, sdp_max: int, seed: int, progress: bool) -> GeometryReport:
     H = op.dense(progress=progress).double().cpu().numpy()
     H = 0.5 * (H + H.T)  # HVPs are symmetric up to rounding
     d = H.shape[0]
@@ -207,6 +209,15 @@ def _dense_report(op: M.HessianOperator, name: str, loss: float, gnorm: float, p
              "Eq. 22 lower bound": D.lower_bound_eq22(H)}
     if lam.min() >= -1e-10 * max(L2, 1e-300) * d and abs_sum > 0:
         extra["Prop. 4 bound (PSD, Eq. 20)"] = D.prop4_bound(H)
+    if d <= sdp_max:
+        try:
+            sdp = D.sdp_bound(H)
+        except ImportError:
+            pass  # cvxpy is optional
+        else:
+            key = "L_sep SDP (Prop. 6)" if "Prop. 4 bound (PSD, Eq. 20)" in extra else "SDP relaxation"
+            uppers[key] = sdp
+            extra[key] = sdp
     mode = "dense"
     if d <= exact_max:
         res = D.solve_norm_inf1(H, time_limit=60.0, progress=progress)

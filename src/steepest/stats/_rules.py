@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-__all__ = ["RULES", "RuleOptions", "fallback_sumsq", "rule_for"]
+__all__ = ["RULES", "RuleOptions", "check_batched", "fallback_sumsq", "rule_for"]
 
 
 @dataclass(frozen=True)
@@ -112,12 +112,6 @@ def conv_sumsq(module: nn.Conv1d | nn.Conv2d, args: tuple[Any, ...], grad_out: T
     (per group); patches are formed one chunk of examples at a time.
     """
     x = args[0]
-    expected = 4 if isinstance(module, nn.Conv2d) else 3
-    if x.dim() != expected:
-        raise ValueError(
-            f"{type(module).__name__} got an input without a batch dimension (shape "
-            f"{tuple(x.shape)}); per-example statistics need inputs of shape (N, C, ...)"
-        )
     n = x.shape[0]
     groups = module.groups
     o = module.out_channels
@@ -153,8 +147,6 @@ def embedding_sumsq(module: nn.Embedding, args: tuple[Any, ...], grad_out: Tenso
             "batch, which couples the examples; per-example gradients are undefined"
         )
     idx = args[0]
-    if idx.dim() == 0:
-        raise ValueError("Embedding got a 0-d index; per-example statistics need (N, ...)")
     n = idx.shape[0]
     num, dim = module.weight.shape
     flat_idx = idx.reshape(n, -1).long()
@@ -171,6 +163,21 @@ def embedding_sumsq(module: nn.Embedding, args: tuple[Any, ...], grad_out: Tenso
     acc = torch.zeros(num, dim, dtype=d.dtype, device=d.device)
     acc.index_add_(0, uniq % num, per_example_rows.square_().mul_(scale2))
     return {"weight": acc}
+
+
+def check_batched(module: nn.Module, x: Tensor) -> None:
+    """Raise ``ValueError`` if a fast-rule module got an input without a batch dimension."""
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        ok, shape = x.dim() == (4 if isinstance(module, nn.Conv2d) else 3), "(N, C, ...)"
+    elif isinstance(module, nn.Embedding):
+        ok, shape = x.dim() >= 1, "(N, ...)"
+    else:
+        ok, shape = x.dim() >= 2, "(N, ..., in)"
+    if not ok:
+        raise ValueError(
+            f"{type(module).__name__} got an input without a batch dimension (shape "
+            f"{tuple(x.shape)}); per-example statistics need inputs of shape {shape}"
+        )
 
 
 def _plain_forward(module: nn.Module, cls: type[nn.Module]) -> bool:

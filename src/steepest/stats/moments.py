@@ -43,7 +43,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten
 
-from steepest.stats._rules import Rule, RuleOptions, fallback_sumsq, rule_for
+from steepest.stats._rules import Rule, RuleOptions, check_batched, fallback_sumsq, rule_for
 
 __all__ = ["GradientMoments", "GradientMomentsResult", "gradient_moments"]
 
@@ -321,6 +321,7 @@ class GradientMoments:
             return
         if not args or not isinstance(args[0], Tensor):
             raise TypeError(f"module '{unit.name}' was called without a tensor input")
+        check_batched(module, args[0])
         x = args[0].detach()
         output.register_hook(partial(self._on_output_grad, unit, (x, *args[1:])))
 
@@ -417,7 +418,9 @@ class GradientMoments:
                 except RuntimeError as err:
                     raise RuntimeError(
                         f"torch.func fallback failed for module '{unit.name}' "
-                        f"({type(unit.module).__name__}): {err}"
+                        f"({type(unit.module).__name__}): {err}. The fallback re-runs the "
+                        "module's forward one example at a time under vmap: randomness inside "
+                        "it (dropout) cannot be replayed and examples must not interact"
                     ) from err
                 for k, s in sums.items():
                     self._add(bw, unit.params[k], s, n)
