@@ -114,6 +114,11 @@ class _Ops:
         return [x * c for x, c in zip(xs, coefs.unbind(0))]
 
     @staticmethod
+    def div(xs: list[Tensor], ys: list[Tensor]) -> list[Tensor]:
+        """Out of place: ``xs[i] / ys[i]``."""
+        return [x / y for x, y in zip(xs, ys)]
+
+    @staticmethod
     def mul_scalar_(xs: list[Tensor], c: float) -> list[Tensor]:
         for x in xs:
             x.mul_(c)
@@ -190,6 +195,10 @@ class _ForeachOps(_Ops):
         return list(torch._foreach_mul(xs, list(coefs.unbind(0))))
 
     @staticmethod
+    def div(xs: list[Tensor], ys: list[Tensor]) -> list[Tensor]:
+        return list(torch._foreach_div(xs, ys))
+
+    @staticmethod
     def mul_scalar_(xs: list[Tensor], c: float) -> list[Tensor]:
         torch._foreach_mul_(xs, c)
         return xs
@@ -230,6 +239,12 @@ def _as_list(xs: TensorOrList) -> tuple[list[Tensor], bool]:
     if not all(isinstance(x, Tensor) for x in xs):
         raise TypeError("xs must be a tensor or a sequence of tensors")
     return xs, False
+
+
+def _fresh(units: list[Tensor], sources: list[Tensor]) -> list[Tensor]:
+    """Copies of the units that alias an input (so they can be scaled in place)."""
+    ids = {id(x) for x in sources}
+    return [u.clone() if id(u) in ids else u for u in units]
 
 
 def _safe_div(num: Tensor, den: Tensor) -> Tensor:
@@ -325,10 +340,22 @@ class Norm(ABC):
         lst, single = _as_list(xs)
         if not lst:
             return []
-        ops = _ops(foreach)
-        f = self._factor(lst, ops, per_tensor)
-        out = ops.scale(f.unit, f.coefficients(mode, beta))
+        out = self._direction(lst, _ops(foreach), mode, beta, per_tensor)
         return out[0] if single else out
+
+    def _direction(
+        self, xs: list[Tensor], ops: type[_Ops], mode: str, beta: float, per_tensor: bool
+    ) -> list[Tensor]:
+        """Fresh tensors (never aliases of ``xs``) holding the direction of ``mode``."""
+        if mode == "normalized":
+            return self._normalized(xs, ops, per_tensor)
+        f = self._factor(xs, ops, per_tensor)
+        return ops.mul_(_fresh(f.unit, xs), list(f.coefficients(mode, beta).unbind(0)))
+
+    def _normalized(self, xs: list[Tensor], ops: type[_Ops], per_tensor: bool) -> list[Tensor]:
+        """``z# / ||z||_*``. Subclasses override this where ``scale / dual`` can overflow."""
+        f = self._factor(xs, ops, per_tensor)
+        return ops.mul_(_fresh(f.unit, xs), list(f.coefficients("normalized").unbind(0)))
 
     def sharp(self, xs: TensorOrList, *, foreach: bool = False) -> TensorOrList:
         """``z# = argmax_x <z,x> - 1/2||x||^2`` (seed 000, Eq. 32)."""
@@ -418,6 +445,24 @@ class Lp(Norm):
         den = ops.pow_(ops.add_(ops.abs(xs), self.eps), e)
         out = [x.clone() for x in xs]
         return ops.div_(out, den)
+
+    def _direction(
+        self, xs: list[Tensor], ops: type[_Ops], mode: str, beta: float, per_tensor: bool
+    ) -> list[Tensor]:
+        if mode == "unscaled":  # elementwise only: no reductions (signSGD must not pay for them)
+            return self.unit(xs, ops)
+        return super()._direction(xs, ops, mode, beta, per_tensor)
+
+    def _normalized(self, xs: list[Tensor], ops: type[_Ops], per_tensor: bool) -> list[Tensor]:
+        if math.isinf(self.p):
+            return ops.sign(xs)  # ||z||_1 sign(z) / ||z||_1
+        if self.eps > 0:
+            return super()._normalized(xs, ops, per_tensor)
+        # The unit map is homogeneous of degree 1/(p-1), so z#/||z||_q = unit(z/||z||_q): divide
+        # first, since ||z||_q^(-1/(p-1)) overflows for tiny (e.g. subnormal) z.
+        dual = _combine_pow(ops.norms(xs, self.q), self.q, per_tensor)
+        # A norm that underflows to 0 makes the vector the zero vector: divide by inf there.
+        return self.unit(ops.div(xs, list(torch.where(dual > 0, dual, math.inf).unbind(0))), ops)
 
     def _factor(self, xs: list[Tensor], ops: type[_Ops], per_tensor: bool) -> Factored:
         dual = _combine_pow(ops.norms(xs, self.q), self.q, per_tensor)
@@ -516,13 +561,14 @@ class BlockNorm(Norm):
         return maxes if per_tensor else maxes.max().expand(len(xs))
 
     def _factor(self, xs: list[Tensor], ops: type[_Ops], per_tensor: bool) -> Factored:
+        # Divide rather than multiply by 1/||z_B||, which overflows for tiny blocks.
         if self.blocks == "tensor":
             bn = ops.norms(xs, 2.0)
-            unit = ops.scale(xs, _safe_div(torch.ones_like(bn), bn))
+            unit = ops.div(xs, list(torch.where(bn > 0, bn, math.inf).unbind(0)))
             sums = bn
         else:
             norms = [self._block_norms(x) for x in xs]
-            unit = [x * _safe_div(torch.ones_like(n), n) for x, n in zip(xs, norms)]
+            unit = [x / torch.where(n > 0, n, math.inf) for x, n in zip(xs, norms)]
             sums = torch.stack([n.sum() for n in norms]) if xs else torch.zeros(0)
         dual = _combine_pow(sums, 1.0, per_tensor)
         return Factored(unit, dual, dual)

@@ -79,7 +79,7 @@ def test_zero_gradients_do_not_vote(suite: list[dict], key: tuple) -> None:
     # a.weight[:, 0] has an exact zero gradient on every rank (dead input) inside a voting
     # parameter: no drift. Exact for int8 and for one bit in an even world (ranks of opposite
     # parity cancel); one bit in an odd world alternates by at most one step.
-    transport, scaled, _, momentum = key
+    transport, scaled, _, _ = key
     for res in suite:
         r = res["grid"][key]
         if transport == "int8" or len(suite) % 2 == 0:

@@ -61,7 +61,7 @@ def test_hvp_and_dense_match_reference(tiny):
     V = torch.randn(26, 3, dtype=torch.float64)
     np.testing.assert_allclose(op.matmat(V).numpy(), H @ V.numpy(), atol=1e-12)
     np.testing.assert_allclose(op.to_scipy() @ V.numpy(), H @ V.numpy(), atol=1e-12)
-    loss_val, grad = op.gradient()
+    _, grad = op.gradient()
     np.testing.assert_allclose(grad.numpy(), g, atol=1e-13)
 
 
@@ -97,7 +97,7 @@ def test_spectrum(tiny):
     lmin, _ = M.top_eigenvalue(op, which="SA")
     assert lmin == pytest.approx(lam[0], rel=1e-6, abs=1e-10)
     assert M.l2_smoothness_model(op) == pytest.approx(G.l2_smoothness(H), rel=1e-8)
-    vals, vecs = M.top_eigenvalues(op, 3)
+    vals, _ = M.top_eigenvalues(op, 3)
     np.testing.assert_allclose(vals, lam[::-1][:3], rtol=1e-8)
     with pytest.raises(ValueError, match="which"):
         M.top_eigenvalues(op, which="XX")
@@ -134,7 +134,7 @@ def test_slq_abs_trace(tiny):
     k = 60
     # with steps >= d the Gauss quadrature is exact per probe: an unbiased Hutchinson estimate
     # of tr|H| with Var = 2 sum_{i != j} |H|_ij^2
-    est, se = M.slq_trace(op, np.abs, num_probes=k, steps=26, seed=3)
+    est, _ = M.slq_trace(op, np.abs, num_probes=k, steps=26, seed=3)
     sd = math.sqrt(2 * ((absH - np.diag(np.diag(absH))) ** 2).sum() / k)
     assert abs(est - np.abs(lam).sum()) <= 5 * sd
     # f = identity gives the trace
@@ -162,7 +162,7 @@ def test_inf1_lower_bound_is_certified(tiny):
     model, loss, batches, H, g = tiny
     op = M.HessianOperator(model, loss, batches)
     exact = G.norm_inf1(H)
-    lam, V = np.linalg.eigh(H)
+    _, V = np.linalg.eigh(H)
     lb = M.inf1_lower_bound(op, eigvecs=[V[:, -1]], extra={"grad": torch.tensor(g)}, seed=0)
     s = lb.sign.numpy()
     assert set(np.unique(s)) <= {-1.0, 1.0}
@@ -237,7 +237,7 @@ def test_report_dense_exact_and_matrix_free_agree_with_reference(tiny):
     assert rep.lambda_bar == pytest.approx(np.abs(lam).mean())
     assert rep.rho_diag == pytest.approx(G.rho_diag(H))
     assert rep.density == pytest.approx(G.density(g))
-    lo, hi = rep.advantage
+    lo, _ = rep.advantage
     assert lo == pytest.approx(G.predicted_advantage(g, np.abs(lam).max(), exact))
     text = rep.format()
     assert "L_2 = max|lambda|" in text and "R in [" in text

@@ -74,13 +74,22 @@ def pack_bits(mask: Tensor) -> Tensor:
             f"mask must be a 1-D bool tensor, got {mask.dtype} of shape {tuple(mask.shape)}"
         )
     n = mask.numel()
-    nbytes = packed_nbytes(n)
-    mask = mask.contiguous()
-    if nbytes * 8 != n:
-        mask = torch.cat([mask, mask.new_zeros(nbytes * 8 - n)])
+    out = torch.empty(packed_nbytes(n), dtype=torch.uint8)
+    full = n // 64 * 64
+    if full:
+        _gather_bytes(mask[:full].contiguous(), out[: full // 8])
+    if full < n:  # the last partial word: pad a copy of < 64 bools, not the whole mask
+        tail = torch.zeros(64, dtype=torch.bool)
+        tail[: n - full] = mask[full:]
+        _gather_bytes(tail, out[full // 8 :])
+    return out
+
+
+def _gather_bytes(mask: Tensor, out: Tensor) -> None:
+    """Pack a contiguous bool tensor of a multiple of 64 elements into ``out`` (uint8)."""
     # 8 bools (bytes 0/1) are one little-endian int64 word; the multiply gathers them.
     words = mask.view(torch.uint8).view(torch.int64)
-    return (words.mul(_GATHER).bitwise_right_shift_(56).bitwise_and_(0xFF)).to(torch.uint8)
+    out.copy_(words.mul(_GATHER).bitwise_right_shift_(56).bitwise_and_(0xFF))
 
 
 def unpack_bits(packed: Tensor, n: int) -> Tensor:

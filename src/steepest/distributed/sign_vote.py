@@ -75,7 +75,6 @@ from torch.futures import Future
 
 from steepest.distributed.bits import (
     majority_vote,
-    pack_bits,
     pack_signs,
     packed_nbytes,
     unpack_ternary,
@@ -324,14 +323,17 @@ class SignVoteState:
                 f"{state_dict['config']['momentum']}"
             )
         keyed_by = state_dict["keyed_by"]
-        if keyed_by == "name" and self.keyed_by != "name" and state_dict["momentum_buffers"]:
+        if state_dict["momentum_buffers"] and keyed_by != self.keyed_by:
+            if keyed_by == "name":
+                raise ValueError(
+                    "the saved momentum is keyed by parameter name: construct the state with "
+                    "module=model (or call bind) before load_state_dict"
+                )
             raise ValueError(
-                "the saved momentum is keyed by parameter name: construct the state with "
-                "module=model (or call bind) before load_state_dict"
+                "the saved momentum is keyed by order of appearance: construct the state "
+                "without module= to load it"
             )
         self.momentum_buffers = {k: v.clone() for k, v in state_dict["momentum_buffers"].items()}
-        if keyed_by == "ordinal":
-            self.keyed_by = "ordinal" if not self._module else self.keyed_by
         self.iterations = int(state_dict["iterations"])
         for k, v in state_dict["counters"].items():
             setattr(self, k, v)
@@ -444,19 +446,33 @@ def _segments(bucket: dist.GradBucket, flat: Tensor, complex_buffer: bool) -> li
     return lengths
 
 
+def _segment_l1(segs: list[Tensor]) -> Tensor:
+    """``||s||_1`` of every segment as a float32 vector. (``abs().sum()`` measured faster on
+    CPU than ``linalg.vector_norm(s, 1)`` and ``_foreach_norm``, which loops over it.)"""
+    if not segs:
+        return torch.zeros(0)
+    return torch.stack([s.abs().sum(dtype=torch.float32) for s in segs])
+
+
 def _prepare(
     state: SignVoteState, bucket: dist.GradBucket, flat: Tensor, lengths: list[int]
 ) -> tuple[Tensor, float]:
-    """Per-segment status, momentum update written into ``flat``; returns ``(status, local l1)``."""
+    """Per-segment status, momentum update written into ``flat``; returns ``(status, local l1)``.
+
+    Status from one cheap pass: a NaN/inf in a segment makes its sum non-finite (a float32
+    overflow of the sum counts as non-finite too), and only a segment whose sum is exactly 0 is
+    checked for being all zero.
+    """
     segs = list(flat.split(lengths))
-    # l1 per segment: 0 means "no gradient here" (a sum of |x| with one non-zero term is > 0),
-    # NaN/inf means non-finite (float32 overflow of the sum counts as non-finite too).
-    l1 = (
-        torch.stack([s.abs().sum(dtype=torch.float32) for s in segs]) if segs else flat.new_zeros(0)
-    )
+    if state.scaled and state.momentum == 0:
+        sums = _segment_l1(segs)  # needed anyway; 0 iff the segment is all zero
+    else:
+        sums = torch.stack([s.sum(dtype=torch.float32) for s in segs]) if segs else torch.zeros(0)
     status = torch.full((len(segs),), _VOTE, dtype=torch.uint8)
-    status[l1 == 0] = _ZERO
-    status[~torch.isfinite(l1)] = _NONFINITE
+    for i in torch.nonzero(sums == 0).flatten().tolist():
+        if not bool(segs[i].any()):
+            status[i] = _ZERO
+    status[~torch.isfinite(sums)] = _NONFINITE
     voting = (status == _VOTE).tolist()
     state.abstentions += len(voting) - sum(voting)
     state.nonfinite_segments += int((status == _NONFINITE).sum())
@@ -476,31 +492,42 @@ def _prepare(
             else:
                 buf.view(-1).mul_(beta).add_(seg, alpha=1 - beta)
             seg.copy_(buf.view(-1))
-        if state.scaled:
-            l1 = torch.stack([s.abs().sum(dtype=torch.float32) for s in segs])
-    local_l1 = float(l1[status == _VOTE].to(torch.float64).sum()) if state.scaled else 0.0
-    return status, local_l1
+    if not state.scaled:
+        return status, 0.0
+    l1 = sums if state.momentum == 0 else _segment_l1(segs)
+    return status, float(l1[status == _VOTE].to(torch.float64).sum())
+
+
+def _clear_bits(row: Tensor, lo: int, hi: int) -> None:
+    """Zero bits ``[lo, hi)`` of a packed (LSB-first) ``uint8`` row in place."""
+    first_full, last_full = -(-lo // 8), hi // 8
+    if first_full > last_full:  # inside one byte
+        row[lo // 8] &= ~(((1 << (hi - lo)) - 1) << (lo % 8)) & 0xFF
+        return
+    row[first_full:last_full] = 0
+    if lo % 8:
+        row[lo // 8] &= (1 << (lo % 8)) - 1
+    if hi % 8:
+        row[hi // 8] &= ~((1 << (hi % 8)) - 1) & 0xFF
 
 
 def _active_bits(
     status: Tensor, lengths: list[int], start: int, count: int, nbytes: int
 ) -> Tensor | None:
     """Packed "votes here" planes of every rank for coordinates ``[start, start + count)``,
-    ``None`` if every rank votes everywhere."""
-    if bool((status == _VOTE).all()):
+    ``None`` if every rank votes everywhere. Built on packed bytes: O(bytes + segments)."""
+    abstain = status != _VOTE
+    if not bool(abstain.any()):
         return None
     offsets = [0]
     for length in lengths:
         offsets.append(offsets[-1] + length)
-    rows = []
-    for r in range(status.shape[0]):
-        mask = torch.ones(nbytes * 8, dtype=torch.bool)
-        for s in torch.nonzero(status[r] != _VOTE).flatten().tolist():
-            lo, hi = max(offsets[s] - start, 0), min(offsets[s + 1] - start, count)
-            if lo < hi:
-                mask[lo:hi] = False
-        rows.append(pack_bits(mask))
-    return torch.stack(rows)
+    rows = torch.full((status.shape[0], nbytes), 0xFF, dtype=torch.uint8)
+    for r, s in torch.nonzero(abstain).tolist():
+        lo, hi = max(offsets[s] - start, 0), min(offsets[s + 1] - start, count)
+        if lo < hi:
+            _clear_bits(rows[r], lo, hi)
+    return rows
 
 
 def _zero_bit(rank: int, step: int) -> int:

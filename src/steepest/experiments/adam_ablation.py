@@ -72,7 +72,7 @@ class Setup:
 SETUPS = {
     # lr values: the full run's choices on the grid around the paper's 0.001 / 0.06 (factor
     # sqrt(10); docs/results/adam-ablation/summary.json), used as they are in quick mode
-    "mnist1d": Setup("mnist1d-2c2d", 10, 2, 64, 1e-3, 0.06 * 10.0),
+    "mnist1d": Setup("mnist1d-2c2d", 10, 2, 64, 1e-3 * 10**0.5, 0.06 * 10.0),
     "digits": Setup("digits-2c2d", 20, 4, 64, 1e-3 * 10**0.5, 0.06 * 10**0.5),
     # seed 000 App. D.1
     "fashion-mnist": Setup("fashion-mnist-2c2d", 6, 1, 64, 1e-3, 0.06, 0.0, "fashion-mnist"),

@@ -15,6 +15,10 @@ Options: an experiment reads its own knobs with :meth:`Context.opt` (``steepest 
 --set steps=50``); an option that was given but never read is reported, so a typo cannot pass
 silently. Seeds are ``0 .. seeds-1``; an experiment derives every random draw from them, so a
 rerun with the same arguments writes the same numbers.
+
+Helpers for experiments: :func:`log_grid_search` (step-size tuning that brackets the optimum),
+:func:`torch_threads` (single-threaded loops on tiny tensors) and :func:`claims_markdown`
+(``steepest reproduce --summarize DIR``).
 """
 
 from __future__ import annotations

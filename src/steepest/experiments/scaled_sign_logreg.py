@@ -243,11 +243,13 @@ def run_config(
 
 def smoothness(data: LogRegData) -> tuple[float, float]:
     """Upper bounds on L_2 and L_inf of f: the Hessian is A^T D A / n + I/n with D <= 1/4, so
-    L_2 <= lambda_max(A^T A)/(4n) + 1/n, and for this PSD bound matrix M, Prop. 4 of seed 000
-    gives ||M||_{inf,1} <= sum(lambda)/rho_diag = sum_ij |M_ij|."""
+    with M = A^T A / (4n) + I/n, L_2 <= ||M||_2 and L_inf <= ||M||_{inf,1} <= sum(lambda)/rho_diag
+    (seed 000, Prop. 4; :func:`steepest.geometry.prop4_bound`)."""
+    from steepest.geometry import l2_smoothness, prop4_bound
+
     n = data.n
-    M = data.A.T @ data.A / (4 * n) + torch.eye(data.d, dtype=torch.float64) / n
-    return float(torch.linalg.eigvalsh(M).max()), float(M.abs().sum())
+    M = (data.A.T @ data.A / (4 * n) + torch.eye(data.d, dtype=torch.float64) / n).numpy()
+    return l2_smoothness(M), prop4_bound(M)
 
 
 def grid_centre(

@@ -242,14 +242,17 @@ def _decode(code: int, n: int) -> np.ndarray:
 def _local_search(A: np.ndarray, S: np.ndarray, max_rounds: int = 200) -> tuple[np.ndarray, np.ndarray]:
     """Improve sign vectors (rows of S) for ``max ||A s||_1``; return (S, values).
 
-    Two moves, repeated until neither improves: the alternating sign iteration for symmetric
-    or square A (``s <- sign(A^T sign(A s))``: the bilinear form ``t^T A s`` never decreases),
-    then the best single flip. Every returned value is ``||A s||_1`` of an explicit sign vector.
+    Two moves, repeated until neither improves: the alternating sign iteration
+    (``s <- sign(A^T sign(A s))``: the bilinear form ``t^T A s`` never decreases), then the best
+    single flip (skipped when ``m n > 4e6``). Every returned value is ``||A s||_1`` of an explicit sign vector.
     """
     S = S.copy()
     R = S @ A.T
     vals = np.abs(R).sum(axis=1)
     m, n = A.shape
+    # the flip gains cost an (n, m) array per start and round: skip them for very large A
+    # (d > 2000), where the alternating iteration alone is used
+    flips = n * m <= 4_000_000
     big = S.shape[0] * n * m > 4_000_000  # flip-gain tensor too large: loop over starts
     for _ in range(max_rounds):
         # alternating step
@@ -259,6 +262,10 @@ def _local_search(A: np.ndarray, S: np.ndarray, max_rounds: int = 200) -> tuple[
         v2 = np.abs(R2).sum(axis=1)
         better = v2 > vals * (1 + 1e-15)
         S[better], R[better], vals[better] = S2[better], R2[better], v2[better]
+        if not flips:
+            if not better.any():
+                break
+            continue
         # best single flip: ||r - 2 s_j A[:, j]||_1 for every j
         if big:
             gains = np.stack([np.abs(R[b][None, :] - 2.0 * (S[b][:, None] * A.T)).sum(axis=1)

@@ -360,36 +360,41 @@ def slq_trace(
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     rng = np.random.default_rng(seed)
-    d = op.dim
+    d, k = op.dim, num_probes
     m = min(steps, d)
+    # all probes run as one block: every Lanczos step is a single matmat with k columns
+    Q = np.zeros((m, d, k))
+    alpha, beta = np.zeros((m, k)), np.zeros((m, k))
+    q = rng.choice([-1.0, 1.0], size=(d, k)) / math.sqrt(d)
+    used = np.full(k, m)  # Lanczos steps per probe (fewer on breakdown: exact quadrature)
+    active = np.ones(k, dtype=bool)
+    bar = _bar(m, progress, "Lanczos (tr f(H))")
+    for j in range(m):
+        Q[j] = q
+        W = op.matmat(torch.as_tensor(q)).double().cpu().numpy()
+        bar.update(1)
+        alpha[j] = (W * q).sum(0)
+        for _ in range(2):  # full reorthogonalization, twice is enough
+            W -= np.einsum("jdk,jk->dk", Q[: j + 1], np.einsum("jdk,dk->jk", Q[: j + 1], W))
+        b = np.linalg.norm(W, axis=0)
+        if j == m - 1:
+            break
+        scale = np.maximum(1.0, np.abs(alpha[: j + 1]).max(0))
+        stop = active & (b <= 1e-12 * scale)
+        used[stop] = j + 1
+        active &= ~stop
+        W[:, ~active] = 0.0
+        beta[j] = np.where(active, b, 0.0)
+        q = np.where(active[None, :], W / np.where(b > 0, b, 1.0)[None, :], 0.0)
+        if not active.any():
+            break
+    bar.close()
     ests = []
-    bar = _bar(num_probes * m, progress, "Lanczos (tr|H|)")
-    for _ in range(num_probes):
-        v = rng.choice([-1.0, 1.0], size=d)
-        Q = np.zeros((m, d))
-        alpha, beta = np.zeros(m), np.zeros(m)
-        q = v / math.sqrt(d)
-        k_used = m
-        for j in range(m):
-            Q[j] = q
-            w = op.matvec(torch.as_tensor(q)).double().cpu().numpy()
-            bar.update(1)
-            alpha[j] = float(w @ q)
-            # full reorthogonalization (twice is enough)
-            for _ in range(2):
-                w -= Q[: j + 1].T @ (Q[: j + 1] @ w)
-            b = float(np.linalg.norm(w))
-            if j == m - 1:
-                break
-            if b <= 1e-12 * max(1.0, abs(alpha[: j + 1]).max()):
-                k_used = j + 1  # invariant subspace found: quadrature is exact
-                break
-            beta[j] = b
-            q = w / b
-        T = np.diag(alpha[:k_used]) + np.diag(beta[: k_used - 1], 1) + np.diag(beta[: k_used - 1], -1)
+    for c in range(k):
+        u = used[c]
+        T = np.diag(alpha[:u, c]) + np.diag(beta[: u - 1, c], 1) + np.diag(beta[: u - 1, c], -1)
         theta, U = np.linalg.eigh(T)
         ests.append(d * float((U[0] ** 2 * fn(theta)).sum()))
-    bar.close()
     arr = np.array(ests)
     se = float(arr.std(ddof=1) / math.sqrt(len(arr))) if len(arr) > 1 else math.inf
     return float(arr.mean()), se

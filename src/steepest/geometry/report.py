@@ -123,8 +123,10 @@ class GeometryReport:
             + (f" +- {self.rho_diag_stderr:.2g}" if self.rho_diag_stderr > 0 else "")
             + f"{how('rho_diag')}  (Prop. 4; in [1/d, 1], 1 = diagonal)",
             "l_inf smoothness L_inf = ||H||_inf,1 (Eq. 19, NP-hard: a bracket)",
-            f"  lower (certified: {self.linf_lower_source:<22s}) {self.linf_lower:.6g}",
-            f"  upper ({cert}: {self.linf_upper_source:<{31 - len(cert)}s}) {self.linf_upper:.6g}",
+            f"  lower                                {self.linf_lower:<12.6g}"
+            f"  [certified: {self.linf_lower_source}]",
+            f"  upper                                {self.linf_upper:<12.6g}"
+            f"  [{cert}: {self.linf_upper_source}]",
             f"  L_inf / (d L_2) in [{self.linf_lower / (d * self.L2):.3g}, "
             f"{self.linf_upper / (d * self.L2):.3g}]  (Eq. 23: between 1/d and 1)"
             if self.L2 > 0 else "  L_2 = 0: the loss is linear here",

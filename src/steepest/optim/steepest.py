@@ -63,21 +63,11 @@ def apply_direction(
     ops = _ops(foreach)
     lr = group["lr"] if lr is None else lr
     per_tensor = group.get("scope", "global") == "per_tensor"
-    if mode == "unscaled" and isinstance(norm, Lp):
-        # Elementwise map only: no reductions (signSGD must not pay for ||g||_1).
-        units = norm.unit(c, ops)
-    else:
-        f = norm._factor(c, ops, per_tensor)
-        units = ops.mul_(_fresh(f.unit, c), list(f.coefficients(mode, beta).unbind(0)))
+    direction = norm._direction(c, ops, mode, beta, per_tensor)
     wd = group.get("weight_decay", 0.0)
     if wd:
         ops.mul_scalar_(params, 1.0 - lr * wd)
-    ops.axpy_(params, units, -lr)
-
-
-def _fresh(units: list[Tensor], sources: list[Tensor]) -> list[Tensor]:
-    """Never scale in place a tensor that is the caller's (the l2 unit of z is z itself)."""
-    return [u.clone() if u is s else u for u, s in zip(units, sources)]
+    ops.axpy_(params, direction, -lr)
 
 
 class SteepestDescent(StepOptimizer):

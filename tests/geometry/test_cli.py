@@ -1,0 +1,79 @@
+"""``steepest geometry``: built-in problems, user entry points, JSON output, errors."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+from steepest.cli import main
+
+ENTRY = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+    def make(seed=0):
+        torch.manual_seed(seed)
+        model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
+        x = torch.randn(30, 4)
+        y = torch.randint(0, 2, (30,))
+        return model, nn.functional.cross_entropy, [(x[:16], y[:16]), (x[16:], y[16:])]
+
+    def wrong():
+        return 42
+    """
+)
+
+
+@pytest.fixture
+def entry_file(tmp_path):
+    path = tmp_path / "mymodel.py"
+    path.write_text(ENTRY)
+    return path
+
+
+def test_list(capsys):
+    assert main(["geometry", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "digits-logreg" in out and "mnist1d-mlp" in out
+
+
+def test_entry_point_report_and_json(entry_file, tmp_path, capsys):
+    out_json = tmp_path / "rep.json"
+    rc = main(["geometry", f"{entry_file}:make", "--no-progress", "--exact-max", "30",
+               "--json", str(out_json)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    for key in ("L_2 = max|lambda|", "rho_diag", "[certified", "R in [", "favours:"):
+        assert key in out
+    rep = json.loads(out_json.read_text())
+    assert rep["dim"] == 4 * 3 + 3 + 3 * 2 + 2 and rep["num_examples"] == 30
+    assert rep["mode"] == "dense+exact"
+    assert rep["linf_lower"] == pytest.approx(rep["linf_upper"])
+    assert rep["L2"] <= rep["linf_lower"] * (1 + 1e-9) <= rep["dim"] * rep["L2"] * (1 + 1e-9)
+
+
+def test_builtin_problem_with_training(capsys):
+    rc = main(["geometry", "breast-cancer-logreg", "--examples", "64", "--no-progress",
+               "--train-steps", "4", "--density-every", "2", "--mode", "matrix-free",
+               "--columns", "16", "--probes", "2"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "after 4 sgd steps" in out
+    assert "gradient density along training" in out
+    assert "matrix-free" in out
+
+
+def test_errors(entry_file, capsys):
+    assert main(["geometry", "no-such-problem", "--no-progress"]) == 2
+    assert "unknown problem" in capsys.readouterr().err
+    assert main(["geometry", f"{entry_file}:wrong", "--no-progress"]) == 2
+    assert "(model, loss_fn, data)" in capsys.readouterr().err
+    assert main(["geometry", f"{entry_file}:missing", "--no-progress"]) == 2
+    assert "no callable" in capsys.readouterr().err
+    assert main(["geometry", "nowhere.py:f", "--no-progress"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["geometry", "digits-logreg", "--examples", "0"]) == 2
+    assert "--examples must be >= 1" in capsys.readouterr().err
