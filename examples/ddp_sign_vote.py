@@ -1,7 +1,7 @@
 """Train with 1-bit majority-vote gradients under DistributedDataParallel (CPU, gloo).
 
     torchrun --standalone --nproc_per_node=3 examples/ddp_sign_vote.py
-    torchrun --standalone --nproc_per_node=2 examples/ddp_sign_vote.py --scaled --lr 2e-5
+    torchrun --standalone --nproc_per_node=2 examples/ddp_sign_vote.py --scaled --transport int8
 
 Each process trains an MLP on its shard of scikit-learn's bundled 8x8 digits (no download;
 synthetic data if scikit-learn is missing). DDP's gradient all-reduce is replaced by
@@ -49,7 +49,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--batch", type=int, default=32, help="per rank")
-    ap.add_argument("--lr", type=float, default=None, help="default: 2e-3, or 2e-5 if --scaled")
+    ap.add_argument("--lr", type=float, default=None, help="default: 2e-3, or 1e-4 if --scaled")
     ap.add_argument("--momentum", type=float, default=0.9, help="local momentum before the sign")
     ap.add_argument("--scaled", action="store_true", help="seed 004 Alg. 3 (scaled signSGD)")
     ap.add_argument(
@@ -59,7 +59,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=60, help="collective timeout, seconds")
     ap.add_argument("--save", default=None, help="save model + hook state to SAVE.rank<r>.pt")
     args = ap.parse_args()
-    lr = args.lr if args.lr is not None else (2e-5 if args.scaled else 2e-3)
+    lr = args.lr if args.lr is not None else (1e-4 if args.scaled else 2e-3)
 
     torch.set_num_threads(1)  # several processes share the CPU
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=args.timeout))
@@ -97,7 +97,7 @@ def main() -> None:
             loss = loss_fn(ddp(x_mine[idx]), y_mine[idx])
             loss.backward()
             opt.step()
-            total += float(loss)
+            total += float(loss.detach())
         with torch.no_grad():
             acc = float((model(x_test).argmax(1) == y_test).float().mean())
         if rank == 0:

@@ -147,15 +147,27 @@ def check_against_reference(
     reduce: str = "mean",
     dtype: torch.dtype = torch.float32,
     iters: int = 5,
+    group: dist.ProcessGroup | None = None,
 ) -> dict[str, Any]:
     """DDP + hook for ``iters`` steps (>= 4: DDP rebuilds its buckets after the first), each
     step's gradients compared with :class:`Reference`; zero-gradient parameters must not move."""
     torch.manual_seed(0)
     model = Net(dtype)
     initial = {n: p.detach().clone() for n, p in model.named_parameters()}
-    ddp = DDP(model, bucket_cap_mb=0.0002, gradient_as_bucket_view=gav, static_graph=True)
+    ddp = DDP(
+        model,
+        bucket_cap_mb=0.0002,
+        gradient_as_bucket_view=gav,
+        static_graph=True,
+        process_group=group,
+    )
     state = SignVoteState(
-        scaled=scaled, momentum=momentum, transport=transport, scale_reduce=reduce, module=model
+        group,
+        scaled=scaled,
+        momentum=momentum,
+        transport=transport,
+        scale_reduce=reduce,
+        module=model,
     )
     layouts: list[list[int]] = []
 
@@ -193,6 +205,42 @@ def check_against_reference(
         "fp32_bytes": state.fp32_allreduce_bytes,
         "abstentions": state.abstentions,
     }
+
+
+def check_groups(rank: int, world: int) -> dict[str, Any]:
+    """Non-default process groups: a group of all ranks (the two-phase vote then builds its
+    second group from it), and one group per rank, where the vote of one rank is its own sign:
+    ``||g||_1 sign(g)`` (scaled), exact zeros staying 0."""
+    singles = [dist.new_group([r]) for r in range(world)]  # every rank creates every group
+    everyone = dist.new_group(list(range(world)))
+    out: dict[str, Any] = {
+        t: check_against_reference(
+            rank, world, transport=t, scaled=True, momentum=0.9, gav=True, group=everyone
+        )
+        for t in TRANSPORTS
+    }
+    torch.manual_seed(0)
+    model = Net()
+    ddp = DDP(model, process_group=singles[rank], static_graph=True)
+    state = SignVoteState(singles[rank], scaled=True)
+    ddp.register_comm_hook(state, sign_vote_hook)
+    worst = 0.0
+    for it in range(4):
+        own = local_grads(model, rank, it, torch.float32)
+        flat = torch.cat([g.reshape(-1) for g in own])
+        want = torch.sign(flat) * float(flat.abs().sum())
+        ddp.zero_grad()
+        x, y = batch(rank, it)
+        ((ddp(x, gate_of(rank)) - y) ** 2).mean().backward()
+        got = torch.cat(
+            [
+                (torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1)
+                for _, p in trainable(model)
+            ]
+        )
+        worst = max(worst, float((got - want).abs().max() / want.abs().max()))
+    out["alone"] = {"rel_err": worst, "bytes_sent": state.bytes_sent, "world": state.world()}
+    return out
 
 
 def wchar() -> int | None:
@@ -372,6 +420,20 @@ def check_nonfinite(rank: int, world: int, *, mode: str, transport: str) -> dict
     }
 
 
+def check_sparse(rank: int, world: int) -> dict[str, Any]:
+    """Sparse gradients (nn.Embedding(sparse=True)) are refused with a clear error, on every
+    rank alike (before any exchange, so nobody is left waiting)."""
+    torch.manual_seed(0)
+    model = nn.Embedding(10, 3, sparse=True)
+    ddp = DDP(model)
+    ddp.register_comm_hook(SignVoteState(), sign_vote_hook)
+    try:
+        ddp(torch.tensor([1, 2, 3])).sum().backward()
+    except Exception as err:
+        return {"error": str(err)}
+    return {"error": None}
+
+
 def check_dtype(rank: int, world: int, *, dtype: torch.dtype, transport: str) -> dict[str, Any]:
     """bfloat16 and complex parameters: the vote acts on real components, in the bucket dtype."""
     torch.manual_seed(0)
@@ -460,6 +522,8 @@ def suite(rank: int, world: int, extra: tuple[str, ...]) -> dict[str, Any]:
         rank, world, transport="auto", scaled=True, momentum=0.9, gav=True, reduce="median"
     )
     out["bytes"] = measure_bytes(rank, world)
+    if "groups" in extra:
+        out["groups"] = check_groups(rank, world)
     if "join" in extra:
         out["join"] = {
             (t, s): check_join(rank, world, scaled=s, transport=t)
@@ -478,6 +542,8 @@ def suite(rank: int, world: int, extra: tuple[str, ...]) -> dict[str, Any]:
             for dt in (torch.bfloat16, torch.complex64)
             for t in TRANSPORTS
         }
+    if "sparse" in extra:
+        out["sparse"] = check_sparse(rank, world)
     if "nonfinite" in extra:
         out["nonfinite"] = {
             (m, t): check_nonfinite(rank, world, mode=m, transport=t)

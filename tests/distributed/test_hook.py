@@ -25,7 +25,7 @@ GRID = [
 
 @pytest.fixture(scope="module")
 def m2(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    extra = ("join", "checkpoint", "dtype", "nonfinite")
+    extra = ("join", "checkpoint", "dtype", "nonfinite", "groups", "sparse")
     return results(
         run_workers(_workers.suite, 2, tmp_path_factory.mktemp("m2"), args=(extra,), deadline_s=300)
     )
@@ -115,6 +115,17 @@ def test_bytes_counted_match_socket_bytes(suite: list[dict]) -> None:
             assert fp32 / b["allgather"]["measured"] >= 30
 
 
+def test_process_groups(m2: list[dict]) -> None:
+    """A non-default group of all ranks behaves as the default one; in a group of one rank the
+    vote is the rank's own sign, scaled by its own l1 norm, and nothing is sent."""
+    for res in m2:
+        r = res["groups"]
+        for t in _workers.TRANSPORTS:
+            assert r[t]["sign_mismatch"] == 0 and r[t]["rel_err"] < 1e-5, (t, r[t])
+        assert r["alone"]["rel_err"] < 1e-6 and r["alone"]["bytes_sent"] == 0
+        assert r["alone"]["world"] == (0, 1)
+
+
 @pytest.mark.parametrize("transport", _workers.TRANSPORTS)
 @pytest.mark.parametrize("scaled", [False, True])
 def test_joined_rank_does_not_vote(m2: list[dict], transport: str, scaled: bool) -> None:
@@ -153,6 +164,11 @@ def test_nonfinite_raises_on_every_rank(m2: list[dict], transport: str) -> None:
         r = res["nonfinite"][("raise", transport)]
         assert r["raised"] is not None
         assert "non-finite gradient" in r["message"]
+
+
+def test_sparse_gradients_are_refused(m2: list[dict]) -> None:
+    for res in m2:
+        assert "sign_vote_hook does not support sparse gradients" in (res["sparse"]["error"] or "")
 
 
 @pytest.mark.parametrize("transport", _workers.TRANSPORTS)

@@ -42,8 +42,7 @@ def test_list(capsys):
 
 def test_entry_point_report_and_json(entry_file, tmp_path, capsys):
     out_json = tmp_path / "rep.json"
-    rc = main(["geometry", f"{entry_file}:make", "--no-progress", "--exact-max", "30",
-               "--json", str(out_json)])
+    rc = main(["geometry", f"{entry_file}:make", "--exact-max", "30", "--json", str(out_json)])
     assert rc == 0
     out = capsys.readouterr().out
     for key in ("L_2 = max|lambda|", "rho_diag", "[certified", "R in [", "favours:"):

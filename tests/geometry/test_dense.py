@@ -384,3 +384,11 @@ def test_rotated_quadratic_validation():
         G.rotated_quadratic(3, -2.0, 0.5)
     with pytest.raises(ValueError, match="theta"):
         G.rotated_quadratic(3, 2.0, 1.5)
+
+
+def test_heuristic_very_large_uses_alternating_iteration_only():
+    rng = np.random.default_rng(9)
+    A = rng.standard_normal((4, 1_100_000))  # m n > 4e6: no flip phase
+    val, s = G.heuristic_norm_inf1(A, starts=2, return_sign=True)
+    assert float(np.abs(A @ s).sum()) == pytest.approx(val)
+    assert float(np.abs(A.sum(axis=1)).sum()) <= val <= G.entrywise_bound(A)

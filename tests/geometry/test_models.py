@@ -252,3 +252,23 @@ def test_report_dense_exact_and_matrix_free_agree_with_reference(tiny):
     assert mf.to_dict()["verdict"] == mf.verdict()
     with pytest.raises(ValueError, match="mode"):
         geometry_report(model, loss, batches, mode="nope")
+
+
+def test_verdict_follows_the_bracket():
+    from steepest.geometry.report import GeometryReport
+
+    def rep(lower, upper, phi=1.0, L2=1.0, d=10):
+        return GeometryReport(
+            name="x", dim=d, num_examples=1, loss=0.0, grad_norm=1.0, density=phi, L2=L2,
+            lambda_max=L2, lambda_min=0.0, trace=L2, abs_trace=L2, rho_diag=1.0,
+            rho_diag_stderr=0.0, linf_lower=lower, linf_lower_source="a", linf_upper=upper,
+            linf_upper_source="b", linf_upper_certified=True, mode="dense",
+        )
+
+    # R = phi d L2 / L_inf = 10 / L_inf
+    assert rep(2.0, 5.0).verdict().startswith("sign descent")  # R in [2, 5]
+    assert rep(20.0, 50.0).verdict().startswith("gradient descent")  # R in [0.2, 0.5]
+    assert rep(5.0, 20.0).verdict().startswith("undecided")  # R in [0.5, 2]
+    assert rep(5.0, 20.0).advantage == pytest.approx((0.5, 2.0))
+    assert rep(2.0, 5.0, phi=math.nan).verdict().startswith("undetermined")
+    assert rep(5.0, 20.0).outlier_ratio == pytest.approx(10.0)

@@ -571,7 +571,10 @@ def sign_vote_hook(state: SignVoteState, bucket: dist.GradBucket) -> Future:
     index, last = bucket.index(), bucket.is_last()
     buf = bucket.buffer()
     if buf.is_sparse:
-        raise RuntimeError("sign_vote_hook does not support sparse gradients")
+        raise RuntimeError(
+            "sign_vote_hook does not support sparse gradients (e.g. nn.Embedding(sparse=True)); "
+            "use dense gradients"
+        )
     complex_buffer = buf.is_complex()
     flat = torch.view_as_real(buf).view(-1) if complex_buffer else buf.view(-1)
     if index == 0 or state._ctx is None:

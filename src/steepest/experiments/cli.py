@@ -73,8 +73,10 @@ def run(args: argparse.Namespace) -> int:
         return summarize(args.summarize)
     exps = registry()
     if args.list or not args.name:
+        wn = max((len(e.name) for e in exps.values()), default=0)
+        ws = max((len(e.source) for e in exps.values()), default=0)
         for exp in exps.values():
-            print(f"{exp.name:24s} {exp.source:28s} {exp.description}")
+            print(f"{exp.name:{wn}s}  {exp.source:{ws}s}  {exp.description}")
         return 0
     names = list(exps) if args.name == ["all"] else args.name
     unknown = [n for n in names if n not in exps]

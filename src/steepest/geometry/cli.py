@@ -52,8 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="dense Hessian or Hessian-vector products only (auto: dense if "
                              "d <= --dense-max)")
     parser.add_argument("--dense-max", type=int, default=2000)
-    parser.add_argument("--exact-max", type=int, default=24,
-                        help="compute L_inf exactly (branch-and-bound) when d <= this")
+    parser.add_argument("--exact-max", type=int, default=62,
+                        help="try the exact L_inf (branch-and-bound) when d <= this (max 62)")
+    parser.add_argument("--exact-time", type=float, default=30.0,
+                        help="seconds allowed for the exact L_inf (default 30)")
     parser.add_argument("--dtype", choices=["float64", "float32"], default="float64",
                         help="precision of the Hessian computations (default float64)")
     parser.add_argument("--probes", type=int, default=8, help="Hutchinson/Lanczos probes")
@@ -159,6 +161,9 @@ def run(args: argparse.Namespace) -> int:
         if val is not None and val < 1:
             print(f"--{opt_name.replace('_', '-')} must be >= 1, got {val}", file=sys.stderr)
             return 2
+    if not args.exact_time > 0:
+        print(f"--exact-time must be > 0, got {args.exact_time}", file=sys.stderr)
+        return 2
     if args.train_steps < 0:
         print(f"--train-steps must be >= 0, got {args.train_steps}", file=sys.stderr)
         return 2
@@ -179,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         rep = geometry_report(
             model, loss_fn, data, name=name, mode=args.mode, dense_max=args.dense_max,
-            exact_max=args.exact_max, num_probes=args.probes, num_columns=args.columns,
+            exact_max=args.exact_max, exact_time=args.exact_time, num_probes=args.probes, num_columns=args.columns,
             seed=args.seed, progress=progress,
         )
     except ValueError as exc:

@@ -122,7 +122,8 @@ class GeometryReport:
             f"  rho_diag                             {self.rho_diag:.4g}"
             + (f" +- {self.rho_diag_stderr:.2g}" if self.rho_diag_stderr > 0 else "")
             + f"{how('rho_diag')}  (Prop. 4; in [1/d, 1], 1 = diagonal)",
-            "l_inf smoothness L_inf = ||H||_inf,1 (Eq. 19, NP-hard: a bracket)",
+            "l_inf smoothness L_inf = ||H||_inf,1 (Eq. 19, NP-hard: "
+            + ("solved exactly)" if self.linf_lower == self.linf_upper else "a bracket)"),
             f"  lower                                {self.linf_lower:<12.6g}"
             f"  [certified: {self.linf_lower_source}]",
             f"  upper                                {self.linf_upper:<12.6g}"
@@ -154,7 +155,8 @@ def geometry_report(
     name: str = "model",
     mode: str = "auto",
     dense_max: int = 2000,
-    exact_max: int = 24,
+    exact_max: int = 62,
+    exact_time: float = 30.0,
     sdp_max: int = 60,
     num_probes: int = 8,
     slq_steps: int = 40,
@@ -169,6 +171,7 @@ def geometry_report(
 
     ``mode="dense"`` builds the Hessian (``d`` HVPs) and computes the spectrum, ``rho_diag``,
     Prop. 5 and the entrywise bound exactly, ``L_inf`` exactly when ``d <= exact_max`` and the
+    branch-and-bound finishes within ``exact_time`` seconds (else its bracket is used), and the
     SDP bound (``L_sep`` for PSD H, needs cvxpy) when ``d <= sdp_max``;
     ``"matrix-free"`` uses only HVPs: Lanczos (``eigsh``) for ``L_2``/``lambda_max``/
     ``lambda_min``, Hutchinson for ``tr H``, stochastic Lanczos quadrature for ``sum|lambda|``,
@@ -187,7 +190,8 @@ def geometry_report(
     phi = D.density(g) if gnorm > 0 else math.nan
     use_dense = mode == "dense" or (mode == "auto" and d <= dense_max)
     if use_dense:
-        rep = _dense_report(op, name, loss, gnorm, phi, exact_max, sdp_max, seed, progress)
+        rep = _dense_report(op, name, loss, gnorm, phi, exact_max, exact_time, sdp_max, seed,
+                            progress)
     else:
         rep = _matrix_free_report(op, name, loss, g, gnorm, phi, num_probes, slq_steps, num_columns,
                                   lb_random, lb_iterations, seed, progress)
@@ -197,7 +201,8 @@ def geometry_report(
 
 
 def _dense_report(op: M.HessianOperator, name: str, loss: float, gnorm: float, phi: float,
-                  exact_max: int, sdp_max: int, seed: int, progress: bool) -> GeometryReport:
+                  exact_max: int, exact_time: float, sdp_max: int, seed: int,
+                  progress: bool) -> GeometryReport:
     H = op.dense(progress=progress).double().cpu().numpy()
     H = 0.5 * (H + H.T)  # HVPs are symmetric up to rounding
     d = H.shape[0]
@@ -222,7 +227,7 @@ def _dense_report(op: M.HessianOperator, name: str, loss: float, gnorm: float, p
             extra[key] = sdp
     mode = "dense"
     if d <= exact_max:
-        res = D.solve_norm_inf1(H, time_limit=60.0, progress=progress)
+        res = D.solve_norm_inf1(H, time_limit=exact_time, progress=progress)
         lower, lsrc = res.lower, ("exact (branch-and-bound)" if res.exact else "branch-and-bound")
         if res.exact:
             uppers = {"exact (branch-and-bound)": res.upper}
