@@ -122,6 +122,7 @@ class Reference:
         self.t += 1
         if self.scaled:
             scale = statistics.mean(l1) if self.reduce == "mean" else statistics.median(l1)
+            self.last_scale = scale
             votes = [v * scale for v in votes]
         return votes
 
@@ -199,6 +200,7 @@ def check_against_reference(
         "moved": moved,
         "layouts": layouts,
         "dead_input_drift": dead,
+        "last_scale": (state.last_scale, getattr(ref, "last_scale", None)),
         "lr": opt.param_groups[0]["lr"],
         "iterations": state.iterations,
         "bytes_sent": state.bytes_sent,

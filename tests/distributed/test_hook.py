@@ -52,7 +52,10 @@ def test_hook_equals_reference(suite: list[dict], key: tuple) -> None:
         assert r["sign_mismatch"] == 0, (rank, r)
         if scaled:
             assert r["rel_err"] < 1e-5, (rank, r)
+            got, want = r["last_scale"]
+            assert got == pytest.approx(want, rel=1e-5)
         else:
+            assert r["last_scale"] == (None, None)
             assert r["rel_err"] == 0, (rank, r)  # number of differing entries
         # >= 4 iterations and DDP's bucket rebuild crossed (static_graph rebuilds after the
         # second step): the layout changed and ends with several buckets.

@@ -198,7 +198,8 @@ class SignVoteState:
     segments this rank did not vote on), ``nonfinite_segments``, ``last_scale``.
 
     The state pickles per rank without its process group (restored as the default group, as
-    ``PowerSGDState`` does) and offers ``state_dict()`` / ``load_state_dict()``.
+    ``PowerSGDState`` does) and offers ``state_dict()`` / ``load_state_dict()``. Use one state
+    per DDP model: it tracks the model's iterations.
     """
 
     def __init__(
@@ -234,6 +235,7 @@ class SignVoteState:
         self._names: dict[int, str] = {}
         self._module: torch.nn.Module | None = None
         self._ctx: _Iteration | None = None
+        self._last_scale: float | None = None
         self.reset_counters()
         self.iterations = 0
         if module is not None:
@@ -250,7 +252,8 @@ class SignVoteState:
     @property
     def last_scale(self) -> float | None:
         """The global scale ``M_k`` of the latest completed iteration (scaled variant)."""
-        return self._ctx.scale_value if self._ctx is not None else None
+        current = self._ctx.scale_value if self._ctx is not None else None
+        return current if current is not None else self._last_scale
 
     @property
     def compression_ratio(self) -> float:
@@ -316,7 +319,7 @@ class SignVoteState:
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` saved (configuration must match)."""
+        """Restore what :meth:`state_dict` saved (``momentum`` must match)."""
         if state_dict["config"]["momentum"] != self.momentum:
             raise ValueError(
                 f"momentum {self.momentum} differs from the saved state's "
@@ -548,9 +551,12 @@ def _phase2_group(process_group: dist.ProcessGroup | None) -> dist.ProcessGroup:
     """
     parent = process_group or dist.group.WORLD
     key = parent.group_name
-    live = dist.distributed_c10d._world.pg_map
+    # Groups registered with c10d; a destroyed and re-created world must not reuse a stale one.
+    world = getattr(dist.distributed_c10d, "_world", None)
+    live = getattr(world, "pg_map", None)
     cached = _PHASE2_GROUPS.get(key)
-    if cached is None or cached[0] is not parent or cached[1] not in live:
+    stale = cached is not None and live is not None and cached[1] not in live
+    if cached is None or cached[0] is not parent or stale:
         ranks = dist.get_process_group_ranks(parent)
         _PHASE2_GROUPS[key] = (parent, dist.new_group(ranks=ranks, use_local_synchronization=True))
     return _PHASE2_GROUPS[key][1]
@@ -578,6 +584,8 @@ def sign_vote_hook(state: SignVoteState, bucket: dist.GradBucket) -> Future:
     complex_buffer = buf.is_complex()
     flat = torch.view_as_real(buf).view(-1) if complex_buffer else buf.view(-1)
     if index == 0 or state._ctx is None:
+        if state._ctx is not None and state._ctx.scale_value is not None:
+            state._last_scale = state._ctx.scale_value
         state._ctx = _Iteration()  # buckets are launched in index order: 0 opens an iteration
     ctx = state._ctx
     lengths = _segments(bucket, flat, complex_buffer)

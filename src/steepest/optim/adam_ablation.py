@@ -27,8 +27,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from steepest._backend import _Ops, _ops
 from steepest.optim.base import StepOptimizer, check_betas
-from steepest.optim.noise import _NoiseOps, _tiny, _vops
+from steepest.optim.noise import _tiny
 
 __all__ = ["AdamAveraged", "AdamShuffled"]
 
@@ -63,11 +64,11 @@ class _AdamDecomposed(StepOptimizer):
         state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
-    def _rearrange(self, mags: list[Tensor], ops: type[_NoiseOps]) -> list[Tensor]:
+    def _rearrange(self, mags: list[Tensor], ops: type[_Ops]) -> list[Tensor]:
         raise NotImplementedError
 
     def _update(self, group, params, grads, states, foreach) -> None:  # type: ignore[no-untyped-def]
-        ops = _vops(foreach)
+        ops = _ops(foreach)
         lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
         ks = ops.count([s["step"] for s in states])
         if wd:
@@ -133,7 +134,7 @@ class AdamShuffled(_AdamDecomposed):
         self._generator = generator
         super().__init__(params, lr, betas, eps, weight_decay, maximize, foreach, nonfinite)
 
-    def _rearrange(self, mags: list[Tensor], ops: type[_NoiseOps]) -> list[Tensor]:
+    def _rearrange(self, mags: list[Tensor], ops: type[_Ops]) -> list[Tensor]:
         gen = getattr(self, "_generator", None)
         out = []
         for u in mags:
@@ -190,7 +191,7 @@ class AdamAveraged(_AdamDecomposed):
     ) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, maximize, foreach, nonfinite)
 
-    def _rearrange(self, mags: list[Tensor], ops: type[_NoiseOps]) -> list[Tensor]:
+    def _rearrange(self, mags: list[Tensor], ops: type[_Ops]) -> list[Tensor]:
         if ops.foreach:  # magnitudes are >= 0: their l1 norms are their sums, in one kernel
             sums = list(ops.norms(mags, 1.0).unbind(0))
         else:

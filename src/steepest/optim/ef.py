@@ -7,7 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from steepest.norms import Linf, _ops, _safe_div
+from steepest._backend import _ops
+from steepest.norms import Linf, _safe_div
 from steepest.optim.base import StepOptimizer
 
 __all__ = ["EFSignSGD"]

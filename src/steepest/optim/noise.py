@@ -55,185 +55,13 @@ import torch
 from torch import Tensor
 
 import steepest
-from steepest.norms import _ForeachOps, _Ops
+from steepest._backend import _Ops, _ops
 from steepest.optim.base import StepOptimizer, check_choice, check_range
 from steepest.optim.steepest import momentum_direction_input
 
 __all__ = ["MSGD", "MSVAG", "SVAG", "AdamStar", "rho"]
 
 VARIANCES = ("moving_average", "minibatch")
-
-
-# ------------------------------------------------------------------ the two backends
-# steepest.norms._ops gives the per-tensor loop and the torch._foreach_* backend; the variance-
-# adapted updates need a few more elementwise operations (per-tensor scalar lists, because the
-# step counter, hence the bias correction, is per parameter as in torch.optim).
-class _NoiseOps(_Ops):
-    @staticmethod
-    def count(steps: list[Tensor]) -> list[float]:
-        """Increment the step counters; return their new values as floats."""
-        for s in steps:
-            s.add_(1.0)
-        return [float(s) for s in steps]
-
-    @staticmethod
-    def addcmul_(xs: list[Tensor], ys: list[Tensor], zs: list[Tensor], value: float) -> list[Tensor]:
-        for x, y, z in zip(xs, ys, zs):
-            x.addcmul_(y, z, value=value)
-        return xs
-
-    @staticmethod
-    def addcmul(xs: list[Tensor], ys: list[Tensor], zs: list[Tensor], values: list[float]) -> list[Tensor]:
-        """Out of place: ``xs[i] + values[i] * ys[i] * zs[i]``."""
-        return [torch.addcmul(x, y, z, value=v) for x, y, z, v in zip(xs, ys, zs, values)]
-
-    @staticmethod
-    def maximum_(xs: list[Tensor], ys: list[Tensor]) -> list[Tensor]:
-        for x, y in zip(xs, ys):
-            torch.maximum(x, y, out=x)
-        return xs
-
-    @staticmethod
-    def rsqrt_(xs: list[Tensor]) -> list[Tensor]:
-        for x in xs:
-            x.rsqrt_()
-        return xs
-
-    @staticmethod
-    def mul(xs: list[Tensor], ys: list[Tensor]) -> list[Tensor]:
-        return [x * y for x, y in zip(xs, ys)]
-
-    @staticmethod
-    def mul_scalars(xs: list[Tensor], cs: list[float]) -> list[Tensor]:
-        return [x * c for x, c in zip(xs, cs)]
-
-    @staticmethod
-    def mul_scalars_(xs: list[Tensor], cs: list[float]) -> list[Tensor]:
-        for x, c in zip(xs, cs):
-            x.mul_(c)
-        return xs
-
-    @staticmethod
-    def div_scalars_(xs: list[Tensor], cs: list[float]) -> list[Tensor]:
-        for x, c in zip(xs, cs):
-            x.div_(c)
-        return xs
-
-    @staticmethod
-    def sub_(xs: list[Tensor], ys: list[Tensor]) -> list[Tensor]:
-        for x, y in zip(xs, ys):
-            x.sub_(y)
-        return xs
-
-    @staticmethod
-    def clamp_min_(xs: list[Tensor], cs: list[float]) -> list[Tensor]:
-        for x, c in zip(xs, cs):
-            x.clamp_min_(c)
-        return xs
-
-    @staticmethod
-    def sqrt(xs: list[Tensor]) -> list[Tensor]:
-        return [torch.sqrt(x) for x in xs]
-
-    @staticmethod
-    def sqrt_(xs: list[Tensor]) -> list[Tensor]:
-        for x in xs:
-            x.sqrt_()
-        return xs
-
-    @staticmethod
-    def abs_(xs: list[Tensor]) -> list[Tensor]:
-        for x in xs:
-            x.abs_()
-        return xs
-
-    @staticmethod
-    def axpy_scalars_(xs: list[Tensor], ys: list[Tensor], alphas: list[float]) -> list[Tensor]:
-        """xs[i] += alphas[i] * ys[i]."""
-        for x, y, a in zip(xs, ys, alphas):
-            x.add_(y, alpha=a)
-        return xs
-
-
-class _NoiseForeachOps(_ForeachOps, _NoiseOps):
-    @staticmethod
-    def count(steps: list[Tensor]) -> list[float]:
-        torch._foreach_add_(steps, 1.0)
-        return [float(s) for s in steps]
-
-    @staticmethod
-    def addcmul_(xs: list[Tensor], ys: list[Tensor], zs: list[Tensor], value: float) -> list[Tensor]:
-        torch._foreach_addcmul_(xs, ys, zs, value=value)
-        return xs
-
-    @staticmethod
-    def addcmul(xs: list[Tensor], ys: list[Tensor], zs: list[Tensor], values: list[float]) -> list[Tensor]:
-        return list(torch._foreach_addcmul(xs, ys, zs, values))
-
-    @staticmethod
-    def maximum_(xs: list[Tensor], ys: list[Tensor]) -> list[Tensor]:
-        torch._foreach_maximum_(xs, ys)
-        return xs
-
-    @staticmethod
-    def rsqrt_(xs: list[Tensor]) -> list[Tensor]:
-        torch._foreach_rsqrt_(xs)
-        return xs
-
-    @staticmethod
-    def mul(xs: list[Tensor], ys: list[Tensor]) -> list[Tensor]:
-        return list(torch._foreach_mul(xs, ys))
-
-    @staticmethod
-    def mul_scalars(xs: list[Tensor], cs: list[float]) -> list[Tensor]:
-        return list(torch._foreach_mul(xs, cs))
-
-    @staticmethod
-    def mul_scalars_(xs: list[Tensor], cs: list[float]) -> list[Tensor]:
-        torch._foreach_mul_(xs, cs)
-        return xs
-
-    @staticmethod
-    def div_scalars_(xs: list[Tensor], cs: list[float]) -> list[Tensor]:
-        torch._foreach_div_(xs, cs)
-        return xs
-
-    @staticmethod
-    def sub_(xs: list[Tensor], ys: list[Tensor]) -> list[Tensor]:
-        torch._foreach_sub_(xs, ys)
-        return xs
-
-    @staticmethod
-    def clamp_min_(xs: list[Tensor], cs: list[float]) -> list[Tensor]:
-        torch._foreach_clamp_min_(xs, cs)
-        return xs
-
-    @staticmethod
-    def sqrt(xs: list[Tensor]) -> list[Tensor]:
-        return list(torch._foreach_sqrt(xs))
-
-    @staticmethod
-    def sqrt_(xs: list[Tensor]) -> list[Tensor]:
-        torch._foreach_sqrt_(xs)
-        return xs
-
-    @staticmethod
-    def abs_(xs: list[Tensor]) -> list[Tensor]:
-        torch._foreach_abs_(xs)
-        return xs
-
-    @staticmethod
-    def axpy_scalars_(xs: list[Tensor], ys: list[Tensor], alphas: list[float]) -> list[Tensor]:
-        if len(set(alphas)) <= 1:
-            if alphas:
-                torch._foreach_add_(xs, ys, alpha=alphas[0])
-        else:
-            torch._foreach_add_(xs, torch._foreach_mul(ys, alphas))
-        return xs
-
-
-def _vops(foreach: bool) -> type[_NoiseOps]:
-    return _NoiseForeachOps if foreach else _NoiseOps
 
 
 def _tiny(xs: list[Tensor]) -> list[float]:
@@ -317,7 +145,7 @@ class MSGD(StepOptimizer):
         state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
     def _update(self, group, params, grads, states, foreach) -> None:  # type: ignore[no-untyped-def]
-        ops = _vops(foreach)
+        ops = _ops(foreach)
         lr, b, wd = group["lr"], group["beta"], group["weight_decay"]
         ks = ops.count([s["step"] for s in states])
         m = momentum_direction_input((b, b), grads, states, foreach, key="exp_avg")
@@ -348,7 +176,7 @@ class _VarianceAdapted(StepOptimizer):
         b: float,
         grads: list[Tensor],
         states: list[dict[str, Any]],
-        ops: type[_NoiseOps],
+        ops: type[_Ops],
         weight: bool,
     ) -> tuple[list[float], list[Tensor], list[Tensor], list[Tensor]]:
         """Update m~, v~; return ``a = 1/(1 - beta^(t+1))``, ``m~``, ``m~^2`` and ``den'`` with
@@ -376,7 +204,7 @@ class _VarianceAdapted(StepOptimizer):
         return a, m_t, num, _floor(den, num, ops)
 
 
-def _floor(den: list[Tensor], num: list[Tensor], ops: type[_NoiseOps]) -> list[Tensor]:
+def _floor(den: list[Tensor], num: list[Tensor], ops: type[_Ops]) -> list[Tensor]:
     """``den <- max(den, num, tiny)``: a variance is >= 0, and where m = v = 0 the factor
     ``num/den`` is 0/0, defined as 0 (no update; Sec. 5.4.4)."""
     ops.maximum_(den, num)
@@ -425,7 +253,7 @@ class SVAG(_VarianceAdapted):
                                       maximize=maximize, foreach=foreach, nonfinite=nonfinite))
 
     def _update(self, group, params, grads, states, foreach) -> None:  # type: ignore[no-untyped-def]
-        ops = _vops(foreach)
+        ops = _ops(foreach)
         lr, wd = group["lr"], group["weight_decay"]
         _, _, num, den = self._denominators(group["beta"], grads, states, ops, weight=False)
         upd = ops.mul_(ops.div_(num, den), grads)  # gamma g, gamma = m^2/(m^2 + s)
@@ -471,7 +299,7 @@ class AdamStar(_VarianceAdapted):
                                       maximize=maximize, foreach=foreach, nonfinite=nonfinite))
 
     def _update(self, group, params, grads, states, foreach) -> None:  # type: ignore[no-untyped-def]
-        ops = _vops(foreach)
+        ops = _ops(foreach)
         lr, b, wd = group["lr"], group["beta"], group["weight_decay"]
         _, m_t, _, den = self._denominators(b, grads, states, ops, weight=True)
         # gamma sign(m) = m / sqrt(m^2 + rho s) = m~ / sqrt(den')  (the bias corrections cancel)
@@ -628,7 +456,7 @@ class MSVAG(_VarianceAdapted):
 
     # ---- the step ------------------------------------------------------------------------------
     def _update(self, group, params, grads, states, foreach) -> None:  # type: ignore[no-untyped-def]
-        ops = _vops(foreach)
+        ops = _ops(foreach)
         lr, b, wd = group["lr"], group["beta"], group["weight_decay"]
         if group["variance"] == "minibatch":
             gi = next(j for j, g in enumerate(self.param_groups) if g is group)
@@ -651,7 +479,7 @@ class MSVAG(_VarianceAdapted):
         grads: list[Tensor],
         states: list[dict[str, Any]],
         pending: list[tuple[Tensor, int, Tensor]],
-        ops: type[_NoiseOps],
+        ops: type[_Ops],
     ) -> tuple[list[float], list[Tensor], list[Tensor], list[Tensor]]:
         """Alg. 6: update m~ and r~ (r~ <- beta^2 r~ + (1-beta^2) grad_var/N); return
         ``a = 1/(1 - beta^(t+1))``, ``m~``, ``m~^2`` and ``den' = m~^2 + rho r / a^2`` with

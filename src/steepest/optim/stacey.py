@@ -49,7 +49,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from steepest.norms import Lp, _ops
+from steepest._backend import _ops
+from steepest.norms import Lp
 from steepest.optim.base import StepOptimizer, check_betas, check_choice, check_range
 from steepest.optim.steepest import momentum_direction_input
 

@@ -34,7 +34,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from steepest.norms import L1, MODES, BlockNorm, Linf, Lp, Norm, _ops
+from steepest._backend import _ops
+from steepest.norms import L1, MODES, BlockNorm, Linf, Lp, Norm
 from steepest.optim.base import StepOptimizer, check_betas, check_choice, check_range
 
 __all__ = [
