@@ -14,9 +14,9 @@ gradient, or its local momentum), every bucket is filled with the vote
 
 and, in the *scaled* variant (Alg. 3, distributed scaled signSGD), with
 
-    M_k sign(v),   M_k = scale_m ||u_m||_1   (scale_m: the mean over ranks, as in Alg. 3)
+    M_k v,   M_k = mean_m ||u_m||_1   (``scale_reduce="median"``: the median over ranks)
 
-so that an ordinary ``torch.optim.SGD(lr=alpha)`` step is ``x -= alpha M_k sign(v)``.
+so that an ordinary ``torch.optim.SGD(lr=alpha)`` step is ``x -= alpha M_k v``.
 
 Decisions the paper leaves open (documented in docs/distributed.md):
 
@@ -40,9 +40,9 @@ Decisions the paper leaves open (documented in docs/distributed.md):
   alternates by one step, with no drift), and the bit flips every step, so zeros carry no
   persistent direction. ``transport="int8"`` is exact there.
 * **Non-finite gradients**: a parameter whose gradient has NaN/inf on a rank abstains on that
-  rank (``nonfinite="abstain"``) or makes *every* rank raise the same ``FloatingPointError``
-  after the exchange (``nonfinite="raise"``): raising on one rank alone would leave the others
-  waiting in the collective until the timeout.
+  rank (``nonfinite="abstain"``) or makes the backward of *every* rank raise the same
+  "non-finite gradient" error after the exchange (``nonfinite="raise"``): raising on one rank
+  alone would leave the others waiting in the collective until the timeout.
 
 Transports, with the bytes one rank sends per bucket of ``n`` coordinates over ``M`` ranks
 (fp32 ring all-reduce, DDP's default, sends ``8 n (M-1)/M``):
@@ -188,7 +188,7 @@ class SignVoteState:
         scale_reduce: how ranks' l1 norms combine into ``M_k``: ``"mean"`` (Alg. 3) or
             ``"median"`` (robust to a minority of ranks sending huge gradients).
         nonfinite: ``"abstain"`` (a parameter with NaN/inf gradient on a rank does not vote
-            there) or ``"raise"`` (every rank raises the same ``FloatingPointError``).
+            there) or ``"raise"`` (every rank's backward raises the same error).
         module: the model (or its DDP wrapper), to key momentum buffers by parameter name in
             checkpoints. Without it they are keyed by order of first appearance, which is the
             same across runs of the same model and DDP configuration.

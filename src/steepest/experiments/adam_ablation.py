@@ -18,9 +18,10 @@ Problems (:mod:`steepest.problems`), all with the paper's architectures:
   (IDX files; CIFAR-10 python batches), see :mod:`steepest.experiments.data`.
 
 Step sizes, as App. D.1: one for M-SGD and one for Adam per problem, tuned on seed 0 for the
-lowest training loss after the budget on a log grid (factor sqrt(10), starting around the paper's
-values 0.06 and 0.001, growing past an edge while the best lies on it); quick mode skips tuning
-and uses stored values (the full run's choices on the local problems, the paper's on its own).
+lowest training loss after the budget on a log grid (factor sqrt(10), centred on the stored
+values, growing past an edge while the best lies on it). The stored values for the local problems
+are what this search found starting from the paper's 0.001 / 0.06; for the paper's own problems
+they are the paper's. Quick mode skips tuning and uses the stored values.
 
 Claim, per problem: the three Adam variants perform alike. Judged as: the variant's training loss
 averaged over the run (all logged points, mean over seeds) is within a factor 1.25 of Adam's, and its
