@@ -171,6 +171,12 @@ class Norm(ABC):
         self, xs: list[Tensor], ops: type[_Ops], mode: str, beta: float, per_tensor: bool
     ) -> list[Tensor]:
         """Fresh tensors (never aliases of ``xs``) holding the direction of ``mode``."""
+        plan = self._plan(xs, ops, mode, beta, per_tensor)
+        if plan is not None:
+            pre, post = plan
+            src = xs if pre is None else ops.div(xs, list(pre.unbind(0)))
+            out = _fresh(self._map(src, ops), xs)
+            return out if post is None else ops.mul_(out, list(post.unbind(0)))
         if mode == "normalized":
             return self._normalized(xs, ops, per_tensor)
         f = self._factor(xs, ops, per_tensor)
@@ -180,6 +186,19 @@ class Norm(ABC):
         """``z# / ||z||_*``. Subclasses override this where ``scale / dual`` can overflow."""
         f = self._factor(xs, ops, per_tensor)
         return ops.mul_(_fresh(f.unit, xs), list(f.coefficients("normalized").unbind(0)))
+
+    def _plan(
+        self, xs: list[Tensor], ops: type[_Ops], mode: str, beta: float, per_tensor: bool
+    ) -> tuple[Tensor | None, Tensor | None] | None:
+        """For norms whose direction is an elementwise map once a few reductions are known:
+        per-tensor scalars ``(pre, post)`` with ``direction_i = _map(x_i / pre_i) * post_i``
+        (``None`` meaning 1). Optimizers then stream tensor by tensor, never holding every
+        direction at once. ``None`` (the default) if the direction is not of that form."""
+        return None
+
+    def _map(self, xs: list[Tensor], ops: type[_Ops]) -> list[Tensor]:
+        """The elementwise map of :meth:`_plan` (required when ``_plan`` returns a plan)."""
+        raise NotImplementedError
 
     def sharp(self, xs: TensorOrList, *, foreach: bool = False) -> TensorOrList:
         """``z# = argmax_x <z,x> - 1/2||x||^2`` (seed 000, Eq. 32)."""
@@ -270,33 +289,32 @@ class Lp(Norm):
         out = [x.clone() for x in xs]
         return ops.div_(out, den)
 
-    def _direction(
-        self, xs: list[Tensor], ops: type[_Ops], mode: str, beta: float, per_tensor: bool
-    ) -> list[Tensor]:
-        if mode == "unscaled":  # elementwise only: no reductions (signSGD must not pay for them)
-            return self.unit(xs, ops)
-        return super()._direction(xs, ops, mode, beta, per_tensor)
+    def _map(self, xs: list[Tensor], ops: type[_Ops]) -> list[Tensor]:
+        return self.unit(xs, ops)
 
-    def _normalized(self, xs: list[Tensor], ops: type[_Ops], per_tensor: bool) -> list[Tensor]:
-        if math.isinf(self.p):
-            return ops.sign(xs)  # ||z||_1 sign(z) / ||z||_1
-        if self.eps > 0:
-            return super()._normalized(xs, ops, per_tensor)
-        # The unit map is homogeneous of degree 1/(p-1), so z#/||z||_q = unit(z/||z||_q): divide
-        # first, since ||z||_q^(-1/(p-1)) overflows for tiny (e.g. subnormal) z.
+    def _plan(
+        self, xs: list[Tensor], ops: type[_Ops], mode: str, beta: float, per_tensor: bool
+    ) -> tuple[Tensor | None, Tensor | None] | None:
+        if mode == "unscaled" or (mode == "normalized" and math.isinf(self.p)):
+            return None, None  # s(z), or ||z||_1 sign(z) / ||z||_1: no reductions at all
         dual = _combine_pow(ops.norms(xs, self.q), self.q, per_tensor)
-        # A norm that underflows to 0 makes the vector the zero vector: divide by inf there.
-        return self.unit(ops.div(xs, list(torch.where(dual > 0, dual, math.inf).unbind(0))), ops)
+        if mode == "normalized" and self.eps == 0.0:
+            # unit is homogeneous of degree 1/(p-1), so z#/||z||_q = unit(z/||z||_q): divide
+            # first, since ||z||_q^(-1/(p-1)) overflows for tiny (e.g. subnormal) z. A norm that
+            # underflows to 0 makes the vector the zero vector: divide by inf there.
+            return torch.where(dual > 0, dual, math.inf), None
+        return None, Factored([], self._scale(dual), dual).coefficients(mode, beta)
+
+    def _scale(self, dual: Tensor) -> Tensor:
+        if math.isinf(self.p):
+            return dual
+        if self.p == 2.0:
+            return torch.ones_like(dual)
+        return dual ** ((self.p - 2.0) / (self.p - 1.0))
 
     def _factor(self, xs: list[Tensor], ops: type[_Ops], per_tensor: bool) -> Factored:
         dual = _combine_pow(ops.norms(xs, self.q), self.q, per_tensor)
-        if math.isinf(self.p):
-            scale = dual
-        elif self.p == 2.0:
-            scale = torch.ones_like(dual)
-        else:
-            scale = dual ** ((self.p - 2.0) / (self.p - 1.0))
-        return Factored(self.unit(xs, ops), scale, dual)
+        return Factored(self.unit(xs, ops), self._scale(dual), dual)
 
 
 class L2(Lp):
@@ -379,6 +397,19 @@ class BlockNorm(Norm):
                 (x.shape[0],) + (1,) * (x.dim() - 1)
             )
         return torch.linalg.vector_norm(x) if x.numel() else x.new_zeros(())
+
+    def _map(self, xs: list[Tensor], ops: type[_Ops]) -> list[Tensor]:
+        return xs  # already z_B / ||z_B|| (the division of the plan)
+
+    def _plan(
+        self, xs: list[Tensor], ops: type[_Ops], mode: str, beta: float, per_tensor: bool
+    ) -> tuple[Tensor | None, Tensor | None] | None:
+        if self.blocks != "tensor":
+            return None
+        bn = ops.norms(xs, 2.0)
+        dual = _combine_pow(bn, 1.0, per_tensor)
+        # Divide by ||z_B|| (inf where it is 0) rather than multiply by 1/||z_B||, which overflows.
+        return torch.where(bn > 0, bn, math.inf), Factored([], dual, dual).coefficients(mode, beta)
 
     def _primal(self, xs: list[Tensor], ops: type[_Ops], per_tensor: bool) -> Tensor:
         maxes = torch.stack([self._block_norms(x).max() if x.numel() else x.new_zeros(()) for x in xs])

@@ -423,7 +423,9 @@ def test_small_chunks_give_the_same_result():
 @pytest.mark.filterwarnings("ignore:Full backward hook")
 def test_backpack_variance_scaling():
     """BackPACK's Variance (mean loss) is the 1/N variance of g_i/N: s = N^3/(N-1) * var."""
-    backpack = pytest.importorskip("backpack")
+    backpack = pytest.importorskip(
+        "backpack", reason="BackPACK is a benchmark-only comparator: benchmarks/gradient_moments.py set-up"
+    )
     from backpack.extensions import Variance
 
     torch.manual_seed(15)

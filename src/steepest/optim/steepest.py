@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from steepest._backend import _ops
-from steepest.norms import L1, MODES, BlockNorm, Linf, Lp, Norm
+from steepest.norms import L1, MODES, BlockNorm, Linf, Lp, Norm, _fresh
 from steepest.optim.base import StepOptimizer, check_betas, check_choice, check_range
 
 __all__ = [
@@ -64,8 +64,21 @@ def apply_direction(
     ops = _ops(foreach)
     lr = group["lr"] if lr is None else lr
     per_tensor = group.get("scope", "global") == "per_tensor"
-    direction = norm._direction(c, ops, mode, beta, per_tensor)
     wd = group.get("weight_decay", 0.0)
+    plan = None if foreach else norm._plan(c, ops, mode, beta, per_tensor)
+    if plan is not None:
+        # Loop path of an elementwise direction: one tensor at a time, so that each temporary is
+        # freed before the next is made (holding them all costs page faults on CPU: ~3x slower).
+        pre, post = plan
+        for i, (p, x) in enumerate(zip(params, c)):
+            (d,) = _fresh(norm._map([x if pre is None else x / pre[i]], ops), [x])
+            if post is not None:
+                d.mul_(post[i])
+            if wd:
+                p.mul_(1.0 - lr * wd)
+            p.add_(d, alpha=-lr)
+        return
+    direction = norm._direction(c, ops, mode, beta, per_tensor)
     if wd:
         ops.mul_scalar_(params, 1.0 - lr * wd)
     ops.axpy_(params, direction, -lr)
