@@ -200,6 +200,11 @@ class Norm(ABC):
         """The elementwise map of :meth:`_plan` (required when ``_plan`` returns a plan)."""
         raise NotImplementedError
 
+    def _is_elementwise(self, mode: str) -> bool:
+        """Whether the direction of ``mode`` needs no reduction at all (``_plan`` is
+        ``(None, None)``): then each tensor's direction depends on that tensor alone."""
+        return False
+
     def sharp(self, xs: TensorOrList, *, foreach: bool = False) -> TensorOrList:
         """``z# = argmax_x <z,x> - 1/2||x||^2`` (seed 000, Eq. 32)."""
         return self.direction(xs, "scaled", foreach=foreach)
@@ -292,10 +297,13 @@ class Lp(Norm):
     def _map(self, xs: list[Tensor], ops: type[_Ops]) -> list[Tensor]:
         return self.unit(xs, ops)
 
+    def _is_elementwise(self, mode: str) -> bool:
+        return mode == "unscaled" or (mode == "normalized" and math.isinf(self.p))
+
     def _plan(
         self, xs: list[Tensor], ops: type[_Ops], mode: str, beta: float, per_tensor: bool
     ) -> tuple[Tensor | None, Tensor | None] | None:
-        if mode == "unscaled" or (mode == "normalized" and math.isinf(self.p)):
+        if self._is_elementwise(mode):
             return None, None  # s(z), or ||z||_1 sign(z) / ||z||_1: no reductions at all
         dual = _combine_pow(ops.norms(xs, self.q), self.q, per_tensor)
         if mode == "normalized" and self.eps == 0.0:

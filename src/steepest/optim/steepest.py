@@ -165,8 +165,16 @@ class SteepestDescent(StepOptimizer):
         states: list[dict[str, Any]],
         foreach: bool,
     ) -> None:
-        c = momentum_direction_input(self._betas(group), grads, states, foreach)
-        apply_direction(group, params, c, group["norm"], group["mode"], foreach, beta=group["beta"])
+        betas, norm, mode = self._betas(group), group["norm"], group["mode"]
+        if not foreach and norm._is_elementwise(mode):
+            # Nothing couples the tensors (sign(m), Lion, s(g)): stream them one by one, so that
+            # temporaries are freed at once instead of all living until the end (CPU page faults).
+            for p, g, st in zip(params, grads, states):
+                c = momentum_direction_input(betas, [g], [st], False)
+                apply_direction(group, [p], c, norm, mode, False, beta=group["beta"])
+            return
+        c = momentum_direction_input(betas, grads, states, foreach)
+        apply_direction(group, params, c, norm, mode, foreach, beta=group["beta"])
 
 
 def momentum_direction_input(
