@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from steepest._backend import _Ops, _ops
-from steepest.optim.base import StepOptimizer, check_betas
+from steepest.optim.base import StepOptimizer, apply_weight_decay, check_betas
 from steepest.optim.noise import _tiny
 
 __all__ = ["AdamAveraged", "AdamShuffled"]
@@ -71,8 +71,7 @@ class _AdamDecomposed(StepOptimizer):
         ops = _ops(foreach)
         lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
         ks = ops.count([s["step"] for s in states])
-        if wd:
-            ops.mul_scalar_(params, 1.0 - lr * wd)  # decoupled, as torch.optim.AdamW
+        apply_weight_decay(ops, params, lr, wd)  # decoupled, as torch.optim.AdamW
         m_t = [s["exp_avg"] for s in states]
         v_t = [s["exp_avg_sq"] for s in states]
         ops.lerp_(m_t, grads, 1.0 - b1)

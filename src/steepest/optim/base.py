@@ -35,7 +35,14 @@ from torch.optim import Optimizer
 
 from steepest.norms import Norm, from_spec
 
-__all__ = ["StepOptimizer", "check_choice", "check_lr", "check_range"]
+__all__ = [
+    "StepOptimizer",
+    "apply_weight_decay",
+    "check_choice",
+    "check_lr",
+    "check_range",
+    "first_nonfinite",
+]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 NONFINITE = ("raise", "skip")
@@ -81,6 +88,30 @@ def check_betas(betas: Any, name: str = "betas") -> None:
         raise ValueError(f"{name} must be a pair (beta1, beta2) in [0, 1), got {betas!r}")
     for i, b in enumerate(betas):
         check_range(f"{name}[{i}]", b, 0.0, 1.0)
+
+
+def first_nonfinite(tensors: list[Tensor]) -> int | None:
+    """Index of the first tensor holding a NaN/inf, or ``None``: one host sync when all are finite.
+
+    Fast path: a sum is finite whenever every term is, and a sum is the cheapest reduction on CPU
+    (~10x cheaper than max|x|). Only if some sum is not (a NaN/inf, or a rare overflow of huge
+    finite values) is each tensor checked elementwise.
+    """
+    nonempty = [(k, t) for k, t in enumerate(tensors) if t.numel()]
+    if not nonempty:
+        return None
+    if bool(torch.isfinite(torch.stack([t.sum() for _, t in nonempty])).all()):
+        return None
+    for k, t in nonempty:
+        if not bool(torch.isfinite(t).all()):
+            return k
+    return None
+
+
+def apply_weight_decay(ops: Any, params: list[Tensor], lr: float, wd: float) -> None:
+    """Decoupled weight decay, ``x <- (1 - lr wd) x`` (Loshchilov & Hutter), shared by all."""
+    if wd:
+        ops.mul_scalar_(params, 1.0 - lr * wd)
 
 
 # ------------------------------------------------------------------ the base class
@@ -187,20 +218,12 @@ class StepOptimizer(Optimizer):
         return items
 
     def _all_finite(self, gathered: list[list[tuple[int, Tensor, Tensor]]]) -> tuple[bool, str]:
-        grads = [g for items in gathered for (_, _, g) in items if g.numel()]
-        if not grads:
+        flat = [(gi, i, p, g) for gi, items in enumerate(gathered) for (i, p, g) in items]
+        k = first_nonfinite([g for *_, g in flat])
+        if k is None:
             return True, ""
-        # Fast path, one host sync per step: a sum is finite whenever every term is (a sum is
-        # the cheapest reduction on CPU, ~10x cheaper than max|g|). Only if some sum is not
-        # (a NaN/inf, or a rare overflow of huge finite values) do we look elementwise.
-        sums = torch.stack([g.sum() for g in grads])
-        if bool(torch.isfinite(sums).all()):
-            return True, ""
-        for gi, items in enumerate(gathered):
-            for i, p, g in items:
-                if g.numel() and not bool(torch.isfinite(g).all()):
-                    return False, self._named(gi, i, p)
-        return True, ""
+        gi, i, p, _ = flat[k]
+        return False, self._named(gi, i, p)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from steepest._backend import _ops
 from steepest.norms import Linf, _safe_div
-from steepest.optim.base import StepOptimizer
+from steepest.optim.base import StepOptimizer, apply_weight_decay
 
 __all__ = ["EFSignSGD"]
 
@@ -66,7 +66,6 @@ class EFSignSGD(StepOptimizer):
             sizes if per_tensor else [sum(sizes)] * len(errs), dtype=f.dual.dtype, device=f.dual.device
         )
         delta = ops.mul_(f.unit, list(_safe_div(f.dual, d).unbind(0)))
-        if wd:
-            ops.mul_scalar_(params, 1.0 - lr * wd)
+        apply_weight_decay(ops, params, lr, wd)
         ops.axpy_(params, delta, -1.0)
         ops.axpy_(errs, delta, -1.0)  # e <- p - delta

@@ -56,7 +56,14 @@ from torch import Tensor
 
 import steepest
 from steepest._backend import _Ops, _ops
-from steepest.optim.base import StepOptimizer, check_choice, check_range
+from steepest.optim.base import (
+    StepOptimizer,
+    _real,
+    apply_weight_decay,
+    check_choice,
+    check_range,
+    first_nonfinite,
+)
 from steepest.optim.steepest import momentum_direction_input
 
 __all__ = ["MSGD", "MSVAG", "SVAG", "AdamStar", "rho"]
@@ -153,8 +160,7 @@ class MSGD(StepOptimizer):
             for s, g in zip(states, grads):
                 s["exp_avg"].copy_(g)
             m = [s["exp_avg"] for s in states]
-        if wd:
-            ops.mul_scalar_(params, 1.0 - lr * wd)
+        apply_weight_decay(ops, params, lr, wd)
         ops.axpy_scalars_(params, m, [-lr / (1.0 - b**k) for k in ks])
 
 
@@ -257,8 +263,7 @@ class SVAG(_VarianceAdapted):
         lr, wd = group["lr"], group["weight_decay"]
         _, _, num, den = self._denominators(group["beta"], grads, states, ops, weight=False)
         upd = ops.mul_(ops.div_(num, den), grads)  # gamma g, gamma = m^2/(m^2 + s)
-        if wd:
-            ops.mul_scalar_(params, 1.0 - lr * wd)
+        apply_weight_decay(ops, params, lr, wd)
         ops.axpy_(params, upd, -lr)
 
 
@@ -304,8 +309,7 @@ class AdamStar(_VarianceAdapted):
         _, m_t, _, den = self._denominators(b, grads, states, ops, weight=True)
         # gamma sign(m) = m / sqrt(m^2 + rho s) = m~ / sqrt(den')  (the bias corrections cancel)
         upd = ops.mul_(ops.rsqrt_(den), m_t)
-        if wd:
-            ops.mul_scalar_(params, 1.0 - lr * wd)
+        apply_weight_decay(ops, params, lr, wd)
         ops.axpy_(params, upd, -lr)
 
 
@@ -444,15 +448,12 @@ class MSVAG(_VarianceAdapted):
             return ok, where
         pending = getattr(self, "_pending", {})
         flat = [(gi, i, p, var) for gi, items in enumerate(gathered) if gi in pending
-                for (i, p, _), (var, *_) in zip(items, pending[gi]) if var.numel()]
-        if not flat:
+                for (i, p, _), (var, *_) in zip(items, pending[gi])]
+        k = first_nonfinite([var for *_, var in flat])
+        if k is None:
             return True, ""
-        maxes = torch.stack([_real_view(v).abs().amax().float() for *_, v in flat])
-        bad = ~torch.isfinite(maxes)
-        if bool(bad.any()):
-            gi, i, p, _ = flat[int(bad.nonzero()[0])]
-            return False, f"grad_var of {self._named(gi, i, p)}"
-        return True, ""
+        gi, i, p, _ = flat[k]
+        return False, f"grad_var of {self._named(gi, i, p)}"
 
     # ---- the step ------------------------------------------------------------------------------
     def _update(self, group, params, grads, states, foreach) -> None:  # type: ignore[no-untyped-def]
@@ -469,8 +470,7 @@ class MSVAG(_VarianceAdapted):
         else:
             a, m_t, num, den = self._denominators(b, grads, states, ops, weight=True)
         upd = ops.mul_(ops.div_(num, den), m_t)  # gamma m~; gamma m = a gamma m~
-        if wd:
-            ops.mul_scalar_(params, 1.0 - lr * wd)
+        apply_weight_decay(ops, params, lr, wd)
         ops.axpy_scalars_(params, upd, [-lr * ai for ai in a])
 
     @staticmethod
@@ -486,7 +486,7 @@ class MSVAG(_VarianceAdapted):
         ``r = r~/(1 - beta^(2(t+1)))``, so that ``gamma = m^2/(m^2 + rho r) = m~^2/den'``."""
         ts = [k - 1.0 for k in ops.count([s["step"] for s in states])]
         # grad_var in the working dtype (float32 for half parameters; real views of complex).
-        var = [_real_view(v).to(dtype=g.dtype, device=g.device) for (v, *_), g in zip(pending, grads)]
+        var = [_real(v).to(dtype=g.dtype, device=g.device) for (v, *_), g in zip(pending, grads)]
         m_t = [s["exp_avg"] for s in states]
         r_t = [s["exp_var"] for s in states]
         ops.lerp_(m_t, grads, 1.0 - b)
@@ -511,8 +511,4 @@ def _caller_level() -> int:
     while frame is not None and frame.f_code.co_filename.startswith(_SKIP_DIRS):
         frame, level = frame.f_back, level + 1
     return level
-
-
-def _real_view(v: Tensor) -> Tensor:
-    return torch.view_as_real(v) if v.is_complex() else v
 

@@ -36,7 +36,13 @@ from torch import Tensor
 
 from steepest._backend import _ops
 from steepest.norms import L1, MODES, BlockNorm, Linf, Lp, Norm, _fresh
-from steepest.optim.base import StepOptimizer, check_betas, check_choice, check_range
+from steepest.optim.base import (
+    StepOptimizer,
+    apply_weight_decay,
+    check_betas,
+    check_choice,
+    check_range,
+)
 
 __all__ = [
     "BlockNormalizedSGD",
@@ -74,13 +80,11 @@ def apply_direction(
             (d,) = _fresh(norm._map([x if pre is None else x / pre[i]], ops), [x])
             if post is not None:
                 d.mul_(post[i])
-            if wd:
-                p.mul_(1.0 - lr * wd)
+            apply_weight_decay(ops, [p], lr, wd)
             p.add_(d, alpha=-lr)
         return
     direction = norm._direction(c, ops, mode, beta, per_tensor)
-    if wd:
-        ops.mul_scalar_(params, 1.0 - lr * wd)
+    apply_weight_decay(ops, params, lr, wd)
     ops.axpy_(params, direction, -lr)
 
 
