@@ -48,7 +48,11 @@ def test_batched_starts_equal_separate_runs(name):
     for i in range(3):
         batched = simulate(MAKERS[name], torch.roll(x0, -i, dims=0), p, 120)
         alone = simulate(MAKERS[name], x0[i : i + 1], p, 120)
-        np.testing.assert_array_equal(batched.trajectory, alone.trajectory)
+        # Not bitwise: the batched (4, 2) and single (1, 2) runs take different vectorized
+        # kernel paths (SIMD body vs scalar tail of pow/div), which differ in the last bit on
+        # some CPUs (2.8e-17 seen). 120 float64 steps of a contracting method keep such ulp
+        # differences far below 1e-12 relative; an actual coupling of the rows would be O(1).
+        np.testing.assert_allclose(batched.trajectory, alone.trajectory, rtol=1e-10, atol=1e-13)
         singles.append(alone.curve)
     full = simulate(MAKERS[name], x0[:3], p, 120)
     np.testing.assert_allclose(full.curve, np.mean(singles, axis=0), rtol=1e-12)

@@ -66,6 +66,9 @@ def test_scalar_parameters_equal_torch_adam_exactly(cls, dtype, foreach, kw):
             p.grad, q.grad = g.clone(), g.clone()
         ref.step()
         opt.step()
+        # Bitwise on purpose: on one-element tensors both run the same elementwise ATen ops in
+        # the same order (torch's addcdiv computes p + (value * m) / denom, as we do), each
+        # correctly rounded, so no CPU or SIMD path can separate them.
         for p, q in zip(pa, pv):
             assert torch.equal(p, q), (t, p, q)
     for p, q in zip(pa, pv):

@@ -243,6 +243,9 @@ def test_signsgd_moves_every_nonzero_coordinate_by_lr(shapes, dtype, seed):
     for p, b, gr in zip(ps, before, grads):
         assert p.shape == b.shape and p.dtype == dtype
         expected = (b.double() - 0.25 * torch.sign(gr.double())).to(dtype)
+        # Bitwise on purpose: x - lr sign(g) is one correctly rounded subtraction in every code
+        # path, and rounding the exact float64 difference to a format of <= 24 bits gives the
+        # same value (double rounding is innocuous for +/- when 53 >= 2 * 24 + 2).
         assert torch.equal(p.detach(), expected)
 
 
