@@ -51,6 +51,7 @@ SCOPES = ("global", "per_tensor")
 
 # ------------------------------------------------------------------ validation helpers
 def check_lr(lr: Any, name: str = "lr") -> None:
+    lr = _plain(lr)
     if isinstance(lr, Tensor):
         if lr.numel() != 1:
             raise ValueError(f"{name} must be a scalar, got a tensor of shape {tuple(lr.shape)}")
@@ -69,6 +70,7 @@ def check_range(
     hi_open: bool = True,
 ) -> None:
     """Raise ``ValueError`` unless ``value`` lies in the interval (open/closed as given)."""
+    value = _plain(value)
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
     if ok:
         ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
@@ -130,6 +132,9 @@ class StepOptimizer(Optimizer):
     # ---- validation ---------------------------------------------------------------------
     def _validate_group(self, group: dict[str, Any]) -> None:
         """Check a param group's options; subclasses extend (and call super)."""
+        for k, v in group.items():
+            if k != "params":  # numpy scalars (lr=np.float32(1e-3)) become Python numbers
+                group[k] = _plain(v)
         check_lr(group["lr"])
         check_choice("nonfinite", group["nonfinite"], NONFINITE)
         check_choice("foreach", group["foreach"], (None, True, False))
@@ -170,6 +175,11 @@ class StepOptimizer(Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
+        # Older torch.optim checkpoints store ``step`` as a Python number; torch's own
+        # optimizers convert it on load, and so do we (a float32 0-d tensor on the CPU).
+        for state in self.state.values():
+            if isinstance(state, dict) and "step" in state and not isinstance(state["step"], Tensor):
+                state["step"] = torch.tensor(float(state["step"]), dtype=torch.float32)
         for group in self.param_groups:
             for key in self._norm_keys:
                 if key in group and not isinstance(group[key], Norm):
@@ -281,6 +291,15 @@ class StepOptimizer(Optimizer):
                     else:
                         state[k] = w
         return loss
+
+
+def _plain(v: Any) -> Any:
+    """A numpy scalar as the Python number it holds (inside tuples/lists too); else ``v``."""
+    if type(v).__module__ == "numpy" and hasattr(v, "item") and getattr(v, "ndim", None) == 0:
+        return v.item()
+    if isinstance(v, (tuple, list)) and any(type(x).__module__ == "numpy" for x in v):
+        return type(v)(_plain(x) for x in v)
+    return v
 
 
 def _real(v: Any) -> Any:
