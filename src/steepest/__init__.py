@@ -2,11 +2,13 @@
 
 Sign-based, l_p, coordinate, block-normalized and accelerated non-Euclidean optimizers built on
 one norm abstraction (:mod:`steepest.norms`), plus noise-aware training (:mod:`steepest.stats`),
-geometry diagnostics (:mod:`steepest.geometry`), distributed sign compression
+geometry diagnostics (:mod:`steepest.geometry`), natural-gradient and empirical-Fisher
+descent for GLMs (:mod:`steepest.fisher`), distributed sign compression
 (:mod:`steepest.distributed`) and the papers' experiments (:mod:`steepest.experiments`).
 """
 
-from steepest import norms
+from steepest import fisher, norms
+from steepest.fisher import EmpiricalFisherDescent, NaturalGradientDescent
 from steepest.norms import L1, L2, BlockNorm, Linf, Lp, Norm
 from steepest.optim import (
     MSGD,
@@ -42,15 +44,18 @@ __all__ = [
     "BlockNormalizedSGD",
     "CoordinateDescent",
     "EFSignSGD",
+    "EmpiricalFisherDescent",
     "Linf",
     "Lion",
     "Lp",
     "LpDescent",
+    "NaturalGradientDescent",
     "Norm",
     "ScaledSignSGD",
     "SignSGD",
     "Stacey",
     "SteepestDescent",
     "StepOptimizer",
+    "fisher",
     "norms",
 ]
