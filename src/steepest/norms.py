@@ -44,12 +44,19 @@ __all__ = [
     "L1",
     "L2",
     "BlockNorm",
+    "ColNorm",
     "Factored",
+    "L1ToLinf",
     "Linf",
     "Lp",
     "Norm",
+    "OperatorNorm",
+    "RowNorm",
+    "Spectral",
     "combine_lq",
     "from_spec",
+    "newton_schulz",
+    "polar_svd",
     "register_norm",
 ]
 
@@ -437,6 +444,343 @@ class BlockNorm(Norm):
         return Factored(unit, dual, dual)
 
 
+# ------------------------------------------------------------------ operator norms (SPEC §7)
+#: Newton-Schulz quintic coefficients and step count of ``torch.optim.Muon`` (Jordan's Muon).
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+NS_STEPS = 5
+NS_EPS = 1e-7
+SHAPE_SCALES = ("none", "shape")
+_NS_DTYPES = {"auto": None, "float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+
+
+def _as_matrix(x: Tensor, transpose: bool = False) -> Tensor:
+    """The matrix view of a parameter: ``out x rest`` (conv kernels flattened, as Jordan's Muon
+    and Scion do); a vector is one column ``n x 1``, a scalar ``1 x 1``."""
+    if x.dim() == 0:
+        m = x.reshape(1, 1)
+    elif x.dim() == 1:
+        m = x.reshape(-1, 1)
+    else:
+        m = x.reshape(x.shape[0], math.prod(x.shape[1:]))
+    return m.T if transpose else m
+
+
+def newton_schulz(
+    g: Tensor,
+    coefficients: Sequence[float] = NS_COEFFICIENTS,
+    steps: int = NS_STEPS,
+    eps: float = NS_EPS,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """Approximate polar factor ``U V^T`` of a matrix by the Newton-Schulz quintic iteration.
+
+    ``X_0 = G / max(||G||_F, eps)``, then ``steps`` times ``A = X X^T``,
+    ``X <- a X + (b A + c A^2) X`` (SPEC §7; torch/optim/_muon.py, Jordan's Muon), on the wide
+    orientation (``X^T`` if rows > cols, which costs fewer flops). The same operations in the same
+    order as ``torch.optim.Muon``, so with ``dtype=torch.bfloat16`` the result equals torch's.
+    The default coefficients do not converge to ``U V^T`` but to ``U S' V^T`` with ``S'`` roughly
+    in [0.7, 1.2] (by design: a steep slope at 0); a zero matrix maps to zero. Returns ``dtype``
+    (default: ``g.dtype``).
+    """
+    if g.dim() != 2:
+        raise ValueError(f"newton_schulz needs a 2-D matrix, got shape {tuple(g.shape)}")
+    if len(coefficients) != 3:
+        raise ValueError(f"coefficients must be three numbers (a, b, c), got {coefficients!r}")
+    a, b, c = (float(v) for v in coefficients)
+    x = g.to(dtype) if dtype is not None else g
+    wide = g.size(0) > g.size(1)
+    if wide:
+        x = x.T
+    x = x / x.norm().clamp(min=eps)
+    for _ in range(steps):
+        gram = x @ x.T
+        update = torch.addmm(gram, gram, gram, beta=b, alpha=c)
+        x = torch.addmm(x, update, x, beta=a)
+    return x.T if wide else x
+
+
+def polar_svd(g: Tensor) -> tuple[Tensor, Tensor]:
+    """``(U V^T, ||G||_nuc)`` of a matrix by the SVD ``G = U S V^T`` (the reference polar).
+
+    Directions of (numerically) zero singular values are dropped (threshold
+    ``max(m, n) * eps(dtype) * sigma_max``, as ``torch.linalg.pinv``), so a zero or
+    rank-deficient matrix gets the minimal factor (zero for a zero matrix).
+    """
+    if g.numel() == 0:
+        return torch.zeros_like(g), g.new_zeros(())
+    u, s, vh = torch.linalg.svd(g, full_matrices=False)
+    tol = max(g.shape) * torch.finfo(s.dtype).eps * s.max()
+    keep = (s > tol).to(s.dtype)
+    return (u * keep) @ vh, s.sum()
+
+
+class OperatorNorm(Norm):
+    """Base of the per-matrix (operator) norms: each tensor is a matrix (:func:`_as_matrix`),
+    with a norm ``c * N(M)`` where ``N`` is the base operator norm and ``c > 0`` a shape factor.
+
+    A subclass gives, for one matrix, the base LMO direction ``u`` (``N(u) = 1`` and
+    ``<M, u> = N_*(M)``, 0 for a zero matrix) and the base dual ``N_*(M)``. Then, for each tensor
+    (``scope="per_tensor"``): dual ``N_*(M) / c``, LMO ``u / c``, sharp ``N_*(M) u / c^2``.
+
+    ``scope="global"`` (the modular norm of Bernstein & Newhouse / modula): the group's norm is
+    the max over tensors of ``c_i N(M_i)``, its dual the sum ``D = sum_i N_*(M_i) / c_i``, and the
+    sharp ``D u_i / c_i`` per tensor. For max-type norms (all here) this is the norm of the
+    concatenated parameter vector under the product of the per-matrix geometries, and Lemma 4
+    holds: ``<z, z#> = sum_i (D/c_i) N_*(M_i) = D^2``, ``||z#|| = max_i c_i (D/c_i) N(u_i) = D``.
+
+    ``scale``: ``"none"`` (``c = 1``), ``"shape"`` (the factor each subclass documents, chosen
+    by the anchors so that learning rates transfer across widths), or a number ``c > 0``.
+    """
+
+    name = "operator"
+    #: The shape factor's reading, for the docs.
+    shape_rule = ""
+
+    def __init__(self, scale: str | float = "none", transpose: bool = False) -> None:
+        if isinstance(scale, bool) or not (
+            scale in SHAPE_SCALES or (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0)
+        ):
+            raise ValueError(f"scale must be one of {SHAPE_SCALES} or a finite number > 0, got {scale!r}")
+        if not isinstance(transpose, bool):
+            raise ValueError(f"transpose must be a bool, got {transpose!r}")
+        self.scale = scale if isinstance(scale, str) else float(scale)
+        self.transpose = transpose
+
+    def to_spec(self) -> dict[str, Any]:
+        return {"name": self.name, "scale": self.scale, "transpose": self.transpose}
+
+    # ---- what subclasses implement ---------------------------------------------------------
+    def _shape_factor(self, rows: int, cols: int) -> float:
+        return 1.0
+
+    def _base_norm(self, m: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _base_lmo(self, m: Tensor, need_dual: bool) -> tuple[Tensor, Tensor | None]:
+        """``(u, N_*(M))`` for one non-empty matrix; the dual may be ``None`` if not needed."""
+        raise NotImplementedError
+
+    # ---- machinery -------------------------------------------------------------------------
+    def factor_of(self, x: Tensor) -> float:
+        """The constant ``c`` of tensor ``x`` (1 for ``scale="none"``)."""
+        if self.scale == "none":
+            return 1.0
+        if self.scale == "shape":
+            rows, cols = _as_matrix(x, self.transpose).shape
+            return self._shape_factor(max(rows, 1), max(cols, 1))
+        return float(self.scale)
+
+    def _consts(self, xs: list[Tensor]) -> Tensor:
+        dtype = xs[0].dtype if xs and xs[0].is_floating_point() else torch.float64
+        return torch.tensor([self.factor_of(x) for x in xs], dtype=dtype, device=xs[0].device if xs else None)
+
+    def _units(self, xs: list[Tensor], need_dual: bool) -> tuple[list[Tensor], Tensor | None]:
+        units, duals = [], []
+        for x in xs:
+            if x.numel() == 0:
+                units.append(torch.zeros_like(x))
+                duals.append(x.new_zeros(()))
+                continue
+            m = _as_matrix(x, self.transpose)
+            u, d = self._base_lmo(m, need_dual)
+            u = u.to(x.dtype)
+            units.append((u.T if self.transpose else u).reshape(x.shape))
+            if need_dual:
+                duals.append(d.to(x.dtype))
+        return units, (_stack_scalars(duals, xs) if need_dual else None)
+
+    def _primal(self, xs: list[Tensor], ops: type[_Ops], per_tensor: bool) -> Tensor:
+        norms = _stack_scalars(
+            [self._base_norm(_as_matrix(x, self.transpose)) if x.numel() else x.new_zeros(()) for x in xs], xs
+        ) * self._consts(xs)
+        return norms if per_tensor else norms.max().expand(len(xs))
+
+    def _coefficients(self, duals: Tensor, c: Tensor, per_tensor: bool) -> tuple[Tensor, Tensor]:
+        """(scale, dual) of :class:`Factored` from base duals and shape factors."""
+        if per_tensor:
+            return duals / c**2, duals / c
+        total = (duals / c).sum()
+        return total / c, total.expand(len(c))
+
+    def _factor(self, xs: list[Tensor], ops: type[_Ops], per_tensor: bool) -> Factored:
+        units, duals = self._units(xs, True)
+        assert duals is not None
+        scale, dual = self._coefficients(duals, self._consts(xs), per_tensor)
+        return Factored(units, scale, dual)
+
+    def _direction(
+        self, xs: list[Tensor], ops: type[_Ops], mode: str, beta: float, per_tensor: bool
+    ) -> list[Tensor]:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode in ("unscaled", "normalized"):
+            # No dual needed: unscaled is u (Muon's polar factor), normalized is u / c.
+            units, _ = self._units(xs, False)
+            if mode == "unscaled" or self.scale == "none":
+                return _fresh(units, xs)
+            return ops.mul_(_fresh(units, xs), list((1.0 / self._consts(xs)).unbind(0)))
+        f = self._factor(xs, ops, per_tensor)
+        return ops.mul_(_fresh(f.unit, xs), list(f.coefficients(mode, beta).unbind(0)))
+
+
+def _stack_scalars(vals: list[Tensor], xs: list[Tensor]) -> Tensor:
+    return torch.stack(vals) if vals else torch.zeros(0)
+
+
+class Spectral(OperatorNorm):
+    """The spectral norm ``sigma_max(M)`` of each matrix (Bernstein & Newhouse 2024; modula;
+    SPEC §7): dual = nuclear norm ``sum_i sigma_i``, sharp = ``||M||_nuc U V^T``, LMO (unit
+    direction) = ``U V^T`` for ``M = U S V^T``. Steepest descent under it with Nesterov momentum
+    and the polar factor alone (``mode="unscaled"``) is Muon (:class:`steepest.Muon`).
+
+    Args:
+        polar: ``"svd"`` (exact, the reference) or ``"newton_schulz"`` (:func:`newton_schulz`;
+            approximate: its singular values are not all 1, so Lemma 4 holds only roughly, and the
+            dual is estimated as ``<M, NS(M)>``, which is the nuclear norm when ``NS(M) = U V^T``).
+        ns_coefficients, ns_steps, ns_eps: the iteration's ``(a, b, c)``, step count and the
+            floor on ``||M||_F``; defaults are those of ``torch.optim.Muon``.
+        ns_dtype: ``"auto"`` (bfloat16 on CUDA, as torch's Muon; the tensor's own dtype on CPU,
+            where bfloat16 is not faster), ``"float32"``, ``"float64"`` or ``"bfloat16"`` (always,
+            as ``torch.optim.Muon`` does).
+        scale: ``"shape"`` makes the norm the RMS->RMS operator norm
+            ``sqrt(fan_in/fan_out) sigma_max`` (modula's ``Linear``, Scion's ``Spectral``), whose
+            LMO is ``sqrt(fan_out/fan_in) U V^T``.
+        transpose: take the norm of ``M^T`` (for weights stored ``in x out``, e.g. embeddings).
+
+    Conv kernels are flattened to ``out x (in * kh * kw)``; a vector is a column (its spectral
+    norm is its l2 norm, its polar factor ``v/||v||_2``).
+    """
+
+    name = "spectral"
+    shape_rule = "sqrt(fan_in / fan_out) (RMS -> RMS)"
+
+    def __init__(
+        self,
+        polar: str = "svd",
+        ns_coefficients: Sequence[float] = NS_COEFFICIENTS,
+        ns_steps: int = NS_STEPS,
+        ns_eps: float = NS_EPS,
+        ns_dtype: str = "auto",
+        scale: str | float = "none",
+        transpose: bool = False,
+    ) -> None:
+        super().__init__(scale, transpose)
+        if polar not in ("svd", "newton_schulz"):
+            raise ValueError(f"polar must be 'svd' or 'newton_schulz', got {polar!r}")
+        coeffs = tuple(ns_coefficients) if isinstance(ns_coefficients, (tuple, list)) else ()
+        if len(coeffs) != 3 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in coeffs
+        ):
+            raise ValueError(f"ns_coefficients must be three finite numbers (a, b, c), got {ns_coefficients!r}")
+        if isinstance(ns_steps, bool) or not isinstance(ns_steps, int) or not 1 <= ns_steps < 100:
+            raise ValueError(f"ns_steps must be an integer in [1, 100), got {ns_steps!r}")
+        if not isinstance(ns_eps, (int, float)) or not math.isfinite(ns_eps) or ns_eps <= 0:
+            raise ValueError(f"ns_eps must be a finite number > 0, got {ns_eps!r}")
+        if ns_dtype not in _NS_DTYPES:
+            raise ValueError(f"ns_dtype must be one of {tuple(_NS_DTYPES)}, got {ns_dtype!r}")
+        self.polar = polar
+        self.ns_coefficients = tuple(float(v) for v in coeffs)
+        self.ns_steps = ns_steps
+        self.ns_eps = float(ns_eps)
+        self.ns_dtype = ns_dtype
+
+    def to_spec(self) -> dict[str, Any]:
+        return {
+            **super().to_spec(),
+            "polar": self.polar,
+            "ns_coefficients": self.ns_coefficients,
+            "ns_steps": self.ns_steps,
+            "ns_eps": self.ns_eps,
+            "ns_dtype": self.ns_dtype,
+        }
+
+    def _shape_factor(self, rows: int, cols: int) -> float:
+        return math.sqrt(cols / rows)
+
+    def _base_norm(self, m: Tensor) -> Tensor:
+        return torch.linalg.matrix_norm(m, ord=2)
+
+    def _compute_dtype(self, m: Tensor) -> torch.dtype:
+        if self.ns_dtype == "auto":
+            return torch.bfloat16 if m.device.type == "cuda" else m.dtype
+        return _NS_DTYPES[self.ns_dtype]  # type: ignore[return-value]
+
+    def polar_factor(self, m: Tensor) -> Tensor:
+        """The (approximate, for Newton-Schulz) polar factor of one matrix, in ``m.dtype``."""
+        if self.polar == "svd":
+            return polar_svd(m)[0]
+        out = newton_schulz(m, self.ns_coefficients, self.ns_steps, self.ns_eps, self._compute_dtype(m))
+        return out.to(m.dtype)
+
+    def _base_lmo(self, m: Tensor, need_dual: bool) -> tuple[Tensor, Tensor | None]:
+        if self.polar == "svd":
+            return polar_svd(m)
+        u = self.polar_factor(m)
+        return u, ((m * u).sum() if need_dual else None)
+
+
+class ColNorm(OperatorNorm):
+    """``max_j ||M_:j||_2``, the l1 -> l2 operator norm (Pethick et al. 2025, Scion; SPEC §7).
+
+    Dual ``sum_j ||M_:j||_2``; sharp: each column normalized, times the dual sum; LMO: each
+    nonzero column ``M_:j / ||M_:j||_2``. ``scale="shape"`` gives the l1 -> RMS norm
+    ``max_j ||M_:j||_2 / sqrt(fan_out)``, whose LMO has columns of l2 norm ``sqrt(fan_out)``
+    (Scion's ``ColNorm``; on a vector, a single column, it is ``g / rms(g)``: Scion's
+    ``BiasRMS``). ``transpose=True`` takes columns of ``M^T``: for an embedding table stored
+    ``vocab x dim``, each token's vector (Scion's ``ColNorm(transpose=True)``).
+    """
+
+    name = "colnorm"
+    shape_rule = "1 / sqrt(fan_out) (l1 -> RMS)"
+    _dim = 0
+
+    def _shape_factor(self, rows: int, cols: int) -> float:
+        return 1.0 / math.sqrt(rows)
+
+    def _base_norm(self, m: Tensor) -> Tensor:
+        return torch.linalg.vector_norm(m, dim=self._dim).max()
+
+    def _base_lmo(self, m: Tensor, need_dual: bool) -> tuple[Tensor, Tensor | None]:
+        n = torch.linalg.vector_norm(m, dim=self._dim, keepdim=True)
+        # Divide by the norm (inf where 0) rather than multiply by 1/norm, which overflows.
+        return m / torch.where(n > 0, n, math.inf), n.sum()
+
+
+class RowNorm(ColNorm):
+    """``max_i ||M_i:||_2``, the l2 -> l_inf operator norm (Scion; SPEC §7). Dual
+    ``sum_i ||M_i:||_2``; LMO: each nonzero row ``M_i: / ||M_i:||_2``. ``scale="shape"`` gives
+    the RMS -> l_inf norm ``sqrt(fan_in) max_i ||M_i:||_2`` (LMO rows of l2 norm
+    ``1/sqrt(fan_in)``: Scion's ``RowNorm(normalized=True)``). A vector is a column, so its rows
+    are its entries: RowNorm of a vector is its max norm (sign descent)."""
+
+    name = "rownorm"
+    shape_rule = "sqrt(fan_in) (RMS -> l_inf)"
+    _dim = 1
+
+    def _shape_factor(self, rows: int, cols: int) -> float:
+        return math.sqrt(cols)
+
+
+class L1ToLinf(OperatorNorm):
+    """``max_ij |M_ij|``, the l1 -> l_inf operator norm: per tensor it is :class:`Linf` (dual
+    ``||M||_1``, LMO ``sign(M)``: sign descent per entry, as for embeddings and output heads).
+    ``scale="shape"`` multiplies the norm by ``fan_in``, so the LMO is ``sign(M) / fan_in``
+    (Scion's ``Sign(normalized=True)``, which bounds the l_inf -> l_inf norm of the step by 1).
+    Global scope is the modular combination (identical to ``Linf`` for ``scale="none"``)."""
+
+    name = "l1_linf"
+    shape_rule = "fan_in (Scion's Sign)"
+
+    def _shape_factor(self, rows: int, cols: int) -> float:
+        return float(cols)
+
+    def _base_norm(self, m: Tensor) -> Tensor:
+        return m.abs().max()
+
+    def _base_lmo(self, m: Tensor, need_dual: bool) -> tuple[Tensor, Tensor | None]:
+        return torch.sign(m), m.abs().sum()
+
+
 #: Public name for extension authors: combine per-tensor l_q norms into the group's l_q norm.
 combine_lq = _combine_pow
 
@@ -460,3 +804,7 @@ def register_norm(cls: type[Norm]) -> type[Norm]:
     """Make a user-defined norm known to :func:`from_spec` (so optimizer checkpoints load)."""
     _REGISTRY[cls.name] = cls
     return cls
+
+
+for _cls in (Spectral, ColNorm, RowNorm, L1ToLinf):
+    register_norm(_cls)
