@@ -9,7 +9,7 @@ descent for GLMs (:mod:`steepest.fisher`), distributed sign compression
 
 from steepest import fisher, norms
 from steepest.fisher import EmpiricalFisherDescent, NaturalGradientDescent
-from steepest.norms import L1, L2, BlockNorm, Linf, Lp, Norm
+from steepest.norms import L1, L2, BlockNorm, ColNorm, L1ToLinf, Linf, Lp, Norm, RowNorm, Spectral
 from steepest.optim import (
     MSGD,
     MSVAG,
@@ -22,11 +22,14 @@ from steepest.optim import (
     EFSignSGD,
     Lion,
     LpDescent,
+    Modular,
+    Muon,
     ScaledSignSGD,
     SignSGD,
     Stacey,
     SteepestDescent,
     StepOptimizer,
+    layer_groups,
 )
 
 __version__ = "0.1.0"
@@ -42,20 +45,27 @@ __all__ = [
     "AdamStar",
     "BlockNorm",
     "BlockNormalizedSGD",
+    "ColNorm",
     "CoordinateDescent",
     "EFSignSGD",
     "EmpiricalFisherDescent",
+    "L1ToLinf",
     "Linf",
     "Lion",
     "Lp",
     "LpDescent",
+    "Modular",
+    "Muon",
     "NaturalGradientDescent",
     "Norm",
+    "RowNorm",
     "ScaledSignSGD",
     "SignSGD",
+    "Spectral",
     "Stacey",
     "SteepestDescent",
     "StepOptimizer",
     "fisher",
+    "layer_groups",
     "norms",
 ]

@@ -3,6 +3,8 @@
 from steepest.optim.adam_ablation import AdamAveraged, AdamShuffled
 from steepest.optim.base import StepOptimizer
 from steepest.optim.ef import EFSignSGD
+from steepest.optim.layerwise import Modular, layer_groups
+from steepest.optim.muon import Muon
 from steepest.optim.noise import MSGD, MSVAG, SVAG, AdamStar
 from steepest.optim.stacey import Stacey
 from steepest.optim.steepest import (
@@ -27,9 +29,12 @@ __all__ = [
     "EFSignSGD",
     "Lion",
     "LpDescent",
+    "Modular",
+    "Muon",
     "ScaledSignSGD",
     "SignSGD",
     "Stacey",
     "SteepestDescent",
     "StepOptimizer",
+    "layer_groups",
 ]
