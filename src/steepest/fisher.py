@@ -375,23 +375,31 @@ class GLM:
         X = self._x(theta)
         total = torch.zeros(*theta.shape[:-1], self.num_params, self.num_params,
                             dtype=theta.dtype, device=theta.device)
-        for _ in range(samples):
+        # draws are vectorized in chunks of at most ~4M per-example gradient entries
+        chunk = max(1, (1 << 22) // max(1, f.numel() * self.num_features))
+        done = 0
+        while done < samples:
+            k = min(chunk, samples - done)
+            fk = f.expand(k, *f.shape)
             if self.likelihood == "gaussian":
-                eps = torch.randn(f.shape, generator=generator, dtype=f.dtype, device=f.device)
-                y = f + math.sqrt(self.variance) * eps
+                eps = torch.randn(fk.shape, generator=generator, dtype=f.dtype, device=f.device)
+                y = fk + math.sqrt(self.variance) * eps
             elif self.likelihood == "bernoulli":
-                u = torch.rand(f.shape, generator=generator, dtype=f.dtype, device=f.device)
-                y = (u < torch.sigmoid(f)).to(f.dtype)
+                u = torch.rand(fk.shape, generator=generator, dtype=f.dtype, device=f.device)
+                y = (u < torch.sigmoid(fk)).to(f.dtype)
             else:
-                pi = torch.softmax(f, dim=-1)
-                flat = pi.reshape(-1, self.num_classes)
-                y = torch.multinomial(flat, 1, generator=generator).reshape(pi.shape[:-1])
-            r = self._residuals(f, y)
+                # inverse-CDF sampling, one uniform per example
+                cdf = torch.softmax(fk, dim=-1).cumsum(-1)
+                u = torch.rand(fk.shape[:-1] + (1,), generator=generator, dtype=f.dtype,
+                               device=f.device)
+                y = (cdf[..., :-1] < u).sum(-1)
+            r = self._residuals(fk, y)
             if self.likelihood == "categorical":
                 G = (X.unsqueeze(-1) * r.unsqueeze(-2)).reshape(*r.shape[:-1], self.num_params)
             else:
                 G = X * r.unsqueeze(-1)
-            total = total + G.transpose(-1, -2) @ G
+            total = total + (G.transpose(-1, -2) @ G).sum(0)
+            done += k
         return total * (self._scale() / samples)
 
     def curvature(self, theta: Tensor, kind: str = "fisher") -> Tensor:
