@@ -35,7 +35,6 @@ from steepest.norms import (
     L1ToLinf,
     Linf,
     Norm,
-    OperatorNorm,
     Spectral,
     _as_matrix,
     from_spec,
@@ -63,8 +62,9 @@ def adjust_lr(lr: float, adjust_lr_fn: str | None, rows: int, cols: int) -> floa
 
 
 def _matrix_only(norm: Norm) -> bool:
-    """Norms whose geometry is that of a matrix: vectors need an explicit choice (as Muon)."""
-    return isinstance(norm, OperatorNorm)
+    """The spectral norm (Muon's geometry) takes vectors only by explicit choice, as
+    torch.optim.Muon refuses them; the other operator norms define vectors as columns."""
+    return isinstance(norm, Spectral)
 
 
 class Modular(StepOptimizer):
@@ -75,8 +75,8 @@ class Modular(StepOptimizer):
             is how layers get their own norms (see :func:`layer_groups`).
         lr: step size ``>= 0``.
         norm: the group's :class:`steepest.norms.Norm` (default ``Spectral("newton_schulz")``).
-            An operator norm (spectral, column, row, l1->l_inf) views a tensor as a matrix
-            ``out x rest``; such a group refuses parameters with fewer than 2 dimensions unless
+            Operator norms view a tensor as a matrix ``out x rest`` (a vector as a column); a
+            group under the spectral norm refuses parameters with fewer than 2 dimensions unless
             ``nonmatrix_norm`` is set, exactly as ``torch.optim.Muon`` refuses them.
         nonmatrix_norm: the norm for parameters with ``ndim < 2`` of the group (e.g. ``Linf()``:
             sign descent), or ``None``.
@@ -116,7 +116,7 @@ class Modular(StepOptimizer):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
-        nonfinite: str = "raise",
+        nonfinite: str | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -133,8 +133,9 @@ class Modular(StepOptimizer):
             nonmatrix_norm=nonmatrix_norm,
             maximize=maximize,
             foreach=foreach,
-            nonfinite=nonfinite,
         )
+        if nonfinite is not None:  # else the base class's default policy
+            defaults["nonfinite"] = nonfinite
         super().__init__(params, defaults)
 
     # ---- validation ---------------------------------------------------------------------

@@ -72,7 +72,7 @@ class Muon(Modular):
         nonmatrix_norm: Norm | dict[str, Any] | str | None = None,
         maximize: bool = False,
         foreach: bool | None = None,
-        nonfinite: str = "raise",
+        nonfinite: str | None = None,
     ) -> None:
         check_choice("adjust_lr_fn", adjust_lr_fn, (None, "original", "match_rms_adamw"))
         norm = Spectral(

@@ -1,0 +1,111 @@
+"""Per-layer geometry: classify, layer_groups, Modular's constrained (Scion) step."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from steepest import Modular, Spectral, layer_groups
+from steepest.norms import ColNorm, L1ToLinf, Linf, polar_svd
+from steepest.optim.layerwise import classify
+
+
+class TinyLM(nn.Module):
+    def __init__(self, vocab=11, d=8, tie=False):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.mix = nn.Linear(d, d)
+        self.norm = nn.LayerNorm(d)
+        self.conv = nn.Conv1d(d, d, 3, padding=1)
+        self.out = nn.Linear(d, vocab, bias=False)
+        if tie:
+            self.out.weight = self.emb.weight
+
+    def forward(self, idx):
+        h = self.emb(idx)
+        h = h + self.conv(h.transpose(1, 2)).transpose(1, 2)
+        return self.out(self.norm(torch.relu(self.mix(h))))
+
+
+def test_classify_by_layer_kind():
+    roles = {r: [n for n, _ in v] for r, v in classify(TinyLM()).items()}
+    assert roles == {
+        "embedding": ["emb.weight"],
+        "hidden": ["mix.weight"],
+        "conv": ["conv.weight"],
+        "head": ["out.weight"],
+        "vector": ["mix.bias", "norm.weight", "norm.bias", "conv.bias"],
+    }
+    tied = {r: [n for n, _ in v] for r, v in classify(TinyLM(tie=True)).items()}
+    assert tied["embedding"] == ["emb.weight"] and tied["head"] == []
+    assert [n for n, _ in classify(TinyLM(), head="mix")["head"]] == ["mix.weight"]
+    with pytest.raises(ValueError, match="head must name a submodule"):
+        classify(TinyLM(), head="decoder")
+
+
+@pytest.mark.parametrize("recipe", ["steepest", "scion"])
+def test_one_optimizer_trains_the_whole_model(recipe):
+    torch.manual_seed(0)
+    model = TinyLM()
+    opt = Modular(layer_groups(model, recipe), lr=0.1 if recipe == "steepest" else 0.005)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=40)
+    idx = torch.randint(0, 11, (8, 12))
+    tgt = torch.roll(idx, -1, dims=1)
+    losses = []
+    for _ in range(40):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(idx).flatten(0, 1), tgt.flatten())
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.7 * losses[0]
+    roles = {g["role"]: g for g in opt.param_groups}
+    assert set(roles) == {"embedding", "hidden", "conv", "head", "vector"}
+    assert isinstance(roles["hidden"]["norm"], Spectral) and roles["hidden"]["param_names"] == ["mix.weight"]
+    # One state_dict for all groups; it resumes exactly.
+    sd = copy.deepcopy(opt.state_dict())
+    clone = copy.deepcopy(model)
+    opt2 = Modular(layer_groups(clone, recipe), lr=0.02)
+    opt2.load_state_dict(sd)
+    for m, o in ((model, opt), (clone, opt2)):
+        o.zero_grad()
+        nn.functional.cross_entropy(m(idx).flatten(0, 1), tgt.flatten()).backward()
+        o.step()
+    for a, b in zip(model.parameters(), clone.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_recipe_norms_and_overrides():
+    groups = {g["role"]: g for g in layer_groups(TinyLM(), "scion", overrides={"head": {"radius": 10.0}})}
+    assert groups["embedding"]["norm"] == ColNorm(scale="shape", transpose=True)
+    assert groups["head"]["norm"] == L1ToLinf(scale="shape") and groups["head"]["radius"] == 10.0
+    assert groups["hidden"]["mode"] == "normalized" and groups["hidden"]["nesterov"] is False
+    steep = {g["role"]: g for g in layer_groups(TinyLM(), "steepest")}
+    assert steep["embedding"]["norm"] == Linf() and steep["hidden"]["adjust_lr_fn"] == "match_rms_adamw"
+    with pytest.raises(ValueError, match="recipe must be one of"):
+        layer_groups(TinyLM(), "adam")
+    with pytest.raises(ValueError, match="overrides keys must be roles"):
+        layer_groups(TinyLM(), overrides={"bias": {}})
+
+
+def test_constrained_step_is_scions_formula_and_stays_in_the_ball():
+    """x <- (1 - lr) x + lr * radius * lmo(m) (Pethick et al. 2025): with the exact (SVD) polar
+    factor, a convex combination of two points of the spectral ball of the given radius stays in
+    it, so an iterate started inside never leaves (tolerance: float64 rounding)."""
+    g = torch.Generator().manual_seed(0)
+    p = (0.5 * torch.randn(5, 3, generator=g, dtype=torch.float64)).requires_grad_()
+    radius, lr = 2.0, 0.3
+    p.data *= 0.5 * radius / torch.linalg.matrix_norm(p.detach(), 2)
+    opt = Modular([p], lr=lr, norm=Spectral(), mode="normalized", step="constrained", radius=radius,
+                  momentum=0.0, nesterov=False)
+    for _ in range(20):
+        grad = torch.randn(5, 3, generator=g, dtype=torch.float64)
+        x = p.detach().clone()
+        p.grad = grad
+        opt.step()
+        torch.testing.assert_close(p.detach(), (1 - lr) * x - lr * radius * polar_svd(grad)[0])
+        assert float(torch.linalg.matrix_norm(p.detach(), 2)) <= radius * (1 + 1e-12)
