@@ -43,7 +43,10 @@ def test_list_command_prints_them(capsys):
 def _fake(ctx: Context) -> Result:
     steps = ctx.opt("steps", 3)
     rows = [{"seed": s, "step": k, "value": float(s + k)} for s in ctx.seed_list() for k in range(steps)]
-    claims = [Claim("a", "first", "paper a", "m a", True), Claim("b", "second", "p b", "m b", 0)]
+    claims = [Claim("a", "first", "paper a", "m a", True, criterion="c a"),
+              Claim("b", "second", "p b", "m b", 0, criterion="c b"),
+              Claim("s", "identity", "eq 1", "m s", False, kind="sanity", criterion="c s"),
+              Claim("g", "ours", "-", "m g", True, kind="diagnostic", criterion="c g")]
     return Result(rows=rows, claims=claims, settings={"steps": steps, "arr": torch.tensor(2.0)})
 
 
@@ -57,16 +60,40 @@ def fake_registry(monkeypatch):
 
 def test_run_experiment_writes_tidy_outputs(tmp_path, fake_registry, capsys):
     summary = run_experiment("fake", out_dir=tmp_path, options={"steps": "4"}, progress=False)
+    # headline counts are paper claims only; sanity checks and diagnostics are counted apart
     assert summary["seeds"] == 2 and summary["holds"] == 1 and summary["total"] == 2
+    assert (summary["sanity_holds"], summary["sanity_total"]) == (0, 1)
+    assert (summary["diagnostic_holds"], summary["diagnostic_total"]) == (1, 1)
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk["experiment"] == "fake"
-    assert [set(c) for c in on_disk["claims"]] == [{"id", "claim", "paper", "measured", "holds"}] * 2
-    assert on_disk["claims"][1]["holds"] is False
+    keys = {"id", "claim", "paper", "measured", "holds", "kind", "criterion"}
+    assert [set(c) for c in on_disk["claims"]] == [keys] * 4
+    assert [c["kind"] for c in on_disk["claims"]] == ["paper", "paper", "sanity", "diagnostic"]
+    assert on_disk["claims"][1]["holds"] is False and on_disk["claims"][1]["criterion"] == "c b"
     assert on_disk["settings"] == {"steps": 4, "arr": 2.0}
     lines = (tmp_path / "results.csv").read_text().splitlines()
     assert lines[0] == "seed,step,value" and len(lines) == 1 + 2 * 4
     out = capsys.readouterr().out
-    assert "1/2 claims hold" in out and "DOES NOT HOLD" in out
+    assert "1/2 paper claims hold (0/1 sanity, 1/1 diagnostic apart)" in out
+    assert "DOES NOT HOLD" in out and "criterion: c b" in out
+    # the sanity check is printed under its own heading, after the paper claims
+    assert out.index("[DOES NOT HOLD] b") < out.index("-- sanity") < out.index("] s: identity")
+
+
+def test_claim_kind_is_validated():
+    with pytest.raises(ValueError, match=r"'x'.*kind"):
+        Claim("x", "c", "p", "m", True, kind="evidence")
+
+
+def test_claim_without_criterion_is_named(tmp_path, monkeypatch):
+    def bare(ctx: Context) -> Result:
+        return Result(rows=[], claims=[Claim("ok", "c", "p", "m", True, criterion="mine"),
+                                       Claim("no-criterion", "c", "p", "m", True)])
+
+    exp = Experiment("bare", "a claim without criterion", "nowhere", bare)
+    monkeypatch.setattr(harness, "registry", lambda: {"bare": exp})
+    with pytest.raises(ValueError, match=r"bare.*'no-criterion'.*criterion"):
+        run_experiment("bare", out_dir=tmp_path, echo=False, progress=False)
 
 
 def test_quick_seeds_and_unused_option_warning(tmp_path, fake_registry, capsys):
@@ -155,10 +182,21 @@ def test_summarize_prints_markdown_tables(tmp_path, fake_registry, capsys):
     capsys.readouterr()
     assert main(["reproduce", "--summarize", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "**fake**" in out and "1/2 claims hold" in out
-    assert "| `a`: first | paper a | m a | holds |" in out
-    assert "| `b`: second | p b | m b | **does not hold** |" in out
+    assert "**fake**" in out and "1/2 paper claims hold" in out
+    assert "| `a`: first | paper a | c a | m a | holds |" in out
+    assert "| `b`: second | p b | c b | m b | **does not hold** |" in out
+    assert "| `s`: identity | eq 1 | c s | m s | **does not hold** |" in out
+    assert out.index("*paper claims*") < out.index("`b`") < out.index("*sanity checks") < out.index("`s`")
+    assert "1/2 paper claims hold** (sanity checks apart: 0/1 pass; 1 diagnostic(s))" in out
     assert main(["reproduce", "--summarize", str(tmp_path / "empty")]) == 2
+
+
+def test_claims_markdown_counts_old_summaries_as_paper_claims():
+    # summaries written before claims had a kind: every claim counts as a paper claim
+    summary = {"experiment": "x", "claims": [
+        {"id": "i", "claim": "c", "paper": "p", "measured": "m", "holds": True},
+        {"id": "j", "claim": "c", "paper": "p", "measured": "m", "holds": False}]}
+    assert "1/2 paper claims hold" in harness.claims_markdown(summary)
 
 
 def test_claims_markdown_escapes_pipes():

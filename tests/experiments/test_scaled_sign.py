@@ -28,8 +28,9 @@ def test_contraction_and_rate():
     assert toy.contraction(np.array([1.0, 0.0, 0.0])).tolist() == [0.0]
 
 
-def _stats(tail_max, rate, flips):
-    return {"tail_max_gap": tail_max, "rate": rate, "sign_flips": flips, "final_gap": tail_max}
+def _stats(tail_max, rate, flips, max_x=0.1):
+    return {"tail_max_gap": tail_max, "rate": rate, "sign_flips": flips, "final_gap": tail_max,
+            "tail_max_abs_x": max_x}
 
 
 def test_ex4_verdicts():
@@ -42,6 +43,18 @@ def test_ex4_verdicts():
     assert toy.ex4_verdicts(settled) == (True, False)
     missing = {m: v for m, v in good.items() if m != "signGD"}
     assert toy.ex4_verdicts(missing)[1] is False
+    # below the floor a constant sign step allows (f(a/2) ~ a^2), or far from x*: no
+    low = dict(good, signGD=[_stats(0.5 * toy.sign_floor(), 1.0, 20)])
+    assert toy.ex4_verdicts(low) == (True, False)
+    far = dict(good, Signum=[_stats(1e-2, 1.0, 20, max_x=11 * toy.STEP)])
+    assert toy.ex4_verdicts(far) == (True, False)
+
+
+def test_sign_floor_is_f_at_half_a_step():
+    h = toy.STEP / 2
+    assert toy.sign_floor() == pytest.approx(h * h + 3 * math.sin(h) ** 2, rel=1e-15)
+    # near 0, f(x) ~ 4 x^2, so the floor is ~ a^2
+    assert toy.sign_floor() == pytest.approx(toy.STEP**2, rel=1e-3)
 
 
 def test_classify_counts_zero_crossings():
@@ -64,6 +77,9 @@ def test_scaled_sign_toy_quick(tmp_path):
     ids = [c["id"] for c in s["claims"]]
     assert ids == ["ex1-oscillation", "ex4-linear", "ex4-oscillation", "thm1-rate"]
     assert s["claims"][0]["holds"] and s["claims"][3]["holds"]  # exact statements
+    kinds = [c["kind"] for c in s["claims"]]
+    assert kinds == ["sanity", "sanity", "paper", "paper"]
+    assert all(c["criterion"] for c in s["claims"])
     assert len(s["figures"]) == 2
 
 
@@ -134,7 +150,12 @@ def test_scaled_sign_logreg_quick(tmp_path):
         "scaled-sign-logreg", quick=True, out_dir=tmp_path, progress=False, echo=False,
         options={"datasets": ["breast-cancer"], "steps": 40, "grid": 1, "log_points": 4},
     )
-    assert s["total"] == 5
+    assert s["total"] == 4 and s["sanity_total"] == 1  # ef-like-sgd is a sanity check
+    assert all(c["criterion"] for c in s["claims"])
+    lr = s["settings"]["datasets"]["breast-cancer"]["lr"]
+    # the diminishing schedule starts at the constant step (tied, not tuned): a_0 = 1 a, 3 a
+    a0 = s["settings"]["datasets"]["breast-cancer"]["diminishing_a0"]
+    assert a0["x1"]["SGD"] == lr["SGD"]["lr"] and a0["x3"]["SGD"] == 3 * lr["SGD"]["lr"]
     assert {c["id"].split("/")[1] for c in s["claims"]} == {
         "scaled-like-sgd", "scaled-beats-sign", "ef-like-sgd", "constant-faster", "more-workers"}
     header = (tmp_path / "results.csv").read_text().splitlines()[0]

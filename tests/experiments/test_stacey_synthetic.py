@@ -14,9 +14,11 @@ from steepest import Lion, Stacey
 from steepest.experiments.harness import registry, run_experiment
 from steepest.experiments.stacey_synthetic import (
     MU,
+    DataNLLGrad,
     RunStats,
     make_claims,
     neg_log_density_grad,
+    sample_pgauss,
     simulate,
 )
 
@@ -28,6 +30,45 @@ def test_gradient_is_that_of_the_negative_log_density(p):
     f = ((x - mu).abs() ** p / p).sum()
     (g,) = torch.autograd.grad(f, x)
     torch.testing.assert_close(neg_log_density_grad(x.detach(), mu, p), g)
+
+
+@pytest.mark.parametrize("p", [2.0, 4.0, 8.0])
+def test_samples_follow_the_p_generalized_gaussian(p):
+    # density prop. to exp(-|y|^p / p): |y|^p / p ~ Gamma(1/p, 1), so E|y|^p = 1, E y = 0 and
+    # E y^2 = p^(2/p) Gamma(3/p) / Gamma(1/p). 200,000 draws: standard errors below 0.01, so
+    # a tolerance of 0.03 cannot be missed by chance but catches a wrong exponent or scale.
+    y = sample_pgauss(200_000, p, MU, seed=5) - torch.tensor(MU, dtype=torch.float64)
+    assert float((y.abs() ** p).mean()) == pytest.approx(1.0, abs=0.03)
+    assert abs(float(y.mean())) < 0.03
+    var = p ** (2 / p) * math.gamma(3 / p) / math.gamma(1 / p)
+    assert float((y**2).mean()) == pytest.approx(var, rel=0.03)
+    assert torch.equal(sample_pgauss(10, p, seed=1), sample_pgauss(10, p, seed=1))
+
+
+@pytest.mark.parametrize("p", [2.0, 3.0, 4.0, 8.0])
+def test_data_gradient_is_that_of_the_negative_log_likelihood(p):
+    X = torch.stack([sample_pgauss(300, p, seed=0), sample_pgauss(300, p, seed=1)])
+    group = torch.tensor([0, 1, 1, 0, 1])
+    theta = torch.randn(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    th = theta.clone().requires_grad_()
+    loss = ((X[group] - th[:, None, :]).abs() ** p / p).mean(dim=1).sum()
+    (g,) = torch.autograd.grad(loss, th)
+    # even p uses the moment polynomial, odd p the direct sum: both must match autograd;
+    # float64 rounding of sums over 300 terms of size up to ~1e3 stays below 1e-10 relative
+    torch.testing.assert_close(DataNLLGrad(X, group, p)(theta), g, rtol=1e-10, atol=1e-12)
+
+
+def test_minibatch_gradient_averages_its_own_draws():
+    X = sample_pgauss(1000, 4.0, seed=0)[None]
+    group = torch.zeros(3, dtype=torch.long)
+    theta = torch.zeros(3, 2, dtype=torch.float64)
+    mb = DataNLLGrad(X, group, 4.0, batch=32, seed=7)
+    gen = torch.Generator().manual_seed(7)
+    idx = torch.randint(1000, (3, 32), generator=gen)
+    r = theta[:, None, :] - X[0][idx]
+    torch.testing.assert_close(mb(theta), (torch.sign(r) * r.abs() ** 3).mean(dim=1))
+    # rows draw different minibatches
+    assert not torch.equal(idx[0], idx[1])
 
 
 MAKERS = {
@@ -100,7 +141,10 @@ def test_claims_hold_when_stacey_is_faster_and_most_on_n8():
                      8.0: (150, 200, None, 600)})
     got = _by_id(make_claims(prim, {}, steps=1000))
     assert got == {"faster-N2": True, "faster-N4": True, "faster-N8": True,
-                   "especially-N8": True, "lion-fluctuates": True}
+                   "especially-N8": True, "stable-larger-p": True, "lion-fluctuates": True}
+    claims = make_claims(prim, {}, steps=1000, prefix="full-batch/")
+    assert all(c.id.startswith("full-batch/") and c.criterion for c in claims)
+    assert {c.kind for c in claims} == {"paper"}
 
 
 def test_claims_fail_when_a_baseline_wins_or_stacey_never_arrives():
@@ -119,6 +163,8 @@ def test_a_diverged_variant_does_not_count_and_lion_must_really_fluctuate():
     # STACEY(p,2) "reaches" at 100 but diverged; STACEY(p,p) is slower than Lion.
     assert not got["faster-N2"] and not got["faster-N8"]
     assert "diverged" in next(c for c in claims if c.id == "faster-N8").measured
+    # a diverging STACEY start on the largest p: not "stable even with larger p"
+    assert not got["stable-larger-p"]
     calm = make_claims(_primary({2.0: (100, 100, 600, 450)}, lion_rev=0.1), {}, steps=1000)
     assert not _by_id(calm)["lion-fluctuates"]
 
@@ -132,6 +178,7 @@ def test_sweep_claim_takes_the_best_setting_per_p():
     claims = make_claims(prim, good, steps=1000)
     sweep = next(c for c in claims if c.id == "faster-some-alpha-tau")
     assert sweep.holds and "alpha=0.01 tau=0.0001" in sweep.measured
+    assert sweep.kind == "diagnostic"  # the paper gives no alpha, tau: not a paper claim
     bad = {2.0: good[2.0], 8.0: [_fake("STACEY(p,p)", 8.0, 700)]}
     assert not _by_id(make_claims(prim, bad, steps=1000))["faster-some-alpha-tau"]
 
@@ -140,21 +187,41 @@ def test_end_to_end_small_run(tmp_path):
     assert "stacey-synthetic" in registry()
     # Options as the command line gives them (--set name=value): strings.
     opts = {"steps": "120", "starts": "5", "ps": "2,8", "sweep_alphas": "0.01",
-            "sweep_taus": "0.001", "noise": "0.1", "alpha": "0.002", "tau": "0.01"}
+            "sweep_taus": "0.001", "noise": "0.1", "alpha": "0.002", "tau": "0.01",
+            "sweep": "true", "batches": "0,8", "samples": "50"}
     summary = run_experiment("stacey-synthetic", quick=True, out_dir=tmp_path, progress=False,
                              options=opts, echo=False)
     ids = [c["id"] for c in summary["claims"]]
-    assert ids == ["faster-N2", "faster-N8", "especially-N8", "faster-some-alpha-tau",
-                   "lion-fluctuates"]
+    per = ["faster-N2", "faster-N8", "especially-N8", "stable-larger-p"]
+    assert ids == ([f"full-batch/{i}" for i in per] + ["full-batch/faster-some-alpha-tau",
+                                                       "full-batch/lion-fluctuates"]
+                   + [f"minibatch-8/{i}" for i in per] + ["minibatch-8/lion-fluctuates"])
+    assert summary["total"] == 10 and summary["diagnostic_total"] == 1
     s = summary["settings"]
     for key in ("gradient_noise_std", "stacey_alpha", "stacey_tau", "stacey_p", "lr", "sweep"):
         assert key in s
     assert s["gradient_noise_std"] == 0.1 and s["iterations"] == 120 and s["starts"] == 5
     assert (s["stacey_alpha"], s["stacey_tau"], s["ps"]) == (0.002, 0.01, [2.0, 8.0])
-    assert s["sweep"] == {"alphas": [0.01], "taus": [0.001]}
+    assert s["sweep"] == {"alphas": [0.01], "taus": [0.001], "variants": ["full-batch"]}
+    assert s["samples"] == 50 and s["batches"] == [0, 8]
+    assert len(summary["figures"]) == 4
     for fig in summary["figures"]:
         assert (tmp_path / fig).stat().st_size > 10_000
     rows = (tmp_path / "results.csv").read_text().splitlines()
-    # 2 p x (5 primary + 2 sweep) runs, logged at 0, 50, 100 and 120.
-    assert len(rows) == 1 + 2 * 7 * 4
+    # full batch: 2 p x (5 primary + 2 sweep) runs; minibatch: 2 p x 5 primary; each logged at
+    # 0, 50, 100 and 120.
+    assert rows[0].startswith("variant,")
+    assert len(rows) == 1 + (2 * 7 + 2 * 5) * 4
     assert json.loads((tmp_path / "summary.json").read_text())["experiment"] == "stacey-synthetic"
+
+
+def test_density_reading_is_an_option(tmp_path):
+    opts = {"objective": "density", "steps": "60", "starts": "3", "ps": "2,8"}
+    summary = run_experiment("stacey-synthetic", quick=True, out_dir=tmp_path, progress=False,
+                             options=opts, echo=False)
+    assert summary["settings"]["variants"] == ["density"]
+    assert summary["settings"]["objective"].startswith("density")
+    assert all(c["id"].startswith("density/") for c in summary["claims"])
+    with pytest.raises(ValueError, match="objective"):
+        run_experiment("stacey-synthetic", quick=True, out_dir=tmp_path, progress=False,
+                       options={"objective": "pdf"}, echo=False)

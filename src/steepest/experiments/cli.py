@@ -18,7 +18,12 @@ import json
 import sys
 from pathlib import Path
 
-from steepest.experiments.harness import claims_markdown, registry, run_experiment
+from steepest.experiments.harness import (
+    claims_markdown,
+    kind_counts,
+    registry,
+    run_experiment,
+)
 
 
 def _parse_set(items: list[str]) -> dict[str, str]:
@@ -55,16 +60,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def summarize(folder: str) -> int:
-    """Markdown claim tables of the summaries under ``folder`` (one sub-folder per experiment)."""
+    """Markdown claim tables of the summaries under ``folder`` (one sub-folder per experiment),
+    then one line of totals: paper claims held (the headline), sanity checks apart."""
     root = Path(folder)
     paths = sorted(root.glob("*/summary.json")) + sorted(root.glob("summary.json"))
     if not paths:
         print(f"no summary.json under {root}", file=sys.stderr)
         return 2
+    totals = dict.fromkeys(("holds", "total", "sanity_holds", "sanity_total",
+                            "diagnostic_total"), 0)
     for path in paths:
         summary = json.loads(path.read_text())
         print(claims_markdown(summary, link=str(path.parent)))
         print()
+        for k, v in kind_counts(summary["claims"]).items():
+            if k in totals:
+                totals[k] += v
+    print(f"**{len(paths)} experiment(s): {totals['holds']}/{totals['total']} paper claims hold**"
+          f" (sanity checks apart: {totals['sanity_holds']}/{totals['sanity_total']} pass; "
+          f"{totals['diagnostic_total']} diagnostic(s))")
     return 0
 
 
@@ -91,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(str(exc), file=sys.stderr)
         return 2
-    failed = 0
+    failed = failed_sanity = 0
     for name in names:
         out = args.out if (args.out is None or len(names) == 1) else f"{args.out}/{name}"
         try:
@@ -106,7 +120,10 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"{name}: {exc}", file=sys.stderr)
             return 2
+        # headline: paper claims only; a failed sanity check is a bug of ours, reported apart
         failed += summary["total"] - summary["holds"]
+        failed_sanity += summary.get("sanity_total", 0) - summary.get("sanity_holds", 0)
     if len(names) > 1:
-        print(f"{len(names)} experiments run; {failed} claim(s) did not hold")
+        print(f"{len(names)} experiments run; {failed} paper claim(s) did not hold; "
+              f"{failed_sanity} sanity check(s) failed")
     return 0

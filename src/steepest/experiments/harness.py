@@ -8,7 +8,9 @@ Outputs of ``run_experiment`` in ``out_dir``:
 
 * ``results.csv``: tidy rows, one per run and logged step (columns chosen by the experiment);
 * ``summary.json``: ``{"experiment", "source", "quick", "seeds", "seconds", "settings",
-  "claims": [{"id", "claim", "paper", "measured", "holds"}], "holds", "total", "figures"}``;
+  "claims": [{"id", "claim", "paper", "measured", "holds", "kind", "criterion"}], "holds",
+  "total", "sanity_holds", "sanity_total", "diagnostic_holds", "diagnostic_total",
+  "figures"}``; ``holds``/``total`` count ``paper`` claims only;
 * one PNG per figure, and a printed claim table.
 
 Options: an experiment reads its own knobs with :meth:`Context.opt` (``steepest reproduce NAME
@@ -45,6 +47,7 @@ __all__ = [
     "Result",
     "claims_markdown",
     "format_claims",
+    "kind_counts",
     "log_grid_search",
     "registry",
     "run_experiment",
@@ -55,16 +58,29 @@ __all__ = [
 
 @dataclass
 class Claim:
-    """One claim of a paper beside the figure measured for it. ``holds`` is the verdict."""
+    """One claim beside the figure measured for it. ``holds`` is the verdict.
+
+    ``kind`` is ``"paper"`` (the paper's own statement; ``paper`` quotes it with section or
+    figure), ``"sanity"`` (true by construction: an identity, a closed form, a case where methods
+    coincide) or ``"diagnostic"`` (a measurement of ours the paper does not state).
+    ``criterion`` says the test applied and where its threshold comes from: the paper (quoted)
+    or ours (chosen before the run, and why). Headline counts count ``paper`` claims only.
+    """
 
     id: str
     claim: str
     paper: str
     measured: str
     holds: bool
+    kind: str = "paper"
+    criterion: str = ""
+
+    KINDS = ("paper", "sanity", "diagnostic")
 
     def __post_init__(self) -> None:
         self.holds = bool(self.holds)
+        if self.kind not in self.KINDS:
+            raise ValueError(f"Claim {self.id!r}: kind must be one of {self.KINDS}, got {self.kind!r}")
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -285,30 +301,84 @@ def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
             writer.writerow({k: _cell(v) for k, v in row.items()})
 
 
+def kind_counts(claims: Iterable[Claim | dict[str, Any]]) -> dict[str, int]:
+    """Per-kind counts: ``holds``/``total`` count ``paper`` claims only (the headline);
+    ``sanity_holds``/``sanity_total`` and ``diagnostic_holds``/``diagnostic_total`` the rest."""
+    out: dict[str, int] = {}
+    for kind in Claim.KINDS:
+        sel = [c for c in claims if _get(c, "kind", "paper") == kind]
+        prefix = "" if kind == "paper" else f"{kind}_"
+        out[f"{prefix}holds"] = sum(bool(_get(c, "holds")) for c in sel)
+        out[f"{prefix}total"] = len(sel)
+    return out
+
+
+def _get(c: Claim | dict[str, Any], key: str, default: Any = None) -> Any:
+    return c.get(key, default) if isinstance(c, dict) else getattr(c, key, default)
+
+
+_KIND_TITLES = {
+    "paper": "paper claims",
+    "sanity": "sanity checks (true by construction or unit checks of our code; not evidence)",
+    "diagnostic": "diagnostics (measurements of ours the paper does not state)",
+}
+
+
 def format_claims(name: str, claims: list[Claim]) -> str:
-    """A plain-text table: claim, paper, measured, verdict."""
-    lines = [f"== {name}: {sum(c.holds for c in claims)}/{len(claims)} claims hold =="]
-    for c in claims:
-        verdict = "HOLDS" if c.holds else "DOES NOT HOLD"
-        lines.append(f"[{verdict}] {c.id}: {c.claim}")
-        lines.append(f"    paper:    {c.paper}")
-        lines.append(f"    measured: {c.measured}")
+    """A plain-text table per kind: claim, paper, criterion, measured, verdict. The headline
+    counts ``paper`` claims only; sanity checks and diagnostics are listed apart."""
+    n = kind_counts(claims)
+    head = f"== {name}: {n['holds']}/{n['total']} paper claims hold"
+    extra = [f"{n[k + '_holds']}/{n[k + '_total']} {k}" for k in ("sanity", "diagnostic")
+             if n[k + "_total"]]
+    lines = [head + (f" ({', '.join(extra)} apart)" if extra else "") + " =="]
+    for kind in Claim.KINDS:
+        sel = [c for c in claims if c.kind == kind]
+        if not sel:
+            continue
+        if kind != "paper" or len(sel) < len(claims):
+            lines.append(f"-- {_KIND_TITLES[kind]}")
+        for c in sel:
+            verdict = "HOLDS" if c.holds else "DOES NOT HOLD"
+            lines.append(f"[{verdict}] {c.id}: {c.claim}")
+            lines.append(f"    paper:     {c.paper}")
+            if c.criterion:
+                lines.append(f"    criterion: {c.criterion}")
+            lines.append(f"    measured:  {c.measured}")
     return "\n".join(lines)
 
 
 def claims_markdown(summary: dict[str, Any], link: str | None = None) -> str:
-    """A markdown table of one ``summary.json``: claim, paper, measured, verdict. ``link``
-    prefixes the figure links (e.g. ``results/quadratic-2d``)."""
+    """Markdown tables of one ``summary.json``: the paper claims (claim, paper, criterion,
+    measured, verdict), then sanity checks and diagnostics apart. ``link`` prefixes the figure
+    links (e.g. ``results/quadratic-2d``). Summaries written before claims had a kind count
+    every claim as a paper claim."""
     esc = lambda t: str(t).replace("|", "\\|").replace("\n", " ")  # noqa: E731
     mode = "quick" if summary.get("quick") else "full"
+    claims = summary["claims"]
+    n = kind_counts(claims)
+    extra = [f"{n[k + '_holds']}/{n[k + '_total']} {k} checks" if k == "sanity" else
+             f"{n[k + '_total']} diagnostic(s)"
+             for k in ("sanity", "diagnostic") if n[k + "_total"]]
     head = (f"**{summary['experiment']}** ({summary.get('source', '')}; {mode} run, "
             f"{summary.get('seeds')} seed(s), {summary.get('seconds')} s): "
-            f"{summary.get('holds', 0)}/{summary.get('total', 0)} claims hold")
-    lines = [head, "", "| claim | paper | measured | verdict |", "| --- | --- | --- | --- |"]
-    for c in summary["claims"]:
-        verdict = "holds" if c["holds"] else "**does not hold**"
-        lines.append(f"| `{esc(c['id'])}`: {esc(c['claim'])} | {esc(c['paper'])} | "
-                     f"{esc(c['measured'])} | {verdict} |")
+            f"{n['holds']}/{n['total']} paper claims hold"
+            + (f" ({', '.join(extra)} listed apart)" if extra else ""))
+    lines = [head]
+    for kind in Claim.KINDS:
+        sel = [c for c in claims if c.get("kind", "paper") == kind]
+        if not sel:
+            continue
+        lines += ["", f"*{_KIND_TITLES[kind]}*", "",
+                  "| claim | paper | criterion | measured | verdict |",
+                  "| --- | --- | --- | --- | --- |"]
+        for c in sel:
+            if kind == "diagnostic":
+                verdict = "yes" if c["holds"] else "no"
+            else:
+                verdict = "holds" if c["holds"] else "**does not hold**"
+            lines.append(f"| `{esc(c['id'])}`: {esc(c['claim'])} | {esc(c['paper'])} | "
+                         f"{esc(c.get('criterion', ''))} | {esc(c['measured'])} | {verdict} |")
     if link is not None and summary.get("figures"):
         lines += ["", " ".join(f"![{f}]({link}/{f})" for f in summary["figures"])]
     return "\n".join(lines)
@@ -359,6 +429,14 @@ def run_experiment(
     t0 = time.perf_counter()
     result = exp.run(ctx)
     elapsed = time.perf_counter() - t0
+    # a verdict is only as good as its test: every claim must say what it was judged on
+    bare = [c.id for c in result.claims if not str(c.criterion).strip()]
+    if bare:
+        raise ValueError(
+            f"experiment {name!r}: claim(s) {', '.join(repr(b) for b in bare)} have no criterion; "
+            "give Claim(..., criterion=...) the test applied and where its threshold comes from "
+            "(the paper, quoted, or ours, fixed before the run)"
+        )
     unused = sorted(set(opts) - used - {"data_dir"})
     if unused:
         print(f"warning: {name} did not use option(s) {unused}", file=sys.stderr)
@@ -371,8 +449,7 @@ def run_experiment(
         "seconds": round(elapsed, 2),
         "settings": result.settings,
         "claims": [asdict(c) for c in result.claims],
-        "holds": sum(c.holds for c in result.claims),
-        "total": len(result.claims),
+        **kind_counts(result.claims),  # holds/total: paper claims only
         "figures": result.figures,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_jsonable))
