@@ -245,31 +245,38 @@ def describe() -> dict[str, Any]:
 # The CNNs of "The Geometry of Sign Gradient Descent" (seed 000, App. D.1), used by
 # ``steepest reproduce adam-ablation``. Pooling is max-pooling over 3 (x 3) with stride 2
 # ("same" padding, so each pool halves the size, rounding up).
-def cnn_2c2d(in_shape: tuple[int, ...] = (1, 28, 28), classes: int = 10) -> nn.Module:
+def cnn_2c2d(in_shape: tuple[int, ...] = (1, 28, 28), classes: int = 10, *,
+             channels: tuple[int, int] = (32, 64), hidden: int = 1024) -> nn.Module:
     """Seed 000's Fashion-MNIST CNN: conv 5x5 (32) - pool - conv 5x5 (64) - pool - fc 1024 -
     fc ``classes``, ReLU, "same" convolutions. ``in_shape`` is ``(C, H, W)`` (2-d convolutions)
-    or ``(C, L)`` (the same network with 1-d convolutions, for MNIST-1D)."""
+    or ``(C, L)`` (the same network with 1-d convolutions, for MNIST-1D). ``channels`` and
+    ``hidden`` narrow it (the CPU-sized counterparts of seed 001's experiments)."""
     if len(in_shape) not in (2, 3):
         raise ValueError(f"in_shape must be (C, L) or (C, H, W), got {in_shape!r}")
     conv, pool = (nn.Conv1d, nn.MaxPool1d) if len(in_shape) == 2 else (nn.Conv2d, nn.MaxPool2d)
+    c1, c2 = channels
     features = nn.Sequential(
-        conv(in_shape[0], 32, 5, padding=2), nn.ReLU(), pool(3, stride=2, padding=1),
-        conv(32, 64, 5, padding=2), nn.ReLU(), pool(3, stride=2, padding=1), nn.Flatten(),
+        conv(in_shape[0], c1, 5, padding=2), nn.ReLU(), pool(3, stride=2, padding=1),
+        conv(c1, c2, 5, padding=2), nn.ReLU(), pool(3, stride=2, padding=1), nn.Flatten(),
     )
-    return _with_head(features, in_shape, [1024], classes)
+    return _with_head(features, in_shape, [hidden], classes)
 
 
-def cnn_3c3d(in_shape: tuple[int, int, int] = (3, 32, 32), classes: int = 10) -> nn.Module:
+def cnn_3c3d(in_shape: tuple[int, int, int] = (3, 32, 32), classes: int = 10, *,
+             channels: tuple[int, int, int] = (64, 96, 128),
+             hidden: tuple[int, int] = (512, 256)) -> nn.Module:
     """Seed 000's CIFAR-10 CNN (DeepOBS ``cifar10_3c3d``): conv 5x5 (64, valid) - pool - conv 3x3
     (96, valid) - pool - conv 3x3 (128, same) - pool - fc 512 - fc 256 - fc ``classes``, ReLU.
-    The paper adds an l2 penalty 0.002 (on the weights); the training loop applies it."""
+    The paper adds an l2 penalty 0.002 (on the weights); the training loop applies it.
+    ``channels`` and ``hidden`` narrow it (CPU-sized counterparts)."""
+    c1, c2, c3 = channels
     features = nn.Sequential(
-        nn.Conv2d(in_shape[0], 64, 5), nn.ReLU(), nn.MaxPool2d(3, stride=2, padding=1),
-        nn.Conv2d(64, 96, 3), nn.ReLU(), nn.MaxPool2d(3, stride=2, padding=1),
-        nn.Conv2d(96, 128, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, stride=2, padding=1),
+        nn.Conv2d(in_shape[0], c1, 5), nn.ReLU(), nn.MaxPool2d(3, stride=2, padding=1),
+        nn.Conv2d(c1, c2, 3), nn.ReLU(), nn.MaxPool2d(3, stride=2, padding=1),
+        nn.Conv2d(c2, c3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, stride=2, padding=1),
         nn.Flatten(),
     )
-    return _with_head(features, in_shape, [512, 256], classes)
+    return _with_head(features, in_shape, list(hidden), classes)
 
 
 def _with_head(features: nn.Module, in_shape: tuple[int, ...], hidden: list[int], classes: int
@@ -326,4 +333,98 @@ register_problem(Problem(
     "cifar10-3c3d", "seed 000's CIFAR-10 CNN (needs the python batches, $STEEPEST_DATA_DIR)",
     lambda: cnn_3c3d((3, 32, 32)), _data_dir_loader("cifar10"), _ce, batch_size=128,
     steps=10 * 391, metric=accuracy, tags=("cnn", "seed000", "data-dir"),
+))
+
+
+# ------------------------------------------------------------------------------ seed 001, CPU-sized
+# CPU-sized counterparts of the problems of seed 001's experiments (Sec. 4.4.4, Sec. 5.6), used by
+# ``steepest reproduce dissecting-adam`` and ``steepest reproduce cabs``: the paper's 2c2d / 3c3d
+# architectures narrowed (same layer structure, fewer filters and units), and a two-layer
+# character-level LSTM (seed 001 App. B.1, P4) on English text that ships with Python.
+SMALL_2C2D = {"channels": (8, 16), "hidden": 64}
+SMALL_3C3D = {"channels": (16, 24, 32), "hidden": (128, 64)}
+
+register_problem(Problem(
+    "digits-2c2d-small", "seed 000/001's 2c2d CNN narrowed to conv 8-16, fc 64, on the 8x8 digits",
+    lambda: cnn_2c2d((1, 8, 8), **SMALL_2C2D), _digits_images, _ce, batch_size=64, steps=400,
+    metric=accuracy, tags=("sklearn", "cnn", "seed001"),
+))
+register_problem(Problem(
+    "mnist1d-2c2d-small", "seed 000/001's 2c2d CNN (1-d) narrowed to conv 8-16, fc 64, on MNIST-1D",
+    lambda: cnn_2c2d((1, 40), **SMALL_2C2D), _mnist1d_channels, _ce, batch_size=64, steps=600,
+    metric=accuracy, tags=("mnist1d", "cnn", "seed001"),
+))
+register_problem(Problem(
+    "cifar10-3c3d-small", "seed 001's 3c3d CNN narrowed to conv 16-24-32, fc 128-64 (needs the "
+    "CIFAR-10 python batches, $STEEPEST_DATA_DIR)",
+    lambda: cnn_3c3d((3, 32, 32), **SMALL_3C3D), _data_dir_loader("cifar10"), _ce,
+    batch_size=128, steps=1000, metric=accuracy, tags=("cnn", "seed001", "data-dir"),
+))
+
+
+def pydoc_text() -> str:
+    """English prose that ships with Python: the help topics of the language reference
+    (``pydoc_data.topics``, ~465k characters in Python 3.11), topics in sorted order. It stands in
+    for seed 001's *War and Peace* (App. B.1, P4). The text differs between Python versions."""
+    from pydoc_data.topics import topics
+
+    return "\n".join(topics[k] for k in sorted(topics))
+
+
+def char_lstm_data(seq_len: int = 50, test_fraction: float = 0.1
+                   ) -> tuple[Tensor, Tensor, Tensor, Tensor, list[str]]:
+    """``(x_train, y_train, x_test, y_test, vocab)`` for next-character prediction on
+    :func:`pydoc_text`: non-overlapping windows of ``seq_len + 1`` characters (``x`` the first
+    ``seq_len`` codes, ``y`` the next character at each position); the last ``test_fraction``
+    of the text is the test split. ``vocab`` is the sorted character set of the whole text."""
+    if not (isinstance(seq_len, int) and seq_len >= 1):
+        raise ValueError(f"seq_len must be an int >= 1, got {seq_len!r}")
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+    text = pydoc_text()
+    vocab = sorted(set(text))
+    index = {c: i for i, c in enumerate(vocab)}
+    codes = torch.tensor([index[c] for c in text], dtype=torch.int64)
+    cut = int(len(codes) * (1.0 - test_fraction))
+
+    def windows(a: Tensor) -> tuple[Tensor, Tensor]:
+        n = (len(a) - 1) // seq_len
+        return a[: n * seq_len].reshape(n, seq_len), a[1 : n * seq_len + 1].reshape(n, seq_len)
+
+    xtr, ytr = windows(codes[:cut])
+    xte, yte = windows(codes[cut:])
+    return xtr, ytr, xte, yte, vocab
+
+
+class CharLSTM(nn.Module):
+    """Character-level language model of seed 001 App. B.1 (P4): an embedding, a two-layer LSTM
+    and a linear read-out; ``(N, T)`` codes -> ``(N, T, vocab)`` logits. The paper: 128 hidden
+    units, 83 characters, sequence length 50, dropout; the CPU-sized default is 64 units, no
+    dropout, every window starting from a zero state."""
+
+    def __init__(self, vocab: int, hidden: int = 64, embed: int = 16, layers: int = 2) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, embed)
+        self.lstm = nn.LSTM(embed, hidden, layers, batch_first=True)
+        self.head = nn.Linear(hidden, vocab)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out, _ = self.lstm(self.embed(x))
+        return self.head(out)
+
+
+def sequence_cross_entropy(out: Tensor, y: Tensor) -> Tensor:
+    """Mean next-character cross-entropy over all ``N * T`` positions of ``(N, T, V)`` logits."""
+    return nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+
+
+def _char_lstm_vocab_size() -> int:
+    return len(set(pydoc_text()))
+
+
+register_problem(Problem(
+    "pydoc-char-lstm", "2-layer character LSTM (64 units) on Python's pydoc help topics (English "
+    "prose shipped with Python; seed 001's P4 used War and Peace)",
+    lambda: CharLSTM(_char_lstm_vocab_size()), lambda seed: char_lstm_data()[:4],
+    sequence_cross_entropy, batch_size=32, steps=400, metric=accuracy, tags=("text", "lstm", "seed001"),
 ))
