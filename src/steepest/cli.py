@@ -22,9 +22,35 @@ _SUBCOMMANDS: list[tuple[str, str, str]] = [
 ]
 
 
+# Plain text for --help (the module docstring is reStructuredText for the API docs).
+_DESCRIPTION = "steepest: steepest descent under norms for PyTorch (sign, l_p, block, STACEY)."
+_EPILOG = """examples:
+  steepest demo                              compare optimizers on a tiny model
+  steepest reproduce --list                  the papers' experiments
+  steepest reproduce quadratic-2d --quick    rerun one, claims beside measurements
+  steepest geometry digits-mlp               should I use sign descent on this problem?
+
+'steepest COMMAND --help' explains each command's options."""
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("steepest")
+    except Exception:  # not installed (source checkout on sys.path)
+        import steepest
+
+        return getattr(steepest, "__version__", "unknown")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="steepest", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="steepest", description=_DESCRIPTION, epilog=_EPILOG,
+        formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, max_help_position=24),
+    )
+    parser.add_argument("--version", action="version", version=f"steepest {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, title="commands")
     for name, module, help_text in _SUBCOMMANDS:
         p = sub.add_parser(name, help=help_text, description=help_text)
         try:

@@ -96,11 +96,32 @@ def test_claim_without_criterion_is_named(tmp_path, monkeypatch):
         run_experiment("bare", out_dir=tmp_path, echo=False, progress=False)
 
 
-def test_quick_seeds_and_unused_option_warning(tmp_path, fake_registry, capsys):
-    summary = run_experiment("fake", quick=True, out_dir=tmp_path, options={"stpes": 1},
+def test_quick_seeds_and_unknown_option_is_an_error(tmp_path, fake_registry, capsys):
+    summary = run_experiment("fake", quick=True, out_dir=tmp_path, options={"steps": 1},
                              progress=False, echo=False)
     assert summary["seeds"] == 1
-    assert "stpes" in capsys.readouterr().err
+    assert summary["options"] == {"steps": 1}  # the --set keys, as the user types them
+    # a typo is refused before the run, naming the keys that are accepted (issue 14)
+    with pytest.raises(ValueError, match=r"\['stpes'\].*accepts --set .*steps"):
+        run_experiment("fake", out_dir=tmp_path, options={"stpes": 1}, progress=False, echo=False)
+    assert main(["reproduce", "fake", "--out", str(tmp_path), "--set", "stpes=1"]) == 2
+    assert "steps" in capsys.readouterr().err.split("accepts --set")[1]
+
+
+def test_undeclared_computed_option_names_are_checked_after_the_run(tmp_path, monkeypatch):
+    def computed(ctx: Context) -> Result:
+        getattr(ctx, "opt")("st" + "eps", 2)  # noqa: B009 (a name the source scan cannot see)
+        return Result(rows=[], claims=[])
+
+    exp = Experiment("computed", "computed option names", "nowhere", computed)
+    monkeypatch.setattr(harness, "registry", lambda: {"computed": exp})
+    # where the accepted keys cannot be listed before the run, the check after it refuses
+    declared = Experiment("declared", "declared options", "nowhere", computed, options=("steps",))
+    assert harness.accepted_options(declared) == ["steps"]
+    monkeypatch.setattr(harness, "accepted_options", lambda e: None)
+    with pytest.raises(ValueError, match=r"did not use option\(s\) \['stpes'\]; it read steps"):
+        run_experiment("computed", out_dir=tmp_path, options={"stpes": 1}, progress=False,
+                       echo=False)
 
 
 @pytest.mark.parametrize("seeds", [0, -1, 1.5])
@@ -172,9 +193,10 @@ def test_options_read_as_a_dict_count_as_used(tmp_path, monkeypatch, capsys):
 
     exp = Experiment("dict", "reads ctx.options", "nowhere", dict_style)
     monkeypatch.setattr(harness, "registry", lambda: {"dict": exp})
-    s = run_experiment("dict", out_dir=tmp_path, options={"n": "3", "m": 1}, echo=False)
-    err = capsys.readouterr().err
-    assert "'m'" in err and "'n'" not in err and s["total"] == 0
+    s = run_experiment("dict", out_dir=tmp_path, options={"n": "3"}, echo=False)
+    assert "'n'" not in capsys.readouterr().err and s["total"] == 0
+    with pytest.raises(ValueError, match=r"\['m'\].*accepts --set n"):  # the literal key counts
+        run_experiment("dict", out_dir=tmp_path, options={"n": "3", "m": 1}, echo=False)
 
 
 def test_summarize_prints_markdown_tables(tmp_path, fake_registry, capsys):

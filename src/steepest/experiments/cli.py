@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
                 quick=args.quick,
                 seeds=args.seeds,
                 out_dir=out,
-                progress=not args.no_progress,
+                progress=not args.no_progress and sys.stderr.isatty(),  # no bars in pipes
                 options=options,
             )
         except ValueError as exc:

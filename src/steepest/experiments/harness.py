@@ -144,14 +144,15 @@ class Context:
     progress: bool = True
     options: dict[str, Any] = field(default_factory=dict)
     used_options: set[str] = field(default_factory=set)
+    resolved: dict[str, Any] = field(default_factory=dict)  # option -> value used (printed)
 
     def opt(self, name: str, default: T) -> T:
         """Option ``name`` (``--set name=value``), cast to the type of ``default``."""
         self.used_options.add(name)
         value = self.options.get(name)
-        if value is None:
-            return default
-        return _convert(name, value, default)
+        out = default if value is None else _convert(name, value, default)
+        self.resolved[name] = out
+        return out
 
     @property
     def data_dir(self) -> Path | None:
@@ -213,6 +214,31 @@ class Experiment:
     run: Callable[[Context], Result]
     default_seeds: int = 1
     quick_seeds: int = 1
+    # the --set keys it accepts; None: found in its module's source (ctx.opt("key", ...) calls)
+    options: tuple[str, ...] | None = None
+
+
+def accepted_options(exp: Experiment) -> list[str] | None:
+    """The ``--set`` keys ``exp`` accepts: its declared ``options``, else every literal
+    ``ctx.opt("key", ...)`` / ``ctx.options.get("key")`` in the module that defines its ``run``;
+    ``None`` when that module also reads options under computed names (then only the check
+    after the run applies)."""
+    if exp.options is not None:
+        return sorted(exp.options)
+    import inspect
+    import re
+
+    try:
+        src = inspect.getsource(inspect.getmodule(exp.run))  # type: ignore[arg-type]
+    except (OSError, TypeError):
+        return None
+    # ctx.opt("key", ...) and dict-style ctx.options.get("key") / ctx.options["key"]
+    read = r"(?:\.opt\(|\.options\.get\(|\.options\[)\s*"
+    calls = re.findall(read + r"([^,)\]]*)", src)
+    keys = re.findall(read + r"[\"']([A-Za-z_]\w*)[\"']", src)
+    if len(keys) != len(calls):
+        return None
+    return sorted(set(keys))
 
 
 def log_grid_search(
@@ -423,6 +449,11 @@ def run_experiment(
     out = Path(out_dir) if out_dir is not None else Path("results") / name
     out.mkdir(parents=True, exist_ok=True)
     opts = {k: v for k, v in (options or {}).items() if v is not None}
+    accepted = accepted_options(exp)
+    unknown = sorted(set(opts) - {"data_dir"} - set(accepted or opts))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for {name}; it accepts --set "
+                         + (", ".join(accepted) if accepted else "no options"))
     used: set[str] = set()
     ctx = Context(quick=quick, seeds=n_seeds, out_dir=out, progress=progress,
                   options=_TrackedOptions(opts, used), used_options=used)
@@ -438,8 +469,12 @@ def run_experiment(
             "(the paper, quoted, or ours, fixed before the run)"
         )
     unused = sorted(set(opts) - used - {"data_dir"})
-    if unused:
-        print(f"warning: {name} did not use option(s) {unused}", file=sys.stderr)
+    if unused and accepted is None:  # not checkable before the run: refuse the outputs
+        raise ValueError(f"{name} did not use option(s) {unused}; it read "
+                         + (", ".join(sorted(used - {'data_dir'})) or "no options"))
+    if unused:  # accepted keys this configuration did not read (e.g. full-run-only knobs)
+        print(f"warning: {name} did not use option(s) {unused} in this configuration",
+              file=sys.stderr)
     write_rows(out / "results.csv", result.rows)
     summary = {
         "experiment": exp.name,
@@ -448,6 +483,7 @@ def run_experiment(
         "seeds": n_seeds,
         "seconds": round(elapsed, 2),
         "settings": result.settings,
+        "options": {k: v for k, v in ctx.resolved.items() if k != "data_dir"},
         "claims": [asdict(c) for c in result.claims],
         **kind_counts(result.claims),  # holds/total: paper claims only
         "figures": result.figures,
@@ -455,8 +491,13 @@ def run_experiment(
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_jsonable))
     if echo:
         print(format_claims(exp.name, result.claims))
-        if result.settings:
-            print("settings: " + json.dumps(result.settings, default=_jsonable))
+        shown = {k: v for k, v in ctx.resolved.items() if k != "data_dir"}
+        if shown:
+            print("options (change with --set KEY=VALUE): "
+                  + json.dumps(shown, default=_jsonable))
+        rest = {k: v for k, v in result.settings.items() if k not in shown}
+        if rest:
+            print("settings: " + json.dumps(rest, default=_jsonable))
         print(
             f"wrote {out}/results.csv, summary.json and {len(result.figures)} figure(s) "
             f"in {elapsed:.1f}s"

@@ -333,9 +333,10 @@ def run(ctx: Context) -> Result:
     figures.append(ctx.save_figure(fig, "theorem1_rate"))
 
     settings = {
-        "ex4_step": STEP, "ex4_steps": steps, "signum_momentum": beta, "ex4_x0": x0s,
-        "ex1_steps": list(EX1_STEPS), "thm1_dim": thm_dim, "thm1_h": h.tolist(), "thm1_L": L,
-        "thm1_mu": mu, "thm1_alpha_L": list(THM_ALPHAS), "thm1_steps": thm_steps,
+        # the --set options keep their option names (steps, thm_steps, thm_dim, signum_momentum)
+        "ex4_step": STEP, "steps": steps, "signum_momentum": beta, "ex4_x0": x0s,
+        "ex1_steps": list(EX1_STEPS), "thm_dim": thm_dim, "thm1_h": h.tolist(), "thm1_L": L,
+        "thm1_mu": mu, "thm1_alpha_L": list(THM_ALPHAS), "thm_steps": thm_steps,
         "dtype": "float64",
     }
     return Result(rows=rows, claims=claims, settings=settings, figures=figures)

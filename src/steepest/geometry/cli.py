@@ -1,7 +1,8 @@
 """``steepest geometry PROBLEM``: print the sign-friendliness report of a problem.
 
 ``PROBLEM`` is a built-in problem name (``steepest geometry --list``) or a Python entry point
-``module:function`` / ``path/to/file.py:function`` for your own model. The entry-point contract:
+``module:function`` / ``path/to/file.py:function`` for your own model (modules are imported
+from the current directory first, as ``python -m`` does). The entry-point contract:
 
     def function(seed: int = 0) -> tuple[nn.Module, loss_fn, data]
 
@@ -41,7 +42,9 @@ def _signsgd(params: Any, lr: float) -> torch.optim.Optimizer:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("problem", nargs="?", help="built-in problem name or module:function")
+    parser.add_argument("problem", nargs="?",
+                        help="built-in problem name (--list), module:function (importable or in "
+                             "the current directory) or path/to/file.py:function")
     parser.add_argument("--list", action="store_true", help="list the built-in problems and exit")
     parser.add_argument("--seed", type=int, default=0, help="model initialization seed (default 0)")
     parser.add_argument("--examples", type=int, default=None,
@@ -49,25 +52,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=1024,
                         help="examples per forward pass when averaging the loss (default 1024)")
     parser.add_argument("--mode", choices=["auto", "dense", "matrix-free"], default="auto",
-                        help="dense Hessian or Hessian-vector products only (auto: dense if "
-                             "d <= --dense-max)")
-    parser.add_argument("--dense-max", type=int, default=2000)
+                        help="dense Hessian or Hessian-vector products only (auto, the default: "
+                             "times two Hessian-vector products and picks the cheaper, dense only "
+                             "if d <= --dense-max)")
+    parser.add_argument("--dense-max", type=int, default=2000,
+                        help="never build a dense Hessian above this many parameters (default 2000)")
+    parser.add_argument("--tighten", type=int, default=1, metavar="K",
+                        help="K times the effort on the L_inf bracket (sign-vector starts and "
+                             "iterations, sampled columns, branch-and-bound time); costs about K "
+                             "times the bracket search, printed in the report (default 1)")
     parser.add_argument("--exact-max", type=int, default=62,
                         help="try the exact L_inf (branch-and-bound) when d <= this (max 62)")
     parser.add_argument("--exact-time", type=float, default=30.0,
                         help="seconds allowed for the exact L_inf (default 30)")
     parser.add_argument("--dtype", choices=["float64", "float32"], default="float64",
                         help="precision of the Hessian computations (default float64)")
-    parser.add_argument("--probes", type=int, default=8, help="Hutchinson/Lanczos probes")
+    parser.add_argument("--probes", type=int, default=8,
+                        help="random probes of the trace estimates (Hutchinson, Lanczos; default 8)")
     parser.add_argument("--columns", type=int, default=128,
                         help="sampled Hessian columns for rho_diag (matrix-free mode)")
     parser.add_argument("--train-steps", type=int, default=0,
                         help="train this many steps first, logging the gradient density")
-    parser.add_argument("--optimizer", choices=sorted(_OPTIMIZERS), default="sgd")
-    parser.add_argument("--lr", type=float, default=None, help="learning rate for --train-steps")
-    parser.add_argument("--density-every", type=int, default=50)
+    parser.add_argument("--optimizer", choices=sorted(_OPTIMIZERS), default="sgd",
+                        help="optimizer for --train-steps (default sgd)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="learning rate for --train-steps (default: sgd 0.1, adam 1e-3, "
+                             "signsgd 1e-3)")
+    parser.add_argument("--density-every", type=int, default=50,
+                        help="log the gradient density every N training steps (default 50)")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the numbers as JSON")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--no-spectral", action="store_true",
+                        help="skip the per-layer spectral view of the gradient (stable rank, "
+                             "singular-value density; printed by default for models with matrices)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="hide progress bars (hidden anyway when stderr is not a terminal)")
 
 
 def load_entry_point(spec: str) -> Any:
@@ -84,6 +102,10 @@ def load_entry_point(spec: str) -> Any:
         module = importlib.util.module_from_spec(mspec)
         mspec.loader.exec_module(module)
     else:
+        # a console script's sys.path lacks the current directory (python -m has it first)
+        cwd = str(Path.cwd())
+        if cwd not in sys.path and "" not in sys.path:
+            sys.path.insert(0, cwd)
         module = importlib.import_module(mod_name)
     fn = getattr(module, fn_name, None)
     if not callable(fn):
@@ -156,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
             print("\nusage: steepest geometry PROBLEM (a name above or module:function)")
         return 0
     for opt_name in ("examples", "batch", "dense_max", "exact_max", "probes", "columns",
-                     "density_every"):
+                     "density_every", "tighten"):
         val = getattr(args, opt_name)
         if val is not None and val < 1:
             print(f"--{opt_name.replace('_', '-')} must be >= 1, got {val}", file=sys.stderr)
@@ -172,7 +194,8 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, ImportError) as exc:
         print(f"steepest geometry: {exc}", file=sys.stderr)
         return 2
-    progress = not args.no_progress
+    # progress bars only on a terminal: piped output would keep every redraw as a line
+    progress = not args.no_progress and sys.stderr.isatty()
     history = []
     if args.train_steps > 0:
         make, default_lr = _OPTIMIZERS[args.optimizer]
@@ -185,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
         rep = geometry_report(
             model, loss_fn, data, name=name, mode=args.mode, dense_max=args.dense_max,
             exact_max=args.exact_max, exact_time=args.exact_time, num_probes=args.probes, num_columns=args.columns,
-            seed=args.seed, progress=progress,
+            seed=args.seed, progress=progress, tighten=args.tighten,
         )
     except ValueError as exc:
         print(f"steepest geometry: {exc}", file=sys.stderr)
@@ -194,7 +217,15 @@ def run(args: argparse.Namespace) -> int:
     if args.train_steps > 0:
         rep.name = f"{name} after {args.train_steps} {args.optimizer} steps"
     print(rep.format())
+    out = rep.to_dict()
+    if not args.no_spectral and any(p.dim() >= 2 for p in model.parameters() if p.requires_grad):
+        from steepest.geometry.spectral import format_spectral_view, spectral_view
+
+        layers = spectral_view(model, loss_fn, data)  # one gradient and one SVD per layer (issue 13)
+        print()
+        print(format_spectral_view(layers))
+        out["spectral_view"] = [r.to_dict() for r in layers]
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(rep.to_dict(), indent=2, default=float))
+        Path(args.json).write_text(json.dumps(out, indent=2, default=float))
     return 0

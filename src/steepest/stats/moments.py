@@ -237,10 +237,31 @@ class GradientMoments:
                 missing.append(f"'{label}' ({type(m).__name__}, parameters {sorted(params)})")
             units.append(_Unit(label, m, params, rule))
         if missing and self.unsupported == "error":
+            # BatchNorm needs two things (running statistics and the fallback): say both at once,
+            # since 'fallback' alone would fail next on BatchNorm in training mode
+            bns = [u.name for u in units if u.rule is None
+                   and isinstance(u.module, nn.modules.batchnorm._BatchNorm)]
+            advice = ("pass unsupported='fallback' to compute their per-example gradients with "
+                      "torch.func (vmap over examples), or freeze them")
+            if bns:
+                no_stats = [u.name for u in units if u.name in bns
+                            and getattr(u.module, "running_mean", None) is None]
+                advice = (
+                    f"BatchNorm ({', '.join(repr(n) for n in bns)}) normalizes with batch "
+                    "statistics in training mode, which couples the examples, so per-example "
+                    "gradients exist only with running statistics: call model.eval() (or .eval() "
+                    "on the BatchNorm layers) AND pass unsupported='fallback'; or freeze their "
+                    "parameters (requires_grad_(False)) and call .eval() on them; or use "
+                    "GroupNorm/LayerNorm"
+                    + (f". {', '.join(repr(n) for n in no_stats)} track no running statistics "
+                       "(track_running_stats=False): only freezing or GroupNorm/LayerNorm work "
+                       "there" if no_stats else "")
+                    + ("; for the other modules " + advice
+                       if len(bns) < len(missing) else "")
+                )
             raise ValueError(
                 "GradientMoments has no fast rule for module(s) with trainable parameters: "
-                + ", ".join(missing) + "; pass unsupported='fallback' to compute their "
-                "per-example gradients with torch.func (vmap over examples), or freeze them"
+                + ", ".join(missing) + "; " + advice
             )
         return units
 
