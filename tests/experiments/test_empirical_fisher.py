@@ -10,10 +10,17 @@ import pytest
 import torch
 
 from steepest.experiments import empirical_fisher as ef
-from steepest.experiments.harness import run_experiment
+from steepest.experiments.harness import run_experiment, torch_threads
 from steepest.fisher import GLM, EmpiricalFisherDescent, NaturalGradientDescent
 
 D64 = torch.float64
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # the experiment runs single-threaded; batched tiny solves crawl when threads contend
+    with torch_threads(1):
+        yield
 
 
 # ------------------------------------------------------------------ data and readings
@@ -135,13 +142,29 @@ def test_run_grid_stops_diverged_runs():
 
 def test_search_grid_modes():
     m = ef.real_problem("diabetes", "standardized")
-    gd = ef.search(m, "GD", 5, "coarse")
+    with torch_threads(1):
+        gd = ef.search(m, "GD", 5, "coarse")
+        q = ef.search(m, "NGD", 5, "quick")
     assert gd["evaluated"] == len(ef.LRS) and gd["damping"] is None
-    q = ef.search(m, "NGD", 5, "quick")
-    # quick: every 8th step size x every 8th damping, plus at most 9 x 5 around the best
-    assert q["evaluated"] <= 31 * 6 + 45 and q["lr"] in ef.LRS and q["damping"] in ef.DAMPINGS
+    # quick: strides 16 x 8 (16 x 6 points), then 4 x 2 and 1 x 1 in windows of 5 x 5 and 5 x 3
+    assert q["evaluated"] <= 16 * 6 + 25 + 15
+    assert q["lr"] in ef.LRS and q["damping"] in ef.DAMPINGS
     # least squares: NGD with lr 1 and tiny damping is Newton; the best loss is the minimum
     assert q["loss"] == pytest.approx(ef.infimum(m)[0], rel=1e-10)
+
+
+def test_coarse_to_fine_finds_the_full_grid_optimum_on_a_small_problem():
+    """The hierarchical search (each level inside half the previous stride) against the full
+    241 x 41 grid, on a 40-example logistic problem with 10 iterations (cheap enough). Large
+    dampings make EFGD a rescaled GD, so the best losses lie on a ridge in (lr, damping):
+    equal to 1e-6 relative, not necessarily at the same grid point."""
+    m = ef.logistic_problem("misspecified-B", 40, 3, "printed")
+    with torch_threads(1):  # batched 2 x 2 solves are ~1000x slower when threads contend
+        full = ef.search(m, "EFGD", 10, "full")
+        coarse = ef.search(m, "EFGD", 10, "coarse")
+    assert full["evaluated"] == len(ef.LRS) * len(ef.DAMPINGS)
+    assert coarse["evaluated"] < full["evaluated"] / 20
+    assert coarse["loss"] <= full["loss"] * (1 + 1e-6)
 
 
 def test_efgd_path_cosines_start_at_one_for_logistic():
