@@ -14,7 +14,9 @@ Newton-Schulz (5 quintic steps, float32 and bfloat16): time and orthogonality er
 NS's quintic is built not to converge, so ~0.3 is expected) and the relative distance to the
 exact ``U V^T`` in Frobenius norm.
 
-On a shared machine absolute times mean little; compare ratios within one run.
+Times are the CPU time of the calling thread (``time.thread_time``, with one torch thread), not
+wall time: on a shared, overloaded machine wall time mostly measures waiting for a core. Compare
+ratios within one run; ``--wall`` switches to wall-clock time.
 """
 
 from __future__ import annotations
@@ -41,15 +43,18 @@ def _params(shapes: list[tuple[int, int]], seed: int = 0) -> list[torch.Tensor]:
     return ps
 
 
+CLOCK = time.thread_time
+
+
 def _median_times(fns: dict[str, callable], repeats: int) -> dict[str, float]:
     for f in fns.values():  # warm up (lazy state, allocator)
         f()
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for k, f in fns.items():  # interleaved, so drift hits every method alike
-            t0 = time.perf_counter()
+            t0 = CLOCK()
             f()
-            times[k].append(time.perf_counter() - t0)
+            times[k].append(CLOCK() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -95,10 +100,17 @@ def main() -> None:
     ap.add_argument("--sizes", default="64,128,256,512")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--wall", action="store_true", help="wall-clock time instead of thread CPU time")
     args = ap.parse_args()
+    global CLOCK
+    if args.wall:
+        CLOCK = time.perf_counter
+    elif args.threads != 1:
+        ap.error("thread CPU time needs --threads 1 (torch's other threads are not counted); use --wall")
     torch.set_num_threads(args.threads)
     sizes = [int(s) for s in args.sizes.split(",")]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {args.repeats} repeats")
+    clock = "wall-clock" if args.wall else "thread CPU"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {args.repeats} repeats, {clock} time")
     muon_step(sizes, args.repeats)
     polar_cost(sizes, args.repeats)
 
