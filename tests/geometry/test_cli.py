@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import textwrap
 
 import pytest
@@ -76,3 +77,49 @@ def test_errors(entry_file, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["geometry", "digits-logreg", "--examples", "0"]) == 2
     assert "--examples must be >= 1" in capsys.readouterr().err
+
+
+def test_entry_point_module_in_the_current_directory(tmp_path, monkeypatch, capsys):
+    # `steepest geometry mymodels:small` from the folder holding mymodels.py (issue 14): a console
+    # script's sys.path does not start with the current directory
+    (tmp_path / "mymodels_h14.py").write_text(ENTRY)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "mymodels_h14", raising=False)
+    rc = main(["geometry", "mymodels_h14:make", "--exact-max", "30"])
+    assert rc == 0, capsys.readouterr().err
+    assert "recommendation" in capsys.readouterr().out
+    assert main(["geometry", "no_such_module_h14:make"]) == 2
+    assert "No module named 'no_such_module_h14'" in capsys.readouterr().err
+
+
+def test_report_ends_in_a_recommendation_and_json_has_it(entry_file, tmp_path, capsys):
+    out_json = tmp_path / "rep.json"
+    rc = main(["geometry", f"{entry_file}:make", "--exact-max", "30", "--json", str(out_json)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    tail = out.rstrip().splitlines()
+    start = max(i for i, ln in enumerate(tail) if ln == "recommendation")
+    assert "confidence" in tail[start + 1] and "starting learning rate" in tail[start + 2]
+    assert len(tail) - start <= 5  # the advice is the last thing printed
+    rec = json.loads(out_json.read_text())["recommendation"]
+    rep = json.loads(out_json.read_text())
+    assert rec["choice"] in ("gd", "sign") and rec["confidence"] in ("high", "medium", "low")
+    assert rec["lr_gd"] == pytest.approx(1 / rep["L2"])
+    assert rec["lr_scaled_sign"] == pytest.approx(1 / rep["linf_upper"])
+
+
+def test_no_progress_bars_when_stderr_is_not_a_terminal(entry_file, capsys):
+    # without --no-progress: pytest's captured stderr is not a tty, so nothing is drawn
+    assert main(["geometry", f"{entry_file}:make", "--mode", "matrix-free", "--columns", "8",
+                 "--probes", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err and "it/s" not in err
+
+
+def test_tighten_option(entry_file, capsys):
+    assert main(["geometry", f"{entry_file}:make", "--tighten", "0"]) == 2
+    assert "--tighten must be >= 1" in capsys.readouterr().err
+    assert main(["geometry", f"{entry_file}:make", "--mode", "matrix-free", "--columns", "8",
+                 "--probes", "2", "--tighten", "2"]) == 0
+    assert "tighten=2" in capsys.readouterr().out

@@ -216,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
     rep.density_history = history
     if args.train_steps > 0:
         rep.name = f"{name} after {args.train_steps} {args.optimizer} steps"
-    print(rep.format())
+    print(rep.format(recommendation=False))
     out = rep.to_dict()
     if not args.no_spectral and any(p.dim() >= 2 for p in model.parameters() if p.requires_grad):
         from steepest.geometry.spectral import format_spectral_view, spectral_view
@@ -225,6 +225,8 @@ def run(args: argparse.Namespace) -> int:
         print()
         print(format_spectral_view(layers))
         out["spectral_view"] = [r.to_dict() for r in layers]
+        print()
+    print("\n".join(rep.recommend().lines()))  # the advice comes last
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=2, default=float))

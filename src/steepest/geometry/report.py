@@ -107,7 +107,9 @@ class GeometryReport:
                    recommendation=asdict(self.recommend()))
         return out
 
-    def format(self) -> str:
+    def format(self, recommendation: bool = True) -> str:
+        """The report as text, ending in :meth:`recommend`'s advice (``recommendation=False``
+        leaves it out, for a caller that prints more sections before it)."""
         d = self.dim
         lo, hi = self.advantage
         est = self.estimates
@@ -162,7 +164,8 @@ class GeometryReport:
             lines.append("     step        loss    phi(g)")
             for t, loss, phi in self.density_history:
                 lines.append(f"  {t:7d}  {loss:10.5g}  {phi:8.4g}")
-        lines += self.recommend().lines()  # the report ends in its advice
+        if recommendation:
+            lines += self.recommend().lines()  # the report ends in its advice
         return "\n".join(lines)
 
 
@@ -277,9 +280,11 @@ def _choose_mode(op: M.HessianOperator, dense_max: int, probes: int, slq_steps: 
     tk = _timed(lambda: op.matmat(torch.randn(d, k, generator=gen).to(op.dtype)))
     t1 = min(t1, _timed(mv))
     per_col = tk / k
-    n = 200
+    # an eigh at n = min(d, 400) scaled by (d/n)^3 (smaller n is dominated by overheads);
+    # the faster of two timings, since the machine may be busy
+    n = min(d, 400)
     a = np.random.default_rng(0).standard_normal((n, n))
-    t_eig = _timed(lambda: np.linalg.eigh(a + a.T))
+    t_eig = min(_timed(lambda: np.linalg.eigh(a + a.T)) for _ in range(2))
     # eigvalsh, Prop. 5 and Eq. 22 eigh, the local search's starts: about 5 eighs' worth
     dense = d * per_col + 5 * t_eig * (d / n) ** 3
     blocked = 4 * probes + probes * min(slq_steps, d) + min(columns, d) + lb_starts * (lb_iterations + 1)
