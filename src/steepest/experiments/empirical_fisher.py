@@ -698,7 +698,7 @@ def _part_field(ctx: Context, n: int, steps: int, lrs: list[float], n_grid: int,
     r_star = float(m.loss(star))
     lims = (-1.0, 5.0, -0.5, 5.0)
     stats = field_stats(m, star, lims, n_grid)
-    log_every = max(1, steps // 500)
+    log_every = max(1, steps // 200)
     trajs: dict[str, dict[str, np.ndarray]] = {}
     gaps: dict[str, dict[str, np.ndarray]] = {}
     runs = field_trajectories(m, lrs, steps, log_every)
@@ -842,10 +842,12 @@ def _plot_field(ctx: Context, m: GLM, star: Tensor, stats: dict[str, Any],
             ax.plot(trajs[method][:, s, 0], trajs[method][:, s, 1], "-", lw=1.5)
             ax.plot(*trajs[method][0, s], "ko", ms=3)
         ax.plot(*star.numpy(), "r*", ms=10)
-        ax.set(title=f"{method} ({label}, field x{FIELD_SCALE[method]:g})",
+        scale = {"GD": "1/3", "NGD": "1", "EFGD": "3"}[method]
+        ax.set(title=f"{method} (field drawn x{scale})",
                xlabel="theta_0 (intercept)", ylabel="theta_1 (slope)",
                xlim=(-1.2, 5.2), ylim=(-0.7, 5.2))
-    fig.suptitle("Fig. 7.1: GD, NGD and EF-preconditioned fields on linear regression")
+    fig.suptitle("Fig. 7.1: GD, NGD and EF-preconditioned fields on linear regression; "
+                 f"trajectories: {label}, damping {FIELD_DAMPING:g}", y=1.02)
     return ctx.save_figure(fig, "fig7_1_vector_fields")
 
 
@@ -900,8 +902,9 @@ def _plot_optim(ctx: Context, res: dict[str, dict[str, Any]], prep: str) -> str:
         axes[1, j].plot(r["cos"], color="tab:red")
         axes[1, j].axhline(0, color="0.6", lw=0.8)
         axes[1, j].set(ylim=(-1.05, 1.05), xlabel="iteration",
-                       ylabel="cos(EF dir., NGD dir.) on EFGD's path")
-    fig.suptitle("Fig. 7.3: NGD vs EFGD vs GD (best of Table D.4's grid, 100 iterations)")
+                       ylabel="cos(EF, NGD direction)")
+    fig.suptitle("Fig. 7.3: NGD vs EFGD vs GD (best of Table D.4's grid, 100 iterations); "
+                 "bottom: cosine of the undamped EF and NGD directions along EFGD's path")
     return ctx.save_figure(fig, f"fig7_3_optimization_{prep}")
 
 
