@@ -13,6 +13,16 @@ import torch
 from torch import Tensor
 
 
+def _compiling() -> bool:
+    """Whether torch.compile is tracing. Then the loop ops below pass step-dependent scalars as
+    multiplications, not as ``alpha=``/``value=``/``weight`` arguments: inductor freezes a
+    changing Python float given there at the value it first saw as symbolic (a PyTorch bug;
+    compiled ``torch.addcmul(v, v, v, value=t) * (t + 1)`` gives 12 instead of 16 at t = 3, and
+    ``add_(y, alpha=t)``, ``lerp_(y, t)``, ``clamp_min_(t)`` do the same). Inductor fuses the
+    products, so the unfused form costs no temporaries there."""
+    return torch.compiler.is_compiling()
+
+
 class _Ops:
     foreach = False
 
@@ -82,6 +92,10 @@ class _Ops:
     @staticmethod
     def axpy_(xs: list[Tensor], ys: list[Tensor], alpha: float) -> list[Tensor]:
         """xs += alpha * ys."""
+        if _compiling():
+            for x, y in zip(xs, ys):
+                x.add_(y * alpha)
+            return xs
         for x, y in zip(xs, ys):
             x.add_(y, alpha=alpha)
         return xs
@@ -89,12 +103,18 @@ class _Ops:
     @staticmethod
     def lerp_(xs: list[Tensor], ys: list[Tensor], w: float) -> list[Tensor]:
         """xs <- xs + w (ys - xs) = (1 - w) xs + w ys."""
+        if _compiling():
+            for x, y in zip(xs, ys):
+                x.add_((y - x) * w)
+            return xs
         for x, y in zip(xs, ys):
             x.lerp_(y, w)
         return xs
 
     @staticmethod
     def lerp(xs: list[Tensor], ys: list[Tensor], w: float) -> list[Tensor]:
+        if _compiling():
+            return [x + (y - x) * w for x, y in zip(xs, ys)]
         return [torch.lerp(x, y, w) for x, y in zip(xs, ys)]
 
     @staticmethod
@@ -106,14 +126,23 @@ class _Ops:
 
     @staticmethod
     def addcmul_(xs: list[Tensor], ys: list[Tensor], zs: list[Tensor], value: float) -> list[Tensor]:
+        if _compiling():
+            for x, y, z in zip(xs, ys, zs):
+                x.add_(y * z * value)
+            return xs
         for x, y, z in zip(xs, ys, zs):
             x.addcmul_(y, z, value=value)
         return xs
 
     @staticmethod
     def addcmul(xs: list[Tensor], ys: list[Tensor], zs: list[Tensor], values: list[float]) -> list[Tensor]:
-        """Out of place: ``xs[i] + values[i] * ys[i] * zs[i]``."""
-        return [torch.addcmul(x, y, z, value=v) for x, y, z, v in zip(xs, ys, zs, values)]
+        """Out of place: ``xs[i] + values[i] * ys[i] * zs[i]``.
+
+        Not ``torch.addcmul(..., value=v)``: inductor freezes a changing Python float passed as
+        ``value`` at its first value (a PyTorch bug: compiled ``torch.addcmul(v, v, v, value=t)
+        * (t + 1)`` gives 12 instead of 16 at t = 3), so a compiled SVAG/MSVAG step would use
+        the first step's bias correction forever. Same one temporary, same result in eager."""
+        return [torch.mul(y, z).mul_(v).add_(x) for x, y, z, v in zip(xs, ys, zs, values)]
 
     @staticmethod
     def maximum_(xs: list[Tensor], ys: list[Tensor]) -> list[Tensor]:
@@ -155,7 +184,7 @@ class _Ops:
 
     @staticmethod
     def clamp_min_(xs: list[Tensor], cs: list[float]) -> list[Tensor]:
-        for x, c in zip(xs, cs):
+        for x, c in zip(xs, cs):  # cs are dtype constants (tiny): no compiled-scalar issue
             x.clamp_min_(c)
         return xs
 
@@ -178,6 +207,10 @@ class _Ops:
     @staticmethod
     def axpy_scalars_(xs: list[Tensor], ys: list[Tensor], alphas: list[float]) -> list[Tensor]:
         """xs[i] += alphas[i] * ys[i]."""
+        if _compiling():
+            for x, y, a in zip(xs, ys, alphas):
+                x.add_(y * a)
+            return xs
         for x, y, a in zip(xs, ys, alphas):
             x.add_(y, alpha=a)
         return xs
@@ -325,9 +358,12 @@ class _ForeachOps(_Ops):
 
     @staticmethod
     def axpy_scalars_(xs: list[Tensor], ys: list[Tensor], alphas: list[float]) -> list[Tensor]:
-        if len(set(alphas)) <= 1:
-            if alphas:
-                torch._foreach_add_(xs, ys, alpha=alphas[0])
+        if not alphas:
+            return xs
+        # Equal alphas (the usual case: every step counter agrees) need no temporaries. Not
+        # while compiling: comparing step-dependent floats would guard on them (recompiles).
+        if not torch.compiler.is_compiling() and all(a == alphas[0] for a in alphas):
+            torch._foreach_add_(xs, ys, alpha=alphas[0])
         else:
             torch._foreach_add_(xs, torch._foreach_mul(ys, alphas))
         return xs

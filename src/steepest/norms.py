@@ -73,9 +73,11 @@ def _as_list(xs: TensorOrList) -> tuple[list[Tensor], bool]:
 
 
 def _fresh(units: list[Tensor], sources: list[Tensor]) -> list[Tensor]:
-    """Copies of the units that alias an input (so they can be scaled in place)."""
-    ids = {id(x) for x in sources}
-    return [u.clone() if id(u) in ids else u for u in units]
+    """Copies of the units that alias an input (so they can be scaled in place).
+
+    Identity (``is``), not ``id()``: torch.compile resolves ``is`` while tracing, whereas
+    ``id()`` of a gradient makes it guard on the object and recompile for every fresh gradient."""
+    return [u.clone() if any(u is x for x in sources) else u for u in units]
 
 
 def _safe_div(num: Tensor, den: Tensor) -> Tensor:

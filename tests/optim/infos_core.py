@@ -23,7 +23,7 @@ _LR = [({"lr": -1.0}, r"lr must be a finite number >= 0"), ({"lr": math.nan}, r"
 _WD = [({"weight_decay": -0.1}, r"weight_decay must be a finite number >= 0")]
 _MOM = [({"momentum": 1.0}, r"momentum must be in \[0.0, 1.0\)"), ({"momentum": -0.1}, r"momentum")]
 _COMMON = [
-    ({"nonfinite": "ignore"}, r"nonfinite must be one of \('raise', 'skip'\)"),
+    ({"nonfinite": "warn"}, r"nonfinite must be one of \(None, 'raise', 'skip', 'ignore'\)"),
     ({"foreach": "yes"}, r"foreach must be one of"),
 ]
 
@@ -32,7 +32,7 @@ INFOS = [
     OptimInfo("Signum", SignSGD, {"momentum": 0.9, "weight_decay": 0.01}, lr=0.01, zero_grad_noop=False),
     OptimInfo(
         "ScaledSignSGD", ScaledSignSGD, {}, lr=0.002,
-        invalid=_LR + [({"scope": "layer"}, r"scope must be one of \('global', 'per_tensor'\)")],
+        invalid=_LR + [({"scope": "layer"}, r"scope must be one of \('global', 'group', 'all_groups', 'per_tensor'\)")],
     ),
     OptimInfo("ScaledSignSGD-per_tensor", ScaledSignSGD, {"scope": "per_tensor"}, lr=0.005),
     OptimInfo(

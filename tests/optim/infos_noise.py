@@ -27,7 +27,7 @@ _WD = [({"weight_decay": -0.1}, r"weight_decay must be a finite number >= 0")]
 _BETA = [({"beta": 1.0}, r"beta must be in \[0.0, 1.0\)"), ({"beta": -0.1}, r"beta must be in"),
          ({"beta": math.nan}, r"beta must be in")]
 _COMMON = [
-    ({"nonfinite": "ignore"}, r"nonfinite must be one of \('raise', 'skip'\)"),
+    ({"nonfinite": "warn"}, r"nonfinite must be one of \(None, 'raise', 'skip', 'ignore'\)"),
     ({"foreach": "yes"}, r"foreach must be one of"),
     ({"maximize": 1}, r"maximize must be a bool"),
 ]

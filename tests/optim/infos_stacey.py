@@ -34,7 +34,7 @@ _INVALID = [
     ({"weight_decay": -0.1}, r"weight_decay must be a finite number >= 0"),
     ({"variant": "p3"}, r"variant must be one of \('p2', 'pp', '2p'\)"),
     ({"eps_mode": "exact"}, r"eps_mode must be one of \('code', 'paper'\)"),
-    ({"nonfinite": "ignore"}, r"nonfinite must be one of \('raise', 'skip'\)"),
+    ({"nonfinite": "warn"}, r"nonfinite must be one of \(None, 'raise', 'skip', 'ignore'\)"),
 ]
 
 INFOS = [

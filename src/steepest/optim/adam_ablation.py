@@ -46,7 +46,7 @@ class _AdamDecomposed(StepOptimizer):
         weight_decay: float,
         maximize: bool,
         foreach: bool | None,
-        nonfinite: str,
+        nonfinite: str | None,
     ) -> None:
         betas = tuple(betas) if isinstance(betas, (tuple, list)) else betas
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
@@ -113,12 +113,15 @@ class AdamShuffled(_AdamDecomposed):
         maximize, foreach, nonfinite: see :class:`steepest.optim.base.StepOptimizer`.
 
     State: ``step``, ``exp_avg``, ``exp_avg_sq`` (as ``torch.optim.Adam``).
+
+    Default ``lr=3e-2`` (best 3e-2..1e-1 in docs/defaults.md, as for AdamW there); if you use
+    AdamW at lr ``a``, start at about ``1.3 a`` (1-3 a).
     """
 
     def __init__(
         self,
         params: Any,
-        lr: float = 1e-3,
+        lr: float = 3e-2,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
@@ -126,7 +129,7 @@ class AdamShuffled(_AdamDecomposed):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
-        nonfinite: str = "raise",
+        nonfinite: str | None = None,
     ) -> None:
         if generator is not None and not isinstance(generator, torch.Generator):
             raise ValueError(f"generator must be a torch.Generator or None, got {generator!r}")
@@ -174,19 +177,22 @@ class AdamAveraged(_AdamDecomposed):
         maximize, foreach, nonfinite: see :class:`steepest.optim.base.StepOptimizer`.
 
     State: ``step``, ``exp_avg``, ``exp_avg_sq`` (as ``torch.optim.Adam``).
+
+    Default ``lr=3e-2`` (best 3e-2..1e-1 in docs/defaults.md, as for AdamW there); if you use
+    AdamW at lr ``a``, start at about ``1.3 a`` (1-3 a).
     """
 
     def __init__(
         self,
         params: Any,
-        lr: float = 1e-3,
+        lr: float = 3e-2,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
         *,
         maximize: bool = False,
         foreach: bool | None = None,
-        nonfinite: str = "raise",
+        nonfinite: str | None = None,
     ) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, maximize, foreach, nonfinite)
 

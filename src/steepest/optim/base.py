@@ -18,8 +18,14 @@ A concrete optimizer subclasses :class:`StepOptimizer` and implements two hooks:
 * gradients already negated when ``maximize=True``.
 
 Gradients that are NaN/inf raise a ``FloatingPointError`` naming the parameter (``nonfinite=
-"raise"``, default), or make the whole step a no-op with a warning (``nonfinite="skip"``);
-they are never written into the parameters. Sparse gradients raise a ``RuntimeError``.
+"raise"``), or make the whole step a no-op with a warning (``nonfinite="skip"``); they are then
+never written into the parameters. Both checks read one flag back to the host every step (a
+device sync on accelerators, a graph break under ``torch.compile``). ``nonfinite="ignore"``
+checks nothing, as ``torch.optim``'s optimizers do (NaN/inf then flow into the parameters).
+The default, ``nonfinite=None``, is ``"raise"`` on CPU (where the check costs no sync) and
+``"ignore"`` on every other device (CUDA, MPS, XLA, meta) and while ``torch.compile`` traces
+the step, so that the default never stalls a device or breaks a graph; pass ``"raise"`` or
+``"skip"`` to keep the check there. Sparse gradients raise a ``RuntimeError``.
 """
 
 from __future__ import annotations
@@ -45,8 +51,14 @@ __all__ = [
 ]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
-NONFINITE = ("raise", "skip")
-SCOPES = ("global", "per_tensor")
+NONFINITE = (None, "raise", "skip", "ignore")
+# "global" (the default, kept for old code): the norm over all parameters of a param group, and a
+# warning when several groups meet a norm that couples tensors; "group": the same, chosen; "all_groups":
+# one norm over every group with this scope (the papers' R^d, however the parameters are grouped);
+# "per_tensor": each tensor on its own.
+SCOPES = ("global", "group", "all_groups", "per_tensor")
+# Top-level key of a state dict naming the optimizer class that saved it.
+STATE_TAG = "steepest_optimizer"
 
 
 # ------------------------------------------------------------------ validation helpers
@@ -99,7 +111,8 @@ def first_nonfinite(tensors: list[Tensor]) -> int | None:
     (~10x cheaper than max|x|). Only if some sum is not (a NaN/inf, or a rare overflow of huge
     finite values) is each tensor checked elementwise.
     """
-    nonempty = [(k, t) for k, t in enumerate(tensors) if t.numel()]
+    # Meta tensors hold no values: nothing to check (and .item() would raise on them).
+    nonempty = [(k, t) for k, t in enumerate(tensors) if t.numel() and t.device.type != "meta"]
     if not nonempty:
         return None
     if bool(torch.isfinite(torch.stack([t.sum() for _, t in nonempty])).all()):
@@ -126,7 +139,7 @@ class StepOptimizer(Optimizer):
     def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
         defaults.setdefault("maximize", False)
         defaults.setdefault("foreach", None)
-        defaults.setdefault("nonfinite", "raise")
+        defaults.setdefault("nonfinite", None)
         super().__init__(params, defaults)
 
     # ---- validation ---------------------------------------------------------------------
@@ -146,8 +159,12 @@ class StepOptimizer(Optimizer):
                 raise ValueError(f"weight_decay must be a finite number >= 0, got {wd!r}")
         if "scope" in group:
             check_choice("scope", group["scope"], SCOPES)
+            if group["scope"] == "all_groups" and type(self)._update_joint is StepOptimizer._update_joint:
+                raise ValueError(f"scope='all_groups' is not supported by {type(self).__name__}; "
+                                 "use 'group' or 'per_tensor'")
         for key in self._norm_keys:
             if key in group:
+                _check_norm_spec(key, group[key])
                 group[key] = from_spec(group[key])
                 if not isinstance(group[key], Norm):  # pragma: no cover - from_spec guarantees
                     raise ValueError(f"{key} must be a steepest.norms.Norm")
@@ -155,6 +172,29 @@ class StepOptimizer(Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
         self._validate_group(self.param_groups[-1])
+        self._warn_scope()
+
+    def _scope_couples(self, group: dict[str, Any]) -> bool:
+        """Whether the group's ``scope`` changes its update (a norm that couples tensors)."""
+        return "scope" in group
+
+    def _warn_scope(self) -> None:
+        """Warn (once) when scope='global', which was never an explicit choice between a norm per
+        group and one over all groups, meets several groups: splitting parameters into groups
+        (e.g. no weight decay on biases) then changes the update (issue 14)."""
+        if len(self.param_groups) < 2 or getattr(self, "_scope_warned", False):
+            return
+        if any(g.get("scope") == "global" and self._scope_couples(g) for g in self.param_groups):
+            self._scope_warned = True
+            warnings.warn(
+                f"{type(self).__name__}: scope='global' takes the norm over each of the "
+                f"{len(self.param_groups)} param groups separately, so how parameters are split into "
+                "groups changes the update; choose scope='group' (this behaviour), "
+                "scope='all_groups' (one norm over all groups, as with a single group) or "
+                "scope='per_tensor'",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -167,6 +207,7 @@ class StepOptimizer(Optimizer):
     # ---- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
+        sd[STATE_TAG] = type(self).__name__  # checked by load_state_dict
         for g in sd["param_groups"]:
             for key in self._norm_keys:
                 if isinstance(g.get(key), Norm):
@@ -174,7 +215,10 @@ class StepOptimizer(Optimizer):
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._check_origin(state_dict)
+        state_dict = {k: v for k, v in state_dict.items() if k != STATE_TAG}
         super().load_state_dict(state_dict)
+        self._check_state_keys()
         # Older torch.optim checkpoints store ``step`` as a Python number; torch's own
         # optimizers convert it on load, and so do we (a float32 0-d tensor on the CPU).
         for state in self.state.values():
@@ -184,6 +228,52 @@ class StepOptimizer(Optimizer):
             for key in self._norm_keys:
                 if key in group and not isinstance(group[key], Norm):
                     group[key] = from_spec(group[key])
+
+    def _check_origin(self, state_dict: dict[str, Any]) -> None:
+        """Refuse a state dict saved by another optimizer (issue 14): loading it would fail later
+        (AdamW's into Lion) or silently turn this optimizer into the other one (torch copies the
+        saved group options, so Lion's loaded into SignSGD makes SignSGD step as Lion)."""
+        me = type(self).__name__
+        saved = state_dict.get(STATE_TAG) if isinstance(state_dict, dict) else None
+        if saved is not None and saved != me:
+            raise ValueError(f"this state dict was saved by {saved}, not {me}: an optimizer's state "
+                             f"dict only loads into the same optimizer class")
+        if saved is None and isinstance(state_dict, dict):
+            # Untagged (an older checkpoint of ours, or another library's optimizer): refuse
+            # option keys that belong to other optimizers and are not ours.
+            import inspect
+
+            ours = set(self.defaults) | {"params", "param_names"}
+            own_args = set(inspect.signature(type(self).__init__).parameters)  # e.g. an older key
+            foreign = _foreign_option_keys() - ours - own_args
+            for i, g in enumerate(state_dict.get("param_groups", [])):
+                bad = sorted(set(g) & foreign)
+                if bad:
+                    raise ValueError(
+                        f"this state dict is not from {me}: param group {i} has options {bad} that "
+                        f"{me} does not have (it was saved by another optimizer); {me} takes "
+                        f"{sorted(ours - {'params', 'param_names'})}"
+                    )
+
+    def _check_state_keys(self) -> None:
+        """After loading: every per-parameter state entry must be one this optimizer creates."""
+        me = type(self).__name__
+        for group in self.param_groups:
+            expected: set[str] | None = None
+            for p in group["params"]:
+                st = self.state.get(p)
+                if not st:
+                    continue
+                if expected is None:
+                    probe: dict[str, Any] = {}
+                    self._init_state(group, torch.zeros(1, dtype=p.dtype), probe)
+                    expected = set(probe)
+                extra = sorted(set(st) - expected)
+                if extra:
+                    raise ValueError(
+                        f"this state dict is not from {me} with these options: parameter state "
+                        f"has {extra}, {me} keeps {sorted(expected) or 'no state'}"
+                    )
 
     # ---- hooks for subclasses ---------------------------------------------------------------
     def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
@@ -197,6 +287,18 @@ class StepOptimizer(Optimizer):
         states: list[dict[str, Any]],
         foreach: bool,
     ) -> None:
+        raise NotImplementedError
+
+    def _update_joint(
+        self,
+        groups: list[dict[str, Any]],
+        params: list[list[Tensor]],
+        grads: list[list[Tensor]],
+        states: list[list[dict[str, Any]]],
+        foreach: bool,
+    ) -> None:
+        """One step of all groups with ``scope="all_groups"`` together (their norm spans them
+        all); lists are per group. Optimizers that support that scope override this."""
         raise NotImplementedError
 
     # ---- the step -----------------------------------------------------------------------------
@@ -235,6 +337,16 @@ class StepOptimizer(Optimizer):
         gi, i, p, _ = flat[k]
         return False, self._named(gi, i, p)
 
+    @staticmethod
+    def _nonfinite_policy(group: dict[str, Any], items: list[tuple[int, Tensor, Tensor]]) -> str:
+        """The group's non-finite policy; ``None`` resolves per device (module docstring)."""
+        policy = group["nonfinite"]
+        if policy is not None:
+            return policy
+        if torch.compiler.is_compiling() or any(p.device.type != "cpu" for _, p, _ in items):
+            return "ignore"
+        return "raise"
+
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
@@ -244,9 +356,12 @@ class StepOptimizer(Optimizer):
                 loss = closure()
 
         gathered = [self._gather(gi, g) for gi, g in enumerate(self.param_groups)]
-        ok, where = self._all_finite(gathered)
+        resolved = [self._nonfinite_policy(g, items) for g, items in zip(self.param_groups, gathered)]
+        policies = set(resolved) - {"ignore"}
+        # Only groups that check are scanned (empty lists keep the group indices).
+        checked = [items if pol != "ignore" else [] for pol, items in zip(resolved, gathered)]
+        ok, where = self._all_finite(checked) if policies else (True, "")
         if not ok:
-            policies = {g["nonfinite"] for g in self.param_groups}
             if "raise" in policies:
                 raise FloatingPointError(
                     f"{type(self).__name__}: non-finite (NaN or inf) gradient in {where}; "
@@ -259,6 +374,7 @@ class StepOptimizer(Optimizer):
             )
             return loss
 
+        joint: list[tuple[dict[str, Any], list[Tensor], list[Tensor], list[dict[str, Any]], list[Any]]] = []
         for group, items in zip(self.param_groups, gathered):
             if not items:
                 continue
@@ -281,16 +397,69 @@ class StepOptimizer(Optimizer):
                 params.append(wp)
                 grads.append(wg)
                 states.append(wstate)
+            if group.get("scope") == "all_groups":  # stepped below, with the other such groups
+                joint.append((group, params, grads, states, writeback))
+                continue
             self._update(group, params, grads, states, self._use_foreach(group, params))
-            for p, wp, state, wstate in writeback:
-                _write_back(_real(p), wp)
-                for k, w in wstate.items():
-                    v = state.get(k)
-                    if isinstance(v, Tensor) and isinstance(w, Tensor):
-                        _write_back(_real(v), w)
-                    else:
-                        state[k] = w
+            _write_back_all(writeback)
+        if joint:
+            groups, params_j, grads_j, states_j, writebacks = (list(t) for t in zip(*joint))
+            foreach = self._use_foreach(groups[0], [p for ps in params_j for p in ps])
+            self._update_joint(groups, params_j, grads_j, states_j, foreach)
+            for wb in writebacks:
+                _write_back_all(wb)
         return loss
+
+
+def _check_norm_spec(key: str, spec: Any) -> None:
+    """A clear error for what cannot be a norm (``norm=42``, ``norm=Linf`` without ``()``)."""
+    from steepest.norms import _REGISTRY
+
+    if isinstance(spec, (Norm, str, dict)):
+        return
+    hint = ""
+    if isinstance(spec, type) and issubclass(spec, Norm):
+        hint = f" (did you mean {spec.__name__}(), an instance?)"
+    raise ValueError(
+        f"{key} must be a steepest.norms.Norm instance (e.g. Lp(3), Linf(), BlockNorm()), a norm "
+        f"name (one of {sorted(_REGISTRY)}) or a dict from Norm.to_spec(); got {spec!r} "
+        f"of type {type(spec).__name__}{hint}"
+    )
+
+
+def _write_back_all(writeback: list[tuple[Tensor, Tensor, dict[str, Any], dict[str, Any]]]) -> None:
+    """Copy float32 / real-view working parameters and state back into the stored tensors."""
+    for p, wp, state, wstate in writeback:
+        _write_back(_real(p), wp)
+        for k, w in wstate.items():
+            v = state.get(k)
+            if isinstance(v, Tensor) and isinstance(w, Tensor):
+                _write_back(_real(v), w)
+            else:
+                state[k] = w
+
+
+# Option names of torch.optim's optimizers; with those of every StepOptimizer they identify a
+# state dict saved by another optimizer.
+_TORCH_OPTION_KEYS = frozenset({
+    "lr", "betas", "eps", "weight_decay", "amsgrad", "momentum", "dampening", "nesterov", "alpha",
+    "centered", "lr_decay", "initial_accumulator_value", "rho", "lambd", "t0", "etas", "step_sizes",
+    "momentum_decay", "decoupled_weight_decay", "capturable", "differentiable", "fused", "maximize",
+    "foreach", "max_iter", "max_eval", "tolerance_grad", "tolerance_change", "history_size",
+    "line_search_fn", "ns_coefficients", "ns_steps", "adjust_lr_fn",
+})
+
+
+def _foreign_option_keys() -> set[str]:
+    import inspect
+
+    keys = set(_TORCH_OPTION_KEYS)
+    todo = list(StepOptimizer.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        todo.extend(cls.__subclasses__())
+        keys |= {n for n in inspect.signature(cls.__init__).parameters if n not in ("self", "params")}
+    return keys
 
 
 def _plain(v: Any) -> Any:

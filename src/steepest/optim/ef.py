@@ -22,21 +22,26 @@ class EFSignSGD(StepOptimizer):
         x_{t+1} = x_t - delta_t
         e_{t+1} = p_t - delta_t
 
-    with ``d`` and ``||p_t||_1`` taken over the scope (``"global"``: all parameters of the group
-    as one vector; ``"per_tensor"``: each tensor). ``delta_t`` is the l_inf sharp of ``p_t``
+    with ``d`` and ``||p_t||_1`` taken over the scope (``"group"``: all parameters of the group
+    as one vector; ``"all_groups"``: all parameters of all such groups; ``"per_tensor"``: each
+    tensor; ``"global"``, the default, is ``"group"`` with a warning when there are several
+    groups, see :class:`steepest.optim.SteepestDescent`). ``delta_t`` is the l_inf sharp of ``p_t``
     divided by ``d``. The error ``e`` (initially 0) lives in ``state["error"]``.
+
+    Default ``lr=1.0``: the step is lr ||g||_1/d per coordinate, an SGD-sized step; if you use
+    AdamW at lr ``a``, start at about ``75 a`` (30-100 a in docs/defaults.md).
     """
 
     def __init__(
         self,
         params: Any,
-        lr: float = 1e-3,
+        lr: float = 1.0,
         scope: str = "global",
         weight_decay: float = 0.0,
         *,
         maximize: bool = False,
         foreach: bool | None = None,
-        nonfinite: str = "raise",
+        nonfinite: str | None = None,
     ) -> None:
         super().__init__(
             params,
@@ -69,3 +74,22 @@ class EFSignSGD(StepOptimizer):
         apply_weight_decay(ops, params, lr, wd)
         ops.axpy_(params, delta, -1.0)
         ops.axpy_(errs, delta, -1.0)  # e <- p - delta
+
+    def _update_joint(self, groups, params, grads, states, foreach) -> None:  # type: ignore[no-untyped-def]
+        """``scope="all_groups"``: ``d`` and ``||p_t||_1`` over every such group together; each
+        group's own lr in ``p_t = lr g_t + e_t`` and in its weight decay."""
+        ops = _ops(foreach)
+        errs = [[s["error"] for s in st] for st in states]
+        for g, es, gr in zip(groups, errs, grads):
+            ops.axpy_(es, gr, g["lr"])  # e <- p = lr g + e
+        flat = [e for es in errs for e in es]
+        f = Linf()._factor(flat, ops, False)
+        d = torch.tensor([float(sum(e.numel() for e in flat))], dtype=f.dual.dtype, device=f.dual.device)
+        delta = ops.mul_(f.unit, [_safe_div(f.dual[:1], d)[0]] * len(flat))
+        start = 0
+        for g, ps, es in zip(groups, params, errs):
+            dl = delta[start:start + len(ps)]
+            start += len(ps)
+            apply_weight_decay(ops, ps, g["lr"], g["weight_decay"])
+            ops.axpy_(ps, dl, -1.0)
+            ops.axpy_(es, dl, -1.0)  # e <- p - delta

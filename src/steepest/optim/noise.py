@@ -103,11 +103,30 @@ def _one_minus_rho(beta: float, t: float) -> float:
 
 
 def _check_beta(group: dict[str, Any]) -> None:
-    check_range("beta", group["beta"], 0.0, 1.0)
+    if "beta" in group:  # a param-group override or an older checkpoint: it takes precedence
+        group["momentum"] = group.pop("beta")
+    check_range("beta", group["momentum"], 0.0, 1.0)
+
+
+class _BetaIsMomentum(StepOptimizer):
+    """The one EMA constant ``beta`` of seed 001 is stored in the param groups under the key
+    ``"momentum"``, so that schedulers that cycle momentum (``OneCycleLR``, ``CyclicLR``: they
+    look for a ``momentum`` or ``betas`` option) cycle it. The constructors take ``beta``; a param
+    group may give either ``beta`` or ``momentum``; checkpoints with ``beta`` still load."""
+
+    def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
+        defaults["momentum"] = defaults.pop("beta")
+        super().__init__(params, defaults)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            if "beta" in group:
+                group["momentum"] = group.pop("beta")
 
 
 # ------------------------------------------------------------------ M-SGD
-class MSGD(StepOptimizer):
+class MSGD(_BetaIsMomentum):
     """M-SGD (seed 001 Alg. 3): SGD along the bias-corrected exponential moving average
 
         m~ <- beta m~ + (1 - beta) g,     m = m~ / (1 - beta^(t+1)),     x <- x - lr m
@@ -126,18 +145,21 @@ class MSGD(StepOptimizer):
         maximize, foreach, nonfinite: see :class:`steepest.optim.base.StepOptimizer`.
 
     State: ``step`` (float32 0-d), ``exp_avg`` (m~).
+
+    Default ``lr=1.0`` (an SGD step; best 1-3 in docs/defaults.md); if you use AdamW at lr
+    ``a``, start at about ``40 a`` (30-100 a there).
     """
 
     def __init__(
         self,
         params: Any,
-        lr: float = 1e-2,
+        lr: float = 1.0,
         beta: float = 0.9,
         weight_decay: float = 0.0,
         *,
         maximize: bool = False,
         foreach: bool | None = None,
-        nonfinite: str = "raise",
+        nonfinite: str | None = None,
     ) -> None:
         defaults = dict(lr=lr, beta=beta, weight_decay=weight_decay, maximize=maximize,
                         foreach=foreach, nonfinite=nonfinite)
@@ -153,7 +175,7 @@ class MSGD(StepOptimizer):
 
     def _update(self, group, params, grads, states, foreach) -> None:  # type: ignore[no-untyped-def]
         ops = _ops(foreach)
-        lr, b, wd = group["lr"], group["beta"], group["weight_decay"]
+        lr, b, wd = group["lr"], group["momentum"], group["weight_decay"]
         ks = ops.count([s["step"] for s in states])
         m = momentum_direction_input((b, b), grads, states, foreach, key="exp_avg")
         if m is grads:  # beta = 0: the buffer is not used, m~ = g
@@ -165,7 +187,7 @@ class MSGD(StepOptimizer):
 
 
 # ------------------------------------------------------------------ SVAG, M-SVAG, Adam*
-class _VarianceAdapted(StepOptimizer):
+class _VarianceAdapted(_BetaIsMomentum):
     """Shared state and moment estimates of SVAG, M-SVAG and Adam* (see the module docstring)."""
 
     def _validate_group(self, group: dict[str, Any]) -> None:
@@ -242,18 +264,21 @@ class SVAG(_VarianceAdapted):
         maximize, foreach, nonfinite: see :class:`steepest.optim.base.StepOptimizer`.
 
     State: ``step``, ``exp_avg`` (m~), ``exp_avg_sq`` (v~).
+
+    Default ``lr=1.0`` (an SGD step damped by gamma <= 1; best 1-10 in docs/defaults.md); if you
+    use AdamW at lr ``a``, start at about ``100 a`` (30-300 a there).
     """
 
     def __init__(
         self,
         params: Any,
-        lr: float = 1e-2,
+        lr: float = 1.0,
         beta: float = 0.9,
         weight_decay: float = 0.0,
         *,
         maximize: bool = False,
         foreach: bool | None = None,
-        nonfinite: str = "raise",
+        nonfinite: str | None = None,
     ) -> None:
         super().__init__(params, dict(lr=lr, beta=beta, weight_decay=weight_decay,
                                       maximize=maximize, foreach=foreach, nonfinite=nonfinite))
@@ -261,7 +286,7 @@ class SVAG(_VarianceAdapted):
     def _update(self, group, params, grads, states, foreach) -> None:  # type: ignore[no-untyped-def]
         ops = _ops(foreach)
         lr, wd = group["lr"], group["weight_decay"]
-        _, _, num, den = self._denominators(group["beta"], grads, states, ops, weight=False)
+        _, _, num, den = self._denominators(group["momentum"], grads, states, ops, weight=False)
         upd = ops.mul_(ops.div_(num, den), grads)  # gamma g, gamma = m^2/(m^2 + s)
         apply_weight_decay(ops, params, lr, wd)
         ops.axpy_(params, upd, -lr)
@@ -287,25 +312,28 @@ class AdamStar(_VarianceAdapted):
         maximize, foreach, nonfinite: see :class:`steepest.optim.base.StepOptimizer`.
 
     State: ``step``, ``exp_avg`` (m~), ``exp_avg_sq`` (v~).
+
+    Default ``lr=1e-2`` (a sign-sized step; best 3e-3..1e-2 in docs/defaults.md); if you use
+    AdamW at lr ``a``, start at about ``0.25 a`` (0.1-0.3 a there).
     """
 
     def __init__(
         self,
         params: Any,
-        lr: float = 1e-3,
+        lr: float = 1e-2,
         beta: float = 0.9,
         weight_decay: float = 0.0,
         *,
         maximize: bool = False,
         foreach: bool | None = None,
-        nonfinite: str = "raise",
+        nonfinite: str | None = None,
     ) -> None:
         super().__init__(params, dict(lr=lr, beta=beta, weight_decay=weight_decay,
                                       maximize=maximize, foreach=foreach, nonfinite=nonfinite))
 
     def _update(self, group, params, grads, states, foreach) -> None:  # type: ignore[no-untyped-def]
         ops = _ops(foreach)
-        lr, b, wd = group["lr"], group["beta"], group["weight_decay"]
+        lr, b, wd = group["lr"], group["momentum"], group["weight_decay"]
         _, m_t, _, den = self._denominators(b, grads, states, ops, weight=True)
         # gamma sign(m) = m / sqrt(m^2 + rho s) = m~ / sqrt(den')  (the bias corrections cancel)
         upd = ops.mul_(ops.rsqrt_(den), m_t)
@@ -374,19 +402,22 @@ class MSVAG(_VarianceAdapted):
 
     State: ``step``, ``exp_avg`` (m~) and ``exp_avg_sq`` (v~, moving average) or ``exp_var``
     (r~, minibatch).
+
+    Default ``lr=1.0`` (an SGD step damped by gamma <= 1; best 1-10 in docs/defaults.md); if you
+    use AdamW at lr ``a``, start at about ``100 a`` (30-300 a there).
     """
 
     def __init__(
         self,
         params: Any,
-        lr: float = 1e-2,
+        lr: float = 1.0,
         beta: float = 0.9,
         variance: str = "moving_average",
         weight_decay: float = 0.0,
         *,
         maximize: bool = False,
         foreach: bool | None = None,
-        nonfinite: str = "raise",
+        nonfinite: str | None = None,
     ) -> None:
         self._pending: dict[int, list[tuple[Tensor, int, Tensor]]] = {}
         super().__init__(params, dict(lr=lr, beta=beta, variance=variance,
@@ -458,7 +489,7 @@ class MSVAG(_VarianceAdapted):
     # ---- the step ------------------------------------------------------------------------------
     def _update(self, group, params, grads, states, foreach) -> None:  # type: ignore[no-untyped-def]
         ops = _ops(foreach)
-        lr, b, wd = group["lr"], group["beta"], group["weight_decay"]
+        lr, b, wd = group["lr"], group["momentum"], group["weight_decay"]
         if group["variance"] == "minibatch":
             gi = next(j for j, g in enumerate(self.param_groups) if g is group)
             pending = self._pending.pop(gi)

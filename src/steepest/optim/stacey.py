@@ -141,7 +141,9 @@ class Stacey(StepOptimizer):
             divide by ``1 + eps``).
         maximize: ascend instead of descend.
         foreach: ``None`` (loop on CPU, foreach on CUDA), ``True`` or ``False``.
-        nonfinite: ``"raise"`` (default) or ``"skip"`` for NaN/inf gradients.
+        nonfinite: ``None`` (default: ``"raise"`` on CPU, ``"ignore"`` elsewhere and when
+            compiled), ``"raise"``, ``"skip"`` or ``"ignore"`` for NaN/inf gradients (see
+            :mod:`steepest.optim.base`).
 
     State (in ``self.state[param]``, so checkpoints keep it, unlike the authors' code, which
     stores it as tensor attributes): ``"z"`` (the mirror sequence, ``z_0 = x_0`` at the first
@@ -151,12 +153,15 @@ class Stacey(StepOptimizer):
 
         opt = steepest.Stacey(model.parameters(), lr=0.01, alpha=0.1, tau=1e-3, p=3,
                               variant="pp", weight_decay=5e-4)
+
+    Default ``lr=0.3`` (with ``alpha=None``; best 0.1-0.3 in docs/defaults.md); if you use AdamW
+    at lr ``a``, start at about ``7 a`` (3-10 a there).
     """
 
     def __init__(
         self,
         params: Any,
-        lr: float = 1e-2,
+        lr: float = 0.3,
         alpha: float | None = None,
         tau: float = 1e-3,
         p: float = 3.0,
@@ -168,7 +173,7 @@ class Stacey(StepOptimizer):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
-        nonfinite: str = "raise",
+        nonfinite: str | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,

@@ -65,9 +65,24 @@ def apply_direction(
     *,
     lr: float | None = None,
     beta: float = 1.0,
+    owned: bool = False,
 ) -> None:
-    """``x <- (1 - lr wd) x - lr direction(c)``, the shared last line of every steepest method."""
+    """``x <- (1 - lr wd) x - lr direction(c)``, the shared last line of every steepest method.
+
+    ``owned``: ``c`` is a temporary of the caller's (Lion's interpolated momentum), so a sign
+    direction may overwrite it instead of allocating another parameter-sized tensor."""
     ops = _ops(foreach)
+    lr = group["lr"] if lr is None else lr
+    if owned and mode == "unscaled" and isinstance(norm, Lp) and math.isinf(norm.p):
+        # sign(c) in place: peak memory one temporary (c) instead of two.
+        if foreach:
+            torch._foreach_sign_(c)
+        else:
+            for x in c:
+                torch.sign(x, out=x)
+        apply_weight_decay(ops, params, lr, group.get("weight_decay", 0.0))
+        ops.axpy_(params, c, -lr)
+        return
     lr = group["lr"] if lr is None else lr
     per_tensor = group.get("scope", "global") == "per_tensor"
     wd = group.get("weight_decay", 0.0)
@@ -81,7 +96,8 @@ def apply_direction(
             if post is not None:
                 d.mul_(post[i])
             apply_weight_decay(ops, [p], lr, wd)
-            p.add_(d, alpha=-lr)
+            ops.axpy_([p], [d], -lr)
+            del d  # free it before the next tensor's direction is made
         return
     direction = norm._direction(c, ops, mode, beta, per_tensor)
     apply_weight_decay(ops, params, lr, wd)
@@ -100,20 +116,31 @@ class SteepestDescent(StepOptimizer):
             elementwise map only (sign(g) for Linf, s(g) of seed 003 Alg. 1 for Lp).
         beta: the ``beta > 0`` of ``soft`` mode.
         momentum: ``b in [0, 1)``; the direction is taken of m = b m + (1-b) g (m_0 = 0).
-        scope: ``"global"`` takes the norm over all parameters of the group as one vector (the
-            papers' R^d); ``"per_tensor"`` over each tensor on its own.
+        scope: where the norm is taken. ``"group"``: over all parameters of each param group as
+            one vector; ``"all_groups"``: over all parameters of all groups with this scope (the
+            papers' R^d, whatever the grouping: splitting biases into a no-decay group does not
+            change the update); ``"per_tensor"``: over each tensor on its own. ``"global"``
+            (default) behaves as ``"group"`` and warns when several groups meet a norm that
+            couples tensors, since the grouping then changes the update.
         weight_decay: decoupled weight decay, x -= lr wd x.
         maximize: ascend instead of descend.
         foreach: ``None`` (loop on CPU, foreach on CUDA), ``True`` or ``False``.
-        nonfinite: ``"raise"`` (default) or ``"skip"`` for NaN/inf gradients.
+        nonfinite: ``None`` (default: ``"raise"`` on CPU, ``"ignore"`` elsewhere and when
+            compiled), ``"raise"``, ``"skip"`` or ``"ignore"`` for NaN/inf gradients (see
+            :mod:`steepest.optim.base`).
 
     A zero gradient gives a zero step in every mode (no 0/0).
+
+    Default ``lr=0.3`` suits the default norm (l2: gradient descent; best 0.3-1 in the sweep of
+    docs/defaults.md, 10-100x AdamW's best lr there). With another norm start from the matching
+    preset's default (``ScaledSignSGD`` for scaled Linf, ``LpDescent`` for Lp, ``SignSGD`` for
+    unscaled Linf).
     """
 
     def __init__(
         self,
         params: Any,
-        lr: float = 1e-3,
+        lr: float = 0.3,
         norm: Norm | dict[str, Any] | str = "l2",
         mode: str = "scaled",
         beta: float = 1.0,
@@ -123,7 +150,7 @@ class SteepestDescent(StepOptimizer):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
-        nonfinite: str = "raise",
+        nonfinite: str | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -175,10 +202,50 @@ class SteepestDescent(StepOptimizer):
             # temporaries are freed at once instead of all living until the end (CPU page faults).
             for p, g, st in zip(params, grads, states):
                 c = momentum_direction_input(betas, [g], [st], False)
-                apply_direction(group, [p], c, norm, mode, False, beta=group["beta"])
+                apply_direction(group, [p], c, norm, mode, False, beta=group["beta"],
+                                owned=betas[0] != betas[1])
+                del c  # free this tensor's temporary before the next one is made
             return
         c = momentum_direction_input(betas, grads, states, foreach)
-        apply_direction(group, params, c, norm, mode, foreach, beta=group["beta"])
+        apply_direction(group, params, c, norm, mode, foreach, beta=group["beta"],
+                        owned=betas[0] != betas[1])
+
+    def _scope_couples(self, group: dict[str, Any]) -> bool:
+        # The scope matters only where the direction has a reduction over the scope: not for an
+        # elementwise map (sign, s(g)), nor for BlockNorm's normalized mode (each block moves
+        # along g_B/||g_B||, whatever the scope).
+        norm, mode = group["norm"], group["mode"]
+        return not (norm._is_elementwise(mode) or (isinstance(norm, BlockNorm) and mode == "normalized"))
+
+    def _update_joint(
+        self,
+        groups: list[dict[str, Any]],
+        params: list[list[Tensor]],
+        grads: list[list[Tensor]],
+        states: list[list[dict[str, Any]]],
+        foreach: bool,
+    ) -> None:
+        """``scope="all_groups"``: one direction of the concatenated momenta of all such groups
+        (the papers' R^d whatever the grouping), then each group's own lr and weight decay."""
+        g0 = groups[0]
+        for g in groups[1:]:
+            for key in ("norm", "mode", "beta"):
+                if g[key] != g0[key]:
+                    raise ValueError(
+                        f"scope='all_groups' takes one norm over all such groups, so they must share "
+                        f"norm, mode and beta; got {key}={g0[key]!r} and {g[key]!r}"
+                    )
+        cs = [momentum_direction_input(self._betas(g), gr, st, foreach)
+              for g, gr, st in zip(groups, grads, states)]
+        flat = [c for cg in cs for c in cg]
+        direction = g0["norm"]._direction(flat, _ops(foreach), g0["mode"], g0["beta"], False)
+        start = 0
+        for g, ps in zip(groups, params):
+            d = direction[start:start + len(ps)]
+            start += len(ps)
+            ops = _ops(foreach)
+            apply_weight_decay(ops, ps, g["lr"], g.get("weight_decay", 0.0))
+            ops.axpy_(ps, d, -g["lr"])
 
 
 def momentum_direction_input(
@@ -204,18 +271,23 @@ def momentum_direction_input(
 
 class SignSGD(SteepestDescent):
     """signSGD, x -= lr sign(g) (seed 000 Eq. 2; seed 004 Eq. 3); with ``momentum=b > 0`` it is
-    Signum / M-SIGN-SGD (seed 001 Alg. 3): m = b m + (1-b) g, x -= lr sign(m)."""
+    Signum / M-SIGN-SGD (seed 001 Alg. 3): m = b m + (1-b) g, x -= lr sign(m).
+
+    Default ``lr=3e-3`` (best 3e-3..1e-2 on the four small problems of docs/defaults.md; with
+    ``momentum=0.9`` start at 1e-2). If you use AdamW at lr ``a``, start at about ``0.2 a``
+    (0.1-0.3 a there).
+    """
 
     def __init__(
         self,
         params: Any,
-        lr: float = 1e-3,
+        lr: float = 3e-3,
         momentum: float = 0.0,
         weight_decay: float = 0.0,
         *,
         maximize: bool = False,
         foreach: bool | None = None,
-        nonfinite: str = "raise",
+        nonfinite: str | None = None,
     ) -> None:
         super().__init__(
             params, lr, Linf(), "unscaled", 1.0, momentum, "global", weight_decay,
@@ -226,19 +298,24 @@ class SignSGD(SteepestDescent):
 class ScaledSignSGD(SteepestDescent):
     """Norm-scaled sign descent, x -= lr ||g||_1 sign(g): steepest descent w.r.t. l_inf
     (seed 000 Eq. 11; seed 004 Alg. 1-2). ``scope`` picks the l1 norm over the group or per
-    tensor."""
+    tensor.
+
+    Default ``lr=1e-4``. The step scales with ||g||_1, so with the number d of parameters in the
+    scope, and the best lr moves with the model: 3e-5..1e-2 in docs/defaults.md, with lr * d
+    between 0.2 and 7. Start near ``1/d``; relative to AdamW at ``a`` the best was 0.001-0.1 a.
+    """
 
     def __init__(
         self,
         params: Any,
-        lr: float = 1e-3,
+        lr: float = 1e-4,
         scope: str = "global",
         momentum: float = 0.0,
         weight_decay: float = 0.0,
         *,
         maximize: bool = False,
         foreach: bool | None = None,
-        nonfinite: str = "raise",
+        nonfinite: str | None = None,
     ) -> None:
         super().__init__(
             params, lr, Linf(), "scaled", 1.0, momentum, scope, weight_decay,
@@ -253,12 +330,15 @@ class LpDescent(SteepestDescent):
     form; ``eps_mode="code"`` gives the authors' code's g_i (|g_i| + eps)^(-(p-2)/(p-1))).
     ``scaled=True`` uses the steepest-descent direction g# = s(g) ||g||_q^((p-2)/(p-1))
     (q = p/(p-1)) over ``scope``. ``p = 2`` is SGD and ``p = math.inf`` signSGD.
+
+    Default ``lr=0.1`` (p = 3, unscaled; best 0.1-1 in docs/defaults.md); if you use AdamW at lr
+    ``a``, start at about ``10 a`` (3-30 a there).
     """
 
     def __init__(
         self,
         params: Any,
-        lr: float = 1e-3,
+        lr: float = 0.1,
         p: float = 3.0,
         eps: float = 0.0,
         scaled: bool = False,
@@ -269,7 +349,7 @@ class LpDescent(SteepestDescent):
         eps_mode: str = "paper",
         maximize: bool = False,
         foreach: bool | None = None,
-        nonfinite: str = "raise",
+        nonfinite: str | None = None,
     ) -> None:
         if not isinstance(scaled, bool):
             raise ValueError(f"scaled must be a bool, got {scaled!r}")
@@ -281,17 +361,21 @@ class LpDescent(SteepestDescent):
 
 class CoordinateDescent(SteepestDescent):
     """Greedy coordinate descent, steepest descent w.r.t. l1 (seed 000, Eq. 33): only the
-    coordinate with the largest |g_i| (over the group, or per tensor) moves, by lr g_i."""
+    coordinate with the largest |g_i| (over the group, or per tensor) moves, by lr g_i.
+
+    Default ``lr=0.3``, about the largest stable step (docs/defaults.md); one coordinate moves
+    per step, so it trains networks poorly at any lr.
+    """
 
     def __init__(
         self,
         params: Any,
-        lr: float = 1e-3,
+        lr: float = 0.3,
         scope: str = "global",
         *,
         maximize: bool = False,
         foreach: bool | None = None,
-        nonfinite: str = "raise",
+        nonfinite: str | None = None,
     ) -> None:
         super().__init__(
             params, lr, L1(), "scaled", 1.0, 0.0, scope, 0.0,
@@ -305,12 +389,15 @@ class BlockNormalizedSGD(SteepestDescent):
     ``mode="normalized"`` (default) moves every block by lr along g_B/||g_B||_2 (block-normalized
     gradient descent); ``"scaled"`` multiplies that by sum_B ||g_B||_2 (Eq. 37-38). Blocks are
     tensors (``blocks="tensor"``) or rows of matrices (``blocks="row"``).
+
+    Default ``lr=0.3`` (in normalized mode each block moves by lr; best 0.3-1 in
+    docs/defaults.md); if you use AdamW at lr ``a``, start at about ``13 a`` (10-30 a there).
     """
 
     def __init__(
         self,
         params: Any,
-        lr: float = 1e-3,
+        lr: float = 0.3,
         mode: str = "normalized",
         blocks: str = "tensor",
         momentum: float = 0.0,
@@ -319,7 +406,7 @@ class BlockNormalizedSGD(SteepestDescent):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
-        nonfinite: str = "raise",
+        nonfinite: str | None = None,
     ) -> None:
         super().__init__(
             params, lr, BlockNorm(blocks), mode, beta, momentum, "global", weight_decay,
@@ -330,18 +417,23 @@ class BlockNormalizedSGD(SteepestDescent):
 class Lion(SteepestDescent):
     """Lion (Chen et al., 2023), the baseline of seed 003: c = b1 m + (1-b1) g;
     x -= lr (sign(c) + wd x); m = b2 m + (1-b2) g. It is l_inf steepest descent (unscaled) on
-    Lion's interpolated momentum."""
+    Lion's interpolated momentum.
+
+    Default ``lr=1e-2`` (best 1e-3..1e-2 on the small problems of docs/defaults.md, where
+    AdamW's best is 1e-2..1e-1); if you use AdamW at lr ``a``, start at about ``0.2 a`` (0.1-0.3
+    a there), in line with Chen et al.'s advice of a 3-10x smaller lr.
+    """
 
     def __init__(
         self,
         params: Any,
-        lr: float = 1e-4,
+        lr: float = 1e-2,
         betas: tuple[float, float] = (0.9, 0.99),
         weight_decay: float = 0.0,
         *,
         maximize: bool = False,
         foreach: bool | None = None,
-        nonfinite: str = "raise",
+        nonfinite: str | None = None,
     ) -> None:
         check_betas(betas)
         StepOptimizer.__init__(

@@ -1,0 +1,152 @@
+"""Peak intermediate memory of ``step()``: at most one parameter-sized tensor beyond the state.
+
+Measured with a ``TorchDispatchMode`` that sees every tensor an op returns during ``step()``
+and keeps the bytes of the storages that did not exist before the step (the parameters,
+gradients and state) alive until the last tensor viewing them is garbage-collected (CPython
+frees tensors by reference counting, at once, so "live" is exact). The peak of that sum is the
+intermediate memory of the step. This works on CPU, where torch keeps no allocator statistics.
+
+Budgets (ours, fixed before measuring, from the issue's "at most one parameter-sized tensor"):
+
+* loop path (one tensor at a time): the bytes of the largest parameter;
+* foreach path (all tensors at once, as torch.optim's foreach optimizers): the bytes of all
+  parameters together (one tensor list the size of the parameters);
+
+each plus a slack of 64 bytes per parameter and 4 KiB for 0-d scalars (norms, step counts).
+The first step (which creates the state) is not measured.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from tests.optim.optim_infos import all_infos
+
+INFOS = all_infos()
+ids = [i.name for i in INFOS]
+
+
+class LiveBytes(TorchDispatchMode):
+    """Track the bytes of storages created inside the mode, and their peak."""
+
+    def __init__(self, existing: set[int]) -> None:
+        super().__init__()
+        self.existing = existing
+        self.refs: dict[int, int] = {}  # storage pointer -> live tensors viewing it
+        self.sizes: dict[int, int] = {}
+        self.live = 0
+        self.peak = 0
+
+    def _release(self, ptr: int) -> None:
+        self.refs[ptr] -= 1
+        if self.refs[ptr] == 0:
+            self.live -= self.sizes.pop(ptr)
+            del self.refs[ptr]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor):
+                continue
+            st = t.untyped_storage()
+            ptr = st.data_ptr()
+            if ptr in self.existing or st.nbytes() == 0:
+                continue
+            if ptr not in self.refs:
+                self.refs[ptr] = 0
+                self.sizes[ptr] = st.nbytes()
+                self.live += st.nbytes()
+                self.peak = max(self.peak, self.live)
+            self.refs[ptr] += 1
+            weakref.finalize(t, self._release, ptr)
+        return out
+
+
+def _existing(opt: torch.optim.Optimizer, params: list[torch.Tensor]) -> set[int]:
+    ptrs = set()
+    for p in params:
+        ptrs.add(p.untyped_storage().data_ptr())
+        if p.grad is not None:
+            ptrs.add(p.grad.untyped_storage().data_ptr())
+    for st in opt.state.values():
+        for v in st.values():
+            if isinstance(v, torch.Tensor):
+                ptrs.add(v.untyped_storage().data_ptr())
+    return ptrs
+
+
+def _peak(info, foreach: bool, shapes) -> tuple[int, list[torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    params = [torch.randn(s, generator=g).requires_grad_() for s in shapes]
+    opt = info.make(params, foreach=foreach)
+    for t in range(3):  # the third step is measured (the first creates the state)
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=g)
+        if info.prepare:
+            info.prepare(params)
+        if t < 2:
+            opt.step()
+    mode = LiveBytes(_existing(opt, params))
+    with mode:
+        opt.step()
+    return mode.peak, params
+
+
+SHAPES = [(64, 64), (4096,), (32, 16), (100,)]  # the largest: 16 KiB
+
+
+# Configurations measured over budget on 2026-11-30 (issue 12, not yet restructured; peaks as
+# multiples of the budget's tensor bytes are in the closing note). Everything else must stay
+# within budget; these are expected failures (not strict: another engineer's fix must not turn
+# them into errors) so that the table documents what is left.
+_ELEMENTWISE_LP = ("LpDescent-p", "SteepestDescent-lp", "SteepestDescent-l1", "CoordinateDescent")
+_HEAVY = ("Muon", "Modular", "SVAG", "MSVAG", "AdamStar", "AdamShuffled", "AdamAveraged", "Stacey")
+_LOOP_ONLY = ("BlockNormalizedSGD-rows-scaled", "EFSignSGD")
+
+
+def _known_over(name: str, foreach: bool) -> bool:
+    if name == "LpDescent-pinf":
+        return False
+    if name.startswith(_ELEMENTWISE_LP + _HEAVY):
+        return True
+    return not foreach and name.startswith(_LOOP_ONLY)
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["loop", "foreach"])
+@pytest.mark.parametrize("info", INFOS, ids=ids)
+def test_peak_intermediate_memory(info, foreach, request):
+    if _known_over(info.name, foreach):
+        request.applymarker(pytest.mark.xfail(reason="issue 12: temporaries not yet fused", strict=False))
+    peak, params = _peak(info, foreach, SHAPES)
+    sizes = [p.numel() * p.element_size() for p in params]
+    budget = (sum(sizes) if foreach else max(sizes)) + 64 * len(params) + 4096
+    assert peak <= budget, f"peak {peak} B > budget {budget} B (params {sizes})"
+
+
+def test_the_meter_sees_temporaries():
+    """The meter itself: a step that keeps two parameter-sized temporaries alive is caught."""
+
+    class Wasteful(torch.optim.Optimizer):
+        def __init__(self, params):
+            super().__init__(params, {"lr": 0.1})
+
+        @torch.no_grad()
+        def step(self):
+            for p in self.param_groups[0]["params"]:
+                a = p.grad * 2
+                b = p.grad * 3
+                p.sub_(a + b)
+
+    p = torch.randn(1000, requires_grad=True)
+    p.grad = torch.randn(1000)
+    opt = Wasteful([p])
+    mode = LiveBytes(_existing(opt, [p]))
+    with mode:
+        opt.step()
+    assert mode.peak == 3 * 4000  # a, b and a + b live at once
+    assert mode.live == 0
