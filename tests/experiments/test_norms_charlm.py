@@ -49,7 +49,7 @@ def test_tiny_end_to_end_run(tmp_path):
     summary = run_experiment("norms-charlm", quick=True, out_dir=tmp_path, progress=False, options=opts, echo=False)
     ids = {c["id"]: c for c in summary["claims"]}
     assert ids["muon-equals-torch"]["holds"] and ids["muon-equals-torch"]["kind"] == "sanity"
-    assert ids["muon-beats-adamw"]["kind"] == "paper"
+    assert ids["muon-beats-adamw"]["kind"] == "paper" and ids["scion-beats-adamw"]["kind"] == "paper"
     assert (tmp_path / "loss_curves.png").exists()
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["settings"]["tokens_per_run"] == 6 * 4 * 8

@@ -174,12 +174,12 @@ def _train(
 
     curve, times = [(0, val_loss())], []
     for step, (x, y) in enumerate(batches, start=1):
-        t0 = time.perf_counter()
+        t0 = time.thread_time()  # CPU time of this thread (one torch thread): wall time on a shared machine is mostly waiting
         opt.zero_grad()
         loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
         loss.backward()
         opt.step()
-        times.append(time.perf_counter() - t0)
+        times.append(time.thread_time() - t0)
         if not math.isfinite(float(loss.detach())):
             return {"curve": curve, "final": math.inf, "times": times}
         if step % cfg["eval_every"] == 0 or step == cfg["steps"]:
@@ -293,9 +293,9 @@ def run(ctx: Context) -> Result:
             "muon-beats-adamw",
             "Muon (hidden matrices; AdamW for the rest) reaches a lower validation loss than AdamW "
             "at equal steps, each at its tuned learning rate",
-            "Liu et al. 2025 ('Muon is Scalable for LLM Training', abstract): Muon achieves about "
-            "2x the computational efficiency of AdamW; Jordan's Muon post: Muon set the NanoGPT "
-            "speed records (quoted from memory: the papers are not in seeds/)",
+            "Liu et al. 2025, 'Muon is Scalable for LLM Training' (arXiv 2502.16982), abstract: 'Scaling "
+            "law experiments indicate that Muon achieves ~2x computational efficiency compared to AdamW "
+            "with compute optimal training'",
             f"final val loss AdamW {spread('AdamW')}; Muon+AdamW {spread('Muon+AdamW')}; "
             f"gap {gap:.4f}",
             gap > noise,
@@ -303,9 +303,44 @@ def run(ctx: Context) -> Result:
                       "by more than the larger of the two seed standard deviations"
                       + (" (one seed: any gap)" if n_seeds == 1 else ""),
         ))
+    if "AdamW" in results and "Scion" in results:
+        fa, fs = finals("AdamW"), finals("Scion")
+        gap = statistics.fmean(fa) - statistics.fmean(fs)
+        noise = max(statistics.stdev(fa) if len(fa) > 1 else 0.0, statistics.stdev(fs) if len(fs) > 1 else 0.0)
+        claims.append(Claim(
+            "scion-beats-adamw",
+            "Scion-style LMO steps (layer_groups 'scion', one optimizer, no Adam) reach a lower validation "
+            "loss than AdamW at equal steps, each at its tuned learning rate",
+            "Pethick et al. 2025, 'Training Deep Learning Models with Norm-Constrained LMOs' (ICML), "
+            "abstract: 'Experimentally, we demonstrate significant speedups on nanoGPT training without "
+            "any reliance on Adam'",
+            f"final val loss AdamW {spread('AdamW')}; Scion {spread('Scion')}; gap {gap:.4f}",
+            gap > noise,
+            criterion="ours, the same test as muon-beats-adamw (this record was a diagnostic in the first "
+                      "full run and made a paper claim after it; the verdict did not change): mean final "
+                      "validation loss lower by more than the larger seed standard deviation",
+        ))
+    if "AdamW" in results:
+        paired = []
+        for m in results:
+            if m == "AdamW":
+                continue
+            diffs = [results["AdamW"]["seeds"][k]["final"] - results[m]["seeds"][k]["final"]
+                     for k in results[m]["seeds"] if k in results["AdamW"]["seeds"]]
+            paired.append(f"{m}: lower on {sum(d > 0 for d in diffs)}/{len(diffs)} seeds, "
+                          f"AdamW - {m} = {', '.join(f'{d:+.3f}' for d in diffs)}")
+        claims.append(Claim(
+            "paired-by-seed",
+            "per seed (same initialisation and batches for every method): final validation loss of each "
+            "method against AdamW's",
+            "diagnostic (added after the first full run: the seed-to-seed spread exceeded the gaps)",
+            "; ".join(paired),
+            True,
+            kind="diagnostic",
+            criterion="reported, no pass mark",
+        ))
     for m, cite in (
         ("Muon-steepest", "steepest's per-layer defaults (layer_groups 'steepest') in one optimizer"),
-        ("Scion", "Pethick et al. 2025 (Scion) style LMO steps, one optimizer"),
         ("Lion", "Lion"),
         ("Signum", "Signum"),
     ):
@@ -326,7 +361,8 @@ def run(ctx: Context) -> Result:
             "time per training step (forward, backward, optimizer) relative to AdamW",
             "diagnostic",
             "; ".join(f"{m} {1e3 * t:.1f} ms ({t / times['AdamW']:.2f}x)" for m, t in times.items())
-            + " (median over steps and seeds; one thread, on a shared, busy 2-core machine)",
+            + " (thread CPU time, median over steps and seeds; one torch thread, on a shared, "
+              "overloaded 2-core machine)",
             True,
             kind="diagnostic",
             criterion="reported, no pass mark",
