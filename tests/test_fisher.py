@@ -210,6 +210,19 @@ def test_fisher_does_not_depend_on_labels_but_ef_does():
     _close(GLM(m.features, None, "bernoulli").fisher(th), m.fisher(th))
 
 
+@pytest.mark.parametrize("lik", LIKS)
+def test_ef_is_noncentral_second_moment_eq_7_22(lik):
+    """Eq. 7.22: with the stochastic gradient g = N g_n, n uniform (sum loss),
+    N F~ = Cov[g] + grad R grad R^T (population covariance over the N examples)."""
+    m = make(lik)
+    th = theta_for(m)
+    N = m.num_examples
+    g = N * m.per_example_gradients(th)
+    cov = (g - g.mean(0)).T @ (g - g.mean(0)) / N
+    grad = m.gradient(th)
+    _close(N * m.empirical_fisher(th), cov + torch.outer(grad, grad))
+
+
 def test_ef_equals_fisher_at_uniform_predictions_logistic():
     """App. D.3 (Eq. D.33): at theta = 0, (sigma - y)^2 = 1/4 = sigma (1 - sigma) for y in
     {0, 1}, so the EF and the Fisher coincide."""
