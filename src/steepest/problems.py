@@ -336,6 +336,74 @@ register_problem(Problem(
 ))
 
 
+# ------------------------------------------------------------------------------ character-level text
+# A tiny causal transformer on Python source text shipped with Python itself (stdlib modules
+# textwrap, shlex, string: ~45k characters, nothing downloaded). The text changes a little
+# between Python versions, so numbers are comparable within one Python version.
+_TEXT_MODULES = ("textwrap", "shlex", "string")
+CHAR_VOCAB = 96  # '\n' -> 0, printable ASCII 32..126 -> 1..95, anything else -> 0 as well
+
+
+def python_source_text() -> str:
+    """The concatenated source of a few stdlib modules (the corpus of ``pysrc-char-transformer``)."""
+    import importlib
+    import pathlib
+
+    return "\n".join(
+        pathlib.Path(importlib.import_module(m).__file__).read_text(encoding="utf-8")  # type: ignore[arg-type]
+        for m in _TEXT_MODULES
+    )
+
+
+def _char_windows(seed: int, context: int = 32):
+    # Non-overlapping windows of context + 1 characters; inputs are the first `context`, targets
+    # the next character at each position. The last 10% of the text is the test split (fixed:
+    # the seed varies only the model init and batch order).
+    codes = [(ord(c) - 31) if 32 <= ord(c) <= 126 else 0 for c in python_source_text()]
+    data = torch.tensor(codes, dtype=torch.int64)
+    n = (len(data) - 1) // context
+    x = data[: n * context].reshape(n, context)
+    y = data[1 : n * context + 1].reshape(n, context)
+    n_test = n // 10
+    return x[:-n_test], y[:-n_test], x[-n_test:], y[-n_test:]
+
+
+class CharTransformer(nn.Module):
+    """A one-block causal transformer (pre-LayerNorm, learned positions) for next-character
+    prediction: ``(N, T)`` integer codes -> ``(N, T, vocab)`` logits."""
+
+    def __init__(self, vocab: int = CHAR_VOCAB, d_model: int = 32, heads: int = 2,
+                 context: int = 32, layers: int = 1) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d_model)
+        self.pos = nn.Parameter(torch.zeros(context, d_model))
+        nn.init.normal_(self.pos, std=0.02)
+        block = nn.TransformerEncoderLayer(d_model, heads, 2 * d_model, dropout=0.0,
+                                           batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, vocab)
+
+    def forward(self, x: Tensor) -> Tensor:
+        t = x.shape[1]
+        mask = nn.Transformer.generate_square_subsequent_mask(t, device=x.device)
+        h = self.blocks(self.embed(x) + self.pos[:t], mask=mask, is_causal=True)
+        return self.head(self.norm(h))
+
+
+def _seq_ce(out: Tensor, y: Tensor) -> Tensor:
+    return nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+
+
+register_problem(Problem(
+    "pysrc-char-transformer",
+    "1-block causal transformer (d 32, 2 heads, context 32) predicting the next character of "
+    "Python stdlib source (textwrap, shlex, string; ships with Python)",
+    CharTransformer, _char_windows, _seq_ce, batch_size=32, steps=400, metric=accuracy,
+    tags=("text", "transformer"),
+))
+
+
 # ------------------------------------------------------------------------------ seed 001, CPU-sized
 # CPU-sized counterparts of the problems of seed 001's experiments (Sec. 4.4.4, Sec. 5.6), used by
 # ``steepest reproduce dissecting-adam`` and ``steepest reproduce cabs``: the paper's 2c2d / 3c3d
@@ -399,10 +467,10 @@ def char_lstm_data(seq_len: int = 50, test_fraction: float = 0.1
 class CharLSTM(nn.Module):
     """Character-level language model of seed 001 App. B.1 (P4): an embedding, a two-layer LSTM
     and a linear read-out; ``(N, T)`` codes -> ``(N, T, vocab)`` logits. The paper: 128 hidden
-    units, 83 characters, sequence length 50, dropout; the CPU-sized default is 64 units, no
+    units, 83 characters, sequence length 50, dropout; the CPU-sized default is 48 units, no
     dropout, every window starting from a zero state."""
 
-    def __init__(self, vocab: int, hidden: int = 64, embed: int = 16, layers: int = 2) -> None:
+    def __init__(self, vocab: int, hidden: int = 48, embed: int = 16, layers: int = 2) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, embed)
         self.lstm = nn.LSTM(embed, hidden, layers, batch_first=True)
@@ -423,7 +491,7 @@ def _char_lstm_vocab_size() -> int:
 
 
 register_problem(Problem(
-    "pydoc-char-lstm", "2-layer character LSTM (64 units) on Python's pydoc help topics (English "
+    "pydoc-char-lstm", "2-layer character LSTM (48 units) on Python's pydoc help topics (English "
     "prose shipped with Python; seed 001's P4 used War and Peace)",
     lambda: CharLSTM(_char_lstm_vocab_size()), lambda seed: char_lstm_data()[:4],
     sequence_cross_entropy, batch_size=32, steps=400, metric=accuracy, tags=("text", "lstm", "seed001"),
