@@ -294,14 +294,20 @@ def _figure(ctx: Context, rows: list[dict[str, Any]]) -> str:
         mid = np.sqrt(np.array([r["R_lo"] for r in rs]) * np.array([r["R_hi"] for r in rs]))
         lo = mid - np.array([r["R_lo"] for r in rs])
         hi = np.array([r["R_hi"] for r in rs]) - mid
-        adv = np.log10(np.maximum([r["gd_final"] for r in rs], 1e-300)) - np.log10(
-            np.maximum([r["scaled_sign_final"] for r in rs], 1e-300))
-        ax.errorbar(mid, adv, xerr=[lo, hi], fmt=marker, ms=4, alpha=0.7, label=fam)
+        # final values of exactly 0 (separable logistic regression) would dominate: floor them
+        adv = np.log10(np.maximum([r["gd_final"] for r in rs], 1e-12)) - np.log10(
+            np.maximum([r["scaled_sign_final"] for r in rs], 1e-12))
+        ax.errorbar(mid, np.clip(adv, -8, 8), xerr=[lo, hi], fmt=marker, ms=4, alpha=0.7,
+                    label=fam)
     ax.axvline(1.0, color="k", lw=0.8, ls="--")
     ax.axhline(0.0, color="k", lw=0.8, ls="--")
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(plt.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())
+    ax.set_xticks([0.25, 0.5, 1, 2, 4])
     ax.set_xlabel("R = phi d L_2 / L_inf at the start (bracket; > 1 predicts sign descent)")
-    ax.set_ylabel("log10(final GD / final ScaledSignGD), tuned (> 0: sign wins)")
+    ax.set_ylabel("log10(final GD / final ScaledSignSGD), tuned\n(> 0: sign wins; floor 1e-12, "
+                  "clipped to +-8)")
     ax.set_title("advisor prediction vs tuned outcome")
     ax.legend()
     return ctx.save_figure(fig, "advisor_vs_outcome")
