@@ -330,12 +330,14 @@ class GLM:
         f = self._jvp(theta)
         if self.likelihood == "bernoulli":
             w = torch.sigmoid(f) * torch.sigmoid(-f)
-            return torch.einsum("...n,ni,nj->...ij", w, X, X) * self._scale()
+            return (X.T * w.unsqueeze(-2)) @ X * self._scale()  # X^T diag(w) X as one matmul
         # categorical: sum_n (x x^T) kron diag(pi) - (x kron pi)(x kron pi)^T
         pi = torch.softmax(f, dim=-1)
         d, C = self.num_features, self.num_classes
-        diag = torch.einsum("...na,ni,nj->...ija", pi, X, X)  # (..., d, d, C)
-        F = torch.diag_embed(diag).permute(*range(theta.ndim - 1), -4, -2, -3, -1)
+        # block (a, a) of the first term: X^T diag(pi[:, a]) X, as one batched matmul
+        diag = (X.T * pi.transpose(-1, -2).unsqueeze(-2)) @ X  # (..., C, d, d)
+        F = torch.diag_embed(diag.permute(*range(theta.ndim - 1), -2, -1, -3))  # (..., d, d, C, C)
+        F = F.permute(*range(theta.ndim - 1), -4, -2, -3, -1)
         z = (X.unsqueeze(-1) * pi.unsqueeze(-2)).reshape(*pi.shape[:-1], d * C)  # (..., N, P)
         F = F.reshape(*theta.shape[:-1], d * C, d * C) - z.transpose(-1, -2) @ z
         return F * self._scale()
@@ -343,7 +345,13 @@ class GLM:
     def empirical_fisher(self, theta: Tensor) -> Tensor:
         """The "empirical Fisher", Eq. 7.3: ``sum_n g_n g_n^T`` with the training labels,
         shape (..., P, P)."""
-        G = self.per_example_gradients(self._check_theta(theta))
+        theta = self._check_theta(theta)
+        if self.likelihood != "categorical":
+            # g_n = r_n x_n, so sum_n g_n g_n^T = X^T diag(r^2) X: one matmul, no (N, P) tensor
+            r = self.residuals(theta)
+            X = self._x(theta)
+            return (X.T * (r * r).unsqueeze(-2)) @ X * self._scale()
+        G = self.per_example_gradients(theta)
         return G.transpose(-1, -2) @ G * self._scale()
 
     def fisher_vp(self, theta: Tensor, v: Tensor) -> Tensor:
