@@ -174,6 +174,11 @@ def test_colnorm_rownorm_l1linf_closed_forms():
     torch.testing.assert_close(RowNorm(scale="shape").lmo(m), row / 3**0.5)  # Scion RowNorm(normalized=True)
     torch.testing.assert_close(ColNorm(scale="shape").lmo(m), col * 2**0.5)  # columns of RMS 1
     torch.testing.assert_close(L1ToLinf(scale="shape").lmo(m), torch.sign(m) / 3)  # Scion Sign
+    # Tiny columns: their squares are subnormal, so the norms are taken after scaling by max|entry|.
+    tiny = torch.tensor([[3.2e-161, 1.0], [1e-161, 0.0]], dtype=torch.float64)
+    u = ColNorm().lmo(tiny)
+    r = math.hypot(3.2, 1.0)
+    torch.testing.assert_close(u[:, 0], torch.tensor([3.2 / r, 1.0 / r], dtype=torch.float64), rtol=1e-14, atol=0)
     # On a vector ColNorm(shape) is Scion's BiasRMS g / rms(g).
     v = torch.tensor([1.0, -2.0, 2.0], dtype=torch.float64)
     torch.testing.assert_close(ColNorm(scale="shape").lmo(v), v / v.square().mean().sqrt())
