@@ -7,7 +7,7 @@ the refusal). Records with weight decay or Scion's constrained step move x under
 stays frozen. Operator norms view the vectors as columns (RowNorm of a vector is sign descent).
 """
 
-from steepest import ColNorm, Linf, Modular, Muon, RowNorm, Spectral
+from steepest import ColNorm, Linf, Modular, Muon, RowNorm, Spectral, SteepestDescent
 from steepest.norms import L1ToLinf
 from tests.optim.optim_infos import OptimInfo
 
@@ -54,6 +54,11 @@ INFOS = [
     OptimInfo(
         "Modular-rownorm-soft", Modular, {"norm": RowNorm(scale="shape"), "mode": "soft", "beta": 0.5}, lr=0.05,
     ),
+    # The operator norms in the plain steepest-descent optimizer (vectors are columns there).
+    OptimInfo("SteepestDescent-spectral-normalized", SteepestDescent,
+              {"norm": Spectral(), "mode": "normalized", "scope": "per_tensor"}, lr=0.02),
+    OptimInfo("SteepestDescent-spectral-ns-scaled-momentum", SteepestDescent,
+              {"norm": Spectral("newton_schulz", scale="shape"), "mode": "scaled", "momentum": 0.5}, lr=0.002),
     OptimInfo(
         "Modular-sign-shape-wd", Modular,
         {"norm": L1ToLinf(scale="shape"), "mode": "normalized", "weight_decay": 0.1, "nesterov": False},
