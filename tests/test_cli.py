@@ -119,3 +119,15 @@ def test_reproduce_hides_progress_bars_in_pipes(monkeypatch, tmp_path):
     monkeypatch.setattr(experiments_cli, "run_experiment", fake_run)
     assert main(["reproduce", "quadratic-2d", "--quick", "--out", str(tmp_path)]) == 0
     assert seen["progress"] is False  # pytest's captured stderr is not a terminal
+
+
+def test_float64_build_keeps_token_inputs_integer():
+    # demo --dtype float64 and steepest geometry build problems in float64; the character-level
+    # problems' token indices must stay integers for their embeddings
+    from steepest.problems import get_problem
+
+    inst = get_problem("pysrc-char-transformer").build(0, dtype=torch.float64)
+    x, y = inst.train.tensors
+    assert not x.is_floating_point() and not y.is_floating_point()
+    assert next(inst.model.parameters()).dtype == torch.float64
+    assert torch.isfinite(inst.loss_fn(inst.model(x[:2]), y[:2]))

@@ -83,13 +83,13 @@ class Problem:
         xtr, ytr, xte, yte = self.load_data(seed)
         torch.manual_seed(seed)
         model = self.make_model().to(dtype)
-        cast = (lambda t: t.to(dtype)) if dtype != torch.float32 else (lambda t: t)
-        ytr_c = cast(ytr) if ytr.is_floating_point() else ytr
-        yte_c = cast(yte) if yte.is_floating_point() else yte
+        # only floating-point tensors take dtype: token indices (char-LSTM/transformer) stay ints
+        cast = (lambda t: t.to(dtype) if t.is_floating_point() else t) if dtype != torch.float32 \
+            else (lambda t: t)
         return ProblemInstance(
             model=model,
-            train=TensorDataset(cast(xtr), ytr_c),
-            test=TensorDataset(cast(xte), yte_c),
+            train=TensorDataset(cast(xtr), cast(ytr)),
+            test=TensorDataset(cast(xte), cast(yte)),
             loss_fn=self.loss_fn,
             batch_size=self.batch_size,
             steps=self.steps,
