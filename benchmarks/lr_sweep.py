@@ -336,13 +336,16 @@ def sweep(problems: dict[str, int], names: list[str], seeds: list[int], out: Pat
     return summary
 
 
-def defaults_check(problem: str, steps: int, seeds: list[int], new: dict[str, float]) -> str:
+def defaults_check(problem: str, steps: int, seeds: list[int], new: dict[str, float],
+                   names: list[str] | None = None) -> str:
     """Final training loss of every optimizer at its old and new default lr (mean over seeds)."""
     runner = Runner(problem, steps)
     lines = [f"{problem}, {steps} steps, seeds {seeds}: final training loss at the default lr "
              f"(initial {statistics.fmean(runner.initial_loss(s) for s in seeds):.3f})", "",
              "| optimizer | old lr | loss | new lr | loss |", "|---|---|---|---|---|"]
     for name, make in OPTIMIZERS.items():
+        if names and name not in names:
+            continue
         old, cur = OLD_DEFAULTS[name], new.get(name, OLD_DEFAULTS[name])
         lo = statistics.fmean(runner.run(make, old, s)["train_loss"] for s in seeds)
         ln = statistics.fmean(runner.run(make, cur, s)["train_loss"] for s in seeds)
@@ -379,10 +382,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)  # one core: the figures are comparable run to run
     if args.defaults_check:
-        text = defaults_check(args.check_problem, args.check_steps, [0, 1, 2], current_defaults())
+        text = defaults_check(args.check_problem, args.check_steps, [0, 1, 2], current_defaults(),
+                              args.optimizers)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / f"defaults_check_{args.check_problem}.md").write_text(text)
+        part = "" if not args.optimizers else "_" + "_".join(n.split()[0] for n in args.optimizers)
+        (out / f"defaults_check_{args.check_problem}{part}.md").write_text(text)
         return 0
     if args.replot:
         out = Path(args.out)

@@ -271,8 +271,9 @@ def test_state_holds_z_and_m_and_z0_is_x_at_the_first_step():
 def test_constructor_defaults_are_app_d_values():
     opt = Stacey([torch.zeros(1, requires_grad=True)])
     g = opt.param_groups[0]
+    # lr = 0.3 comes from the sweep of docs/defaults.md (issue 14; App. D's ImageNet value is 0.01)
     assert (g["lr"], g["alpha"], g["tau"], g["p"], g["betas"], g["eps"]) == (
-        1e-2, None, 1e-3, 3.0, (0.9, 0.99), 1e-8)
+        0.3, None, 1e-3, 3.0, (0.9, 0.99), 1e-8)
     assert (g["variant"], g["eps_mode"], g["weight_decay"]) == ("p2", "code", 0.0)
 
 
