@@ -8,6 +8,7 @@ An update is written once against the small list-of-tensors interface of :class:
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -29,6 +30,8 @@ class _Ops:
     @staticmethod
     def norms(xs: list[Tensor], ord: float) -> Tensor:
         """Per-tensor vector norms, stacked into a 1-d tensor (0 for empty tensors)."""
+        if any(is_dtensor(x) for x in xs):
+            return _stack([_sharded_norm(x, ord) for x in xs])
         if ord == 1.0:  # abs().sum() is ~30% faster than vector_norm(x, 1) on CPU
             return _stack([x.abs().sum() for x in xs])
         if ord == 2.0 or math.isinf(ord):
@@ -119,10 +122,14 @@ class _Ops:
 
     @staticmethod
     def count(steps: list[Tensor]) -> list[float]:
-        """Increment the step counters; return their new values as floats."""
+        """Increment the step counters; return their new values as floats.
+
+        While compiling: as float64 0-d tensors instead. ``float()`` of a tensor breaks the
+        graph, and the floats a resumed graph receives become symbolic scalars that inductor
+        mishandles (see :func:`_compiling`); every consumer is written for both."""
         for s in steps:
             s.add_(1.0)
-        return [float(s) for s in steps]
+        return _step_values(steps)
 
     @staticmethod
     def addcmul_(xs: list[Tensor], ys: list[Tensor], zs: list[Tensor], value: float) -> list[Tensor]:
@@ -223,6 +230,8 @@ class _ForeachOps(_Ops):
     def norms(xs: list[Tensor], ord: float) -> Tensor:
         if not xs:
             return torch.zeros(0)
+        if any(is_dtensor(x) for x in xs):
+            return _stack([_sharded_norm(x, ord) for x in xs])
         if math.isinf(ord):  # _foreach_norm has no identity for inf on empty tensors
             nonempty = [i for i, x in enumerate(xs) if x.numel()]
             vals = iter(torch._foreach_norm([xs[i] for i in nonempty], ord) if nonempty else [])
@@ -293,7 +302,7 @@ class _ForeachOps(_Ops):
     @staticmethod
     def count(steps: list[Tensor]) -> list[float]:
         torch._foreach_add_(steps, 1.0)
-        return [float(s) for s in steps]
+        return _step_values(steps)
 
     @staticmethod
     def addcmul_(xs: list[Tensor], ys: list[Tensor], zs: list[Tensor], value: float) -> list[Tensor]:
@@ -302,6 +311,8 @@ class _ForeachOps(_Ops):
 
     @staticmethod
     def addcmul(xs: list[Tensor], ys: list[Tensor], zs: list[Tensor], values: list[float]) -> list[Tensor]:
+        if _compiling():  # values may be 0-d tensors (see _Ops.count); inductor fuses the loop
+            return _Ops.addcmul(xs, ys, zs, values)
         return list(torch._foreach_addcmul(xs, ys, zs, values))
 
     @staticmethod
@@ -320,15 +331,21 @@ class _ForeachOps(_Ops):
 
     @staticmethod
     def mul_scalars(xs: list[Tensor], cs: list[float]) -> list[Tensor]:
+        if _compiling():
+            return _Ops.mul_scalars(xs, cs)
         return list(torch._foreach_mul(xs, cs))
 
     @staticmethod
     def mul_scalars_(xs: list[Tensor], cs: list[float]) -> list[Tensor]:
+        if _compiling():
+            return _Ops.mul_scalars_(xs, cs)
         torch._foreach_mul_(xs, cs)
         return xs
 
     @staticmethod
     def div_scalars_(xs: list[Tensor], cs: list[float]) -> list[Tensor]:
+        if _compiling():
+            return _Ops.div_scalars_(xs, cs)
         torch._foreach_div_(xs, cs)
         return xs
 
@@ -360,13 +377,55 @@ class _ForeachOps(_Ops):
     def axpy_scalars_(xs: list[Tensor], ys: list[Tensor], alphas: list[float]) -> list[Tensor]:
         if not alphas:
             return xs
-        # Equal alphas (the usual case: every step counter agrees) need no temporaries. Not
-        # while compiling: comparing step-dependent floats would guard on them (recompiles).
-        if not torch.compiler.is_compiling() and all(a == alphas[0] for a in alphas):
+        if _compiling():  # alphas may be 0-d tensors; inductor fuses the per-tensor loop
+            return _Ops.axpy_scalars_(xs, ys, alphas)
+        # Equal alphas (the usual case: every step counter agrees) need no temporaries.
+        if all(a == alphas[0] for a in alphas):
             torch._foreach_add_(xs, ys, alpha=alphas[0])
         else:
             torch._foreach_add_(xs, torch._foreach_mul(ys, alphas))
         return xs
+
+
+def is_dtensor(x: Any) -> bool:
+    """Whether ``x`` is a DTensor (an FSDP2/tensor-parallel parameter), without importing
+    torch.distributed where it is not in use."""
+    return type(x).__name__ == "DTensor" and hasattr(x, "to_local")
+
+
+def _sharded_norm(x: Any, ord: float) -> Any:
+    """The l_ord norm of a sharded DTensor, reduced across its shards (a replicated 0-d DTensor).
+
+    DTensor's own reductions fail on a rank whose shard is empty (FSDP2 pads uneven shards:
+    ``amax`` of an empty tensor raises), so the shards are reduced by hand: the global max|x|
+    (all-reduce MAX), then ``max * (sum (|x|/max)^ord)^(1/ord)`` (all-reduce SUM), overflow-free
+    as the unsharded path."""
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor, Replicate
+
+    local = x.to_local()
+    mesh = x.device_mesh
+    groups = [mesh.get_group(i) for i, pl in enumerate(x.placements) if not pl.is_replicate()]
+    a = local.abs()
+    m = a.amax() if local.numel() else local.new_zeros(())
+    for g in groups:
+        dist.all_reduce(m, op=dist.ReduceOp.MAX, group=g)
+    if math.isinf(ord):
+        val = m
+    else:
+        scaled = a / torch.where(m > 0, m, torch.ones_like(m))
+        s = scaled.sum() if ord == 1.0 else scaled.pow_(ord).sum()
+        for g in groups:
+            dist.all_reduce(s, op=dist.ReduceOp.SUM, group=g)
+        val = m * (s if ord == 1.0 else s ** (1.0 / ord))
+    return DTensor.from_local(val, mesh, [Replicate()] * mesh.ndim, run_check=False)
+
+
+def _step_values(steps: list[Tensor]) -> list[Any]:
+    """Step counters as Python floats (eager) or float64 0-d tensors (compiling; no graph break)."""
+    if _compiling():
+        return [s.to(torch.float64) for s in steps]
+    return [float(s) for s in steps]
 
 
 def _stack(scalars: list[Tensor]) -> Tensor:

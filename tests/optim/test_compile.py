@@ -8,7 +8,7 @@ scalars change for the first time (dynamo then makes them symbolic instead of co
 After that, fresh gradient tensors from ``zero_grad()`` and an LR scheduler changing ``lr``
 every step must not add a single graph.
 
-Compiled-vs-eager agreement runs every optimizer under ``aot_eager`` (AOTAutograd's
+Compiled-vs-eager agreement runs every optimizer class under ``aot_eager`` (AOTAutograd's
 functionalized graph, the input inductor sees) and a small set under inductor itself.
 """
 
@@ -89,13 +89,18 @@ def _compare(info, foreach: bool, backend: str, steps: int = 5) -> None:
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
 
 
+# One configuration per optimizer class (the recompile test above covers every configuration):
+# an aot_eager compile costs ~1-2 s, and the suite must stay fast on 2 cores.
+_ONE_PER_CLASS = list({i.cls: i for i in reversed(INFOS)}.values())
+
+
 @pytest.mark.parametrize("foreach", [False, True], ids=["loop", "foreach"])
-@pytest.mark.parametrize("info", INFOS, ids=ids)
+@pytest.mark.parametrize("info", _ONE_PER_CLASS, ids=[i.name for i in _ONE_PER_CLASS])
 def test_compiled_matches_eager_aot(info, foreach):
     _compare(info, foreach, "aot_eager")
 
 
-INDUCTOR = ["Signum", "ScaledSignSGD", "Lion", "SVAG", "MSVAG", "Stacey-pp-p3"]
+INDUCTOR = ["Signum", "MSVAG", "Stacey-pp-p3"]  # inductor compiles take ~10-60 s each on 2 cores
 
 
 @pytest.mark.slow

@@ -67,10 +67,10 @@ class EFSignSGD(StepOptimizer):
         per_tensor = group["scope"] == "per_tensor"
         f = Linf()._factor(errs, ops, per_tensor)
         sizes = [float(e.numel()) for e in errs]
-        d = torch.tensor(
-            sizes if per_tensor else [sum(sizes)] * len(errs), dtype=f.dual.dtype, device=f.dual.device
-        )
-        delta = ops.mul_(f.unit, list(_safe_div(f.dual, d).unbind(0)))
+        ds = sizes if per_tensor else [sum(sizes)] * len(errs)
+        # ||p||_1 / d with Python-number divisors (0 for an empty scope): no tensor is built on
+        # the host, so a sharded (DTensor) dual stays a DTensor.
+        delta = ops.mul_(f.unit, [dual / d if d else dual * 0.0 for dual, d in zip(f.dual.unbind(0), ds)])
         apply_weight_decay(ops, params, lr, wd)
         ops.axpy_(params, delta, -1.0)
         ops.axpy_(errs, delta, -1.0)  # e <- p - delta

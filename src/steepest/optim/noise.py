@@ -86,6 +86,11 @@ def rho(beta: float, t: int | float) -> float:
     ``rho -> (1-beta)/(1+beta)`` as ``t -> inf`` (Eq. B.27). ``beta = 0`` gives 1 for all ``t``.
     """
     check_range("beta", beta, 0.0, 1.0)
+    if isinstance(t, Tensor):  # a compiled step (steepest._backend._Ops.count): no branches
+        if beta == 0.0:
+            return torch.ones_like(t)
+        bt = beta ** (t + 1)
+        return torch.where(t == 0, 1.0, (1.0 - beta) * (1.0 + bt) / ((1.0 + beta) * (1.0 - bt)))
     if t < 0:
         raise ValueError(f"t must be >= 0 (the 0-based iteration index), got {t!r}")
     if t == 0 or beta == 0.0:
@@ -97,8 +102,11 @@ def rho(beta: float, t: int | float) -> float:
 def _one_minus_rho(beta: float, t: float) -> float:
     """``1 - rho(beta, t) = 2 beta (1 - beta^t) / ((1+beta)(1 - beta^(t+1)))``, free of the
     cancellation of ``1 - rho`` near ``t = 0`` (it is exactly 0 at ``t = 0`` and for ``beta = 0``)."""
-    if t == 0 or beta == 0.0:
+    if beta == 0.0:
         return 0.0
+    if not isinstance(t, Tensor) and t == 0:
+        return 0.0
+    # (For a tensor t the formula itself is exactly 0 at t = 0: 1 - beta^0 = 0.)
     return 2.0 * beta * (1.0 - beta**t) / ((1.0 + beta) * (1.0 - beta ** (t + 1)))
 
 
@@ -240,6 +248,8 @@ def _floor(den: list[Tensor], num: list[Tensor], ops: type[_Ops]) -> list[Tensor
 
 
 def _safe_reciprocal(x: float) -> float:
+    if isinstance(x, Tensor):  # a compiled step: no data-dependent branch
+        return torch.where(x > 0.0, 1.0 / torch.where(x > 0.0, x, 1.0), 0.0)
     return 1.0 / x if x > 0.0 else 0.0
 
 

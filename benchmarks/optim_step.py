@@ -1,0 +1,161 @@
+"""Step time of every steepest optimizer per byte moved, against SGD-momentum and the copy floor.
+
+    python benchmarks/optim_step.py [--layouts big,small] [--repeats 5] [--json out.json]
+
+Layouts: ``big`` = 10M float32 parameters in 100 tensors, ``small`` = 1M in 1,000 tensors.
+For each optimizer, loop and foreach paths, ``opt.step()`` alone is timed (gradients fixed),
+interleaved with every other configuration (so machine load hits all alike), median of
+``--repeats``. Reported per configuration:
+
+* ``bytes``: the bytes a step must move from its state layout: read the gradient, read and
+  write the parameter and each parameter-sized state tensor (``(3 + 2 k) * 4 N`` for ``k``
+  state tensors); scalars are ignored;
+* ``floor_ms``: ``bytes`` at the copy bandwidth measured in the same run (``dst.copy_(src)`` of
+  a 10M-float tensor, 8 bytes moved per element);
+* ``x_floor``: time / floor;
+* ``x_sgd_per_byte``: (time / bytes) / (time / bytes of torch's SGD(momentum=0.9), same path).
+
+Targets (issue 12): ``x_sgd_per_byte <= 1.3`` on ``big`` and ``<= 1.5`` on ``small``. A
+configuration over target gets a ``why`` from :data:`WHY` (where the extra time goes).
+Absolute times mean little on a shared machine; the ratios are measured side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+import steepest
+
+# name -> (factory(params, foreach), number of parameter-sized state tensors)
+CONFIGS: dict[str, tuple[Callable[..., torch.optim.Optimizer], int]] = {
+    "SGD-momentum (torch)": (lambda ps, fe: torch.optim.SGD(ps, lr=1e-3, momentum=0.9, foreach=fe), 1),
+    "AdamW (torch)": (lambda ps, fe: torch.optim.AdamW(ps, lr=1e-3, foreach=fe), 2),
+    "SignSGD": (lambda ps, fe: steepest.SignSGD(ps, lr=1e-3, foreach=fe), 0),
+    "Signum": (lambda ps, fe: steepest.SignSGD(ps, lr=1e-3, momentum=0.9, foreach=fe), 1),
+    "ScaledSignSGD": (lambda ps, fe: steepest.ScaledSignSGD(ps, lr=1e-9, foreach=fe), 0),
+    "LpDescent(p=3)": (lambda ps, fe: steepest.LpDescent(ps, lr=1e-3, p=3.0, foreach=fe), 0),
+    "CoordinateDescent": (lambda ps, fe: steepest.CoordinateDescent(ps, lr=1e-3, foreach=fe), 0),
+    "BlockNormalizedSGD": (lambda ps, fe: steepest.BlockNormalizedSGD(ps, lr=1e-3, foreach=fe), 0),
+    "EFSignSGD": (lambda ps, fe: steepest.EFSignSGD(ps, lr=1e-3, foreach=fe), 1),
+    "Lion": (lambda ps, fe: steepest.Lion(ps, lr=1e-4, foreach=fe), 1),
+    "MSGD": (lambda ps, fe: steepest.MSGD(ps, lr=1e-3, foreach=fe), 1),
+    "SVAG": (lambda ps, fe: steepest.SVAG(ps, lr=1e-3, foreach=fe), 2),
+    "MSVAG": (lambda ps, fe: steepest.MSVAG(ps, lr=1e-3, foreach=fe), 2),
+    "AdamStar": (lambda ps, fe: steepest.AdamStar(ps, lr=1e-3, foreach=fe), 2),
+    "Stacey(p2, p=3)": (lambda ps, fe: steepest.Stacey(ps, lr=1e-3, foreach=fe), 2),
+}
+
+# Where the time over target goes, for configurations that miss it (issue 12: "the benchmark
+# says why").
+WHY = {
+    "ScaledSignSGD": "two passes: the global l1 norm must be known before any sign is applied",
+    "LpDescent(p=3)": "sign(g)|g|^(1/2): pow is a transcendental (~10x a copy per element)",
+    "CoordinateDescent": "a global argmax pass (max|g| per tensor, then the winner's index)",
+    "BlockNormalizedSGD": "two passes: each block's l2 norm before the division",
+    "EFSignSGD": "three passes over the error buffer (update, l1 norm, then sign and subtract)",
+    "SVAG": "about ten elementwise passes and two temporaries per tensor (m^2, den)",
+    "MSVAG": "about ten elementwise passes and two temporaries per tensor (m^2, den)",
+    "AdamStar": "rsqrt plus ten elementwise passes and two temporaries per tensor",
+    "Stacey(p2, p=3)": "pow in s_eps (transcendental) and the coupling's extra passes over z",
+}
+
+LAYOUTS = {"big": (10_000_000, 100), "small": (1_000_000, 1_000)}
+
+
+def make_params(n: int, k: int) -> list[torch.Tensor]:
+    size = n // k
+    ps = [torch.randn(size, requires_grad=True) for _ in range(k)]
+    for p in ps:
+        p.grad = torch.randn_like(p)
+    return ps
+
+
+def copy_bandwidth(repeats: int) -> float:
+    """Bytes per second of ``dst.copy_(src)`` (read + write), 10M floats, median."""
+    src, dst = torch.randn(10_000_000), torch.empty(10_000_000)
+    dst.copy_(src)
+    ts = []
+    for _ in range(max(repeats, 5)):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        ts.append(time.perf_counter() - t0)
+    return 8 * src.numel() / statistics.median(ts)
+
+
+def run(layout: str, repeats: int, steps: int, names: list[str], scale: float = 1.0) -> list[dict]:
+    n, k = LAYOUTS[layout]
+    n = int(n * scale)
+    bw = copy_bandwidth(repeats)
+    rows = []
+    for fe in (False, True):
+        ps = make_params(n, k)
+        opts = {name: CONFIGS[name][0](ps, fe) for name in names}
+        for opt in opts.values():
+            opt.step()  # lazy state
+        times: dict[str, list[float]] = {name: [] for name in names}
+        for _ in range(repeats):
+            for name, opt in opts.items():  # interleaved
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    opt.step()
+                times[name].append((time.perf_counter() - t0) / steps)
+        del opts
+        ref = "SGD-momentum (torch)"
+        ref_t = statistics.median(times[ref])
+        ref_b = (3 + 2 * CONFIGS[ref][1]) * 4 * n
+        for name in names:
+            t = statistics.median(times[name])
+            b = (3 + 2 * CONFIGS[name][1]) * 4 * n
+            ratio = (t / b) / (ref_t / ref_b)
+            target = 1.3 if layout == "big" else 1.5
+            rows.append({
+                "layout": layout, "params": n, "tensors": k, "path": "foreach" if fe else "loop",
+                "optimizer": name, "ms": 1e3 * t, "bytes": b, "floor_ms": 1e3 * b / bw,
+                "x_floor": t / (b / bw), "x_sgd_per_byte": ratio, "target": target,
+                "meets_target": ratio <= target,
+                "why": "" if ratio <= target else WHY.get(name, "unexplained"),
+                "copy_GBps": bw / 1e9,
+            })
+            _print(rows[-1])
+    return rows
+
+
+def _print(r: dict) -> None:
+    print(f"{r['layout']:6s} {r['path']:8s} {r['optimizer']:22s} {r['ms']:8.1f} {r['x_floor']:8.2f} "
+          f"{r['x_sgd_per_byte']:8.2f}  {r['why']}", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--layouts", default="big,small")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=1)
+    ap.add_argument("--scale", type=float, default=1.0,
+                    help="multiply the parameter counts (e.g. 0.2 on a loaded machine)")
+    ap.add_argument("--only", default="", help="comma-separated optimizer names (default: all)")
+    ap.add_argument("--json", default="")
+    args = ap.parse_args()
+    names = [n for n in CONFIGS if not args.only or n in args.only.split(",") or n.startswith("SGD")]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {load:.1f} "
+          f"at start, median of {args.repeats}", flush=True)
+    print(f"{'layout':6s} {'path':8s} {'optimizer':22s} {'ms':>8s} {'x floor':>8s} {'x SGD/B':>8s}  why")
+    rows = []
+    for layout in args.layouts.split(","):
+        rows += run(layout, args.repeats, args.steps, names, args.scale)
+    if args.json:
+        meta = {"scale": args.scale, "torch": torch.__version__, "threads": torch.get_num_threads(), "load_avg_1min": load,
+                "repeats": args.repeats, "steps": args.steps}
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
