@@ -211,6 +211,12 @@ def test_summarize_prints_markdown_tables(tmp_path, fake_registry, capsys):
     assert out.index("*paper claims*") < out.index("`b`") < out.index("*sanity checks") < out.index("`s`")
     assert "1/2 paper claims hold** (sanity checks apart: 0/1 pass; 1 diagnostic(s))" in out
     assert main(["reproduce", "--summarize", str(tmp_path / "empty")]) == 2
+    # a benchmark's summary.json in the same folder is skipped, not a crash
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "summary.json").write_text(json.dumps({"grid": [1, 2]}))
+    assert main(["reproduce", "--summarize", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "skipped" in captured.err and "**1 experiment(s): 1/2 paper claims hold**" in captured.out
 
 
 def test_claims_markdown_counts_old_summaries_as_paper_claims():

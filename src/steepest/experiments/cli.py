@@ -69,14 +69,20 @@ def summarize(folder: str) -> int:
         return 2
     totals = dict.fromkeys(("holds", "total", "sanity_holds", "sanity_total",
                             "diagnostic_total"), 0)
+    shown = 0
     for path in paths:
         summary = json.loads(path.read_text())
+        if not isinstance(summary, dict) or "claims" not in summary:
+            # another tool's summary.json (e.g. a benchmark's) sharing the folder
+            print(f"skipped {path}: not a `steepest reproduce` summary", file=sys.stderr)
+            continue
+        shown += 1
         print(claims_markdown(summary, link=str(path.parent)))
         print()
         for k, v in kind_counts(summary["claims"]).items():
             if k in totals:
                 totals[k] += v
-    print(f"**{len(paths)} experiment(s): {totals['holds']}/{totals['total']} paper claims hold**"
+    print(f"**{shown} experiment(s): {totals['holds']}/{totals['total']} paper claims hold**"
           f" (sanity checks apart: {totals['sanity_holds']}/{totals['sanity_total']} pass; "
           f"{totals['diagnostic_total']} diagnostic(s))")
     return 0
