@@ -218,6 +218,7 @@ class Recommendation:
         else:
             out.append(f"  for comparison, norm-scaled sign descent: ScaledSignSGD lr in "
                        f"[{self.lr_scaled_sign:.3g}, {self.lr_scaled_sign_max:.3g}] (1/L_inf)")
+        out.append("  measured defaults and the 'if you use AdamW at lr a' rule: docs/defaults.md")
         return out
 
 
