@@ -34,8 +34,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from steepest._backend import _ops
-from steepest.norms import L1, MODES, BlockNorm, Linf, Lp, Norm, _fresh
+from steepest._backend import _ops, is_dtensor
+from steepest.norms import L1, MODES, BlockNorm, Factored, Linf, Lp, Norm, _fresh
 from steepest.optim.base import (
     StepOptimizer,
     apply_weight_decay,
@@ -83,9 +83,17 @@ def apply_direction(
         apply_weight_decay(ops, params, lr, group.get("weight_decay", 0.0))
         ops.axpy_(params, c, -lr)
         return
-    lr = group["lr"] if lr is None else lr
     per_tensor = group.get("scope", "global") == "per_tensor"
     wd = group.get("weight_decay", 0.0)
+    if type(norm) is L1 and not any(is_dtensor(x) for x in c) and all(p.is_contiguous() for p in params):
+        # Coordinate descent moves one coordinate (per scope): update it alone instead of
+        # adding a whole all-zero direction (3 passes over every parameter saved).
+        dual, coords = norm._coordinates(c, ops, per_tensor)
+        coefs = Factored([], dual, dual).coefficients(mode, beta) if coords else dual
+        apply_weight_decay(ops, params, lr, wd)
+        for i, j, sign in coords:
+            params[i].view(-1)[j] -= lr * coefs[i] * sign
+        return
     plan = None if foreach else norm._plan(c, ops, mode, beta, per_tensor)
     if plan is not None:
         # Loop path of an elementwise direction: one tensor at a time, so that each temporary is
@@ -297,8 +305,10 @@ class SignSGD(SteepestDescent):
 
 class ScaledSignSGD(SteepestDescent):
     """Norm-scaled sign descent, x -= lr ||g||_1 sign(g): steepest descent w.r.t. l_inf
-    (seed 000 Eq. 11; seed 004 Alg. 1-2). ``scope`` picks the l1 norm over the group or per
-    tensor.
+    (seed 000 Eq. 11; seed 004 Alg. 1-2). ``scope`` picks the l1 norm over each param group
+    (``"group"``), over all groups (``"all_groups"``: splitting parameters into groups, e.g. no
+    weight decay on biases, leaves the update unchanged) or per tensor; see
+    :class:`SteepestDescent`.
 
     Default ``lr=3e-5``. The step scales with ||g||_1, so with the number d of parameters in the
     scope, and the best lr moves with the model: 3e-5..1e-2 in docs/defaults.md, with lr * d
