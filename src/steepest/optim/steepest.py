@@ -34,8 +34,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from steepest._backend import _ops, is_dtensor
-from steepest.norms import L1, MODES, BlockNorm, Factored, Linf, Lp, Norm, _fresh
+from steepest._backend import _ops
+from steepest.norms import L1, MODES, BlockNorm, Linf, Lp, Norm, _fresh
 from steepest.optim.base import (
     StepOptimizer,
     apply_weight_decay,
@@ -83,17 +83,9 @@ def apply_direction(
         apply_weight_decay(ops, params, lr, group.get("weight_decay", 0.0))
         ops.axpy_(params, c, -lr)
         return
+    lr = group["lr"] if lr is None else lr
     per_tensor = group.get("scope", "global") == "per_tensor"
     wd = group.get("weight_decay", 0.0)
-    if type(norm) is L1 and not any(is_dtensor(x) for x in c) and all(p.is_contiguous() for p in params):
-        # Coordinate descent moves one coordinate (per scope): update it alone instead of
-        # adding a whole all-zero direction (3 passes over every parameter saved).
-        dual, coords = norm._coordinates(c, ops, per_tensor)
-        coefs = Factored([], dual, dual).coefficients(mode, beta) if coords else dual
-        apply_weight_decay(ops, params, lr, wd)
-        for i, j, sign in coords:
-            params[i].view(-1)[j] -= lr * coefs[i] * sign
-        return
     plan = None if foreach else norm._plan(c, ops, mode, beta, per_tensor)
     if plan is not None:
         # Loop path of an elementwise direction: one tensor at a time, so that each temporary is
