@@ -74,6 +74,7 @@ MIN_BATCH, MAX_BATCH, SMOOTHING = 16, 2048, 0.95  # the authors' CABSOptimizer d
 BELOW_FRACTION = 0.9  # "continuously lying below all others": at >= 90% of the evaluations ...
 SKIP_FRACTION = 0.1  # ... after the first 10% of the budget (ours)
 SPREAD_RATIO = 0.75  # "cluster much more closely": CABS's spread <= 0.75x the others' (ours)
+QUICK_EVALS = 5
 
 
 @dataclass(frozen=True)
@@ -90,10 +91,10 @@ class Setup:
 
 SETUPS = {
     "digits": Setup("digits-2c2d-small", "MNIST, the least complex problem", False, 0,
-                    24_000, 6_000, 12),
+                    12_000, 3_000, 10),
     "mnist1d": Setup("mnist1d-2c2d-small", "the harder problems (SVHN, CIFAR-10/100)", True, 1,
-                     48_000, 12_000, 12),
-    "cifar10": Setup("cifar10-3c3d-small", "CIFAR-10", True, 2, 250_000, 20_000, 12,
+                     24_000, 4_000, 10),
+    "cifar10": Setup("cifar10-3c3d-small", "CIFAR-10", True, 2, 250_000, 20_000, 10,
                      data_dir="cifar10"),
 }
 
@@ -326,7 +327,7 @@ def _run(ctx: Context) -> Result:
             settings["skipped"][name] = str(exc)
             continue
         budget = budget_opt or (setup.quick_budget if ctx.quick else setup.budget)
-        evals = evals_opt or setup.evals
+        evals = evals_opt or (QUICK_EVALS if ctx.quick else setup.evals)
         args = (budget, evals, min_batch, max_batch, smoothing)
         sweep: dict[tuple[str, Any], dict[float, Run]] = {}
         jobs = [(c, lr) for c in configs for lr in lrs]
@@ -489,7 +490,9 @@ def problem_claims(name: str, res: dict[str, Any], lrs: list[float], family: lis
             + "; CABS / other: " + ", ".join(f"{lb} {ratios[lb]:.2f}" for lb in rivals)
             + "; readings (vs each constant batch size): " + ", ".join(
                 f"{lb} {'holds' if ok_each[lb] else 'fails'}" for lb in rivals
-                if lb.startswith("batch")),
+                if lb.startswith("batch"))
+            + "; CABS's mean batch size per lr: " + ", ".join(
+                f"{lr:g}: {np.mean(sweep[('cabs', None)][lr].batches):.1f}" for lr in fam),
             bool(rivals) and all(ok_each.values()),
             criterion=f"ours, fixed before the run: CABS's spread <= {SPREAD_RATIO:g}x the "
             "competitor's (its chosen theta) and <= that of every constant batch size (the "
