@@ -127,3 +127,15 @@ def test_options_are_checked(tmp_path, capsys):
         with pytest.raises(ValueError, match=match):
             run_experiment("cabs", quick=True, out_dir=tmp_path, progress=False, echo=False,
                            options={"problems": ["digits"], **opts})
+
+
+def test_cifar10_runs_from_data_dir(tmp_path):
+    from tests.experiments.test_data import make_cifar
+
+    make_cifar(tmp_path / "data" / "cifar-10-batches-py", per_batch=8)
+    s = run_experiment(
+        "cabs", quick=True, out_dir=tmp_path / "out", progress=False, echo=False,
+        options={"data_dir": str(tmp_path / "data"), "problems": ["cifar10"], "budget": 64,
+                 "lrs": [0.1, 0.03], "thetas": [1.0], "batches": [16], "evals": 1})
+    assert s["settings"]["problems"]["cifar10"]["train_examples"] == 40
+    assert any(c["id"] == "cifar10/cabs-lowest-training-loss" for c in s["claims"])

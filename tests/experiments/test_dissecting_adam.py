@@ -220,3 +220,17 @@ def test_missing_cifar_is_skipped_with_a_message(tmp_path, capsys):
     with pytest.raises(ValueError, match="methods"):
         run_experiment("dissecting-adam", quick=True, out_dir=tmp_path, progress=False,
                        echo=False, options={"problems": ["digits"], "methods": ["Lion"]})
+
+
+def test_cifar10_runs_from_data_dir(tmp_path):
+    from tests.experiments.test_data import make_cifar
+
+    make_cifar(tmp_path / "data" / "cifar-10-batches-py", per_batch=8)
+    s = run_experiment(
+        "dissecting-adam", quick=True, out_dir=tmp_path / "out", progress=False, echo=False,
+        options={"data_dir": str(tmp_path / "data"), "problems": ["cifar10"], "steps": 2,
+                 "evals": 1, "methods": ["M-SGD", "M-SVAG-mb", "SVAG", "M-SVAG"]})
+    info = s["settings"]["problems"]["cifar10"]
+    assert info["train_examples"] == 40 and info["l2"] == 0.002
+    kinds = {c["id"]: c["kind"] for c in s["claims"]}
+    assert kinds["cifar10/svag-vs-m-svag"] == "paper"  # stated for P2 in App. B.3.3
