@@ -216,9 +216,10 @@ class StepOptimizer(Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._check_origin(state_dict)
+        if isinstance(state_dict, dict) and STATE_TAG not in state_dict:
+            self._check_state_keys(state_dict)  # untagged: check the layout before loading anything
         state_dict = {k: v for k, v in state_dict.items() if k != STATE_TAG}
         super().load_state_dict(state_dict)
-        self._check_state_keys()
         # Older torch.optim checkpoints store ``step`` as a Python number; torch's own
         # optimizers convert it on load, and so do we (a float32 0-d tensor on the CPU).
         for state in self.state.values():
@@ -255,18 +256,23 @@ class StepOptimizer(Optimizer):
                         f"{sorted(ours - {'params', 'param_names'})}"
                     )
 
-    def _check_state_keys(self) -> None:
-        """After loading: every per-parameter state entry must be one this optimizer creates."""
+    def _check_state_keys(self, state_dict: dict[str, Any]) -> None:
+        """Every per-parameter state entry of an untagged state dict must be one this optimizer
+        creates with the saved group's options (e.g. no ``exp_avg_sq`` in SignSGD's state)."""
         me = type(self).__name__
-        for group in self.param_groups:
+        saved_state = state_dict.get("state", {})
+        for g in state_dict.get("param_groups", []):
             expected: set[str] | None = None
-            for p in group["params"]:
-                st = self.state.get(p)
-                if not st:
+            for idx in g.get("params", []):
+                st = saved_state.get(idx)
+                if not isinstance(st, dict) or not st:
                     continue
                 if expected is None:
                     probe: dict[str, Any] = {}
-                    self._init_state(group, torch.zeros(1, dtype=p.dtype), probe)
+                    try:  # the state layout depends on the options only, not on the shape
+                        self._init_state({**self.defaults, **g}, torch.zeros(1), probe)
+                    except Exception:  # pragma: no cover - an option the probe cannot use
+                        break
                     expected = set(probe)
                 extra = sorted(set(st) - expected)
                 if extra:
