@@ -139,9 +139,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1)
     ap.add_argument("--scale", type=float, default=1.0,
                     help="multiply the parameter counts (e.g. 0.2 on a loaded machine)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="intra-op threads (0: torch's default); 1 is steadier on a loaded machine, "
+                         "where spinning OpenMP threads make transcendental ops 10-100x slower")
     ap.add_argument("--only", default="", help="comma-separated optimizer names (default: all)")
     ap.add_argument("--json", default="")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     names = [n for n in CONFIGS if not args.only or n in args.only.split(",") or n.startswith("SGD")]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {load:.1f} "
