@@ -52,6 +52,11 @@ class _AdamDecomposed(StepOptimizer):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       maximize=maximize, foreach=foreach, nonfinite=nonfinite))
 
+    def _streams(self, group: dict[str, Any]) -> bool:
+        # Elementwise per tensor (AdamShuffled draws its permutations in parameter order either
+        # way): the loop path streams tensor by tensor (StepOptimizer._streams).
+        return True
+
     def _validate_group(self, group: dict[str, Any]) -> None:
         super()._validate_group(group)
         check_betas(group["betas"])

@@ -282,6 +282,11 @@ class StepOptimizer(Optimizer):
                     )
 
     # ---- hooks for subclasses ---------------------------------------------------------------
+    def _streams(self, group: dict[str, Any]) -> bool:
+        """Whether ``_update`` on one tensor at a time equals ``_update`` on the whole group (no
+        reduction or state couples the tensors): then the loop path streams tensor by tensor."""
+        return False
+
     def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
         """Create the state of parameter ``p`` (called once, before its first step)."""
 
@@ -406,7 +411,14 @@ class StepOptimizer(Optimizer):
             if group.get("scope") == "all_groups":  # stepped below, with the other such groups
                 joint.append((group, params, grads, states, writeback))
                 continue
-            self._update(group, params, grads, states, self._use_foreach(group, params))
+            foreach = self._use_foreach(group, params)
+            if not foreach and self._streams(group):
+                # Elementwise updates on the loop path, one tensor at a time: each tensor's
+                # temporaries are freed before the next tensor's are made (peak memory).
+                for one in zip(params, grads, states):
+                    self._update(group, [one[0]], [one[1]], [one[2]], False)
+            else:
+                self._update(group, params, grads, states, foreach)
             _write_back_all(writeback)
         if joint:
             groups, params_j, grads_j, states_j, writebacks = (list(t) for t in zip(*joint))

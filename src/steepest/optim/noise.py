@@ -173,6 +173,9 @@ class MSGD(_BetaIsMomentum):
                         foreach=foreach, nonfinite=nonfinite)
         super().__init__(params, defaults)
 
+    def _streams(self, group: dict[str, Any]) -> bool:
+        return True  # elementwise: the loop path streams tensor by tensor (StepOptimizer._streams)
+
     def _validate_group(self, group: dict[str, Any]) -> None:
         super()._validate_group(group)
         _check_beta(group)
@@ -197,6 +200,9 @@ class MSGD(_BetaIsMomentum):
 # ------------------------------------------------------------------ SVAG, M-SVAG, Adam*
 class _VarianceAdapted(_BetaIsMomentum):
     """Shared state and moment estimates of SVAG, M-SVAG and Adam* (see the module docstring)."""
+
+    def _streams(self, group: dict[str, Any]) -> bool:
+        return True  # elementwise: the loop path streams tensor by tensor (StepOptimizer._streams)
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         super()._validate_group(group)
@@ -433,6 +439,9 @@ class MSVAG(_VarianceAdapted):
         super().__init__(params, dict(lr=lr, beta=beta, variance=variance,
                                       weight_decay=weight_decay, maximize=maximize,
                                       foreach=foreach, nonfinite=nonfinite))
+
+    def _streams(self, group: dict[str, Any]) -> bool:
+        return group["variance"] != "minibatch"  # that mode consumes per-group pending stats
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         super()._validate_group(group)

@@ -191,6 +191,9 @@ class Stacey(StepOptimizer):
         )
         super().__init__(params, defaults)
 
+    def _streams(self, group: dict[str, Any]) -> bool:
+        return True  # elementwise: the loop path streams tensor by tensor (StepOptimizer._streams)
+
     def _validate_group(self, group: dict[str, Any]) -> None:
         super()._validate_group(group)
         check_choice("variant", group["variant"], VARIANTS)
