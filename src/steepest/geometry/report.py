@@ -92,7 +92,7 @@ class GeometryReport:
         if hi < 1:
             return f"gradient descent (R <= {hi:.3g} < 1): sign descent's guarantee is worse here"
         return (f"undecided: R lies in [{lo:.3g}, {hi:.3g}], which contains 1; "
-                "a tighter L_inf bracket would settle it")
+                "a tighter L_inf bracket (--tighten K; --mode dense) could settle it")
 
     def recommend(self) -> Recommendation:
         """The advice the report ends in: a norm / optimizer family, a starting learning rate
