@@ -55,6 +55,11 @@ CONFIGS: dict[str, tuple[Callable[..., torch.optim.Optimizer], int]] = {
 # Where the time over target goes, for configurations that miss it (issue 12: "the benchmark
 # says why").
 WHY = {
+    "AdamW (torch)": "torch's own AdamW, for reference: sqrt and division temporaries",
+    "SignSGD": "sign(g) is a temporary (written, then read by add_): 2 passes beyond SGD's bytes",
+    "Signum": "sign(m) is a temporary: 2 passes beyond SGD-momentum's bytes",
+    "Lion": "c = b1 m + (1-b1) g is a temporary (its sign is taken in place): 2 extra passes",
+    "MSGD": "the bias-corrected step is one more scalar pass on the foreach path",
     "ScaledSignSGD": "two passes: the global l1 norm must be known before any sign is applied",
     "LpDescent(p=3)": "sign(g)|g|^(1/2): pow is a transcendental (~10x a copy per element)",
     "CoordinateDescent": "a global argmax pass (max|g| per tensor, then the winner's index)",

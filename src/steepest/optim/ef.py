@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from steepest._backend import _ops
+from steepest._backend import _ops, is_dtensor
 from steepest.norms import Linf, _safe_div
 from steepest.optim.base import StepOptimizer, apply_weight_decay
 
@@ -68,9 +68,13 @@ class EFSignSGD(StepOptimizer):
         f = Linf()._factor(errs, ops, per_tensor)
         sizes = [float(e.numel()) for e in errs]
         ds = sizes if per_tensor else [sum(sizes)] * len(errs)
-        # ||p||_1 / d with Python-number divisors (0 for an empty scope): no tensor is built on
-        # the host, so a sharded (DTensor) dual stays a DTensor.
-        delta = ops.mul_(f.unit, [dual / d if d else dual * 0.0 for dual, d in zip(f.dual.unbind(0), ds)])
+        if is_dtensor(f.dual):
+            # ||p||_1 / d with Python-number divisors (0 for an empty scope): a sharded (DTensor)
+            # dual cannot be divided by a plain host tensor.
+            coefs = [dual / d if d else dual * 0.0 for dual, d in zip(f.dual.unbind(0), ds)]
+        else:  # one vectorized division (1,000 scalar divisions cost ~3 ms a step)
+            coefs = list(_safe_div(f.dual, torch.tensor(ds, dtype=f.dual.dtype, device=f.dual.device)).unbind(0))
+        delta = ops.mul_(f.unit, coefs)
         apply_weight_decay(ops, params, lr, wd)
         ops.axpy_(params, delta, -1.0)
         ops.axpy_(errs, delta, -1.0)  # e <- p - delta
