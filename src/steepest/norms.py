@@ -378,6 +378,9 @@ class L1(Norm):
         units = [torch.zeros_like(x) for x in xs]
         if maxes.numel() == 0:
             return Factored(units, maxes, maxes)
+        if maxes.device.type == "meta":  # no values to pick a coordinate from (shape tracing)
+            dual = maxes if per_tensor else maxes.max().expand(len(xs))
+            return Factored(units, dual, dual)
         winners = range(len(xs)) if per_tensor else [int(torch.argmax(maxes))]
         for i in winners:
             x = xs[i]
@@ -401,6 +404,8 @@ class L1(Norm):
         maxes = ops.norms(xs, math.inf)
         if maxes.numel() == 0:
             return maxes, []
+        if maxes.device.type == "meta":  # no values to pick a coordinate from (shape tracing)
+            return (maxes if per_tensor else maxes.max().expand(len(xs))), []
         winners = range(len(xs)) if per_tensor else [int(torch.argmax(maxes))]
         coords: list[tuple[int, int, Tensor | None]] = []
         for i in winners:

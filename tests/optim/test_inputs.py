@@ -92,3 +92,19 @@ def test_tensor_lr(info):
         torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="lr must be a scalar"):
         info.make(_params(), lr=torch.ones(2))
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["loop", "foreach"])
+@pytest.mark.parametrize("info", INFOS, ids=ids)
+def test_meta_device_steps_without_host_reads(info, foreach):
+    """Parameters on the meta device (shape-only tracing, deferred initialization): a step must
+    not read values (``.item()`` raises there); the default non-finite policy checks nothing."""
+    ps = [torch.empty(4, 3, device="meta", requires_grad=True), torch.empty(5, device="meta", requires_grad=True)]
+    opt = info.make(ps, foreach=foreach)
+    for _ in range(2):
+        for p in ps:
+            p.grad = torch.empty_like(p)
+        if info.prepare:
+            info.prepare(ps)
+        opt.step()
+    assert all(p.device.type == "meta" and p.shape == s for p, s in zip(ps, [(4, 3), (5,)]))
