@@ -295,6 +295,12 @@ class Lp(Norm):
         if self.eps == 0.0:
             # sign(z)|z|^(1/(p-1)); sign(0) = 0 keeps zeros at zero.
             mags = ops.pow_(ops.abs(xs), 1.0 / (p - 1.0))
+            if not ops.foreach:
+                # copysign in place: no sign(z) temporary (peak memory). The same numbers: the
+                # product with sign(z) = +-1 is exact, and |0|^a = 0 (a -0.0 compares equal).
+                for m, x in zip(mags, xs):
+                    m.copysign_(x)
+                return mags
             return ops.mul_(mags, ops.sign(xs))
         e = (p - 2.0) / (p - 1.0)
         if self.eps_mode == "paper":

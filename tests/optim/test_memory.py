@@ -122,10 +122,15 @@ _HEAVY = ("Muon", "Modular", "SteepestDescent-spectral", "SVAG", "MSVAG", "AdamS
 _LOOP_ONLY = ("BlockNormalizedSGD-rows-scaled", "EFSignSGD")
 
 
+_LP_LOOP_OVER = ("LpDescent-p4-eps-paper", "LpDescent-p8-eps-code", "SteepestDescent-lp5")
+
+
 def _known_over(name: str, foreach: bool) -> bool:
     if name == "LpDescent-pinf":
         return False
-    if name.startswith(_ELEMENTWISE_LP + _HEAVY):
+    if name.startswith(_ELEMENTWISE_LP):  # the loop path's l_p map (eps = 0) is in place
+        return foreach or name.startswith(_LP_LOOP_OVER)
+    if name.startswith(_HEAVY):
         return True
     return not foreach and name.startswith(_LOOP_ONLY)
 
