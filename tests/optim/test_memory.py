@@ -110,40 +110,74 @@ def _small_stream_chunk(monkeypatch):
     monkeypatch.setattr(base, "_STREAM_CHUNK", 1024)
 
 
-# Configurations measured over budget on 2026-11-30 (issue 12, not yet restructured; peaks as
-# multiples of the budget's tensor bytes are in the closing note). Everything else must stay
-# within budget; these are expected failures (not strict: another engineer's fix must not turn
-# them into errors) so that the table documents what is left.
-_ELEMENTWISE_LP = ("LpDescent-p", "SteepestDescent-lp")
-# Operator norms (issue 13: Muon, Modular, SteepestDescent-spectral) need a few matrix-sized
-# temporaries by nature: the polar factor (Newton-Schulz keeps X, X X^T and the update; SVD U, V).
-_HEAVY = ("Muon", "Modular", "SteepestDescent-spectral", "SVAG", "MSVAG", "AdamStar", "AdamShuffled",
-          "AdamAveraged", "Stacey")
-_LOOP_ONLY = ("BlockNormalizedSGD-rows-scaled", "EFSignSGD")
-
-
-_LP_LOOP_OVER = ("LpDescent-p4-eps-paper", "LpDescent-p8-eps-code", "SteepestDescent-lp5")
-
-
-def _known_over(name: str, foreach: bool) -> bool:
-    if name == "LpDescent-pinf":
-        return False
-    if name.startswith(_ELEMENTWISE_LP):  # the loop path's l_p map (eps = 0) is in place
-        return foreach or name.startswith(_LP_LOOP_OVER)
-    if name.startswith(_HEAVY):
-        return True
-    return not foreach and name.startswith(_LOOP_ONLY)
+# Configurations still over the issue-12 target (one tensor's bytes), with the multiple of the
+# budget's tensor bytes measured on 2026-11-30 (loop, foreach), rounded up to a quarter. These are
+# allowances, not the target: they keep the test able to fail (a regression past the measured
+# peak fails) while the table shows what is left. Allocation sizes do not depend on the CPU.
+# Operator norms (Muon, Modular, SteepestDescent-spectral) need a few matrix-sized temporaries by
+# nature: the polar factor (Newton-Schulz keeps X, X X^T and the update; SVD U, V). The rest are
+# elementwise methods whose temporaries are not yet fused (SVAG/MSVAG/AdamStar: the variance
+# factor; STACEY(p,p)/(2,p): the mirror map; the Adam ablations: the rearranged magnitudes).
+_OVER_TARGET: dict[str, tuple[float, float]] = {
+    "LpDescent-p3": (1.0, 2.0),
+    "LpDescent-p4-eps-paper": (2.0, 2.0),
+    "LpDescent-p8-eps-code": (2.0, 2.0),
+    "LpDescent-p3-scaled": (1.0, 2.0),
+    "LpDescent-p3-scaled-per_tensor": (1.0, 2.0),
+    "BlockNormalizedSGD-rows-scaled": (2.25, 1.0),
+    "EFSignSGD": (2.25, 1.0),
+    "EFSignSGD-per_tensor": (2.25, 1.0),
+    "SteepestDescent-lp3-soft": (1.0, 2.0),
+    "SteepestDescent-lp5-normalized-per_tensor": (2.0, 3.0),
+    "Muon": (5.0, 2.5),
+    "Muon-wd-match_rms_adamw": (5.0, 2.5),
+    "Muon-svd-no-nesterov": (4.25, 2.0),
+    "Muon-no-momentum": (4.0, 2.0),
+    "Modular-scion-constrained": (4.0, 2.0),
+    "Modular-colnorm-global-scaled": (2.5, 1.0),
+    "Modular-rownorm-soft": (5.0, 2.5),
+    "SteepestDescent-spectral-normalized": (4.25, 2.0),
+    "SteepestDescent-spectral-ns-scaled-momentum": (4.0, 2.0),
+    "Modular-sign-shape-wd": (3.0, 1.5),
+    "SVAG": (2.0, 2.0),
+    "SVAG-beta0.5-wd": (2.0, 2.0),
+    "MSVAG": (2.0, 2.0),
+    "MSVAG-beta0": (2.0, 2.0),
+    "MSVAG-wd": (2.0, 2.0),
+    "MSVAG-minibatch": (4.5, 2.0),
+    "MSVAG-minibatch-beta0": (4.5, 2.0),
+    "AdamStar": (2.0, 2.0),
+    "AdamStar-beta0.5-wd": (2.0, 2.0),
+    "AdamShuffled": (6.0, 5.5),
+    "AdamShuffled-eps0-wd": (6.0, 5.5),
+    "AdamAveraged": (3.0, 3.0),
+    "AdamAveraged-eps0-betas": (3.0, 3.0),
+    "Stacey-p2-p3": (3.0, 3.0),
+    "Stacey-p2-p8-paper-eps-wd": (3.0, 3.0),
+    "Stacey-p2-pinf": (2.0, 2.0),
+    "Stacey-p2-p2-tau0": (2.0, 2.0),
+    "Stacey-pp-p3": (7.0, 6.0),
+    "Stacey-pp-p8": (7.0, 6.0),
+    "Stacey-pp-p4-wd-tau1": (7.0, 6.0),
+    "Stacey-2p-p3": (7.0, 6.0),
+    "Stacey-2p-p6-nomomentum": (6.0, 5.0),
+    "Stacey-p2-p3-explicit-alpha": (3.0, 3.0),
+    "Stacey-pp-p4-explicit-alpha": (7.0, 6.0),
+}
 
 
 @pytest.mark.parametrize("foreach", [False, True], ids=["loop", "foreach"])
 @pytest.mark.parametrize("info", INFOS, ids=ids)
-def test_peak_intermediate_memory(info, foreach, request):
-    if _known_over(info.name, foreach):
-        request.applymarker(pytest.mark.xfail(reason="issue 12: temporaries not yet fused", strict=False))
+def test_peak_intermediate_memory(info, foreach):
     peak, params = _peak(info, foreach, SHAPES)
     sizes = [p.numel() * p.element_size() for p in params]
-    budget = (sum(sizes) if foreach else max(sizes)) + 64 * len(params) + 4096
-    assert peak <= budget, f"peak {peak} B > budget {budget} B (params {sizes})"
+    unit = sum(sizes) if foreach else max(sizes)
+    allowance = _OVER_TARGET.get(info.name, (1.0, 1.0))[int(foreach)]
+    budget = int(allowance * unit) + 64 * len(params) + 4096
+    assert peak <= budget, (
+        f"peak {peak} B = {peak / unit:.2f} x the tensor bytes > budget {budget} B "
+        f"({allowance} x; params {sizes})"
+    )
 
 
 def test_the_meter_sees_temporaries():
