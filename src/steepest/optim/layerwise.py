@@ -254,7 +254,9 @@ class Modular(StepOptimizer):
             p.mul_(1.0 - lr)
         if wd:
             p.mul_(1.0 - lr * wd)
-        p.add_(d, alpha=-step_lr)
+        # Through the backend op: under torch.compile a scheduled lr given as ``alpha=`` would be
+        # frozen by inductor (see steepest._backend._compiling).
+        _ops(False).axpy_([p], [d], -step_lr)
 
 
 # ------------------------------------------------------------------ building groups from a model
