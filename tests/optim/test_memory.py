@@ -116,8 +116,7 @@ def _small_stream_chunk(monkeypatch):
 # peak fails) while the table shows what is left. Allocation sizes do not depend on the CPU.
 # Operator norms (Muon, Modular, SteepestDescent-spectral) need a few matrix-sized temporaries by
 # nature: the polar factor (Newton-Schulz keeps X, X X^T and the update; SVD U, V). The rest are
-# elementwise methods whose temporaries are not yet fused (SVAG/MSVAG/AdamStar: the variance
-# factor; STACEY(p,p)/(2,p): the mirror map; the Adam ablations: the rearranged magnitudes).
+# elementwise methods whose temporaries are not yet fused (STACEY(p,p)/(2,p): the mirror map; the Adam ablations: the rearranged magnitudes).
 _OVER_TARGET: dict[str, tuple[float, float]] = {
     "LpDescent-p3": (1.0, 2.0),
     "LpDescent-p4-eps-paper": (2.0, 2.0),
@@ -139,15 +138,6 @@ _OVER_TARGET: dict[str, tuple[float, float]] = {
     "SteepestDescent-spectral-normalized": (4.25, 2.0),
     "SteepestDescent-spectral-ns-scaled-momentum": (4.0, 2.0),
     "Modular-sign-shape-wd": (3.0, 1.5),
-    "SVAG": (2.0, 2.0),
-    "SVAG-beta0.5-wd": (2.0, 2.0),
-    "MSVAG": (2.0, 2.0),
-    "MSVAG-beta0": (2.0, 2.0),
-    "MSVAG-wd": (2.0, 2.0),
-    "MSVAG-minibatch": (4.5, 2.0),
-    "MSVAG-minibatch-beta0": (4.5, 2.0),
-    "AdamStar": (2.0, 2.0),
-    "AdamStar-beta0.5-wd": (2.0, 2.0),
     "AdamShuffled": (6.0, 5.5),
     "AdamShuffled-eps0-wd": (6.0, 5.5),
     "AdamAveraged": (3.0, 3.0),

@@ -33,8 +33,10 @@ step has ``t = 0``, bias corrections ``1 - beta^1`` and ``rho(beta, 0) = 1``.
   ``beta = 0`` makes ``1 - rho = 0`` at every step (no averaging, no variance information): the
   same rule gives SGD (SVAG, M-SVAG) and signSGD (Adam*).
 * No ``eps``. Where ``m = v = 0`` the factor ``m^2/(m^2 + rho s)`` is 0/0; it is defined as 0 there,
-  so that coordinate does not move. (In floating point: the denominator is clamped below at the
-  dtype's smallest normal number, which changes nothing else.)
+  so that coordinate does not move. (In floating point: SVAG and M-SVAG compute the factor as
+  ``1/(1 + rho s/m^2)`` with ``rho s`` floored at the dtype's smallest normal number, Adam* floors
+  ``m^2 + rho s`` there; this changes nothing else, and in each the one parameter-sized
+  temporary of the step holds the factor, computed in place.)
 * ``v >= m^2`` holds exactly (Jensen: both are the same convex combination); rounding can make
   ``v - m^2`` slightly negative, so ``s`` is clamped at 0.
 
@@ -220,14 +222,15 @@ class _VarianceAdapted(_BetaIsMomentum):
         states: list[dict[str, Any]],
         ops: type[_Ops],
         weight: bool,
-    ) -> tuple[list[float], list[Tensor], list[Tensor], list[Tensor]]:
-        """Update m~, v~; return ``a = 1/(1 - beta^(t+1))``, ``m~``, ``m~^2`` and ``den'`` with
-        ``m^2 + w s = a^2 den'`` (``w = rho(beta, t)`` if ``weight`` else 1).
+    ) -> tuple[list[float], list[Tensor], list[Tensor]]:
+        """Update m~, v~; return ``a = 1/(1 - beta^(t+1))``, ``m~`` and ``e = w s / a^2`` with
+        ``m^2 + w s = a^2 (m~^2 + e)`` (``w = rho(beta, t)`` if ``weight`` else 1).
 
-        The bias corrections are folded into scalars (gamma = m^2/(m^2 + w s) = m~^2/den'):
-        ``v - m^2 = a (v~ - a m~^2)``, so ``den' = m~^2 + w a c (v~ - a m~^2)/a^2`` with
-        ``c = 1/(1 - rho(beta, t))`` (0 at t = 0: ``s_0 = 0``). ``den' >= m~^2`` (``s >= 0``) and
-        ``den' >= tiny`` (0/0 := 0) are enforced.
+        The bias corrections are folded into scalars (gamma = m^2/(m^2 + w s) = m~^2/(m~^2 + e)):
+        ``v - m^2 = a (v~ - a m~^2)``, so ``e = w a c (v~ - a m~^2)/a^2`` with
+        ``c = 1/(1 - rho(beta, t))`` (0 at t = 0: ``s_0 = 0``). ``e >= 0`` (``s >= 0``) is enforced.
+        ``e`` is the step's one parameter-sized temporary: the callers turn it into their factor
+        in place (:func:`_gamma_`; Adam*'s ``rsqrt``), without a second tensor for ``m~^2``.
         """
         ts = [k - 1.0 for k in ops.count([s["step"] for s in states])]
         m_t = [s["exp_avg"] for s in states]
@@ -236,21 +239,38 @@ class _VarianceAdapted(_BetaIsMomentum):
         ops.mul_scalar_(v_t, b)
         ops.addcmul_(v_t, grads, grads, 1.0 - b)
         a = [1.0 / (1.0 - b ** (t + 1.0)) for t in ts]
-        num = ops.mul(m_t, m_t)
-        den = ops.addcmul(v_t, m_t, m_t, [-ai for ai in a])  # v~ - a m~^2 = (v - m^2)/a
-        ops.mul_scalars_(den, [
+        # e <- m~^2, then in place v~ - a m~^2 = (v - m^2)/a, clamped at 0 (rounding can make it
+        # negative; the scale below is >= 0, so this is the old floor m~^2 + e >= m~^2), scaled.
+        e = ops.mul(m_t, m_t)
+        ops.mul_scalars_(e, [-ai for ai in a])
+        ops.axpy_(e, v_t, 1.0)
+        ops.clamp_min_(e, [0.0] * len(e))
+        ops.mul_scalars_(e, [
             (rho(b, t) if weight else 1.0) * _safe_reciprocal(_one_minus_rho(b, t)) / ai
             for t, ai in zip(ts, a)
         ])
-        ops.axpy_(den, num, 1.0)
-        return a, m_t, num, _floor(den, num, ops)
+        return a, m_t, e
 
 
-def _floor(den: list[Tensor], num: list[Tensor], ops: type[_Ops]) -> list[Tensor]:
-    """``den <- max(den, num, tiny)``: a variance is >= 0, and where m = v = 0 the factor
-    ``num/den`` is 0/0, defined as 0 (no update; Sec. 5.4.4)."""
-    ops.maximum_(den, num)
-    return ops.clamp_min_(den, _tiny(den))
+def _gamma_(e: list[Tensor], m_t: list[Tensor], ops: type[_Ops]) -> list[Tensor]:
+    """``e <- gamma = m~^2/(m~^2 + e) = 1/(1 + e/m~/m~)`` in place (no temporary for ``m~^2``).
+
+    ``e`` is floored at the dtype's smallest normal number first: where ``m~ = 0`` the quotient
+    is then ``+inf`` and gamma 0, also where ``m = v = 0`` (0/0, defined as 0: no update;
+    Sec. 5.4.4); where ``s = 0`` (the first step, ``beta = 0``) gamma is exactly 1 for any
+    ``m~^2`` above ``tiny/eps``. All terms are >= 0: no cancellation, a few ulp from the quotient."""
+    ops.clamp_min_(e, _tiny(e))
+    ops.add_(ops.div_(ops.div_(e, m_t), m_t), 1.0)
+    return _reciprocal_(e, ops)
+
+
+def _reciprocal_(xs: list[Tensor], ops: type[_Ops]) -> list[Tensor]:
+    if ops.foreach:
+        torch._foreach_reciprocal_(xs)
+    else:
+        for x in xs:
+            x.reciprocal_()
+    return xs
 
 
 def _safe_reciprocal(x: float) -> float:
@@ -302,8 +322,8 @@ class SVAG(_VarianceAdapted):
     def _update(self, group, params, grads, states, foreach) -> None:  # type: ignore[no-untyped-def]
         ops = _ops(foreach)
         lr, wd = group["lr"], group["weight_decay"]
-        _, _, num, den = self._denominators(group["momentum"], grads, states, ops, weight=False)
-        upd = ops.mul_(ops.div_(num, den), grads)  # gamma g, gamma = m^2/(m^2 + s)
+        _, m_t, e = self._denominators(group["momentum"], grads, states, ops, weight=False)
+        upd = ops.mul_(_gamma_(e, m_t, ops), grads)  # gamma g, gamma = m^2/(m^2 + s)
         apply_weight_decay(ops, params, lr, wd)
         ops.axpy_(params, upd, -lr)
 
@@ -350,8 +370,10 @@ class AdamStar(_VarianceAdapted):
     def _update(self, group, params, grads, states, foreach) -> None:  # type: ignore[no-untyped-def]
         ops = _ops(foreach)
         lr, b, wd = group["lr"], group["momentum"], group["weight_decay"]
-        _, m_t, _, den = self._denominators(b, grads, states, ops, weight=True)
-        # gamma sign(m) = m / sqrt(m^2 + rho s) = m~ / sqrt(den')  (the bias corrections cancel)
+        _, m_t, den = self._denominators(b, grads, states, ops, weight=True)
+        # gamma sign(m) = m / sqrt(m^2 + rho s) = m~ / sqrt(den'), den' = m~^2 + e floored at tiny
+        # (0/0 := 0) (the bias corrections cancel); m~^2 is added in place, recomputed.
+        ops.clamp_min_(ops.addcmul_(den, m_t, m_t, 1.0), _tiny(den))
         upd = ops.mul_(ops.rsqrt_(den), m_t)
         apply_weight_decay(ops, params, lr, wd)
         ops.axpy_(params, upd, -lr)
@@ -512,14 +534,26 @@ class MSVAG(_VarianceAdapted):
         if group["variance"] == "minibatch":
             gi = next(j for j, g in enumerate(self.param_groups) if g is group)
             pending = self._pending.pop(gi)
-            a, m_t, num, den = self._minibatch_denominators(b, grads, states, pending, ops)
             # Remember what was consumed, to warn if the next step is handed the same tensor.
             seen = self.__dict__.setdefault("_last_var", {})
             for var, _, p in pending:
                 seen[id(p)] = (weakref.ref(var), var._version)
-        else:
-            a, m_t, num, den = self._denominators(b, grads, states, ops, weight=True)
-        upd = ops.mul_(ops.div_(num, den), m_t)  # gamma m~; gamma m = a gamma m~
+            if foreach:
+                self._minibatch_step(group, params, grads, states, pending, ops)
+            else:  # one tensor at a time: its temporary is freed before the next is made
+                for i in range(len(params)):
+                    sl = slice(i, i + 1)
+                    self._minibatch_step(group, params[sl], grads[sl], states[sl], pending[sl], ops)
+            return
+        a, m_t, e = self._denominators(b, grads, states, ops, weight=True)
+        upd = ops.mul_(_gamma_(e, m_t, ops), m_t)  # gamma m~; gamma m = a gamma m~
+        apply_weight_decay(ops, params, lr, wd)
+        ops.axpy_scalars_(params, upd, [-lr * ai for ai in a])
+
+    def _minibatch_step(self, group, params, grads, states, pending, ops) -> None:  # type: ignore[no-untyped-def]
+        lr, b, wd = group["lr"], group["momentum"], group["weight_decay"]
+        a, m_t, e = self._minibatch_denominators(b, grads, states, pending, ops)
+        upd = ops.mul_(_gamma_(e, m_t, ops), m_t)  # gamma m~; gamma m = a gamma m~
         apply_weight_decay(ops, params, lr, wd)
         ops.axpy_scalars_(params, upd, [-lr * ai for ai in a])
 
@@ -530,9 +564,9 @@ class MSVAG(_VarianceAdapted):
         states: list[dict[str, Any]],
         pending: list[tuple[Tensor, int, Tensor]],
         ops: type[_Ops],
-    ) -> tuple[list[float], list[Tensor], list[Tensor], list[Tensor]]:
+    ) -> tuple[list[float], list[Tensor], list[Tensor]]:
         """Alg. 6: update m~ and r~ (r~ <- beta^2 r~ + (1-beta^2) grad_var/N); return
-        ``a = 1/(1 - beta^(t+1))``, ``m~``, ``m~^2`` and ``den' = m~^2 + rho r / a^2`` with
+        ``a = 1/(1 - beta^(t+1))``, ``m~`` and ``e = rho r / a^2`` (``den' = m~^2 + e``) with
         ``r = r~/(1 - beta^(2(t+1)))``, so that ``gamma = m^2/(m^2 + rho r) = m~^2/den'``."""
         ts = [k - 1.0 for k in ops.count([s["step"] for s in states])]
         # grad_var in the working dtype (float32 for half parameters; real views of complex).
@@ -543,13 +577,11 @@ class MSVAG(_VarianceAdapted):
         ops.mul_scalar_(r_t, b * b)
         ops.axpy_scalars_(r_t, var, [(1.0 - b * b) / n for _, n, _ in pending])
         a = [1.0 / (1.0 - b ** (t + 1.0)) for t in ts]
-        num = ops.mul(m_t, m_t)
         den = ops.mul_scalars(r_t, [
             rho(b, t) / (ai * ai * (1.0 - b ** (2.0 * (t + 1.0)))) for t, ai in zip(ts, a)
         ])
-        ops.axpy_(den, num, 1.0)
-        # Negative variance entries (rounding in the caller's estimator) count as 0 via den' >= m~^2.
-        return a, m_t, num, _floor(den, num, ops)
+        # Negative variance entries (rounding in the caller's estimator) count as 0: den' >= m~^2.
+        return a, m_t, ops.clamp_min_(den, [0.0] * len(den))
 
 
 _SKIP_DIRS = tuple(os.path.dirname(m.__file__) for m in (steepest, torch) if m.__file__)
