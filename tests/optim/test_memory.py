@@ -116,7 +116,10 @@ def _small_stream_chunk(monkeypatch):
 # peak fails) while the table shows what is left. Allocation sizes do not depend on the CPU.
 # Operator norms (Muon, Modular, SteepestDescent-spectral) need a few matrix-sized temporaries by
 # nature: the polar factor (Newton-Schulz keeps X, X X^T and the update; SVD U, V). The rest are
-# elementwise methods whose temporaries are not yet fused (STACEY(p,p)/(2,p): the mirror map; the Adam ablations: the rearranged magnitudes).
+# elementwise methods whose temporaries are not yet fused (STACEY(p,p)/(2,p): the mirror map; the
+# Adam ablations: the rearranged magnitudes). STACEY(p,2) with eps: the loop path builds the
+# smoothing denominator a stream chunk at a time (1,024 elements here: the 0.25 at these sizes,
+# 256 KiB at the default chunk whatever the tensor's size); the foreach path keeps it whole (2.0).
 _OVER_TARGET: dict[str, tuple[float, float]] = {
     "LpDescent-p3": (1.0, 2.0),
     "LpDescent-p4-eps-paper": (2.0, 2.0),
@@ -142,17 +145,15 @@ _OVER_TARGET: dict[str, tuple[float, float]] = {
     "AdamShuffled-eps0-wd": (6.0, 5.5),
     "AdamAveraged": (3.0, 3.0),
     "AdamAveraged-eps0-betas": (3.0, 3.0),
-    "Stacey-p2-p3": (3.0, 3.0),
-    "Stacey-p2-p8-paper-eps-wd": (3.0, 3.0),
-    "Stacey-p2-pinf": (2.0, 2.0),
-    "Stacey-p2-p2-tau0": (2.0, 2.0),
-    "Stacey-pp-p3": (7.0, 6.0),
-    "Stacey-pp-p8": (7.0, 6.0),
-    "Stacey-pp-p4-wd-tau1": (7.0, 6.0),
-    "Stacey-2p-p3": (7.0, 6.0),
-    "Stacey-2p-p6-nomomentum": (6.0, 5.0),
-    "Stacey-p2-p3-explicit-alpha": (3.0, 3.0),
-    "Stacey-pp-p4-explicit-alpha": (7.0, 6.0),
+    "Stacey-p2-p3": (1.25, 2.0),
+    "Stacey-p2-p8-paper-eps-wd": (1.25, 2.0),
+    "Stacey-pp-p3": (6.0, 5.0),
+    "Stacey-pp-p8": (6.0, 5.0),
+    "Stacey-pp-p4-wd-tau1": (6.0, 5.0),
+    "Stacey-2p-p3": (6.0, 5.0),
+    "Stacey-2p-p6-nomomentum": (5.0, 4.0),
+    "Stacey-p2-p3-explicit-alpha": (1.25, 2.0),
+    "Stacey-pp-p4-explicit-alpha": (6.0, 5.0),
 }
 
 

@@ -49,7 +49,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from steepest._backend import _ops
+import steepest.optim.base as _base
+from steepest._backend import _Ops, _ops
 from steepest.norms import Lp
 from steepest.optim.base import StepOptimizer, check_betas, check_choice, check_range
 from steepest.optim.steepest import momentum_direction_input
@@ -96,6 +97,49 @@ def _mirror_foreach_(zs: list[Tensor], c: list[Tensor], alpha: float, p: float) 
     torch._foreach_mul_(w, signs)
     torch._foreach_mul_(w, m)
     torch._foreach_copy_(zs, w)
+
+
+def _unit_into_(c: list[Tensor], lp: Lp, ops: type[_Ops]) -> list[Tensor]:
+    """``Lp(p, eps, eps_mode).unit(c)``, the same numbers, written into ``c`` (a fresh temporary
+    of the step) where the map allows: the sign (``p = inf``) and the identity (``p = 2``) in
+    place; the eps-smoothed forms divide ``c`` by their denominator in place, which the loop path
+    builds a row block at a time (at most ``_STREAM_CHUNK`` elements, the streaming granularity
+    of :class:`~steepest.optim.base.StepOptimizer`), so that the step's only parameter-sized
+    temporary is ``c``. Without eps, ``Lp.unit`` itself (a fresh result; ``c`` is then dropped)."""
+    p, eps = lp.p, lp.eps
+    if math.isinf(p):
+        if ops.foreach:
+            torch._foreach_sign_(c)
+        else:
+            for x in c:
+                x.sign_()
+        return c
+    if p == 2.0:
+        return c
+    if eps == 0.0:
+        return lp.unit(c, ops)
+    e = (p - 2.0) / (p - 1.0)
+    paper = lp.eps_mode == "paper"
+
+    def den(xs: list[Tensor]) -> list[Tensor]:  # as Lp.unit: (|x|^e + eps) or (|x| + eps)^e
+        if paper:
+            return ops.add_(ops.pow_(ops.abs(xs), e), eps)
+        return ops.pow_(ops.add_(ops.abs(xs), eps), e)
+
+    if ops.foreach:
+        return ops.div_(c, den(c))
+    chunk = _base._STREAM_CHUNK
+    for x in c:
+        if x.dim() == 0 or x.numel() <= chunk:
+            x.div_(den([x])[0])
+            continue
+        if x.is_contiguous():  # flat blocks of a power-of-2 length: the vectorized kernels
+            blocks = x.view(-1).split(chunk)  # see the same element runs as on the whole tensor
+        else:  # views along dim 0: any memory layout
+            blocks = x.split(max(1, chunk // max(1, x[0].numel())))
+        for blk in blocks:
+            blk.div_(den([blk])[0])
+    return c
 
 
 def mirror_step(z: Tensor, c: Tensor, alpha: float, p: float) -> Tensor:
@@ -243,22 +287,14 @@ class Stacey(StepOptimizer):
             for s in steps:
                 s.add_(1.0)
 
-        # c = b1 m + (1-b1) g; m <- b2 m + (1-b2) g. c may alias m or g: read-only below.
-        c = momentum_direction_input(tuple(group["betas"]), grads, states, foreach, key="m")
+        # c = b1 m + (1-b1) g; m <- b2 m + (1-b2) g. c may alias m or g (then read-only);
+        # otherwise it is a fresh temporary, which becomes u below (peak memory: one tensor).
+        b1, b2 = group["betas"]
+        c = momentum_direction_input((b1, b2), grads, states, foreach, key="m")
+        fresh = not (b1 == 0.0 and b2 == 0.0) and b1 != b2  # momentum_direction_input's cases
         zs = [s["z"] for s in states]
 
-        # u = (1-tau) lr d(c) + lr wd x_t, in a fresh buffer (x_t is needed before x changes).
-        if variant == "2p":
-            u = [ci * ((1.0 - tau) * lr) for ci in c] if not foreach else list(
-                torch._foreach_mul(c, (1.0 - tau) * lr)
-            )
-        else:
-            u = Lp(p, group["eps"], group["eps_mode"]).unit(c, ops)  # s_eps(c), fresh tensors
-            ops.mul_scalar_(u, (1.0 - tau) * lr)
-        if wd:
-            ops.axpy_(u, params, lr * wd)
-
-        # Mirror step on z.
+        # Mirror step on z (first: the last use of c as such).
         if variant == "p2" or p == 2.0:
             ops.axpy_(zs, c, -alpha)
         elif foreach:
@@ -266,6 +302,22 @@ class Stacey(StepOptimizer):
         else:
             for z, ci in zip(zs, c):
                 _mirror_single_(z, ci, alpha, p)
+
+        # u = (1-tau) lr d(c) + lr wd x_t, in c's buffer when it is fresh (x_t is needed before
+        # x changes). The same numbers as a fresh u: the same ops on the same values.
+        if variant == "2p":
+            if fresh:
+                u = ops.mul_scalar_(c, (1.0 - tau) * lr)
+            else:
+                u = [ci * ((1.0 - tau) * lr) for ci in c] if not foreach else list(
+                    torch._foreach_mul(c, (1.0 - tau) * lr)
+                )
+        else:
+            lp = Lp(p, group["eps"], group["eps_mode"])
+            u = _unit_into_(c, lp, ops) if fresh else lp.unit(c, ops)  # s_eps(c)
+            ops.mul_scalar_(u, (1.0 - tau) * lr)
+        if wd:
+            ops.axpy_(u, params, lr * wd)
 
         # x <- x + tau (z - x) - u = tau z + (1-tau) y - lr wd x. lerp keeps x bit-exact when
         # z == x and u == 0 (a zero gradient from a fresh state is a no-op).
