@@ -50,7 +50,7 @@ import torch
 from torch import Tensor
 
 import steepest.optim.base as _base
-from steepest._backend import _Ops, _ops
+from steepest._backend import _Ops, _ops, is_dtensor
 from steepest.norms import Lp
 from steepest.optim.base import StepOptimizer, check_betas, check_choice, check_range
 from steepest.optim.steepest import momentum_direction_input
@@ -130,7 +130,7 @@ def _unit_into_(c: list[Tensor], lp: Lp, ops: type[_Ops]) -> list[Tensor]:
         return ops.div_(c, den(c))
     chunk = _base._STREAM_CHUNK
     for x in c:
-        if x.dim() == 0 or x.numel() <= chunk:
+        if x.dim() == 0 or x.numel() <= chunk or is_dtensor(x):  # a shard: no views to split
             x.div_(den([x])[0])
             continue
         if x.is_contiguous():  # flat blocks of a power-of-2 length: the vectorized kernels
