@@ -34,7 +34,10 @@ class _Ops:
             return _stack([_sharded_norm(x, ord) for x in xs])
         if ord == 1.0:  # abs().sum() is ~30% faster than vector_norm(x, 1) on CPU
             return _stack([x.abs().sum() for x in xs])
-        if ord == 2.0 or math.isinf(ord):
+        if ord == 2.0:
+            out = [torch.linalg.vector_norm(x) if x.numel() else x.new_zeros(()) for x in xs]
+            return _rescue_l2(xs, _stack(out))
+        if math.isinf(ord):
             out = [torch.linalg.vector_norm(x, ord) if x.numel() else x.new_zeros(()) for x in xs]
             return _stack(out)
         # General l_p: divide by max|x| first, since sum |x|^p overflows for large p or |x|.
@@ -236,8 +239,10 @@ class _ForeachOps(_Ops):
             nonempty = [i for i, x in enumerate(xs) if x.numel()]
             vals = iter(torch._foreach_norm([xs[i] for i in nonempty], ord) if nonempty else [])
             return _stack([next(vals) if x.numel() else x.new_zeros(()) for x in xs])
-        if ord in (1.0, 2.0):
+        if ord == 1.0:
             return _stack(list(torch._foreach_norm(xs, ord)))
+        if ord == 2.0:
+            return _rescue_l2(xs, _stack(list(torch._foreach_norm(xs, ord))))
         # General l_p: divide by max|x| first (see _Ops.norms).
         maxes = _ForeachOps.norms(xs, math.inf)
         safe = torch.where(maxes > 0, maxes, torch.ones_like(maxes))
@@ -426,6 +431,43 @@ def _step_values(steps: list[Tensor]) -> list[Any]:
     if _compiling():
         return [s.to(torch.float64) for s in steps]
     return [float(s) for s in steps]
+
+
+def _l2_unsafe_below(dtype: torch.dtype) -> float:
+    """Below this an l2 norm computed as sqrt(sum x^2) may have lost accuracy: squares of entries
+    under sqrt(tiny) are subnormal or 0 (torch's vector_norm does not rescale). Above it the
+    subnormal part is at most ~eps of the sum."""
+    fi = torch.finfo(dtype if dtype.is_floating_point else torch.float32)
+    return math.sqrt(fi.tiny / fi.eps)
+
+
+def l2_norm(x: Tensor, dim: int | None = None) -> Tensor:
+    """``||x||_2`` (over ``dim``, or all of x) accurate for tiny and huge entries: the fast
+    ``vector_norm``, recomputed as ``max|x| * ||x / max|x|||_2`` where it underflowed or
+    overflowed. The check costs a host sync, so it runs on CPU in eager mode only (where steps
+    already sync); elsewhere the fast value is returned."""
+    n = torch.linalg.vector_norm(x, dim=dim)
+    if x.numel() == 0 or x.device.type != "cpu" or _compiling() or is_dtensor(x):
+        return n
+    bad = (n < _l2_unsafe_below(n.dtype)) | torch.isinf(n)
+    if not bool(bad.any()):
+        return n
+    m = x.abs().amax(dim=dim, keepdim=dim is not None)
+    safe = torch.where(m > 0, m, torch.ones_like(m))
+    scaled = torch.linalg.vector_norm(x / safe, dim=dim) * (m.squeeze(dim) if dim is not None else m)
+    return torch.where(bad, scaled, n)
+
+
+def _rescue_l2(xs: list[Tensor], norms: Tensor) -> Tensor:
+    """Per-tensor l2 norms ``norms`` of ``xs``, with the ones that under- or overflowed
+    recomputed by :func:`l2_norm` (one host check for the whole list; CPU eager only)."""
+    if not xs or norms.device.type != "cpu" or _compiling() or any(is_dtensor(x) for x in xs):
+        return norms
+    bad = (norms < _l2_unsafe_below(norms.dtype)) | torch.isinf(norms)
+    if not bool(bad.any()):
+        return norms
+    fixed = [l2_norm(x) if b and x.numel() else n for x, n, b in zip(xs, norms.unbind(0), bad.tolist())]
+    return _stack(fixed)
 
 
 def _stack(scalars: list[Tensor]) -> Tensor:

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from steepest._backend import _Ops, _ops, is_dtensor
+from steepest._backend import _Ops, _ops, is_dtensor, l2_norm
 
 __all__ = [
     "L1",
@@ -465,10 +465,10 @@ class BlockNorm(Norm):
     def _block_norms(self, x: Tensor) -> Tensor:
         """l2 norm of every block of x, shaped to broadcast against x."""
         if self._rows(x):
-            return torch.linalg.vector_norm(x.reshape(x.shape[0], math.prod(x.shape[1:])), dim=1).reshape(
+            return l2_norm(x.reshape(x.shape[0], math.prod(x.shape[1:])), dim=1).reshape(
                 (x.shape[0],) + (1,) * (x.dim() - 1)
             )
-        return torch.linalg.vector_norm(x) if x.numel() else x.new_zeros(())
+        return l2_norm(x) if x.numel() else x.new_zeros(())
 
     def _map(self, xs: list[Tensor], ops: type[_Ops]) -> list[Tensor]:
         return xs  # already z_B / ||z_B|| (the division of the plan)

@@ -243,3 +243,20 @@ def test_tiny_vectors_have_unit_lmo(norm, dtype):
             assert size == 0.0
         else:
             assert size == pytest.approx(1.0, rel=1e-4 if scale < 1 else 1e-6)
+
+
+@pytest.mark.parametrize("norm", NORMS, ids=IDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("where", ["squares-subnormal", "squares-overflow"])
+def test_l2_based_norms_exact_where_squares_under_or_overflow(norm, dtype, where):
+    """Entries whose squares are subnormal (|x| ~ sqrt(tiny), e.g. 1.6e-162 in float64, which
+    hypothesis found) or overflow (|x| ~ sqrt(max)) must still give the dual norm of the
+    definition and a unit LMO: sqrt(sum x^2) would be off by up to 30% or inf there."""
+    fi = torch.finfo(dtype)
+    base = math.sqrt(fi.tiny) / 3 if where == "squares-subnormal" else math.sqrt(fi.max) * 2
+    z = torch.tensor([[base, base], [-base / 2, base / 4]], dtype=dtype)
+    ref = dual_np(norm, [z.double() / base]) * base  # the definition, on rescaled entries
+    assert float(norm.dual(z)) == pytest.approx(ref, rel=1e-5)
+    u = norm.lmo(z)
+    assert torch.isfinite(u).all()
+    assert primal_np(norm, [u.double()]) == pytest.approx(1.0, rel=1e-5)
