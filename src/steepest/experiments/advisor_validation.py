@@ -85,7 +85,11 @@ def _case(model: nn.Module, loss_fn: Any, data: tuple[torch.Tensor, torch.Tensor
     """The advisor's report at the start, then each optimizer tuned around its advised lr."""
     from steepest.geometry.report import geometry_report
 
-    rep = geometry_report(model, loss_fn, data, seed=seed, check_deterministic=False)
+    # The mode by parameter count, not by `auto`'s timing, so that a rerun on another machine (or
+    # under load) measures the same quantities: dense (exact) up to 2,000 parameters.
+    d = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    mode = "dense" if d <= 2000 else "matrix-free"
+    rep = geometry_report(model, loss_fn, data, seed=seed, check_deterministic=False, mode=mode)
     rec = rep.recommend()
     lo, hi = rep.advantage
     state0 = copy.deepcopy(model.state_dict())

@@ -24,6 +24,7 @@ not the supremum over ``w`` that defines the global smoothness constants.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -274,10 +275,32 @@ def top_eigenvalues(
     if op.dim <= k + 1:
         lam, V = np.linalg.eigh(op.dense().double().cpu().numpy())
     else:
-        from scipy.sparse.linalg import eigsh
+        from scipy.sparse.linalg import ArpackNoConvergence, eigsh
 
         v0 = np.random.default_rng(seed).standard_normal(op.dim)
-        lam, V = eigsh(op.to_scipy(), k=k, which=which, tol=tol, maxiter=maxiter, v0=v0)
+        try:
+            lam, V = eigsh(op.to_scipy(), k=k, which=which, tol=tol, maxiter=maxiter, v0=v0)
+        except ArpackNoConvergence:
+            # Clustered extreme eigenvalues (rank-deficient Hessians of linear models) can stall
+            # the default Krylov space: retry once with a larger one and a looser tolerance,
+            # then keep what converged or say what to do instead.
+            ncv = min(op.dim, max(4 * k + 1, 64))
+            loose = max(tol, 1e-4)
+            try:
+                lam, V = eigsh(op.to_scipy(), k=k, which=which, tol=loose, ncv=ncv,
+                               maxiter=max(maxiter or 0, 50 * op.dim), v0=v0)
+            except ArpackNoConvergence as e:
+                if len(e.eigenvalues) < k:
+                    raise RuntimeError(
+                        f"Lanczos (eigsh, which={which!r}) did not converge on this {op.dim}-dim "
+                        "Hessian even with a larger Krylov space; use the dense mode "
+                        "(steepest geometry --mode dense) or fewer parameters"
+                    ) from e
+                lam, V = e.eigenvalues, e.eigenvectors
+            warnings.warn(
+                f"eigsh did not converge at tol={tol:g}; the eigenvalue was computed with "
+                f"tol={loose:g} and a {ncv}-vector Krylov space", RuntimeWarning, stacklevel=2,
+            )
     key = {"LA": -lam, "SA": lam, "LM": -np.abs(lam)}[which]
     idx = np.argsort(key, kind="stable")[:k]
     return lam[idx], V[:, idx]
