@@ -171,3 +171,15 @@ def test_gz_and_buffer_equivalence(tmp_path):
     write_idx(tmp_path / "a", arr)
     write_idx(tmp_path / "a.gz", arr, gz=True)
     np.testing.assert_array_equal(D.read_idx(tmp_path / "a"), D.read_idx(tmp_path / "a.gz"))
+
+
+def test_data_dir_without_the_data_is_an_error(tmp_path, capsys):
+    # A --data-dir that holds none of the paper's data sets must not silently drop those set-ups.
+    from steepest.cli import main
+
+    assert D.found_in_data_dir(None, ("cifar10",)) == []
+    with pytest.raises(FileNotFoundError, match=r"none of \['fashion-mnist', 'cifar10'\] found"):
+        D.found_in_data_dir(tmp_path, ("fashion-mnist", "cifar10"))
+    assert main(["reproduce", "adam-ablation", "--quick", "--data-dir", str(tmp_path),
+                 "--out", str(tmp_path / "out")]) == 2
+    assert "none of ['fashion-mnist', 'cifar10'] found" in capsys.readouterr().err

@@ -216,7 +216,16 @@ def test_summarize_prints_markdown_tables(tmp_path, fake_registry, capsys):
     (tmp_path / "bench" / "summary.json").write_text(json.dumps({"grid": [1, 2]}))
     assert main(["reproduce", "--summarize", str(tmp_path)]) == 0
     captured = capsys.readouterr()
-    assert "skipped" in captured.err and "**1 experiment(s): 1/2 paper claims hold**" in captured.out
+    assert "skipped" in captured.err and "**1 experiment(s), full runs: 1/2 paper claims hold**" in captured.out
+    # a second copy and a quick run of the same experiment are shown but not counted again
+    run_experiment("fake", out_dir=tmp_path / "fake2", echo=False, progress=False)
+    run_experiment("fake", out_dir=tmp_path / "fake3", quick=True, echo=False, progress=False)
+    capsys.readouterr()
+    assert main(["reproduce", "--summarize", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("**fake**") == 3
+    assert "**1 experiment(s), full runs: 1/2 paper claims hold**" in out
+    assert "fake2 (another run of fake)" in out and "fake3 (quick run)" in out
 
 
 def test_claims_markdown_counts_old_summaries_as_paper_claims():

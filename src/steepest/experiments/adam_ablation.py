@@ -209,17 +209,9 @@ def load_data(
 
 
 def default_datasets(ctx: Context) -> list[str]:
-    names = ["mnist1d", "digits"]
-    if ctx.data_dir is not None:
-        from steepest.experiments.data import find_cifar10, find_fashion_mnist
+    from steepest.experiments.data import found_in_data_dir
 
-        for name, find in (("fashion-mnist", find_fashion_mnist), ("cifar10", find_cifar10)):
-            try:
-                find(ctx.data_dir)
-                names.append(name)
-            except FileNotFoundError:
-                pass
-    return names
+    return ["mnist1d", "digits", *found_in_data_dir(ctx.data_dir, ("fashion-mnist", "cifar10"))]
 
 
 def alike(

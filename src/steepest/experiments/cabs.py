@@ -259,16 +259,9 @@ def family_spread(curves: list[np.ndarray], skip: int) -> float:
 
 # ------------------------------------------------------------------------------ the run
 def default_problems(ctx: Context) -> list[str]:
-    names = ["digits", "mnist1d"]
-    if ctx.data_dir is not None:
-        from steepest.experiments.data import find_cifar10
+    from steepest.experiments.data import found_in_data_dir
 
-        try:
-            find_cifar10(ctx.data_dir)
-            names.append("cifar10")
-        except FileNotFoundError:
-            pass
-    return names
+    return ["digits", "mnist1d", *found_in_data_dir(ctx.data_dir, ("cifar10",))]
 
 
 def run(ctx: Context) -> Result:

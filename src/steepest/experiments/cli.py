@@ -69,22 +69,32 @@ def summarize(folder: str) -> int:
         return 2
     totals = dict.fromkeys(("holds", "total", "sanity_holds", "sanity_total",
                             "diagnostic_total"), 0)
-    shown = 0
+    counted: set[str] = set()
+    left_out: list[str] = []
     for path in paths:
         summary = json.loads(path.read_text())
         if not isinstance(summary, dict) or "claims" not in summary:
             # another tool's summary.json (e.g. a benchmark's) sharing the folder
             print(f"skipped {path}: not a `steepest reproduce` summary", file=sys.stderr)
             continue
-        shown += 1
         print(claims_markdown(summary, link=str(path.parent)))
         print()
+        # The headline counts full runs only, each experiment once: quick runs are smoke checks,
+        # and several copies of one experiment would count its claims several times.
+        name = summary.get("experiment", str(path.parent))
+        if summary.get("quick") or name in counted:
+            why = "quick run" if summary.get("quick") else f"another run of {name}"
+            left_out.append(f"{path.parent} ({why})")
+            continue
+        counted.add(name)
         for k, v in kind_counts(summary["claims"]).items():
             if k in totals:
                 totals[k] += v
-    print(f"**{shown} experiment(s): {totals['holds']}/{totals['total']} paper claims hold**"
-          f" (sanity checks apart: {totals['sanity_holds']}/{totals['sanity_total']} pass; "
-          f"{totals['diagnostic_total']} diagnostic(s))")
+    print(f"**{len(counted)} experiment(s), full runs: {totals['holds']}/{totals['total']} paper "
+          f"claims hold** (sanity checks apart: {totals['sanity_holds']}/{totals['sanity_total']} "
+          f"pass; {totals['diagnostic_total']} diagnostic(s))")
+    if left_out:
+        print(f"not in the totals: {', '.join(left_out)}")
     return 0
 
 
@@ -123,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
                 progress=not args.no_progress and sys.stderr.isatty(),  # no bars in pipes
                 options=options,
             )
-        except ValueError as exc:
+        except (ValueError, FileNotFoundError) as exc:  # bad options, --data-dir without the data
             print(f"{name}: {exc}", file=sys.stderr)
             return 2
         # headline: paper claims only; a failed sanity check is a bug of ours, reported apart

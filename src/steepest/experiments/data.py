@@ -31,6 +31,7 @@ from torch import Tensor
 __all__ = [
     "find_cifar10",
     "find_fashion_mnist",
+    "found_in_data_dir",
     "image_tensors",
     "load_cifar10",
     "load_fashion_mnist",
@@ -233,3 +234,23 @@ def image_tensors(kind: str, data_dir: str | Path) -> tuple[Tensor, Tensor, Tens
         raise ValueError(f"kind must be 'fashion-mnist' or 'cifar10', got {kind!r}")
     ftr, fte = standardize_images(xtr, xte)
     return ftr, torch.from_numpy(ytr), fte, torch.from_numpy(yte)
+
+
+def found_in_data_dir(data_dir: str | Path | None, wanted: tuple[str, ...]) -> list[str]:
+    """Which of the user-provided data sets ``wanted`` (``"fashion-mnist"``, ``"cifar10"``) are
+    under ``data_dir``. ``None`` (no ``--data-dir``) finds none. A ``data_dir`` that holds none of
+    them is an error that says what was looked for, so a typo cannot silently drop the paper's
+    set-ups from a run."""
+    if data_dir is None:
+        return []
+    finders = {"fashion-mnist": find_fashion_mnist, "cifar10": find_cifar10}
+    found, why = [], []
+    for name in wanted:
+        try:
+            finders[name](data_dir)
+            found.append(name)
+        except FileNotFoundError as e:
+            why.append(str(e))
+    if not found:
+        raise FileNotFoundError(f"--data-dir {data_dir}: none of {list(wanted)} found; " + "; ".join(why))
+    return found

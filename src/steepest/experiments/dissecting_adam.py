@@ -486,16 +486,9 @@ def problem_claims(name: str, setup: Setup, stats: dict[str, dict[str, float]],
 
 # ------------------------------------------------------------------------------ the run
 def default_problems(ctx: Context) -> list[str]:
-    names = ["mnist1d", "digits", "char-lstm"]
-    if ctx.data_dir is not None:
-        from steepest.experiments.data import find_cifar10
+    from steepest.experiments.data import found_in_data_dir
 
-        try:
-            find_cifar10(ctx.data_dir)
-            names.append("cifar10")
-        except FileNotFoundError:
-            pass
-    return names
+    return ["mnist1d", "digits", "char-lstm", *found_in_data_dir(ctx.data_dir, ("cifar10",))]
 
 
 def run(ctx: Context) -> Result:

@@ -350,11 +350,13 @@ _KIND_TITLES = {
 }
 
 
-def format_claims(name: str, claims: list[Claim]) -> str:
+def format_claims(name: str, claims: list[Claim], quick: bool = False) -> str:
     """A plain-text table per kind: claim, paper, criterion, measured, verdict. The headline
-    counts ``paper`` claims only; sanity checks and diagnostics are listed apart."""
+    counts ``paper`` claims only; sanity checks and diagnostics are listed apart. A ``quick``
+    run says so in the headline: its budgets are smoke-test sized, its verdicts not evidence."""
     n = kind_counts(claims)
-    head = f"== {name}: {n['holds']}/{n['total']} paper claims hold"
+    run = " [quick run: smoke-test budget, verdicts are not evidence]" if quick else ""
+    head = f"== {name}{run}: {n['holds']}/{n['total']} paper claims hold"
     extra = [f"{n[k + '_holds']}/{n[k + '_total']} {k}" for k in ("sanity", "diagnostic")
              if n[k + "_total"]]
     lines = [head + (f" ({', '.join(extra)} apart)" if extra else "") + " =="]
@@ -490,7 +492,7 @@ def run_experiment(
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_jsonable))
     if echo:
-        print(format_claims(exp.name, result.claims))
+        print(format_claims(exp.name, result.claims, quick=quick))
         shown = {k: v for k, v in ctx.resolved.items() if k != "data_dir"}
         if shown:
             print("options (change with --set KEY=VALUE): "
