@@ -77,6 +77,22 @@ def test_errors(entry_file, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["geometry", "digits-logreg", "--examples", "0"]) == 2
     assert "--examples must be >= 1" in capsys.readouterr().err
+    assert main(["geometry", "digits-logreg", "--exact-max", "100"]) == 2
+    assert "--exact-max must be <= 62" in capsys.readouterr().err
+    assert main(["geometry"]) == 2  # no problem: the list and the usage, and a failing exit
+    assert "usage: steepest geometry PROBLEM" in capsys.readouterr().err
+
+
+def test_undecided_hint_does_not_offer_the_mode_already_used():
+    from steepest.geometry.report import GeometryReport
+
+    rep = GeometryReport.__new__(GeometryReport)
+    # R = density * dim * L2 / L_inf in [0.5, 2.0]: undecided
+    rep.density, rep.dim, rep.L2, rep.linf_lower, rep.linf_upper = 1.0, 1, 1.0, 0.5, 2.0
+    for mode, offered in (("dense+exact", False), ("dense", False), ("matrix-free", True)):
+        rep.mode = mode
+        assert rep.verdict().startswith("undecided")
+        assert ("--mode dense" in rep.verdict()) is offered, mode
 
 
 def test_entry_point_module_in_the_current_directory(tmp_path, monkeypatch, capsys):

@@ -56,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "times two Hessian-vector products and picks the cheaper, dense only "
                              "if d <= --dense-max)")
     parser.add_argument("--dense-max", type=int, default=2000,
-                        help="never build a dense Hessian above this many parameters (default 2000)")
+                        help="--mode auto never builds a dense Hessian above this many parameters "
+                             "(default 2000); an explicit --mode dense does")
     parser.add_argument("--tighten", type=int, default=1, metavar="K",
                         help="K times the effort on the L_inf bracket (sign-vector starts and "
                              "iterations, sampled columns, branch-and-bound time); costs about K "
@@ -175,7 +176,9 @@ def run(args: argparse.Namespace) -> int:
         for n, desc in describe().items():
             print(f"{n:22s} {desc}")
         if not args.list:
-            print("\nusage: steepest geometry PROBLEM (a name above or module:function)")
+            print("\nusage: steepest geometry PROBLEM (a name above or module:function)",
+                  file=sys.stderr)
+            return 2
         return 0
     for opt_name in ("examples", "batch", "dense_max", "exact_max", "probes", "columns",
                      "density_every", "tighten"):
@@ -183,6 +186,10 @@ def run(args: argparse.Namespace) -> int:
         if val is not None and val < 1:
             print(f"--{opt_name.replace('_', '-')} must be >= 1, got {val}", file=sys.stderr)
             return 2
+    if args.exact_max > 62:
+        print(f"--exact-max must be <= 62 (the branch-and-bound's 64-bit sign masks), got "
+              f"{args.exact_max}", file=sys.stderr)
+        return 2
     if not args.exact_time > 0:
         print(f"--exact-time must be > 0, got {args.exact_time}", file=sys.stderr)
         return 2

@@ -91,8 +91,9 @@ class GeometryReport:
                     f"descent's{note}")
         if hi < 1:
             return f"gradient descent (R <= {hi:.3g} < 1): sign descent's guarantee is worse here"
+        hint = "--tighten K" if self.mode.startswith("dense") else "--tighten K; --mode dense"
         return (f"undecided: R lies in [{lo:.3g}, {hi:.3g}], which contains 1; "
-                "a tighter L_inf bracket (--tighten K; --mode dense) could settle it")
+                f"a tighter L_inf bracket ({hint}) could settle it")
 
     def recommend(self) -> Recommendation:
         """The advice the report ends in: a norm / optimizer family, a starting learning rate
@@ -249,8 +250,9 @@ def _recommend(rep: GeometryReport) -> Recommendation:
                               **gd, **common)
     mid = math.sqrt(lo * hi)
     why = (f"R in [{lo:.3g}, {hi:.3g}] contains 1; the bracket's geometric midpoint "
-           f"{mid:.3g} is {'above' if mid > 1 else 'below'} 1 (--tighten or --mode dense "
-           "narrows the bracket)")
+           f"{mid:.3g} is {'above' if mid > 1 else 'below'} 1 ("
+           + ("--tighten" if rep.mode.startswith("dense") else "--tighten or --mode dense")
+           + " narrows the bracket)")
     if mid > 1:
         return Recommendation("sign", confidence="low", reason=why, **sign, **common)  # type: ignore[arg-type]
     return Recommendation("gd", confidence="low", reason=why, **gd, **common)  # type: ignore[arg-type]
