@@ -51,6 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from steepest import MSGD, AdamAveraged, AdamShuffled
+from steepest.experiments.data import train_subset
 from steepest.experiments.harness import (
     Claim,
     Context,
@@ -202,9 +203,7 @@ def load_data(
         xtr, ytr, xte, yte = image_tensors(setup.data_dir, ctx.data_dir)
     else:
         xtr, ytr, xte, yte = get_problem(setup.problem).load_data(0)
-    if subset and subset < len(xtr):
-        keep = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(0))[:subset]
-        xtr, ytr = xtr[keep], ytr[keep]
+    xtr, ytr = train_subset(xtr, ytr, subset)
     return xtr, ytr, xte, yte
 
 

@@ -62,6 +62,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from steepest.experiments.data import train_subset
 from steepest.experiments.harness import Claim, Context, Experiment, Result, torch_threads
 from steepest.problems import get_problem
 from steepest.stats import CABS, AdaptiveBatchSampler, GradientMoments, VarianceRatioBatchSize
@@ -127,9 +128,7 @@ def load(name: str, setup: Setup, ctx: Context, subset: int) -> Data:
         xtr, ytr, xte, yte = image_tensors(setup.data_dir, ctx.data_dir)
     else:
         xtr, ytr, xte, yte = get_problem(setup.problem).load_data(0)
-    if subset and subset < len(xtr):
-        keep = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(0))[:subset]
-        xtr, ytr = xtr[keep], ytr[keep]
+    xtr, ytr = train_subset(xtr, ytr, subset)
     n_eval = min(len(xte), len(xtr))
     ev = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(1))[:n_eval]
     return Data(xtr, ytr, xte, yte, xtr[ev], ytr[ev], get_problem(setup.problem).make_model)

@@ -37,6 +37,7 @@ __all__ = [
     "load_fashion_mnist",
     "read_idx",
     "standardize_images",
+    "train_subset",
 ]
 
 # IDX type codes (http://yann.lecun.com/exdb/mnist/, "THE IDX FILE FORMAT"); data is big-endian.
@@ -254,3 +255,12 @@ def found_in_data_dir(data_dir: str | Path | None, wanted: tuple[str, ...]) -> l
     if not found:
         raise FileNotFoundError(f"--data-dir {data_dir}: none of {list(wanted)} found; " + "; ".join(why))
     return found
+
+
+def train_subset(x: Tensor, y: Tensor, subset: int) -> tuple[Tensor, Tensor]:
+    """The first ``subset`` examples of a fixed random order (seed 0), or all of them when
+    ``subset`` is 0 or not smaller: the same subset in every run and experiment."""
+    if subset and subset < len(x):
+        keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:subset]
+        return x[keep], y[keep]
+    return x, y

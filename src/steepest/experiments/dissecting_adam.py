@@ -75,6 +75,7 @@ import torch
 from torch import Tensor, nn
 
 from steepest import MSGD, MSVAG, SVAG, AdamStar, SignSGD
+from steepest.experiments.data import train_subset
 from steepest.experiments.harness import Claim, Context, Experiment, Result, torch_threads
 from steepest.problems import CharLSTM, char_lstm_data, get_problem, sequence_cross_entropy
 from steepest.stats import GradientMoments
@@ -206,9 +207,7 @@ def load(name: str, setup: Setup, ctx: Context, subset: int, lstm_hidden: int) -
         xtr, ytr, xte, yte, _ = char_lstm_data(seq_len=50, test_fraction=LSTM_TEST_FRACTION)
     else:
         xtr, ytr, xte, yte = get_problem(setup.problem).load_data(0)
-    if subset and subset < len(xtr):
-        keep = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(0))[:subset]
-        xtr, ytr = xtr[keep], ytr[keep]
+    xtr, ytr = train_subset(xtr, ytr, subset)
     # the training portion evaluated: fixed (seed-independent), as large as the test set
     n_eval = min(len(xte), len(xtr))
     ev = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(1))[:n_eval]
