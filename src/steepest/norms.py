@@ -381,12 +381,16 @@ class L1(Norm):
         # The same choice as _coordinates, written inline: compiled, indices handed back from a
         # function after a graph break would be guarded on (a recompile per new winner).
         maxes = ops.norms(xs, math.inf)
-        units = [torch.zeros_like(x) for x in xs]
+        units = [x.new_zeros(x.shape) for x in xs]  # contiguous: view(-1) indexes as reshape(-1)
         if maxes.numel() == 0:
             return Factored(units, maxes, maxes)
         if maxes.device.type == "meta":  # no values to pick a coordinate from (shape tracing)
             dual = maxes if per_tensor else maxes.max().expand(len(xs))
             return Factored(units, dual, dual)
+        if (torch.compiler.is_compiling() or maxes.device.type != "cpu") and not any(
+            is_dtensor(x) for x in xs
+        ):
+            return self._factor_on_device(xs, maxes, per_tensor)
         winners = range(len(xs)) if per_tensor else [int(torch.argmax(maxes))]
         for i in winners:
             x = xs[i]
@@ -399,6 +403,28 @@ class L1(Norm):
             units[i].view(-1)[j] = torch.sign(x.reshape(-1)[j])
         dual = maxes if per_tensor else maxes.max().expand(len(xs))
         return Factored(units, dual, dual)
+
+    @staticmethod
+    def _factor_on_device(xs: list[Tensor], maxes: Tensor, per_tensor: bool) -> Factored:
+        """The same one-hot units with no host sync (accelerators) and no graph break
+        (torch.compile): every tensor scatters ``sign(x_j*)`` at its own argmax ``j*``, multiplied
+        by whether it is the winning tensor (first maximal, as ``argmax``); a zero tensor
+        scatters sign(0) = 0. Costs an argmax per tensor instead of the winner's only."""
+        win = None if per_tensor else torch.argmax(maxes)
+        units = []
+        for i, x in enumerate(xs):
+            u = x.new_zeros(x.shape)  # contiguous: its flat index is x.reshape(-1)'s
+            if x.numel():
+                flat = x.reshape(-1)
+                j = torch.argmax(flat.abs()).reshape(1)
+                v = torch.sign(flat.gather(0, j))
+                if win is not None:
+                    v = v * (win == i).to(v.dtype)
+                u.view(-1).scatter_(0, j, v)
+            units.append(u)
+        dual = maxes if per_tensor else maxes.max().expand(len(xs))
+        return Factored(units, dual, dual)
+
 
     def _coordinates(
         self, xs: list[Tensor], ops: type[_Ops], per_tensor: bool

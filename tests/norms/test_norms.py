@@ -260,3 +260,23 @@ def test_l2_based_norms_exact_where_squares_under_or_overflow(norm, dtype, where
     u = norm.lmo(z)
     assert torch.isfinite(u).all()
     assert primal_np(norm, [u.double()]) == pytest.approx(1.0, rel=1e-5)
+
+
+@pytest.mark.parametrize("per_tensor", [False, True])
+@pytest.mark.parametrize("seed", range(4))
+def test_l1_sync_free_units_equal_the_host_choice(per_tensor, seed):
+    """The sync-free one-hot units (accelerators, torch.compile) pick the same coordinate as the
+    host path: first maximal |x| in concatenation order, ties and zero tensors included."""
+    g = torch.Generator().manual_seed(seed)
+    xs = [torch.randint(-3, 4, s, generator=g).double() for s in [(3, 4), (5,), (2, 2, 2)]]
+    xs.append(torch.zeros(4, dtype=torch.float64))  # a zero tensor moves nothing
+    xs.append(torch.randn(3, 2, dtype=torch.float64, generator=g).t())  # non-contiguous
+    from steepest._backend import _Ops
+
+    host = L1()._factor(xs, _Ops, per_tensor)
+    dev = L1._factor_on_device(xs, _Ops.norms(xs, math.inf), per_tensor)
+    for a, b in zip(host.unit, dev.unit):
+        assert torch.equal(a, b)  # one-hot of exact values: no rounding anywhere
+    assert torch.equal(host.dual, dev.dual)
+    moved = sum(int((u != 0).sum()) for u in dev.unit)
+    assert moved == (sum(1 for x in xs if x.abs().max() > 0) if per_tensor else 1)

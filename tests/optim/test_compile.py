@@ -69,6 +69,22 @@ def test_no_recompiles_after_warmup(info, foreach):
     assert graphs[2:] == [graphs[1]] * 8, f"graphs compiled so far, per step: {graphs}"
 
 
+@pytest.mark.parametrize("info", _ONE_PER_CLASS, ids=[i.name for i in _ONE_PER_CLASS])
+def test_no_graph_breaks(info):
+    """One graph per step: the default non-finite policy checks nothing while compiling (no
+    ``bool()`` of a tensor), step counters stay tensors (no ``float(step)``), and coordinate
+    descent picks its coordinate on device (no ``.item()``). Issue 12 counted 5-9 breaks a step."""
+    params = _params()
+    opt = info.make(params)
+    step = torch.compile(opt.step, backend="eager")
+    for t in range(4):
+        _grads(params, t)
+        if info.prepare:
+            info.prepare(params)
+        step()
+    assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
+
+
 def _compare(info, foreach: bool, backend: str, steps: int = 5) -> None:
     a, b = _params(), _params()
     oa, ob = info.make(a, foreach=foreach), info.make(b, foreach=foreach)
