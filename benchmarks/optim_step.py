@@ -85,9 +85,18 @@ WHY = {
 LAYOUTS = {"big": (10_000_000, 100), "small": (1_000_000, 1_000)}
 
 
+DEVICE = torch.device("cpu")  # --device
+
+
+def _sync() -> None:
+    """Wait for queued kernels (accelerators run asynchronously; timing needs them done)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
 def make_params(n: int, k: int) -> list[torch.Tensor]:
     size = n // k
-    ps = [torch.randn(size, requires_grad=True) for _ in range(k)]
+    ps = [torch.randn(size, device=DEVICE, requires_grad=True) for _ in range(k)]
     for p in ps:
         p.grad = torch.randn_like(p)
     return ps
@@ -95,12 +104,15 @@ def make_params(n: int, k: int) -> list[torch.Tensor]:
 
 def copy_bandwidth(repeats: int) -> float:
     """Bytes per second of ``dst.copy_(src)`` (read + write), 10M floats, median."""
-    src, dst = torch.randn(10_000_000), torch.empty(10_000_000)
+    src = torch.randn(10_000_000, device=DEVICE)
+    dst = torch.empty_like(src)
     dst.copy_(src)
     ts = []
     for _ in range(max(repeats, 5)):
+        _sync()
         t0 = time.perf_counter()
         dst.copy_(src)
+        _sync()
         ts.append(time.perf_counter() - t0)
     return 8 * src.numel() / statistics.median(ts)
 
@@ -134,13 +146,16 @@ def run(layout: str, repeats: int, steps: int, names: list[str], scale: float = 
                     opts[name, guard] = step = torch.compile(opt.step)
                     t0 = time.perf_counter()
                     step(), step()
+                    _sync()
                     print(f"  compiled {name} in {time.perf_counter() - t0:.0f} s", flush=True)
         times: dict[tuple[str, str], list[float]] = {key: [] for key in opts}
         for _ in range(repeats):
             for key, step in opts.items():  # interleaved
+                _sync()
                 t0 = time.perf_counter()
                 for _ in range(steps):
                     step()
+                _sync()
                 times[key].append((time.perf_counter() - t0) / steps)
         del opts
         ref = ("SGD-momentum (torch)", "ignore")
@@ -196,15 +211,20 @@ def main() -> None:
     ap.add_argument("--guards", default="default,ignore",
                     help="non-finite settings of ours to time: default (the CPU default: check for "
                          "NaN/inf first), ignore (no check, as torch.optim), or both")
+    ap.add_argument("--device", default="cpu",
+                    help="cpu (default) or cuda: on a GPU the floor is its copy bandwidth, and the "
+                         "paths are the same (foreach is the default there)")
     ap.add_argument("--compiled", action="store_true",
                     help="also time torch.compile(opt.step) (inductor; compiling takes 5-90 s per optimizer)")
     ap.add_argument("--json", default="")
     args = ap.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     names = [n for n in CONFIGS if not args.only or n in args.only.split(",") or n.startswith("SGD")]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {load:.1f} "
+    print(f"torch {torch.__version__} on {DEVICE}, {torch.get_num_threads()} threads, load average {load:.1f} "
           f"at start, median of {args.repeats}", flush=True)
     print(f"{'layout':6s} {'path':8s} {'optimizer':22s} {'nonfin.':8s} {'ms':>8s} {'x floor':>8s} "
           f"{'x SGD/B':>8s}  why")
@@ -215,7 +235,8 @@ def main() -> None:
     if args.json:
         meta = {"scale": args.scale, "torch": torch.__version__, "threads": torch.get_num_threads(), "load_avg_1min": load,
                 "repeats": args.repeats, "steps": args.steps, "guards": args.guards,
-                "compiled": args.compiled}
+                "compiled": args.compiled, "device": str(DEVICE),
+                "device_name": torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "cpu"}
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "rows": rows}, f, indent=1)
 
