@@ -87,6 +87,23 @@ def _safe_div(num: Tensor, den: Tensor) -> Tensor:
     return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(num))
 
 
+def _per_tensor_ok(xs: list[Tensor]) -> bool:
+    """Whether a per-tensor loop costs the foreach path nothing: on CPU the ``_foreach_*`` ops
+    are such a loop themselves, and one tensor is one kernel either way. On accelerators a
+    loop would launch a kernel per tensor, so there the fused ops (and their temporaries) stay."""
+    return len(xs) <= 1 or all(x.device.type == "cpu" for x in xs)
+
+
+def _copysign_(mags: list[Tensor], xs: list[Tensor], ops: type[_Ops]) -> list[Tensor]:
+    """``mags * sign(xs)`` for ``mags >= 0``, in place: copysign needs no sign temporary. The
+    same numbers: the product with sign(x) = +-1 is exact, and 0 stays 0 (-0.0 compares equal)."""
+    if not ops.foreach or _per_tensor_ok(xs):
+        for m, x in zip(mags, xs):
+            m.copysign_(x)
+        return mags
+    return ops.mul_(mags, ops.sign(xs))  # no foreach copysign: one sign temporary (fused kernels)
+
+
 @dataclass
 class Factored:
     """``sharp(z) = scale * unit`` with per-tensor scalars.
@@ -185,8 +202,7 @@ class Norm(ABC):
         plan = self._plan(xs, ops, mode, beta, per_tensor)
         if plan is not None:
             pre, post = plan
-            src = xs if pre is None else ops.div(xs, list(pre.unbind(0)))
-            out = _fresh(self._map(src, ops), xs)
+            out = self._map_div(xs, None if pre is None else list(pre.unbind(0)), ops)
             return out if post is None else ops.mul_(out, list(post.unbind(0)))
         if mode == "normalized":
             return self._normalized(xs, ops, per_tensor)
@@ -210,6 +226,12 @@ class Norm(ABC):
     def _map(self, xs: list[Tensor], ops: type[_Ops]) -> list[Tensor]:
         """The elementwise map of :meth:`_plan` (required when ``_plan`` returns a plan)."""
         raise NotImplementedError
+
+    def _map_div(self, xs: list[Tensor], pre: list[Tensor] | None, ops: type[_Ops]) -> list[Tensor]:
+        """Fresh tensors (never aliases of ``xs``) holding ``_map(x_i / pre_i)`` (``pre`` None: 1).
+        Norms override it to compute the map with one temporary per tensor (peak memory)."""
+        src = xs if pre is None else ops.div(xs, pre)
+        return _fresh(self._map(src, ops), xs)
 
     def _is_elementwise(self, mode: str) -> bool:
         """Whether the direction of ``mode`` needs no reduction at all (``_plan`` is
@@ -286,42 +308,60 @@ class Lp(Norm):
         return _combine_pow(ops.norms(xs, self.p), self.p, per_tensor)
 
     def unit(self, xs: list[Tensor], ops: type[_Ops]) -> list[Tensor]:
-        """``s(z)`` or its eps-smoothed form, elementwise."""
+        """``s(z)`` or its eps-smoothed form, elementwise (fresh tensors)."""
+        return self._map_div(xs, None, ops)
+
+    def _map_div(self, xs: list[Tensor], pre: list[Tensor] | None, ops: type[_Ops]) -> list[Tensor]:
+        """``unit(x_i / pre_i)`` (``pre`` None: 1) in one fresh temporary per tensor: the
+        division, |.|, pow and the sign are all written into it in place (peak memory, and one
+        memory pass fewer per op than out-of-place results)."""
         p = self.p
+        out = None if pre is None else ops.div(xs, pre)  # owned: every later op is in place
         if math.isinf(p):
-            return ops.sign(xs)
+            if out is None:
+                return ops.sign(xs)
+            if ops.foreach:
+                torch._foreach_sign_(out)
+            else:
+                for t in out:
+                    t.sign_()
+            return out
         if p == 2.0:
+            if out is not None:
+                return out
             return [x.clone() for x in xs] if not ops.foreach else list(torch._foreach_mul(xs, 1.0))
         if self.eps == 0.0:
-            # sign(z)|z|^(1/(p-1)); sign(0) = 0 keeps zeros at zero.
-            mags = ops.pow_(ops.abs(xs), 1.0 / (p - 1.0))
-            if not ops.foreach:
-                # copysign in place: no sign(z) temporary (peak memory). The same numbers: the
-                # product with sign(z) = +-1 is exact, and |0|^a = 0 (a -0.0 compares equal).
-                for m, x in zip(mags, xs):
-                    m.copysign_(x)
-                return mags
-            return ops.mul_(mags, ops.sign(xs))
+            # sign(z)|z|^(1/(p-1)); sign(0) = 0 keeps zeros at zero. x / pre (pre > 0) has the
+            # sign of x, so the sign is copied from x after |.| overwrote it.
+            mags = ops.pow_(ops.abs(xs) if out is None else ops.abs_(out), 1.0 / (p - 1.0))
+            return _copysign_(mags, xs, ops)
+        if out is not None:  # not made by any plan (eps > 0 has no pre); kept general
+            return self._map_div(out, None, ops)
         e = (p - 2.0) / (p - 1.0)
         if self.eps_mode == "paper":
             den = ops.add_(ops.pow_(ops.abs(xs), e), self.eps)
-            out = [x.clone() for x in xs]
-            return ops.div_(out, den)
-        den = ops.pow_(ops.add_(ops.abs(xs), self.eps), e)
-        out = [x.clone() for x in xs]
-        return ops.div_(out, den)
+        else:
+            den = ops.pow_(ops.add_(ops.abs(xs), self.eps), e)
+        # x / den written into den: one temporary instead of a copy of x and den.
+        if not ops.foreach or _per_tensor_ok(xs):
+            for x, d in zip(xs, den):
+                torch.div(x, d, out=d)
+            return den
+        return ops.div(xs, den)
 
     def _map(self, xs: list[Tensor], ops: type[_Ops]) -> list[Tensor]:
         return self.unit(xs, ops)
 
     def _is_elementwise(self, mode: str) -> bool:
-        return mode == "unscaled" or (mode == "normalized" and math.isinf(self.p))
+        # s(z); ||z||_1 sign(z) / ||z||_1; and l2's z# = z (scale 1: its norm is never needed).
+        return (mode == "unscaled" or (mode == "normalized" and math.isinf(self.p))
+                or (mode == "scaled" and self.p == 2.0))
 
     def _plan(
         self, xs: list[Tensor], ops: type[_Ops], mode: str, beta: float, per_tensor: bool
     ) -> tuple[Tensor | None, Tensor | None] | None:
         if self._is_elementwise(mode):
-            return None, None  # s(z), or ||z||_1 sign(z) / ||z||_1: no reductions at all
+            return None, None  # no reductions at all
         dual = _combine_pow(ops.norms(xs, self.q), self.q, per_tensor)
         if mode == "normalized" and self.eps == 0.0:
             # unit is homogeneous of degree 1/(p-1), so z#/||z||_q = unit(z/||z||_q): divide
@@ -425,7 +465,6 @@ class L1(Norm):
         dual = maxes if per_tensor else maxes.max().expand(len(xs))
         return Factored(units, dual, dual)
 
-
     def _coordinates(
         self, xs: list[Tensor], ops: type[_Ops], per_tensor: bool
     ) -> tuple[Tensor, list[tuple[int, int, Tensor | None]]]:
@@ -509,6 +548,26 @@ class BlockNorm(Norm):
         # Divide by ||z_B|| (inf where it is 0) rather than multiply by 1/||z_B||, which overflows.
         return torch.where(bn > 0, bn, math.inf), Factored([], dual, dual).coefficients(mode, beta)
 
+    def _divisors(
+        self, xs: list[Tensor], ops: type[_Ops], mode: str, beta: float, per_tensor: bool
+    ) -> list[Tensor]:
+        """Per tensor a divisor ``d_i`` (0-d, or one entry per row block, shaped to broadcast)
+        with ``direction_i = x_i / d_i``: ``||z_B||_2 / coefficient`` (inf where the block or the
+        coefficient is 0, so the direction is 0 there). The optimizers divide inside the update
+        (``addcdiv_``), with no parameter-sized temporary. Equal to ``_direction`` up to the
+        rounding of one division instead of a division and a product."""
+        def div(n: Tensor, c: Tensor) -> Tensor:
+            return torch.where((n > 0) & (c > 0), n / c, math.inf)
+
+        if self.blocks == "tensor" or not any(self._rows(x) for x in xs):
+            bn = ops.norms(xs, 2.0)
+            dual = _combine_pow(bn, 1.0, per_tensor)  # one vectorized division for all tensors
+            return list(div(bn, Factored([], dual, dual).coefficients(mode, beta)).unbind(0))
+        norms = [self._block_norms(x) for x in xs]
+        dual = _combine_pow(torch.stack([n.sum() for n in norms]), 1.0, per_tensor)
+        coef = Factored([], dual, dual).coefficients(mode, beta)
+        return [div(n, c) for n, c in zip(norms, coef.unbind(0))]
+
     def _primal(self, xs: list[Tensor], ops: type[_Ops], per_tensor: bool) -> Tensor:
         maxes = torch.stack([self._block_norms(x).max() if x.numel() else x.new_zeros(()) for x in xs])
         return maxes if per_tensor else maxes.max().expand(len(xs))
@@ -554,6 +613,8 @@ def newton_schulz(
     steps: int = NS_STEPS,
     eps: float = NS_EPS,
     dtype: torch.dtype | None = None,
+    *,
+    overwrite: bool = False,
 ) -> Tensor:
     """Approximate polar factor ``U V^T`` of a matrix by the Newton-Schulz quintic iteration.
 
@@ -564,6 +625,12 @@ def newton_schulz(
     The default coefficients do not converge to ``U V^T`` but to ``U S' V^T`` with ``S'`` roughly
     in [0.7, 1.2] (by design: a steep slope at 0); a zero matrix maps to zero. Returns ``dtype``
     (default: ``g.dtype``).
+
+    Memory (eager): X (``m x n``, ``m <= n``), ``A`` and ``B = b A + c A^2`` (``m x m`` each),
+    reused across iterations; nothing else of matrix size. A product cannot write into its own
+    input, but column ``j`` of ``a X + B X`` needs column ``j`` of ``X`` alone, so X is updated in
+    place a column block at a time, through ``A``'s storage once ``B`` is made (a square X swaps
+    with it). ``overwrite=True``: ``g`` is the caller's temporary and becomes X (no copy).
     """
     if g.dim() != 2:
         raise ValueError(f"newton_schulz needs a 2-D matrix, got shape {tuple(g.shape)}")
@@ -571,15 +638,48 @@ def newton_schulz(
         raise ValueError(f"coefficients must be three numbers (a, b, c), got {coefficients!r}")
     a, b, c = (float(v) for v in coefficients)
     x = g.to(dtype) if dtype is not None else g
+    owned = overwrite or x is not g  # a converted copy is ours too
     wide = g.size(0) > g.size(1)
     if wide:
         x = x.T
-    x = x / x.norm().clamp(min=eps)
+    norm = x.norm().clamp(min=eps)
+    x = x.div_(norm) if owned else x / norm
+    if torch.compiler.is_compiling() or is_dtensor(x) or x.numel() == 0:
+        # Compiled, inductor plans the buffers itself (and out= into swapped buffers would guard
+        # on storages); a DTensor has no out= matmuls. The plain form, torch's.
+        for _ in range(steps):
+            gram = x @ x.T
+            update = torch.addmm(gram, gram, gram, beta=b, alpha=c)
+            x = torch.addmm(x, update, x, beta=a)
+        return x.T if wide else x
+    m, n = x.shape
+    gram, update = x.new_empty(m, m), x.new_empty(m, m)
+    # Column blocks of at least the stream chunk (Python overhead stays small for thin X); a
+    # block wider than A's storage gets its own scratch, at most one chunk of elements.
+    width = min(n, max(m, _stream_chunk() // max(m, 1)))
+    scratch = None if width <= m else x.new_empty(m * width)
     for _ in range(steps):
-        gram = x @ x.T
-        update = torch.addmm(gram, gram, gram, beta=b, alpha=c)
-        x = torch.addmm(x, update, x, beta=a)
+        torch.mm(x, x.T, out=gram)
+        torch.addmm(gram, gram, gram, beta=b, alpha=c, out=update)
+        if m == n:
+            torch.addmm(x, update, x, beta=a, out=gram)
+            x, gram = gram, x  # the old X's storage holds the next A
+            continue
+        flat = gram.view(-1) if scratch is None else scratch
+        for j in range(0, n, width):
+            block = x[:, j : j + width]
+            tmp = flat[: m * block.size(1)].view(m, block.size(1))
+            torch.addmm(block, update, block, beta=a, out=tmp)
+            block.copy_(tmp)
     return x.T if wide else x
+
+
+def _stream_chunk() -> int:
+    """The elements per streamed chunk of the optimizers (steepest.optim.base), read at call time
+    (tests shrink it to reach the blocked code paths at small sizes)."""
+    from steepest.optim import base
+
+    return int(base._STREAM_CHUNK)
 
 
 def polar_svd(g: Tensor) -> tuple[Tensor, Tensor]:
@@ -594,7 +694,27 @@ def polar_svd(g: Tensor) -> tuple[Tensor, Tensor]:
     u, s, vh = torch.linalg.svd(g, full_matrices=False)
     tol = max(g.shape) * torch.finfo(s.dtype).eps * s.max()
     keep = (s > tol).to(s.dtype)
-    return (u * keep) @ vh, s.sum()
+    if torch.compiler.is_compiling() or is_dtensor(g):
+        return (u * keep) @ vh, s.sum()
+    # U V^T without a third matrix: the product has V^T's shape if rows <= cols (column block j
+    # of U V^T needs column block j of V^T alone), else U's (row block i needs U's row block i),
+    # so it is written over that factor a block at a time through one chunk of scratch.
+    u.mul_(keep)
+    rows, cols = g.shape
+    chunk = _stream_chunk()
+    if rows <= cols:
+        width = max(1, chunk // rows)
+        scratch = vh.new_empty(rows * min(width, cols))
+        for j in range(0, cols, width):
+            block = vh[:, j : j + width]
+            block.copy_(torch.mm(u, block, out=scratch[: rows * block.size(1)].view(rows, -1)))
+        return vh, s.sum()
+    height = max(1, chunk // cols)
+    scratch = u.new_empty(min(height, rows) * cols)
+    for i in range(0, rows, height):
+        block = u[i : i + height]
+        block.copy_(torch.mm(block, vh, out=scratch[: block.size(0) * cols].view(-1, cols)))
+    return u, s.sum()
 
 
 class OperatorNorm(Norm):
@@ -643,6 +763,25 @@ class OperatorNorm(Norm):
         """``(u, N_*(M))`` for one non-empty matrix; the dual may be ``None`` if not needed."""
         raise NotImplementedError
 
+    def _base_lmo_into(self, m: Tensor, need_dual: bool) -> tuple[Tensor, Tensor | None]:
+        """As :meth:`_base_lmo`, but ``m`` is the caller's temporary and may be overwritten (the
+        subclasses here build ``u`` in its storage: no second matrix-sized tensor)."""
+        return self._base_lmo(m, need_dual)
+
+    #: Whether :meth:`_base_dual` is a few reductions (no polar factor needed): then the
+    #: optimizers stream tensor by tensor in every mode and scope.
+    _cheap_dual = False
+
+    def _base_dual(self, m: Tensor) -> Tensor:
+        """``N_*(M)`` alone (used where :attr:`_cheap_dual`)."""
+        d = self._base_lmo(m, True)[1]
+        assert d is not None
+        return d
+
+    def _base_dual_into(self, m: Tensor) -> Tensor:
+        """As :meth:`_base_dual`, but ``m`` is a temporary that may be overwritten."""
+        return self._base_dual(m)
+
     # ---- machinery -------------------------------------------------------------------------
     def factor_of(self, x: Tensor) -> float:
         """The constant ``c`` of tensor ``x`` (1 for ``scale="none"``)."""
@@ -657,7 +796,11 @@ class OperatorNorm(Norm):
         dtype = xs[0].dtype if xs and xs[0].is_floating_point() else torch.float64
         return torch.tensor([self.factor_of(x) for x in xs], dtype=dtype, device=xs[0].device if xs else None)
 
-    def _units(self, xs: list[Tensor], need_dual: bool) -> tuple[list[Tensor], Tensor | None]:
+    def _units(
+        self, xs: list[Tensor], need_dual: bool, owned: bool = False
+    ) -> tuple[list[Tensor], Tensor | None]:
+        """Base LMOs (and duals) per tensor; ``owned``: ``xs`` are the caller's temporaries, which
+        the units may overwrite (peak memory: no second tensor of each)."""
         units, duals = [], []
         for x in xs:
             if x.numel() == 0:
@@ -665,7 +808,7 @@ class OperatorNorm(Norm):
                 duals.append(x.new_zeros(()))
                 continue
             m = _as_matrix(x, self.transpose)
-            u, d = self._base_lmo(m, need_dual)
+            u, d = self._base_lmo_into(m, need_dual) if owned else self._base_lmo(m, need_dual)
             u = u.to(x.dtype)
             units.append((u.T if self.transpose else u).reshape(x.shape))
             if need_dual:
@@ -692,22 +835,80 @@ class OperatorNorm(Norm):
         return Factored(units, scale, dual)
 
     def _direction(
-        self, xs: list[Tensor], ops: type[_Ops], mode: str, beta: float, per_tensor: bool
+        self,
+        xs: list[Tensor],
+        ops: type[_Ops],
+        mode: str,
+        beta: float,
+        per_tensor: bool,
+        owned: bool = False,
     ) -> list[Tensor]:
+        """As :meth:`Norm._direction`; ``owned``: ``xs`` are the caller's temporaries and the
+        directions may be built in their storage (one matrix-sized tensor less per tensor)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        keep = (lambda us: us) if owned else (lambda us: _fresh(us, xs))
         if mode in ("unscaled", "normalized"):
             # No dual needed: unscaled is u (Muon's polar factor), normalized is u / c.
-            units, _ = self._units(xs, False)
+            units, _ = self._units(xs, False, owned)
             if mode == "unscaled" or self.scale == "none":
-                return _fresh(units, xs)
-            return ops.mul_(_fresh(units, xs), list((1.0 / self._consts(xs)).unbind(0)))
-        f = self._factor(xs, ops, per_tensor)
-        return ops.mul_(_fresh(f.unit, xs), list(f.coefficients(mode, beta).unbind(0)))
+                return keep(units)
+            return ops.mul_(keep(units), list((1.0 / self._consts(xs)).unbind(0)))
+        # Spectral's dual <M, NS(M)> needs M after NS(M) is made: no overwriting then.
+        units, duals = self._units(xs, True, owned and self._cheap_dual)
+        assert duals is not None
+        scale, dual = self._coefficients(duals, self._consts(xs), per_tensor)
+        coefs = Factored(units, scale, dual).coefficients(mode, beta)
+        return ops.mul_(keep(units), list(coefs.unbind(0)))
+
+    def _post(
+        self, xs: list[Tensor], mode: str, beta: float, per_tensor: bool, duals: Tensor | None = None
+    ) -> Tensor | None:
+        """Per-tensor coefficients of the units in ``mode`` computed without the units (``None``:
+        1), or raise :class:`LookupError` if they need the units (Spectral's dual). ``duals``:
+        the base duals of ``xs`` if known (then ``xs`` only give the shapes)."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode == "unscaled" or (mode == "normalized" and self.scale == "none"):
+            return None
+        c = self._consts(xs)
+        if mode == "normalized":
+            return 1.0 / c
+        if not self._cheap_dual:
+            raise LookupError("the dual needs the units")
+        duals = duals if duals is not None else _stack_scalars(
+            [self._base_dual(_as_matrix(x, self.transpose)).to(x.dtype) if x.numel() else x.new_zeros(())
+             for x in xs], xs
+        )
+        scale, dual = self._coefficients(duals, c, per_tensor)
+        return Factored([], scale, dual).coefficients(mode, beta)
+
+    def _plan(
+        self, xs: list[Tensor], ops: type[_Ops], mode: str, beta: float, per_tensor: bool
+    ) -> tuple[Tensor | None, Tensor | None] | None:
+        # direction_i = unit_i * post_i where post needs no unit: the loop path of the optimizers
+        # then streams one tensor at a time (see Norm._plan), each unit freed before the next.
+        try:
+            return None, self._post(xs, mode, beta, per_tensor)
+        except LookupError:
+            return None
+
+    def _map(self, xs: list[Tensor], ops: type[_Ops]) -> list[Tensor]:
+        return self._units(xs, False)[0]
 
 
 def _stack_scalars(vals: list[Tensor], xs: list[Tensor]) -> Tensor:
     return torch.stack(vals) if vals else torch.zeros(0)
+
+
+def _inner(a: Tensor, b: Tensor) -> Tensor:
+    """``<a, b> = sum_ij a_ij b_ij`` without the ``a * b`` temporary when both are laid out alike
+    (a dot product of their flat storage; the transposed layouts of the tall case included)."""
+    if not is_dtensor(a) and a.shape == b.shape and a.dtype == b.dtype:
+        for x, y in ((a, b), (a.T, b.T)):
+            if x.is_contiguous() and y.is_contiguous():
+                return torch.dot(x.reshape(-1), y.reshape(-1))
+    return (a * b).sum()
 
 
 class Spectral(OperatorNorm):
@@ -789,18 +990,26 @@ class Spectral(OperatorNorm):
             return torch.bfloat16 if m.device.type == "cuda" else m.dtype
         return _NS_DTYPES[self.ns_dtype]  # type: ignore[return-value]
 
-    def polar_factor(self, m: Tensor) -> Tensor:
-        """The (approximate, for Newton-Schulz) polar factor of one matrix, in ``m.dtype``."""
+    def polar_factor(self, m: Tensor, overwrite: bool = False) -> Tensor:
+        """The (approximate, for Newton-Schulz) polar factor of one matrix, in ``m.dtype``
+        (``overwrite``: ``m`` is a temporary that Newton-Schulz may use as its iterate)."""
         if self.polar == "svd":
             return polar_svd(m)[0]
-        out = newton_schulz(m, self.ns_coefficients, self.ns_steps, self.ns_eps, self._compute_dtype(m))
+        out = newton_schulz(
+            m, self.ns_coefficients, self.ns_steps, self.ns_eps, self._compute_dtype(m), overwrite=overwrite
+        )
         return out.to(m.dtype)
 
     def _base_lmo(self, m: Tensor, need_dual: bool) -> tuple[Tensor, Tensor | None]:
         if self.polar == "svd":
             return polar_svd(m)
         u = self.polar_factor(m)
-        return u, ((m * u).sum() if need_dual else None)
+        return u, (_inner(m, u) if need_dual else None)
+
+    def _base_lmo_into(self, m: Tensor, need_dual: bool) -> tuple[Tensor, Tensor | None]:
+        if self.polar == "svd" or need_dual:  # the SVD copies its input anyway; <M, NS(M)> needs M
+            return self._base_lmo(m, need_dual)
+        return self.polar_factor(m, overwrite=True), None
 
 
 class ColNorm(OperatorNorm):
@@ -824,16 +1033,43 @@ class ColNorm(OperatorNorm):
     def _norms(self, m: Tensor) -> Tensor:
         """l2 norm of each column (row), scaled by its max |entry| first: squares of tiny entries
         underflow to subnormals and lose digits (hypothesis found a column of 3e-161)."""
-        a = m.abs().amax(dim=self._dim, keepdim=True)
+        a = torch.linalg.vector_norm(m, math.inf, dim=self._dim, keepdim=True)  # no |M| temporary
         return a * torch.linalg.vector_norm(m / torch.where(a > 0, a, 1.0), dim=self._dim, keepdim=True)
 
     def _base_norm(self, m: Tensor) -> Tensor:
         return self._norms(m).max()
 
+    _cheap_dual = True
+
+    def _base_dual(self, m: Tensor) -> Tensor:
+        if m.size(self._dim) == 1:  # columns (rows) of one entry: the l1 norm, no temporary
+            return torch.linalg.vector_norm(m, 1)
+        return self._norms(m).sum()
+
+    def _base_dual_into(self, m: Tensor) -> Tensor:
+        return self._lmo(m, m)[1]  # the scaled copy of _norms made in m's storage
+
     def _base_lmo(self, m: Tensor, need_dual: bool) -> tuple[Tensor, Tensor | None]:
-        n = self._norms(m)
+        return self._lmo(m, None)
+
+    def _base_lmo_into(self, m: Tensor, need_dual: bool) -> tuple[Tensor, Tensor | None]:
+        return self._lmo(m, m)
+
+    def _lmo(self, m: Tensor, out: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Each column (row) over its l2 norm, and the dual (their sum), into ``out`` (which may be
+        ``m``) or a fresh tensor: no other matrix-sized temporary. As :meth:`_norms`, the column
+        is scaled by its max |entry| first (its squares could underflow), then by the l2 norm of
+        the scaled column: ``(M_:j / a_j) / ||M_:j / a_j||_2``, 0 for a zero column."""
+        if m.size(self._dim) == 1:
+            # One entry per column (row: RowNorm of a vector): M_ij / |M_ij| = sign(M_ij).
+            dual = torch.linalg.vector_norm(m, 1)
+            return (torch.sign(m) if out is None else torch.sign(m, out=out)), dual
+        a = torch.linalg.vector_norm(m, math.inf, dim=self._dim, keepdim=True)  # max |entry|
+        safe = torch.where(a > 0, a, 1.0)
+        scaled = m / safe if out is None else torch.div(m, safe, out=out)
+        s = torch.linalg.vector_norm(scaled, dim=self._dim, keepdim=True)
         # Divide by the norm (inf where 0) rather than multiply by 1/norm, which overflows.
-        return m / torch.where(n > 0, n, math.inf), n.sum()
+        return scaled.div_(torch.where(s > 0, s, math.inf)), (a * s).sum()
 
 
 class RowNorm(ColNorm):
@@ -867,8 +1103,17 @@ class L1ToLinf(OperatorNorm):
     def _base_norm(self, m: Tensor) -> Tensor:
         return m.abs().max()
 
+    _cheap_dual = True
+
+    def _base_dual(self, m: Tensor) -> Tensor:
+        return torch.linalg.vector_norm(m, 1)  # no |M| temporary
+
     def _base_lmo(self, m: Tensor, need_dual: bool) -> tuple[Tensor, Tensor | None]:
-        return torch.sign(m), m.abs().sum()
+        return torch.sign(m), (self._base_dual(m) if need_dual else None)
+
+    def _base_lmo_into(self, m: Tensor, need_dual: bool) -> tuple[Tensor, Tensor | None]:
+        dual = self._base_dual(m) if need_dual else None  # before M is overwritten
+        return torch.sign(m, out=m), dual
 
 
 #: Public name for extension authors: combine per-tensor l_q norms into the group's l_q norm.

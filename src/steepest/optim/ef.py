@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from steepest._backend import _ops, is_dtensor
-from steepest.norms import Linf, _safe_div
+from steepest._backend import _Ops, _ops, is_dtensor
+from steepest.norms import Linf, _combine_pow, _per_tensor_ok, _safe_div
 from steepest.optim.base import StepOptimizer, apply_weight_decay
 
 __all__ = ["EFSignSGD"]
@@ -65,19 +65,18 @@ class EFSignSGD(StepOptimizer):
         errs = [s["error"] for s in states]
         ops.axpy_(errs, grads, lr)  # e <- p = lr g + e
         per_tensor = group["scope"] == "per_tensor"
-        f = Linf()._factor(errs, ops, per_tensor)
+        # ||p||_1 over the scope (Linf's dual; only the norms: sign(p) is made tensor by tensor below)
+        dual = _combine_pow(ops.norms(errs, Linf().q), 1.0, per_tensor)
         sizes = [float(e.numel()) for e in errs]
         ds = sizes if per_tensor else [sum(sizes)] * len(errs)
-        if is_dtensor(f.dual):
+        if is_dtensor(dual):
             # ||p||_1 / d with Python-number divisors (0 for an empty scope): a sharded (DTensor)
             # dual cannot be divided by a plain host tensor.
-            coefs = [dual / d if d else dual * 0.0 for dual, d in zip(f.dual.unbind(0), ds)]
+            coefs = [du / d if d else du * 0.0 for du, d in zip(dual.unbind(0), ds)]
         else:  # one vectorized division (1,000 scalar divisions cost ~3 ms a step)
-            coefs = list(_safe_div(f.dual, torch.tensor(ds, dtype=f.dual.dtype, device=f.dual.device)).unbind(0))
-        delta = ops.mul_(f.unit, coefs)
+            coefs = list(_safe_div(dual, torch.tensor(ds, dtype=dual.dtype, device=dual.device)).unbind(0))
         apply_weight_decay(ops, params, lr, wd)
-        ops.axpy_(params, delta, -1.0)
-        ops.axpy_(errs, delta, -1.0)  # e <- p - delta
+        _subtract_delta(ops, params, errs, coefs)
 
     def _update_joint(self, groups, params, grads, states, foreach) -> None:  # type: ignore[no-untyped-def]
         """``scope="all_groups"``: ``d`` and ``||p_t||_1`` over every such group together; each
@@ -87,13 +86,27 @@ class EFSignSGD(StepOptimizer):
         for g, es, gr in zip(groups, errs, grads):
             ops.axpy_(es, gr, g["lr"])  # e <- p = lr g + e
         flat = [e for es in errs for e in es]
-        f = Linf()._factor(flat, ops, False)
-        d = torch.tensor([float(sum(e.numel() for e in flat))], dtype=f.dual.dtype, device=f.dual.device)
-        delta = ops.mul_(f.unit, [_safe_div(f.dual[:1], d)[0]] * len(flat))
-        start = 0
+        dual = _combine_pow(ops.norms(flat, Linf().q), 1.0, False)
+        d = torch.tensor([float(sum(e.numel() for e in flat))], dtype=dual.dtype, device=dual.device)
+        coef = _safe_div(dual[:1], d)[0]
         for g, ps, es in zip(groups, params, errs):
-            dl = delta[start:start + len(ps)]
-            start += len(ps)
             apply_weight_decay(ops, ps, g["lr"], g["weight_decay"])
-            ops.axpy_(ps, dl, -1.0)
-            ops.axpy_(es, dl, -1.0)  # e <- p - delta
+            _subtract_delta(ops, ps, es, [coef] * len(ps))
+
+
+def _subtract_delta(ops: type[_Ops], params: list[Tensor], errs: list[Tensor], coefs: list[Tensor]) -> None:
+    """``delta = coef * sign(e)``; ``x <- x - delta``, ``e <- e - delta`` (seed 004, Eq. 12).
+
+    One sign temporary per tensor, freed before the next (the loop path; and the foreach path on
+    CPU, where ``_foreach_*`` is such a loop itself), with ``coef`` folded into both updates
+    (``addcmul_``): the same numbers as ``delta`` itself, since coef * (+-1) is exact."""
+    if ops.foreach and not _per_tensor_ok(errs):
+        delta = ops.mul_(ops.sign(errs), coefs)
+        ops.axpy_(params, delta, -1.0)
+        ops.axpy_(errs, delta, -1.0)  # e <- p - delta
+        return
+    for p, e, c in zip(params, errs, coefs):
+        s = torch.sign(e)
+        p.addcmul_(s, c, value=-1.0)
+        e.addcmul_(s, c, value=-1.0)  # e <- p - delta
+        del s

@@ -34,8 +34,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from steepest._backend import _ops, is_dtensor
-from steepest.norms import L1, MODES, BlockNorm, Factored, Linf, Lp, Norm, _fresh
+from steepest._backend import _Ops, _ops, is_dtensor
+from steepest.norms import L1, L2, MODES, BlockNorm, Factored, Linf, Lp, Norm, _per_tensor_ok
 from steepest.optim.base import (
     StepOptimizer,
     apply_weight_decay,
@@ -70,7 +70,12 @@ def apply_direction(
     """``x <- (1 - lr wd) x - lr direction(c)``, the shared last line of every steepest method.
 
     ``owned``: ``c`` is a temporary of the caller's (Lion's interpolated momentum), so a sign
-    direction may overwrite it instead of allocating another parameter-sized tensor."""
+    direction may overwrite it instead of allocating another parameter-sized tensor.
+
+    Where the direction is ``post_i * map(c_i / pre_i)`` (:meth:`Norm._plan`), the scalars are
+    folded into the update pass (``addcmul_``/``addcdiv_`` with a 0-d tensor) instead of a
+    ``mul_`` pass over a direction temporary, and the map is built in one temporary per tensor
+    (:meth:`Norm._map_div`); the identity maps (l2, BlockNorm) need no temporary at all."""
     ops = _ops(foreach)
     eager = not torch.compiler.is_compiling()
     if eager and type(norm) is L1 and not any(is_dtensor(x) for x in c) and all(
@@ -87,34 +92,79 @@ def apply_direction(
             params[i].view(-1)[j] -= lr * coefs[i] * sign
         return
     lr = group["lr"] if lr is None else lr
-    if owned and mode == "unscaled" and isinstance(norm, Lp) and math.isinf(norm.p):
+    per_tensor = group.get("scope", "global") == "per_tensor"
+    wd = group.get("weight_decay", 0.0)
+    if isinstance(norm, BlockNorm) and (not foreach or _per_tensor_ok(c)):
+        # x_B / ||x_B|| * coefficient as one division inside the update: no temporary at all.
+        for p, x, den in zip(params, c, norm._divisors(c, ops, mode, beta, per_tensor)):
+            apply_weight_decay(_Ops, [p], lr, wd)
+            _axpy_one_(p, x, lr, den, None, not eager)
+        return
+    sign_in_place = owned and isinstance(norm, Lp) and math.isinf(norm.p)
+    if sign_in_place and mode == "unscaled":
         # sign(c) in place: peak memory one temporary (c) instead of two.
         if foreach:
             torch._foreach_sign_(c)
         else:
             for x in c:
                 torch.sign(x, out=x)
-        apply_weight_decay(ops, params, lr, group.get("weight_decay", 0.0))
+        apply_weight_decay(ops, params, lr, wd)
         ops.axpy_(params, c, -lr)
         return
-    per_tensor = group.get("scope", "global") == "per_tensor"
-    wd = group.get("weight_decay", 0.0)
-    plan = None if foreach else norm._plan(c, ops, mode, beta, per_tensor)
-    if plan is not None:
-        # Loop path of an elementwise direction: one tensor at a time, so that each temporary is
-        # freed before the next is made (holding them all costs page faults on CPU: ~3x slower).
-        pre, post = plan
-        for i, (p, x) in enumerate(zip(params, c)):
-            (d,) = _fresh(norm._map([x if pre is None else x / pre[i]], ops), [x])
-            if post is not None:
-                d.mul_(post[i])
-            apply_weight_decay(ops, [p], lr, wd)
-            ops.axpy_([p], [d], -lr)
-            del d  # free it before the next tensor's direction is made
+    plan = norm._plan(c, ops, mode, beta, per_tensor)
+    if plan is None:
+        direction = norm._direction(c, ops, mode, beta, per_tensor)
+        apply_weight_decay(ops, params, lr, wd)
+        ops.axpy_(params, direction, -lr)
         return
-    direction = norm._direction(c, ops, mode, beta, per_tensor)
-    apply_weight_decay(ops, params, lr, wd)
-    ops.axpy_(params, direction, -lr)
+    pre, post = plan
+    identity = type(norm) in (Lp, L2) and norm.p == 2.0  # map(z) = z: fold pre into the update
+    if foreach:  # all tensors of the call at once (fused kernels), one temporary per tensor
+        if identity and pre is None and post is None:
+            d = c
+        else:
+            d = norm._map_div(c, None if pre is None else list(pre.unbind(0)), ops)
+            if post is not None:
+                ops.mul_(d, list(post.unbind(0)))
+        apply_weight_decay(ops, params, lr, wd)
+        ops.axpy_(params, d, -lr)
+        return
+    # Loop path: one tensor at a time, so that each temporary is freed before the next is made
+    # (holding them all costs page faults on CPU: ~3x slower).
+    pres = None if pre is None else pre.unbind(0)
+    posts = None if post is None else post.unbind(0)
+    for i, (p, x) in enumerate(zip(params, c)):
+        den = None if pres is None else pres[i]
+        if identity:
+            d = x
+        elif sign_in_place and den is None:
+            d = torch.sign(x, out=x)
+        else:
+            (d,) = norm._map_div([x], None if den is None else [den], _Ops)
+            den = None
+        apply_weight_decay(_Ops, [p], lr, wd)
+        _axpy_one_(p, d, lr, den, None if posts is None else posts[i], not eager)
+        del d  # free it before the next tensor's direction is made
+
+
+def _axpy_one_(p: Tensor, d: Tensor, lr: Any, den: Tensor | None, post: Tensor | None,
+               compiling: bool) -> None:
+    """``p <- p - lr * (d / den) * post`` (``None``: 1) in one pass: the 0-d scalars are folded
+    into ``add_``/``addcmul_``/``addcdiv_`` instead of a separate pass scaling a temporary."""
+    if compiling:  # no step-dependent Python float as value=/alpha= (see _backend._compiling)
+        if den is not None:
+            d = d / den
+        if post is not None:
+            d = d * post
+        p.add_(d * -lr)
+    elif den is None and post is None:
+        p.add_(d, alpha=-lr)
+    elif den is None:
+        p.addcmul_(d, post, value=-lr)
+    elif post is None:
+        p.addcdiv_(d, den, value=-lr)
+    else:  # not made by the norms here (a plan with both pre and post); kept general
+        p.addcmul_(d / den, post, value=-lr)
 
 
 class SteepestDescent(StepOptimizer):
@@ -201,6 +251,11 @@ class SteepestDescent(StepOptimizer):
         if any(self._betas(group)):
             state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
+    def _streams(self, group: dict[str, Any]) -> bool:
+        # Nothing couples the tensors (sign(m), Lion, s(g), l2): the base class hands _update a
+        # chunk of tensors at a time on both paths (temporaries of one chunk at a time).
+        return bool(group["norm"]._is_elementwise(group["mode"]))
+
     def _update(
         self,
         group: dict[str, Any],
@@ -209,18 +264,9 @@ class SteepestDescent(StepOptimizer):
         states: list[dict[str, Any]],
         foreach: bool,
     ) -> None:
-        betas, norm, mode = self._betas(group), group["norm"], group["mode"]
-        if not foreach and norm._is_elementwise(mode):
-            # Nothing couples the tensors (sign(m), Lion, s(g)): stream them one by one, so that
-            # temporaries are freed at once instead of all living until the end (CPU page faults).
-            for p, g, st in zip(params, grads, states):
-                c = momentum_direction_input(betas, [g], [st], False)
-                apply_direction(group, [p], c, norm, mode, False, beta=group["beta"],
-                                owned=betas[0] != betas[1])
-                del c  # free this tensor's temporary before the next one is made
-            return
+        betas = self._betas(group)
         c = momentum_direction_input(betas, grads, states, foreach)
-        apply_direction(group, params, c, norm, mode, foreach, beta=group["beta"],
+        apply_direction(group, params, c, group["norm"], group["mode"], foreach, beta=group["beta"],
                         owned=betas[0] != betas[1])
 
     def _scope_couples(self, group: dict[str, Any]) -> bool:
