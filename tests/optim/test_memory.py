@@ -1,10 +1,12 @@
 """Peak intermediate memory of ``step()``: at most one parameter-sized tensor beyond the state.
 
-Measured with a ``TorchDispatchMode`` that sees every tensor an op returns during ``step()``
-and keeps the bytes of the storages that did not exist before the step (the parameters,
-gradients and state) alive until the last tensor viewing them is garbage-collected (CPython
-frees tensors by reference counting, at once, so "live" is exact). The peak of that sum is the
-intermediate memory of the step. This works on CPU, where torch keeps no allocator statistics.
+Measured with :class:`steepest._memory.LiveBytes`, a ``TorchDispatchMode`` that sees every
+tensor an op returns during ``step()`` and keeps the bytes of the storages that did not exist
+before the step (the parameters, gradients and state) alive until the last tensor viewing them
+is garbage-collected (CPython frees tensors by reference counting, at once, so "live" is
+exact). The peak of that sum is the intermediate memory of the step. This works on CPU, where
+torch keeps no allocator statistics. ``benchmarks/optim_memory.py`` runs the same meter at a
+50M-parameter scale.
 
 Budgets (ours, fixed before measuring, from the issue's "at most one parameter-sized tensor"):
 
@@ -18,66 +20,15 @@ The first step (which creates the state) is not measured.
 
 from __future__ import annotations
 
-import weakref
-
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
+from steepest._memory import LiveBytes
+from steepest._memory import existing_storages as _existing
 from tests.optim.optim_infos import all_infos
 
 INFOS = all_infos()
 ids = [i.name for i in INFOS]
-
-
-class LiveBytes(TorchDispatchMode):
-    """Track the bytes of storages created inside the mode, and their peak."""
-
-    def __init__(self, existing: set[int]) -> None:
-        super().__init__()
-        self.existing = existing
-        self.refs: dict[int, int] = {}  # storage pointer -> live tensors viewing it
-        self.sizes: dict[int, int] = {}
-        self.live = 0
-        self.peak = 0
-
-    def _release(self, ptr: int) -> None:
-        self.refs[ptr] -= 1
-        if self.refs[ptr] == 0:
-            self.live -= self.sizes.pop(ptr)
-            del self.refs[ptr]
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if not isinstance(t, torch.Tensor):
-                continue
-            st = t.untyped_storage()
-            ptr = st.data_ptr()
-            if ptr in self.existing or st.nbytes() == 0:
-                continue
-            if ptr not in self.refs:
-                self.refs[ptr] = 0
-                self.sizes[ptr] = st.nbytes()
-                self.live += st.nbytes()
-                self.peak = max(self.peak, self.live)
-            self.refs[ptr] += 1
-            weakref.finalize(t, self._release, ptr)
-        return out
-
-
-def _existing(opt: torch.optim.Optimizer, params: list[torch.Tensor]) -> set[int]:
-    ptrs = set()
-    for p in params:
-        ptrs.add(p.untyped_storage().data_ptr())
-        if p.grad is not None:
-            ptrs.add(p.grad.untyped_storage().data_ptr())
-    for st in opt.state.values():
-        for v in st.values():
-            if isinstance(v, torch.Tensor):
-                ptrs.add(v.untyped_storage().data_ptr())
-    return ptrs
 
 
 def _peak(info, foreach: bool, shapes) -> tuple[int, list[torch.Tensor]]:
