@@ -47,6 +47,7 @@ optimizers do (:mod:`steepest.optim.base`).
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import warnings
@@ -57,7 +58,7 @@ import torch
 from torch import Tensor
 
 import steepest
-from steepest._backend import _Ops, _ops
+from steepest._backend import _compiling, _ForeachOps, _Ops, _ops, is_dtensor
 from steepest.optim.base import (
     StepOptimizer,
     _real,
@@ -76,6 +77,87 @@ VARIANCES = ("moving_average", "minibatch")
 def _tiny(xs: list[Tensor]) -> list[float]:
     """The smallest normal number of each tensor's dtype: the floor for 0/0-prone denominators."""
     return [torch.finfo(x.dtype).tiny for x in xs]
+
+
+# ------------------------------------------------------------------ fused eager kernels
+# The eager steps below are counted in passes over parameter-sized memory (every ATen
+# elementwise op reads its inputs and writes its output once; on CPU tensors this large are
+# memory-bound). torch's SGD(momentum) does 8 passes for the 5 that the benchmark counts; each
+# optimizer's ``_update`` names its own count. Under torch.compile the unfused reference forms
+# run instead (inductor fuses them, and they pass no step-dependent Python float as a kernel
+# argument, see steepest._backend._compiling); DTensor (FSDP2) parameters take them too (their
+# reductions and out= arguments need the generic ops).
+
+
+def _fast(params: list[Tensor]) -> bool:
+    """Whether the fused eager kernels of this module may run on these tensors."""
+    return not _compiling() and not any(is_dtensor(p) for p in params)
+
+
+def _kernels(foreach: bool, xs: list[Tensor]) -> type[_Ops]:
+    """The backend of an eager elementwise update of one stream chunk of tensors.
+
+    The loop path of a CPU chunk with several tensors (small ones: StepOptimizer streams a large
+    tensor alone) runs the ``torch._foreach_*`` kernels: on CPU those are the per-tensor ATen
+    kernels called in a C++ loop, so the numbers are bitwise the loop's (tests/optim/test_noise.py
+    checks it), without the Python and dispatch overhead of ~3-5 us per op and tensor that
+    dominates small tensors (1,000 tensors of 1K floats). The chunk's temporaries are the loop
+    path's anyway (``_Ops`` builds each as a list over the chunk)."""
+    if foreach or (len(xs) > 1 and all(x.device.type == "cpu" for x in xs)):
+        return _ForeachOps
+    return _Ops
+
+
+def _count(steps: list[Tensor], ops: type[_Ops]) -> list[float]:
+    """``ops.count`` (increment the step counters, return their values), reading a chunk's
+    counters back in one ``tolist`` instead of one ``float()`` per tensor."""
+    if len(steps) < 2 or _compiling() or any(s.device.type != "cpu" for s in steps):
+        return ops.count(steps)
+    torch._foreach_add_(steps, 1.0)
+    return torch.stack(steps).tolist()
+
+
+def _scalar_arg(v: Any) -> Any:
+    """A 0-d tensor hyper-parameter (``lr=torch.tensor(...)``) as the Python number that the
+    fused kernels' ``value=``/scalar-list arguments take (eager only; CPU scalars in practice)."""
+    return float(v) if isinstance(v, Tensor) else v
+
+
+def _add_scalars_(xs: list[Tensor], cs: list[float], ops: type[_Ops]) -> None:
+    if ops.foreach:
+        torch._foreach_add_(xs, cs)
+    else:
+        for x, c in zip(xs, cs):
+            x.add_(c)
+
+
+def _addcdiv_(xs: list[Tensor], ys: list[Tensor], zs: list[Tensor], cs: list[float], ops: type[_Ops]) -> None:
+    """``xs[i] += cs[i] * ys[i] / zs[i]`` (one pass)."""
+    if ops.foreach:
+        torch._foreach_addcdiv_(xs, ys, zs, cs)
+    else:
+        for x, y, z, c in zip(xs, ys, zs, cs):
+            x.addcdiv_(y, z, value=c)
+
+
+def _addcmul_(xs: list[Tensor], ys: list[Tensor], zs: list[Tensor], cs: list[float], ops: type[_Ops]) -> None:
+    """``xs[i] += cs[i] * ys[i] * zs[i]`` (one pass)."""
+    if ops.foreach:
+        torch._foreach_addcmul_(xs, ys, zs, cs)
+    else:
+        for x, y, z, c in zip(xs, ys, zs, cs):
+            x.addcmul_(y, z, value=c)
+
+
+def _addcmul(xs: list[Tensor], ys: list[Tensor], zs: list[Tensor], cs: list[float], ops: type[_Ops]) -> list[Tensor]:
+    """Out of place ``xs[i] + cs[i] * ys[i] * zs[i]`` (one pass, one new tensor per entry)."""
+    if ops.foreach:
+        return list(torch._foreach_addcmul(xs, ys, zs, cs))
+    return [torch.addcmul(x, y, z, value=c) for x, y, z, c in zip(xs, ys, zs, cs)]
+
+
+def _subset(idx: list[int], *lists: list[Any]) -> list[list[Any]]:
+    return [[xs[i] for i in idx] for xs in lists]
 
 
 # ------------------------------------------------------------------ rho(beta, t), Eq. 5.15
@@ -187,10 +269,14 @@ class MSGD(_BetaIsMomentum):
         state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
     def _update(self, group, params, grads, states, foreach) -> None:  # type: ignore[no-untyped-def]
-        ops = _ops(foreach)
+        # 6 passes over N floats (lerp_ 3, axpy 3) for the 5 the benchmark counts (torch's
+        # SGD-momentum: 8); one kernel per op for a chunk of small CPU tensors (_kernels).
+        ops = _kernels(foreach, params) if _fast(params) else _ops(foreach)
         lr, b, wd = group["lr"], group["momentum"], group["weight_decay"]
-        ks = ops.count([s["step"] for s in states])
-        m = momentum_direction_input((b, b), grads, states, foreach, key="exp_avg")
+        if _fast(params):
+            lr = _scalar_arg(lr)
+        ks = _count([s["step"] for s in states], ops)
+        m = momentum_direction_input((b, b), grads, states, ops.foreach, key="exp_avg")
         if m is grads:  # beta = 0: the buffer is not used, m~ = g
             for s, g in zip(states, grads):
                 s["exp_avg"].copy_(g)
@@ -216,6 +302,31 @@ class _VarianceAdapted(_BetaIsMomentum):
         state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
     @staticmethod
+    def _moments(
+        b: float, grads: list[Tensor], states: list[dict[str, Any]], ops: type[_Ops]
+    ) -> tuple[list[float], list[Tensor], list[Tensor]]:
+        """Count the step and update m~ (lerp_, 3 passes) and v~ (mul_ + addcmul_, 5 passes) in
+        place; return the thesis' ``t = state["step"] - 1``, m~ and v~."""
+        ts = [k - 1.0 for k in _count([s["step"] for s in states], ops)]
+        m_t = [s["exp_avg"] for s in states]
+        v_t = [s["exp_avg_sq"] for s in states]
+        ops.lerp_(m_t, grads, 1.0 - b)
+        ops.mul_scalar_(v_t, b)
+        ops.addcmul_(v_t, grads, grads, 1.0 - b)
+        return ts, m_t, v_t
+
+    @staticmethod
+    def _scales(b: float, ts: list[float], weight: bool) -> tuple[list[float], list[float]]:
+        """``a = 1/(1 - beta^(t+1))`` and ``K = w c / a`` per tensor (``w = rho(beta, t)`` if
+        ``weight`` else 1, ``c = 1/(1 - rho(beta, t))``, 0 at t = 0 and for beta = 0), so that
+        ``m^2 + w s = a^2 (m~^2 + K (v~ - a m~^2))`` (Eq. 5.16 with the bias corrections folded
+        in; see :meth:`_denominators`)."""
+        a = [1.0 / (1.0 - b ** (t + 1.0)) for t in ts]
+        k = [(rho(b, t) if weight else 1.0) * _safe_reciprocal(_one_minus_rho(b, t)) / ai
+             for t, ai in zip(ts, a)]
+        return a, k
+
+    @staticmethod
     def _denominators(
         b: float,
         grads: list[Tensor],
@@ -232,12 +343,7 @@ class _VarianceAdapted(_BetaIsMomentum):
         ``e`` is the step's one parameter-sized temporary: the callers turn it into their factor
         in place (:func:`_gamma_`; Adam*'s ``rsqrt``), without a second tensor for ``m~^2``.
         """
-        ts = [k - 1.0 for k in ops.count([s["step"] for s in states])]
-        m_t = [s["exp_avg"] for s in states]
-        v_t = [s["exp_avg_sq"] for s in states]
-        ops.lerp_(m_t, grads, 1.0 - b)
-        ops.mul_scalar_(v_t, b)
-        ops.addcmul_(v_t, grads, grads, 1.0 - b)
+        ts, m_t, v_t = _VarianceAdapted._moments(b, grads, states, ops)
         a = [1.0 / (1.0 - b ** (t + 1.0)) for t in ts]
         # e <- m~^2, then in place v~ - a m~^2 = (v - m^2)/a, clamped at 0 (rounding can make it
         # negative; the scale below is >= 0, so this is the old floor m~^2 + e >= m~^2), scaled.
@@ -277,6 +383,42 @@ def _safe_reciprocal(x: float) -> float:
     if isinstance(x, Tensor):  # a compiled step: no data-dependent branch
         return torch.where(x > 0.0, 1.0 / torch.where(x > 0.0, x, 1.0), 0.0)
     return 1.0 / x if x > 0.0 else 0.0
+
+
+def _adapted_step_(
+    ops: type[_Ops],
+    params: list[Tensor],
+    xs: list[Tensor],
+    m_t: list[Tensor],
+    v_t: list[Tensor],
+    a: list[float],
+    k: list[float],
+    coef: list[float],
+) -> None:
+    """``params[i] -= coef[i] * gamma * xs[i]`` with ``gamma = m~^2/(m~^2 + K (v~ - a m~^2)^+)``
+    (SVAG: ``x = g``; M-SVAG: ``x = m~``, ``coef = lr a``), the eager form of :func:`_gamma_`
+    in one temporary and 17 passes over N floats (with the moments' 8: 25, of which 7 counted).
+
+    ``1/gamma = 1 + K d/m~/m~ = K (d/m~/m~ + 1/K)`` with ``d = max(v~ - a m~^2, tiny)``: the
+    temporary holds ``d`` (one ``addcmul`` 3 passes, the floor 2), is divided by ``m~`` twice in
+    place (6; no underflow of ``m~^2``), shifted by ``1/K`` (2), and the update is one
+    ``addcdiv_(x, ., -coef/K)`` (4). ``d >= tiny > 0`` is the clamp ``s >= 0`` (gamma <= 1) and
+    the 0/0 rule at once: where ``m~ = 0`` the quotient is ``+inf`` and gamma exactly 0, also
+    where ``m~ = v~ = 0`` (Sec. 5.4.4); it changes ``m~^2 + e`` only where ``v~ - a m~^2 < tiny``.
+    (An fmax/NaN form saves 3 passes but torch's CPU fmax is not vectorized: slower.) ``K = 0``
+    (t = 0, beta = 0: ``s = 0``, gamma = 1 wherever ``m~ != 0``) is the plain step ``coef x``."""
+    pos = [i for i, ki in enumerate(k) if ki > 0.0]
+    plain = [i for i, ki in enumerate(k) if not ki > 0.0]
+    if plain:
+        ps, xp, cp = _subset(plain, params, xs, coef)
+        ops.axpy_scalars_(ps, xp, [-c for c in cp])
+    if pos:
+        ps, xp, ms, vs, a, k, coef = _subset(pos, params, xs, m_t, v_t, a, k, coef)
+        r = _addcmul(vs, ms, ms, [-ai for ai in a], ops)
+        ops.clamp_min_(r, _tiny(r))
+        ops.div_(ops.div_(r, ms), ms)
+        _add_scalars_(r, [1.0 / ki for ki in k], ops)
+        _addcdiv_(ps, xp, r, [-c / ki for c, ki in zip(coef, k)], ops)
 
 
 class SVAG(_VarianceAdapted):
@@ -320,6 +462,14 @@ class SVAG(_VarianceAdapted):
                                       maximize=maximize, foreach=foreach, nonfinite=nonfinite))
 
     def _update(self, group, params, grads, states, foreach) -> None:  # type: ignore[no-untyped-def]
+        if _fast(params):  # 25 passes (_adapted_step_)
+            ops = _kernels(foreach, params)
+            lr, b = _scalar_arg(group["lr"]), group["momentum"]
+            ts, m_t, v_t = self._moments(b, grads, states, ops)
+            a, k = self._scales(b, ts, weight=False)
+            apply_weight_decay(ops, params, lr, group["weight_decay"])
+            _adapted_step_(ops, params, grads, m_t, v_t, a, k, [lr] * len(params))
+            return
         ops = _ops(foreach)
         lr, wd = group["lr"], group["weight_decay"]
         _, m_t, e = self._denominators(group["momentum"], grads, states, ops, weight=False)
@@ -368,6 +518,9 @@ class AdamStar(_VarianceAdapted):
                                       maximize=maximize, foreach=foreach, nonfinite=nonfinite))
 
     def _update(self, group, params, grads, states, foreach) -> None:  # type: ignore[no-untyped-def]
+        if _fast(params):
+            self._fused_update(group, params, grads, states, foreach)
+            return
         ops = _ops(foreach)
         lr, b, wd = group["lr"], group["momentum"], group["weight_decay"]
         _, m_t, den = self._denominators(b, grads, states, ops, weight=True)
@@ -377,6 +530,32 @@ class AdamStar(_VarianceAdapted):
         upd = ops.mul_(ops.rsqrt_(den), m_t)
         apply_weight_decay(ops, params, lr, wd)
         ops.axpy_(params, upd, -lr)
+
+    def _fused_update(self, group, params, grads, states, foreach) -> None:  # type: ignore[no-untyped-def]
+        """The eager step in 22 passes over N floats (moments 8; then, in one temporary,
+        ``d = max(v~ - a m~^2, tiny)`` 3 + 2, ``d += m~^2/K`` 3, ``rsqrt_`` 2, and
+        ``x -= lr/sqrt(K) m~ d`` 4; 7 are counted).
+
+        ``m / sqrt(m^2 + rho s) = m~ / sqrt(m~^2 + K (v~ - a m~^2)^+) = m~ rsqrt(d) / sqrt(K)``
+        (K > 0). The floor ``tiny`` (instead of 0) keeps ``d > 0`` where ``m = v = 0`` (the update
+        ``0 * rsqrt(tiny)`` is 0: 0/0 := 0) and changes ``m~^2 + K d`` only where that is below
+        ``K tiny / eps``. At t = 0 and for beta = 0 (K = 0, s = 0) the step is the sign step."""
+        ops = _kernels(foreach, params)
+        lr, b = _scalar_arg(group["lr"]), group["momentum"]
+        ts, m_t, v_t = self._moments(b, grads, states, ops)
+        a, k = self._scales(b, ts, weight=True)
+        apply_weight_decay(ops, params, lr, group["weight_decay"])
+        pos = [i for i, ki in enumerate(k) if ki > 0.0]
+        sign = [i for i, ki in enumerate(k) if not ki > 0.0]
+        if sign:
+            ps, ms = _subset(sign, params, m_t)
+            ops.axpy_(ps, ops.sign(ms), -lr)
+        if pos:
+            ps, ms, vs, a, k = _subset(pos, params, m_t, v_t, a, k)
+            d = _addcmul(vs, ms, ms, [-ai for ai in a], ops)
+            ops.clamp_min_(d, _tiny(d))
+            _addcmul_(d, ms, ms, [1.0 / ki for ki in k], ops)
+            _addcmul_(ps, ops.rsqrt_(d), ms, [-lr / math.sqrt(ki) for ki in k], ops)
 
 
 class MSVAG(_VarianceAdapted):
@@ -544,6 +723,14 @@ class MSVAG(_VarianceAdapted):
                 for i in range(len(params)):
                     sl = slice(i, i + 1)
                     self._minibatch_step(group, params[sl], grads[sl], states[sl], pending[sl], ops)
+            return
+        if _fast(params):  # 25 passes (_adapted_step_)
+            ops = _kernels(foreach, params)
+            lr = _scalar_arg(lr)
+            ts, m_t, v_t = self._moments(b, grads, states, ops)
+            a, k = self._scales(b, ts, weight=True)
+            apply_weight_decay(ops, params, lr, wd)
+            _adapted_step_(ops, params, m_t, m_t, v_t, a, k, [lr * ai for ai in a])  # m = a m~
             return
         a, m_t, e = self._denominators(b, grads, states, ops, weight=True)
         upd = ops.mul_(_gamma_(e, m_t, ops), m_t)  # gamma m~; gamma m = a gamma m~
