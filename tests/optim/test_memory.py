@@ -23,8 +23,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from steepest._memory import LiveBytes
+from steepest._memory import LiveBytes, step_peak_bytes
 from steepest._memory import existing_storages as _existing
+from steepest.optim.base import _FOREACH_CHUNK
 from tests.optim.optim_infos import all_infos
 
 INFOS = all_infos()
@@ -144,3 +145,37 @@ def test_the_meter_sees_temporaries():
         opt.step()
     assert mode.peak == 3 * 4000  # a, b and a + b live at once
     assert mode.live == 0
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["loop", "foreach"])
+@pytest.mark.parametrize("case", ["bfloat16", "maximize", "complex"])
+@pytest.mark.parametrize("name", ["MSVAG", "AdamStar", "Stacey-p2-p3"])
+def test_working_copies_are_streamed(name, case, foreach):
+    """float32 working copies of half-precision tensors, real views of complex ones and the
+    negated gradients of ``maximize=True`` are made a chunk at a time for elementwise
+    optimizers: the peak does not grow with the number of tensors (it held a copy of every
+    parameter, gradient and state tensor at once)."""
+    import steepest.optim.base as base
+
+    info = next(i for i in INFOS if i.name == name)
+    dtype = {"bfloat16": torch.bfloat16, "complex": torch.complex64}.get(case, torch.float32)
+
+    def peak(k: int) -> int:
+        g = torch.Generator().manual_seed(0)
+        params = [torch.randn(4096, generator=g).to(dtype).requires_grad_() for _ in range(k)]
+        opt = info.make(params, foreach=foreach, **({"maximize": True} if case == "maximize" else {}))
+        for _ in range(2):
+            for p in params:
+                p.grad = torch.randn(4096, generator=g).to(dtype)
+            if info.prepare:
+                info.prepare(params)
+        opt.step()
+        for p in params:
+            p.grad = torch.randn(4096, generator=g).to(dtype)
+        return step_peak_bytes(opt, params)
+
+    base._FOREACH_CHUNK = 4096  # one tensor per chunk on both paths (monkeypatched back below)
+    try:
+        assert peak(8) == peak(2)
+    finally:
+        base._FOREACH_CHUNK = _FOREACH_CHUNK

@@ -368,6 +368,36 @@ class StepOptimizer(Optimizer):
             return "ignore"
         return "raise"
 
+    def _working(
+        self, group: dict[str, Any], items: list[tuple[int, Tensor, Tensor]]
+    ) -> tuple[list[Tensor], list[Tensor], list[dict[str, Any]], list[Any]]:
+        """The tensors ``_update`` works on (module docstring): real views of complex ones,
+        float32 copies of half-precision ones, negated gradients under ``maximize``; and what
+        must be written back after the update."""
+        params = [p for _, p, _g in items]
+        grads = [g for _, _p, g in items]
+        states = [self.state[p] for p in params]
+        maximize = group["maximize"]
+        if not maximize and not any(p.is_complex() or p.dtype in _LOW_PRECISION for p in params):
+            return params, grads, states, []  # the usual case: nothing to convert
+        wps, wgs, wstates, writeback = [], [], [], []
+        for p, g, state in zip(params, grads, states):
+            wp, wg, wstate = p, g, state
+            if p.is_complex():
+                wp, wg = torch.view_as_real(p), torch.view_as_real(g)
+                wstate = {k: _real(v) for k, v in state.items()}
+            if maximize:
+                wg = -wg
+            if p.dtype in _LOW_PRECISION:
+                wp, wg = wp.float(), wg.float()
+                wstate = {k: _upcast(v) for k, v in wstate.items()}
+            if wstate is not state:
+                writeback.append((p, wp, state, wstate))
+            wps.append(wp)
+            wgs.append(wg)
+            wstates.append(wstate)
+        return wps, wgs, wstates, writeback
+
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
@@ -399,40 +429,31 @@ class StepOptimizer(Optimizer):
         for group, items in zip(self.param_groups, gathered):
             if not items:
                 continue
-            params, grads, states, writeback = [], [], [], []
-            for _, p, g in items:
+            for _, p, _g in items:
                 state = self.state[p]
                 if not state:
                     self._init_state(group, p, state)
-                wp, wg, wstate = p, g, state
-                if p.is_complex():
-                    wp, wg = torch.view_as_real(p), torch.view_as_real(g)
-                    wstate = {k: _real(v) for k, v in state.items()}
-                if group["maximize"]:
-                    wg = -wg
-                if p.dtype in _LOW_PRECISION:
-                    wp, wg = wp.float(), wg.float()
-                    wstate = {k: _upcast(v) for k, v in wstate.items()}
-                if wstate is not state:
-                    writeback.append((p, wp, state, wstate))
-                params.append(wp)
-                grads.append(wg)
-                states.append(wstate)
             if group.get("scope") == "all_groups":  # stepped below, with the other such groups
-                joint.append((group, params, grads, states, writeback))
+                joint.append((group, *self._working(group, items)))
                 continue
-            foreach = self._use_foreach(group, params)
+            ps = [p for _, p, _g in items]
+            foreach = self._use_foreach(group, ps)
             if self._streams(group):
                 # Elementwise updates, a chunk of tensors at a time on both paths: each chunk's
-                # temporaries are freed before the next chunk's are made (peak memory: one chunk
-                # instead of a temporary per parameter on the foreach path; and fewer page faults
-                # on CPU, where freed chunks are reused). Small tensors share a chunk, so that the
-                # per-call overhead stays amortized (1,000 tiny tensors were 1.5x slower one by one).
-                for sl in _chunks(params, _chunk_limit(params, foreach)):
-                    self._update(group, params[sl], grads[sl], states[sl], foreach)
+                # temporaries (and its float32 working copies of half-precision tensors, or the
+                # negated gradients of maximize=True) are freed before the next chunk's are made
+                # (peak memory: one chunk instead of a temporary per parameter; and fewer page
+                # faults on CPU, where freed chunks are reused). Small tensors share a chunk, so
+                # that the per-call overhead stays amortized (1,000 tiny tensors were 1.5x slower
+                # one by one).
+                for sl in _chunks(ps, _chunk_limit(ps, foreach)):
+                    params, grads, states, writeback = self._working(group, items[sl])
+                    self._update(group, params, grads, states, foreach)
+                    _write_back_all(writeback)
             else:
+                params, grads, states, writeback = self._working(group, items)
                 self._update(group, params, grads, states, foreach)
-            _write_back_all(writeback)
+                _write_back_all(writeback)
         if joint:
             groups, params_j, grads_j, states_j, writebacks = (list(t) for t in zip(*joint))
             foreach = self._use_foreach(groups[0], [p for ps in params_j for p in ps])
