@@ -998,6 +998,8 @@ class Spectral(OperatorNorm):
         out = newton_schulz(
             m, self.ns_coefficients, self.ns_steps, self.ns_eps, self._compute_dtype(m), overwrite=overwrite
         )
+        if overwrite and out.dtype != m.dtype and not torch.compiler.is_compiling():
+            return m.copy_(out)  # back into the caller's temporary: no new tensor of m's dtype
         return out.to(m.dtype)
 
     def _base_lmo(self, m: Tensor, need_dual: bool) -> tuple[Tensor, Tensor | None]:

@@ -34,9 +34,12 @@ from steepest.norms import (
     ColNorm,
     L1ToLinf,
     Linf,
+    Lp,
     Norm,
+    OperatorNorm,
     Spectral,
     _as_matrix,
+    _fresh,
     from_spec,
 )
 from steepest.optim.base import StepOptimizer, check_choice, check_range
@@ -59,6 +62,16 @@ def adjust_lr(lr: float, adjust_lr_fn: str | None, rows: int, cols: int) -> floa
     if adjust_lr_fn == "match_rms_adamw":
         return lr * 0.2 * math.sqrt(max(rows, cols))
     return lr
+
+
+def _direction_of(norm: Norm, u: Tensor, owned: bool, ops: Any, mode: str, beta: float) -> Tensor:
+    """The direction of one tensor; built in ``u``'s storage where ``u`` is ``owned`` (a
+    temporary of the caller's) and the norm can (operator norms; sign descent)."""
+    if isinstance(norm, OperatorNorm):
+        return norm._direction([u], ops, mode, beta, True, owned=owned)[0]
+    if owned and isinstance(norm, Lp) and math.isinf(norm.p) and norm._is_elementwise(mode):
+        return torch.sign(u, out=u)  # sign(u) (normalized: ||u||_1 sign(u) / ||u||_1): in place
+    return norm._direction([u], ops, mode, beta, True)[0]
 
 
 def _matrix_only(norm: Norm) -> bool:
@@ -223,22 +236,80 @@ class Modular(StepOptimizer):
             norm = nm if (nm is not None and nd < 2) else group["norm"]
             sets.setdefault(id(norm), (norm, []))[1].append(k)
 
-        def direction_input(k: int) -> Tensor:
+        def direction_input(k: int, advance: bool = True) -> tuple[Tensor, bool]:
+            """``(u, owned)``: the direction's input, and whether it is a temporary of ours."""
             g = grads[k]
             if b == 0:
-                return g
+                return g, False
             buf = states[k]["momentum_buffer"]
-            buf.lerp_(g, 1 - b)  # the same ops, in the same order, as torch.optim.Muon
-            return g.lerp(buf, b) if nesterov else buf
+            if advance:
+                buf.lerp_(g, 1 - b)  # the same ops, in the same order, as torch.optim.Muon
+            return (g.lerp(buf, b), True) if nesterov else (buf, False)
 
         for norm, idx in sets.values():
-            if per_tensor:
-                # Stream: one matrix at a time, so each temporary is freed before the next.
+            operator = isinstance(norm, OperatorNorm)
+            if per_tensor or norm._is_elementwise(mode) or (operator and mode in ("unscaled", "normalized")):
+                # Stream: one tensor at a time (the scope changes nothing here), each temporary
+                # freed before the next is made; an owned input (Nesterov's) becomes the direction.
                 for k in idx:
-                    (d,) = norm._direction([direction_input(k)], ops, mode, beta, True)
+                    u, owned = direction_input(k)
+                    d = _direction_of(norm, u, owned, ops, mode, beta)
+                    del u
                     self._apply(group, params[k], d, ndims[k])
+                    del d
+            elif operator and norm._cheap_dual:
+                # A global dual made of reductions: a first pass advances the momentum and takes
+                # the duals, a second remakes each input (Nesterov's lerp, bitwise the same) and
+                # moves: one tensor's temporaries at a time, not every tensor's direction.
+                duals = []
+                for k in idx:
+                    u, owned = direction_input(k)
+                    if u.numel() == 0:
+                        duals.append(u.new_zeros(()))
+                        continue
+                    m = _as_matrix(u, norm.transpose)
+                    duals.append((norm._base_dual_into(m) if owned else norm._base_dual(m)).to(u.dtype))
+                    del u, m
+                post = norm._post([params[k] for k in idx], mode, beta, False, torch.stack(duals))
+                for i, k in enumerate(idx):
+                    u, owned = direction_input(k, advance=False)
+                    (d,) = norm._direction([u], ops, "unscaled", beta, True, owned=owned)
+                    del u
+                    if post is not None:
+                        d.mul_(post[i])
+                    self._apply(group, params[k], d, ndims[k])
+                    del d
+            elif isinstance(norm, Lp) and type(norm)._plan is Lp._plan:
+                # The same two passes for an l_p norm (e.g. sign descent on the vectors, scaled
+                # by the group's l1 norm): its plan depends on the per-tensor l_q norms alone, so
+                # it is made from one-entry stand-ins carrying them.
+                partials = []
+                for k in idx:
+                    u, owned = direction_input(k)
+                    # |u| in place where u is ours: ||u||_1 with no second temporary.
+                    partials.append(u.abs_().sum().reshape(1) if owned and norm.q == 1 else ops.norms([u], norm.q))
+                    del u
+                plan = norm._plan(partials, ops, mode, beta, False)
+                assert plan is not None
+                pre, post = plan
+                for i, k in enumerate(idx):
+                    u, owned = direction_input(k, advance=False)
+                    if pre is not None:
+                        u = u.div_(pre[i]) if owned else u / pre[i]
+                        owned = True
+                    if owned and math.isinf(norm.p):
+                        d = torch.sign(u, out=u)
+                    else:
+                        (d,) = _fresh(norm._map([u], ops), [u])
+                    del u
+                    if post is not None:
+                        d.mul_(post[i])
+                    self._apply(group, params[k], d, ndims[k])
+                    del d
             else:
-                c = [direction_input(k) for k in idx]
+                # The dual of every tensor before any moves (Spectral's <M, NS(M)>, l1 and block
+                # norms): all directions at once.
+                c = [direction_input(k)[0] for k in idx]
                 for k, d in zip(idx, norm._direction(c, ops, mode, beta, False)):
                     self._apply(group, params[k], d, ndims[k])
 
