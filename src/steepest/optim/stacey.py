@@ -50,10 +50,8 @@ import torch
 from torch import Tensor
 
 import steepest.optim.base as _base
-from steepest._backend import _Ops, _ops, is_dtensor
-from steepest.norms import Lp
+from steepest._backend import _compiling, is_dtensor
 from steepest.optim.base import StepOptimizer, check_betas, check_choice, check_range
-from steepest.optim.steepest import momentum_direction_input
 
 __all__ = ["VARIANTS", "Stacey", "mirror_step"]
 
@@ -65,81 +63,322 @@ _TINY = torch.finfo(torch.float32).tiny
 
 
 def _mirror_single_(z: Tensor, c: Tensor, alpha: float, p: float) -> None:
-    """``z <- phi^-1(phi(z) - alpha c)`` in place, in the scaled form of the module docstring."""
+    """``z <- phi^-1(phi(z) - alpha c)`` in place, in the scaled form of the module docstring.
+
+    Two temporaries the size of ``z`` (``|b|``, then ``phi(b/M)``; and ``M``). The signs of
+    ``z`` and of ``w = phi(z/M) - phi(b/M)`` are parked in the sign bit of ``M > 0`` while ``z``'s
+    buffer holds magnitudes, so that ``phi(z/M)`` and ``phi^-1(w)`` are computed in ``z`` itself.
+    The same numbers as ``sign(w) |w|^(1/k) M`` with ``w = sign(z) (|z|/M)^k - sign(c) (|b|/M)^k``
+    (IEEE division and multiplication are symmetric in sign: ``z / (sign(z) M) = |z| / M``)."""
     k = p - 1.0
-    b = c.abs().pow_(1.0 / k).mul_(alpha ** (1.0 / k))  # |phi^-1(alpha c)|
-    m = torch.maximum(z.abs(), b).clamp_min_(_TINY)
-    b.div_(m).pow_(k).mul_(torch.sign(c))  # phi(b / M) = alpha c / M^{p-1}
-    w = z.abs().div_(m).pow_(k).mul_(torch.sign(z))  # phi(z / M)
-    w.sub_(b)
-    z.copy_(w.abs().pow_(1.0 / k).mul_(torch.sign(w)).mul_(m))
+    r = 1.0 / k
+    b = c.abs().pow_(r).mul_(alpha**r)  # |phi^-1(alpha c)|
+    m = z.abs()
+    torch.maximum(m, b, out=m)
+    m.clamp_min_(_TINY)  # M
+    b.div_(m).pow_(k).copysign_(c)  # phi(b / M) = alpha c / M^{p-1}
+    m.copysign_(z)  # park sign(z)
+    z.div_(m).pow_(k).copysign_(m)  # phi(z / M)
+    z.sub_(b)  # w
+    del b
+    m.copysign_(z)  # sign(w) M
+    z.abs_().pow_(r).mul_(m)
 
 
-def _mirror_foreach_(zs: list[Tensor], c: list[Tensor], alpha: float, p: float) -> None:
-    """The multi-tensor (``torch._foreach_*``) version of :func:`_mirror_single_`."""
+def _mirror_foreach_(zs: list[Tensor], c: list[Tensor], alpha: float, p: float, fresh: bool) -> None:
+    """The multi-tensor (``torch._foreach_*``) version of :func:`_mirror_single_` (the same
+    numbers). There is no foreach copysign: signs are multiplied in, in a third temporary list
+    (``c``'s own buffer when it is a fresh temporary, which this consumes)."""
     k = p - 1.0
+    r = 1.0 / k
     b = torch._foreach_abs(c)
-    torch._foreach_pow_(b, 1.0 / k)
-    torch._foreach_mul_(b, alpha ** (1.0 / k))
-    m = torch._foreach_maximum(torch._foreach_abs(zs), b)
+    torch._foreach_pow_(b, r)
+    torch._foreach_mul_(b, alpha**r)
+    m = torch._foreach_abs(zs)
+    torch._foreach_maximum_(m, b)
     torch._foreach_clamp_min_(m, _TINY)
     torch._foreach_div_(b, m)
     torch._foreach_pow_(b, k)
-    torch._foreach_mul_(b, torch._foreach_sign(c))
-    w = torch._foreach_abs(zs)
-    torch._foreach_div_(w, m)
-    torch._foreach_pow_(w, k)
-    torch._foreach_mul_(w, torch._foreach_sign(zs))
-    torch._foreach_sub_(w, b)
-    signs = torch._foreach_sign(w)
-    torch._foreach_abs_(w)
-    torch._foreach_pow_(w, 1.0 / k)
-    torch._foreach_mul_(w, signs)
-    torch._foreach_mul_(w, m)
-    torch._foreach_copy_(zs, w)
+    if fresh:
+        torch._foreach_sign_(c)
+        s = c
+    else:
+        s = torch._foreach_sign(c)
+    torch._foreach_mul_(b, s)  # phi(b / M)
+    # s is free: phi(z / M) = |z/M|^k sign(z) in it, then w = phi(z/M) - phi(b/M).
+    torch._foreach_div_(zs, m)
+    torch._foreach_copy_(s, zs)
+    torch._foreach_abs_(s)
+    torch._foreach_pow_(s, k)
+    torch._foreach_sign_(zs)
+    torch._foreach_mul_(s, zs)
+    torch._foreach_sub_(s, b)
+    del b
+    # z <- sign(w) M |w|^{1/k} (|w|^{1/k} M up to the sign: the same product).
+    torch._foreach_copy_(zs, s)
+    torch._foreach_sign_(zs)
+    torch._foreach_mul_(zs, m)
+    torch._foreach_abs_(s)
+    torch._foreach_pow_(s, r)
+    torch._foreach_mul_(zs, s)
 
 
-def _unit_into_(c: list[Tensor], lp: Lp, ops: type[_Ops]) -> list[Tensor]:
-    """``Lp(p, eps, eps_mode).unit(c)``, the same numbers, written into ``c`` (a fresh temporary
-    of the step) where the map allows: the sign (``p = inf``) and the identity (``p = 2``) in
-    place; the eps-smoothed forms divide ``c`` by their denominator in place, which the loop path
-    builds a row block at a time (at most ``_STREAM_CHUNK`` elements, the streaming granularity
-    of :class:`~steepest.optim.base.StepOptimizer`), so that the step's only parameter-sized
-    temporary is ``c``. Without eps, ``Lp.unit`` itself (a fresh result; ``c`` is then dropped)."""
-    p, eps = lp.p, lp.eps
-    if math.isinf(p):
-        if ops.foreach:
-            torch._foreach_sign_(c)
+class _Cfg:
+    """The constants of one group's step (computed once per ``_update`` call)."""
+
+    __slots__ = (
+        "alpha",
+        "decay",
+        "descent",
+        "e",
+        "eps",
+        "lr",
+        "mom",
+        "p",
+        "paper",
+        "plain",
+        "r",
+        "tau",
+        "temps",
+        "w1",
+        "w2",
+        "wd",
+    )
+
+    def __init__(self, group: dict[str, Any]) -> None:
+        self.lr = lr = float(group["lr"])
+        self.alpha = lr if group["alpha"] is None else float(group["alpha"])
+        self.tau, self.wd = float(group["tau"]), float(group["weight_decay"])
+        self.p = p = float(group["p"])
+        self.eps = float(group["eps"])
+        self.paper = group["eps_mode"] == "paper"
+        b1, b2 = group["betas"]
+        # momentum_direction_input's cases: c = g, c = m (updated), or a fresh c.
+        self.mom = "none" if b1 == 0.0 and b2 == 0.0 else ("tied" if b1 == b2 else "fresh")
+        self.w1, self.w2 = 1.0 - b1, 1.0 - b2
+        variant = group["variant"]
+        self.plain = variant == "p2" or p == 2.0  # the mirror step is z - alpha c
+        # The descent direction d(c): "id" (p = 2, or the l_2 step of "2p"), "sign" (p = inf),
+        # "pow" (sign(c)|c|^{1/(p-1)}, eps = 0) or "eps" (s_eps).
+        if p == 2.0 or variant == "2p":
+            self.descent = "id"
+        elif math.isinf(p):
+            self.descent = "sign"
         else:
-            for x in c:
-                x.sign_()
-        return c
-    if p == 2.0:
-        return c
-    if eps == 0.0:
-        return lp.unit(c, ops)
-    e = (p - 2.0) / (p - 1.0)
-    paper = lp.eps_mode == "paper"
+            self.descent = "pow" if self.eps == 0.0 else "eps"
+        # Exponents of the descent step: s_eps's e = (p-2)/(p-1), Lp.unit's 1/(p-1).
+        self.e = (p - 2.0) / (p - 1.0) if math.isfinite(p) else 1.0
+        self.r = 1.0 / (p - 1.0) if p > 1.0 else 1.0
+        # x_{t+1} = tau z + (1 - tau) y' with y' = x - lr d(c) - lr wd x / (1 - tau), which is
+        # x_{t+1} = tau z + (1 - tau)(x - lr d(c)) - lr wd x (tau = 1: z - lr wd x).
+        self.decay = 1.0 - lr * self.wd / (1.0 - self.tau) if self.tau < 1.0 and self.wd else 1.0
+        # Parameter-sized temporaries alive at once (c included): c and the descent's
+        # denominator; c, |b| and M in the mirror step.
+        self.temps = (1 if self.descent in ("id", "sign") else 2) if self.plain else 3
 
-    def den(xs: list[Tensor]) -> list[Tensor]:  # as Lp.unit: (|x|^e + eps) or (|x| + eps)^e
-        if paper:
-            return ops.add_(ops.pow_(ops.abs(xs), e), eps)
-        return ops.pow_(ops.add_(ops.abs(xs), eps), e)
 
-    if ops.foreach:
-        return ops.div_(c, den(c))
-    chunk = _base._STREAM_CHUNK
-    for x in c:
-        if x.dim() == 0 or x.numel() <= chunk or is_dtensor(x):  # a shard: no views to split
-            x.div_(den([x])[0])
+def _descent_foreach_(xs: list[Tensor], c: list[Tensor], k: _Cfg, consume: bool) -> None:
+    """The multi-tensor version of :func:`_descent_single_`."""
+    if k.descent == "id":
+        torch._foreach_add_(xs, c, alpha=-k.lr)
+        return
+    if k.descent == "sign":
+        if consume:
+            torch._foreach_sign_(c)
+        torch._foreach_add_(xs, c if consume else torch._foreach_sign(c), alpha=-k.lr)
+        return
+    d = torch._foreach_abs(c)
+    if k.descent == "pow":
+        torch._foreach_pow_(d, 1.0 / (k.p - 1.0))
+        if consume:
+            torch._foreach_sign_(c)
+        torch._foreach_mul_(d, c if consume else torch._foreach_sign(c))
+        torch._foreach_add_(xs, d, alpha=-k.lr)
+        return
+    e = (k.p - 2.0) / (k.p - 1.0)
+    if k.paper:
+        torch._foreach_pow_(d, e)
+        torch._foreach_add_(d, k.eps)
+    else:
+        torch._foreach_add_(d, k.eps)
+        torch._foreach_pow_(d, e)
+    torch._foreach_addcdiv_(xs, c, d, value=-k.lr)
+
+
+def _descent_(x: Tensor, c: Tensor, k: _Cfg, consume: bool) -> None:
+    """``x <- x - lr d(c)`` (one tensor); ``consume``: ``c`` is a fresh temporary, free after."""
+    descent = k.descent
+    if descent == "id":
+        x.add_(c, alpha=-k.lr)
+    elif descent == "eps":  # s_eps(c) = c / den, den = (|c| + eps)^e ("code") or |c|^e + eps
+        d = c.abs()
+        if k.paper:
+            d.pow_(k.e).add_(k.eps)
+        else:
+            d.add_(k.eps).pow_(k.e)
+        x.addcdiv_(c, d, value=-k.lr)
+    elif descent == "sign":
+        x.add_(c.sign_() if consume else torch.sign(c), alpha=-k.lr)
+    else:  # "pow", Lp.unit without eps: sign(c)|c|^{1/(p-1)}
+        x.add_(c.abs().pow_(k.r).copysign_(c), alpha=-k.lr)
+
+
+def _step_single(x: Tensor, g: Tensor, m: Tensor, z: Tensor, k: _Cfg) -> None:
+    """One STACEY step on one tensor (or on aligned blocks of x, g, m, z), all in place.
+
+    Order: c and m; the descent step y' = x - lr d(c) (- lr wd x / (1 - tau)) in x; the mirror
+    step on z; then the coupling x <- tau z + (1 - tau) y' (see :class:`_Cfg`). The plain mirror
+    step z - alpha c goes first, so that the descent may consume c."""
+    if k.mom == "fresh":
+        c = torch.lerp(m, g, k.w1)
+        m.lerp_(g, k.w2)
+        fresh = True
+    elif k.mom == "tied":
+        m.lerp_(g, k.w2)
+        c, fresh = m, False
+    else:
+        c, fresh = g, False
+    tau = k.tau
+    if k.decay != 1.0:
+        x.mul_(k.decay)
+    if k.plain:
+        z.add_(c, alpha=-k.alpha)
+        if tau < 1.0:
+            _descent_(x, c, k, fresh)
+    else:
+        if tau < 1.0:
+            _descent_(x, c, k, False)
+        _mirror_single_(z, c, k.alpha, k.p)
+    del c
+    if tau == 1.0:
+        if k.wd:
+            x.mul_(-k.lr * k.wd).add_(z)
+        else:
+            x.copy_(z)
+    elif tau:
+        x.lerp_(z, tau)
+
+
+def _step_traced(x: Tensor, g: Tensor, m: Tensor, z: Tensor, k: _Cfg) -> None:
+    """:func:`_step_single` while ``torch.compile`` traces (whole tensors; inductor fuses the
+    ops): step-dependent scalars as products, never as ``alpha=``/``value=``/``weight``
+    (inductor freezes those; see :func:`steepest._backend._compiling`)."""
+    if k.mom == "fresh":
+        c = m + (g - m) * k.w1
+        m.add_((g - m) * k.w2)
+    elif k.mom == "tied":
+        m.add_((g - m) * k.w2)
+        c = m
+    else:
+        c = g
+    if k.decay != 1.0:
+        x.mul_(k.decay)
+    if k.plain:
+        z.add_(c * -k.alpha)
+    if k.tau < 1.0:
+        if k.descent == "id":
+            d = c
+        elif k.descent == "sign":
+            d = torch.sign(c)
+        elif k.descent == "pow":
+            d = c.abs().pow_(k.r).copysign_(c)
+        else:
+            den = c.abs().pow_(k.e).add_(k.eps) if k.paper else c.abs().add_(k.eps).pow_(k.e)
+            d = c / den
+        x.add_(d * -k.lr)
+    if not k.plain:
+        _mirror_single_(z, c, k.alpha, k.p)
+    if k.tau == 1.0:
+        if k.wd:
+            x.mul_(-k.lr * k.wd).add_(z)
+        else:
+            x.copy_(z)
+    elif k.tau:
+        x.add_((z - x) * k.tau)
+
+
+def _step_foreach(xs: list[Tensor], gs: list[Tensor], ms: list[Tensor], zs: list[Tensor],
+                  k: _Cfg) -> None:
+    """The multi-tensor version of :func:`_step_single` (the same numbers)."""
+    if k.mom == "none":
+        c, fresh = gs, False
+    elif k.mom == "tied":
+        torch._foreach_lerp_(ms, gs, k.w2)
+        c, fresh = ms, False
+    else:
+        c = list(torch._foreach_lerp(ms, gs, k.w1))
+        torch._foreach_lerp_(ms, gs, k.w2)
+        fresh = True
+    if k.decay != 1.0:
+        torch._foreach_mul_(xs, k.decay)
+    if k.plain:
+        torch._foreach_add_(zs, c, alpha=-k.alpha)
+        if k.tau < 1.0:
+            _descent_foreach_(xs, c, k, fresh)
+    else:
+        if k.tau < 1.0:
+            _descent_foreach_(xs, c, k, False)
+        _mirror_foreach_(zs, c, k.alpha, k.p, fresh)
+    del c
+    if k.tau == 1.0:
+        if k.wd:
+            torch._foreach_mul_(xs, -k.lr * k.wd)
+            torch._foreach_add_(xs, zs)
+        else:
+            torch._foreach_copy_(xs, zs)
+    elif k.tau:
+        torch._foreach_lerp_(xs, zs, k.tau)
+
+
+def _splittable(ts: tuple[Tensor, ...]) -> bool:
+    return all(t.is_contiguous() for t in ts) and not is_dtensor(ts[0])
+
+
+def _blocks(ts: tuple[Tensor, ...], size: int) -> list[tuple[Tensor, ...]]:
+    """Aligned views of blocks of at most ``size`` elements of the same-shaped tensors ``ts``:
+    flat blocks when all are contiguous, else blocks of rows along dim 0 (any layout)."""
+    if _splittable(ts):
+        return list(zip(*(t.view(-1).split(size) for t in ts)))
+    x = ts[0]
+    if x.dim() == 0 or is_dtensor(x):  # a shard: no views to split
+        return [ts]
+    rows = max(1, size // max(1, x[0].numel()))
+    return list(zip(*(t.split(rows) for t in ts)))
+
+
+def _pieces(items: list[tuple[Tensor, ...]], limit: int) -> list[list[tuple[Tensor, ...]]]:
+    """Split aligned tuples (x, g, m, z) into pieces of at most ``limit`` elements (contiguous
+    tensors are cut into flat views where a piece fills up; others stay whole)."""
+    pieces: list[list[tuple[Tensor, ...]]] = []
+    cur: list[tuple[Tensor, ...]] = []
+    size = 0
+    for ts in items:
+        n = ts[0].numel()
+        if n == 0:
             continue
-        if x.is_contiguous():  # flat blocks of a power-of-2 length: the vectorized kernels
-            blocks = x.view(-1).split(chunk)  # see the same element runs as on the whole tensor
-        else:  # views along dim 0: any memory layout
-            blocks = x.split(max(1, chunk // max(1, x[0].numel())))
-        for blk in blocks:
-            blk.div_(den([blk])[0])
-    return c
+        if size + n <= limit:
+            cur.append(ts)
+            size += n
+            continue
+        if not _splittable(ts):  # a piece of its own
+            if cur:
+                pieces.append(cur)
+            pieces.append([ts])
+            cur, size = [], 0
+            continue
+        flat = [t.view(-1) for t in ts]
+        off = 0
+        while off < n:
+            take = min(limit - size, n - off)
+            cur.append(tuple(f.narrow(0, off, take) for f in flat))
+            size += take
+            off += take
+            if size >= limit:
+                pieces.append(cur)
+                cur, size = [], 0
+    if cur:
+        pieces.append(cur)
+    return pieces
 
 
 def mirror_step(z: Tensor, c: Tensor, alpha: float, p: float) -> Tensor:
@@ -274,53 +513,33 @@ class Stacey(StepOptimizer):
         states: list[dict[str, Any]],
         foreach: bool,
     ) -> None:
-        ops = _ops(foreach)
-        lr = float(group["lr"])
-        alpha = lr if group["alpha"] is None else float(group["alpha"])
-        tau, wd, variant = float(group["tau"]), float(group["weight_decay"]), group["variant"]
-        p = float(group["p"])
-
         steps = [s["step"] for s in states]
         if foreach:
             torch._foreach_add_(steps, 1.0)
         else:
             for s in steps:
                 s.add_(1.0)
-
-        # c = b1 m + (1-b1) g; m <- b2 m + (1-b2) g. c may alias m or g (then read-only);
-        # otherwise it is a fresh temporary, which becomes u below (peak memory: one tensor).
-        b1, b2 = group["betas"]
-        c = momentum_direction_input((b1, b2), grads, states, foreach, key="m")
-        fresh = not (b1 == 0.0 and b2 == 0.0) and b1 != b2  # momentum_direction_input's cases
-        zs = [s["z"] for s in states]
-
-        # Mirror step on z (first: the last use of c as such).
-        if variant == "p2" or p == 2.0:
-            ops.axpy_(zs, c, -alpha)
-        elif foreach:
-            _mirror_foreach_(zs, c, alpha, p)
-        else:
-            for z, ci in zip(zs, c):
-                _mirror_single_(z, ci, alpha, p)
-
-        # u = (1-tau) lr d(c) + lr wd x_t, in c's buffer when it is fresh (x_t is needed before
-        # x changes). The same numbers as a fresh u: the same ops on the same values.
-        if variant == "2p":
-            if fresh:
-                u = ops.mul_scalar_(c, (1.0 - tau) * lr)
-            else:
-                u = [ci * ((1.0 - tau) * lr) for ci in c] if not foreach else list(
-                    torch._foreach_mul(c, (1.0 - tau) * lr)
-                )
-        else:
-            lp = Lp(p, group["eps"], group["eps_mode"])
-            u = _unit_into_(c, lp, ops) if fresh else lp.unit(c, ops)  # s_eps(c)
-            ops.mul_scalar_(u, (1.0 - tau) * lr)
-        if wd:
-            ops.axpy_(u, params, lr * wd)
-
-        # x <- x + tau (z - x) - u = tau z + (1-tau) y - lr wd x. lerp keeps x bit-exact when
-        # z == x and u == 0 (a zero gradient from a fresh state is a no-op).
-        if tau:
-            ops.lerp_(params, zs, tau)
-        ops.axpy_(params, u, -1.0)
+        k = _Cfg(group)
+        items = [(x, g, s["m"], s["z"]) for x, g, s in zip(params, grads, states)]
+        if _compiling():  # inductor fuses the whole step: no blocks needed (nor wanted)
+            for ts in items:
+                _step_traced(*ts, k)
+            return
+        # Peak memory (issue 12): k.temps temporaries of a block at a time, with blocks of at
+        # most 1/k.temps of what a step may hold beyond the state (one tensor on the loop
+        # path, this chunk of tensors on the foreach path). Blocks also keep the step's several
+        # passes over its temporaries in cache (64K floats: 256 KiB per tensor involved).
+        if foreach:
+            total = sum(ts[0].numel() for ts in items)
+            for piece in _pieces(items, max(1, total // k.temps)):
+                _step_foreach(*(list(t) for t in zip(*piece)), k)
+            return
+        chunk = _base._STREAM_CHUNK
+        for ts in items:
+            n = ts[0].numel()
+            if n <= chunk:
+                if n:
+                    _step_single(*ts, k)
+                continue
+            for blk in _blocks(ts, min(chunk, n // k.temps)):
+                _step_single(*blk, k)
