@@ -101,6 +101,46 @@ def test_matches_algorithms_2_3_4_over_several_steps(cfg, foreach):
         assert float(st["step"]) == 6.0
 
 
+BLOCK_CONFIGS = CONFIGS + [
+    dict(variant="p2", p=5.0, eps_mode="code", eps=0.0, tau=1.0),
+    dict(variant="pp", p=4.0, eps_mode="code", eps=1e-8, tau=1.0),
+    dict(variant="pp", p=3.0, eps_mode="code", eps=1e-8, tau=0.0, betas=(0.9, 0.9)),
+    dict(variant="2p", p=6.0, eps_mode="code", eps=1e-8, betas=(0.0, 0.0)),
+]
+
+
+@pytest.mark.parametrize("cfg", BLOCK_CONFIGS, ids=lambda c: f"{c['variant']}-p{c['p']}-{c.get('tau', '')}")
+@pytest.mark.parametrize("foreach", [False, True])
+def test_blocked_step_matches_the_algorithms(cfg, foreach, monkeypatch):
+    # Issue 12: tensors above the stream chunk are updated in blocks (flat views when
+    # contiguous, rows of a transposed tensor otherwise; the foreach path cuts its chunk into
+    # pieces). A 16-element chunk puts every tensor here above it; the blocks must not change
+    # the algorithm (float64 tolerance as above: the blocks run the same elementwise formulas).
+    import steepest.optim.base as base
+
+    monkeypatch.setattr(base, "_STREAM_CHUNK", 16)
+    hp = dict(lr=0.05, alpha=0.2, tau=0.3, betas=(0.8, 0.95), wd=0.1)
+    hp.update(cfg)
+    x0s = [_x0(0, (7, 9)), _x0(2, (13, 6)).t(), _x0(4, (3,)), _x0(5, (50,))]
+    assert not x0s[1].is_contiguous()
+    gss = [[g.t() if i == 1 else g for g in _grads(5, 10 + i, tuple(x.shape) if i != 1 else (13, 6))]
+           for i, x in enumerate(x0s)]
+    params = [x.clone().requires_grad_() for x in x0s]
+    opt = Stacey(
+        params, lr=hp["lr"], alpha=hp["alpha"], tau=hp["tau"], p=hp["p"], betas=hp["betas"],
+        eps=hp["eps"], weight_decay=hp["wd"], variant=hp["variant"], eps_mode=hp["eps_mode"],
+        foreach=foreach,
+    )
+    _run(opt, params, gss)
+    for prm, x_init, gs in zip(params, x0s, gss):
+        x, z, m = reference(x_init, gs, **hp)
+        st = opt.state[prm]
+        torch.testing.assert_close(prm.detach(), x, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(st["z"], z, rtol=1e-10, atol=1e-12)
+        if hp["betas"] != (0.0, 0.0):  # then c = g and the unused m is not kept (stays 0)
+            torch.testing.assert_close(st["m"], m, rtol=1e-10, atol=1e-12)
+
+
 def test_first_step_identity_of_section_4():
     # From x_0 = 0: x_1 = -(1 - tau) lr s_eps((1 - b1) g_0) - tau alpha (1 - b1) g_0.
     lr, alpha, tau, b1, p, eps = 0.1, 0.3, 0.25, 0.9, 4.0, 1e-8
