@@ -35,7 +35,18 @@ import torch
 from torch import Tensor
 
 from steepest._backend import _Ops, _ops, is_dtensor
-from steepest.norms import L1, L2, MODES, BlockNorm, Factored, Linf, Lp, Norm, _per_tensor_ok
+from steepest.norms import (
+    L1,
+    L2,
+    MODES,
+    BlockNorm,
+    Factored,
+    Linf,
+    Lp,
+    Norm,
+    _per_tensor_ok,
+    _Scratch,
+)
 from steepest.optim.base import (
     StepOptimizer,
     apply_weight_decay,
@@ -66,6 +77,7 @@ def apply_direction(
     lr: float | None = None,
     beta: float = 1.0,
     owned: bool = False,
+    scratch: _Scratch | None = None,
 ) -> None:
     """``x <- (1 - lr wd) x - lr direction(c)``, the shared last line of every steepest method.
 
@@ -75,7 +87,8 @@ def apply_direction(
     Where the direction is ``post_i * map(c_i / pre_i)`` (:meth:`Norm._plan`), the scalars are
     folded into the update pass (``addcmul_``/``addcdiv_`` with a 0-d tensor) instead of a
     ``mul_`` pass over a direction temporary, and the map is built in one temporary per tensor
-    (:meth:`Norm._map_div`); the identity maps (l2, BlockNorm) need no temporary at all."""
+    (:meth:`Norm._map_div`); the identity maps (l2, BlockNorm) need no temporary at all.
+    ``scratch``: a reusable buffer for the loop path's per-tensor temporaries (CPU page faults)."""
     ops = _ops(foreach)
     eager = not torch.compiler.is_compiling()
     if eager and type(norm) is L1 and not any(is_dtensor(x) for x in c) and all(
@@ -111,7 +124,10 @@ def apply_direction(
         apply_weight_decay(ops, params, lr, wd)
         ops.axpy_(params, c, -lr)
         return
-    plan = norm._plan(c, ops, mode, beta, per_tensor)
+    if isinstance(norm, Lp):
+        plan = norm._plan(c, ops, mode, beta, per_tensor, scratch=scratch)
+    else:
+        plan = norm._plan(c, ops, mode, beta, per_tensor)
     if plan is None:
         direction = norm._direction(c, ops, mode, beta, per_tensor)
         apply_weight_decay(ops, params, lr, wd)
@@ -140,7 +156,9 @@ def apply_direction(
         elif sign_in_place and den is None:
             d = torch.sign(x, out=x)
         else:
-            (d,) = norm._map_div([x], None if den is None else [den], _Ops)
+            buf = scratch.like(x) if scratch is not None and isinstance(norm, Lp) else None
+            (d,) = norm._map_div([x], None if den is None else [den], _Ops,
+                                 out=None if buf is None else [buf])
             den = None
         apply_weight_decay(_Ops, [p], lr, wd)
         _axpy_one_(p, d, lr, den, None if posts is None else posts[i], not eager)
@@ -251,6 +269,17 @@ class SteepestDescent(StepOptimizer):
         if any(self._betas(group)):
             state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
+    def step(self, closure: Any = None) -> Any:
+        if torch.compiler.is_compiling():
+            return super().step(closure)
+        # One reusable buffer for the loop path's per-tensor temporaries during this step (see
+        # norms._Scratch: fresh ones cost page faults on CPU); dropped when the step ends.
+        self._scratch = _Scratch()
+        try:
+            return super().step(closure)
+        finally:
+            self._scratch = None
+
     def _streams(self, group: dict[str, Any]) -> bool:
         # Nothing couples the tensors (sign(m), Lion, s(g), l2): the base class hands _update a
         # chunk of tensors at a time on both paths (temporaries of one chunk at a time).
@@ -265,9 +294,13 @@ class SteepestDescent(StepOptimizer):
         foreach: bool,
     ) -> None:
         betas = self._betas(group)
+        scratch = getattr(self, "_scratch", None)
+        if not foreach and scratch is not None and self._streams(group) and _lean_ok(group["norm"]):
+            _elementwise_loop(group, params, grads, states, betas, scratch)
+            return
         c = momentum_direction_input(betas, grads, states, foreach)
         apply_direction(group, params, c, group["norm"], group["mode"], foreach, beta=group["beta"],
-                        owned=betas[0] != betas[1])
+                        owned=betas[0] != betas[1], scratch=scratch)
 
     def _scope_couples(self, group: dict[str, Any]) -> bool:
         # The scope matters only where the direction has a reduction over the scope: not for an
@@ -305,6 +338,55 @@ class SteepestDescent(StepOptimizer):
             ops = _ops(foreach)
             apply_weight_decay(ops, ps, g["lr"], g.get("weight_decay", 0.0))
             ops.axpy_(ps, d, -g["lr"])
+
+
+def _lean_ok(norm: Norm) -> bool:
+    """Whether :func:`_elementwise_loop` knows the norm's elementwise map (the l_p family)."""
+    return type(norm) in (Lp, L2, Linf)
+
+
+def _elementwise_loop(
+    group: dict[str, Any],
+    params: list[Tensor],
+    grads: list[Tensor],
+    states: list[dict[str, Any]],
+    betas: tuple[float, float],
+    scratch: _Scratch,
+) -> None:
+    """The loop path of an elementwise direction (sign, s(c), l2's c), eager on CPU: momentum,
+    direction and update one tensor at a time, the temporary in ``scratch`` (no fresh tensor per
+    parameter) and no per-tensor list building: the same ops and numbers as
+    :func:`momentum_direction_input` then :func:`apply_direction`, with less Python per tensor."""
+    norm: Lp = group["norm"]
+    lr, wd = group["lr"], group.get("weight_decay", 0.0)
+    b1, b2 = betas
+    sign, ident = math.isinf(norm.p), norm.p == 2.0
+    if not scratch.usable(grads) or not scratch.usable(params):  # e.g. DTensors: the general path
+        c = momentum_direction_input(betas, grads, states, False)
+        apply_direction(group, params, c, norm, group["mode"], False, beta=group["beta"],
+                        owned=b1 != b2)
+        return
+    owned = b1 != b2
+    for p, g, st in zip(params, grads, states):
+        buf = scratch.like(g) if (owned or not ident) else None  # None: a fresh temporary
+        if b1 == 0.0 and b2 == 0.0:
+            c = g
+        elif not owned:
+            c = st["momentum_buffer"].lerp_(g, 1.0 - b1)
+        else:  # Lion: c = b1 m + (1 - b1) g (the step's temporary), then m <- b2 m + (1 - b2) g
+            m = st["momentum_buffer"]
+            c = torch.lerp(m, g, 1.0 - b1) if buf is None else torch.lerp(m, g, 1.0 - b1, out=buf)
+            m.lerp_(g, 1.0 - b2)
+        if sign:
+            d = c.sign_() if owned else (torch.sign(c) if buf is None else torch.sign(c, out=buf))
+        elif ident:
+            d = c
+        else:
+            (d,) = norm._map_div([c], None, _Ops, out=None if owned or buf is None else [buf])
+        if wd:
+            p.mul_(1.0 - lr * wd)
+        p.add_(d, alpha=-lr)
+        del d, c
 
 
 def momentum_direction_input(
