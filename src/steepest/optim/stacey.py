@@ -39,6 +39,16 @@ and underflows for small ``|z|``, so the mirror step is evaluated in the equival
 
 where every power acts on a number in [-2, 2]: no overflow, no 0/0 at ``z = c = 0``, and a zero
 ``c`` leaves ``z`` bit-exactly unchanged (``z/M = sign(z)``).
+
+Memory and speed (issue 12). The step is computed in the paper's own order, in place: ``c``
+(the only temporary of the momentum), ``y' = x - lr d(c) - lr wd x / (1 - tau)`` in ``x`` (one
+``addcdiv_`` for ``s_eps``), the mirror step in ``z``, then ``x <- lerp(y', z, tau)``, which is
+``tau z + (1 - tau) y - lr wd x`` (``tau = 1``: ``x <- z - lr wd x``). At most ``k`` temporaries
+are alive (``c`` and ``s_eps``'s denominator; ``c``, ``|b|`` and ``M`` in the mirror step, whose
+signs are parked in the sign bit of ``M > 0`` instead of sign temporaries), and the update runs
+on blocks of at most ``1/k`` of a tensor (loop path; tensors above the stream chunk, in blocks
+of at most that chunk) or of the chunk of tensors the base class hands over (foreach path):
+the step holds at most one parameter-sized tensor beyond its state.
 """
 
 from __future__ import annotations
@@ -526,9 +536,11 @@ class Stacey(StepOptimizer):
                 _step_traced(*ts, k)
             return
         # Peak memory (issue 12): k.temps temporaries of a block at a time, with blocks of at
-        # most 1/k.temps of what a step may hold beyond the state (one tensor on the loop
-        # path, this chunk of tensors on the foreach path). Blocks also keep the step's several
-        # passes over its temporaries in cache (64K floats: 256 KiB per tensor involved).
+        # most 1/k.temps of what a step may hold beyond the state: this chunk of tensors on the
+        # foreach path; on the loop path the tensor, or the stream chunk for tensors below it
+        # (k.temps of them fit in one chunk: 256 KiB at most), so that the peak is at most the
+        # largest tensor or one stream chunk. (Blocks cost ~5-10% of the time on the big layout of
+        # benchmarks/optim_step.py, for the per-op overhead; no cache gain was measured.)
         if foreach:
             total = sum(ts[0].numel() for ts in items)
             for piece in _pieces(items, max(1, total // k.temps)):
@@ -537,7 +549,7 @@ class Stacey(StepOptimizer):
         chunk = _base._STREAM_CHUNK
         for ts in items:
             n = ts[0].numel()
-            if n <= chunk:
+            if n * k.temps <= chunk:
                 if n:
                     _step_single(*ts, k)
                 continue
