@@ -104,6 +104,49 @@ def test_shuffled_uses_one_randperm_per_tensor_from_the_generator():
             torch.testing.assert_close(dv, expected, rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, D])
+@pytest.mark.parametrize("eps", [1e-8, 0.0])
+@pytest.mark.parametrize("foreach", [False, True])
+def test_shuffled_chunked_gather_is_the_same_permutation(dtype, eps, foreach, monkeypatch):
+    # Tensors above the stream chunk take the chunked path (steepest.optim.adam_ablation.
+    # _shuffled_step_: gathers through the permutation in chunks that live in the consumed index
+    # bytes). A stream chunk of 8 entries sends the 30- and 24-entry tensors there (chunks of
+    # 4, 2, 3, 4, 6, 9, 2 entries of the 30 for float32; slower growth for float64), the
+    # 5-entry one through the whole-tensor path. Expected: torch.optim.Adam's step
+    # magnitudes through torch.randperm of a twin generator (int64), with the signs of Adam's step;
+    # exact permutation, magnitudes to rounding: the steps are differences of parameters, each
+    # parameter rounded once by Adam and once by us (at a different, permuted entry), so up to
+    # an ulp of |p| apart (atol 4 eps max|p|), plus a few ulp of the step (rtol 1e-6 / 1e-12).
+    import steepest.optim.base as base
+
+    monkeypatch.setattr(base, "_STREAM_CHUNK", 8)
+    gen, twin = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    shapes = [(6, 5), (5,), (2, 3, 4), (0,)]
+    pa = [p.to(dtype).detach().requires_grad_() for p in _params(shapes)]
+    pv = _clone(pa)
+    adam = torch.optim.Adam(pa, lr=0.01, eps=eps)
+    opt = AdamShuffled(pv, lr=0.01, eps=eps, generator=gen, foreach=foreach)
+    tol = 1e-6 if dtype == torch.float32 else 1e-12
+    for t in range(4):
+        before_a, before_v = [p.detach().clone() for p in pa], [p.detach().clone() for p in pv]
+        for p, q, g in zip(pa, pv, _grads(t, shapes, dtype)):
+            if g.numel():
+                g[..., 0] = 0.0  # m = v = 0 entries: sign 0, and gamma 0 when eps = 0
+            p.grad, q.grad = g.clone(), g.clone()
+        adam.step()
+        opt.step()
+        for p, b, q, c in zip(pa, before_a, pv, before_v):
+            # eps = 0: Adam's 0/0 is NaN where m = v = 0; ours is 0/0 := 0 (no update).
+            da, dv = torch.nan_to_num(p.detach() - b, nan=0.0), q.detach() - c
+            assert torch.isfinite(dv).all()
+            b = torch.nan_to_num(b, nan=0.0)
+            perm = torch.randperm(da.numel(), generator=twin)
+            # sign(da) = -sign(m): Adam's step is 0 exactly where m = 0, and so must ours be.
+            expected = (da.abs().flatten()[perm] * torch.sign(da).flatten()).view_as(dv)
+            atol = 4 * torch.finfo(dtype).eps * max(float(b.abs().max()) if b.numel() else 0.0, 1.0)
+            torch.testing.assert_close(dv, expected, rtol=tol, atol=atol)
+
+
 def test_shuffled_is_reproducible_and_resumes_exactly():
     def run(seed, steps, opt=None, ps=None, start=0):
         ps = ps if ps is not None else _params(SHAPES)

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+import steepest.optim.base as _base
 from steepest._backend import _Ops, _ops
 from steepest.optim.base import StepOptimizer, apply_weight_decay, check_betas
 from steepest.optim.noise import _count, _fast, _kernels, _scalar_arg, _tiny
@@ -180,10 +181,25 @@ class AdamShuffled(_AdamDecomposed):
         return out
 
     def _fused_step(self, ops, params, m_t, v_t, bc2, ss, eps) -> None:  # type: ignore[no-untyped-def]
-        # One tensor at a time, in parameter order (the order of the generator's draws).
+        # Tensors within the loop path's stream chunk (small ones, whose temporaries the stream
+        # allows): gamma for all of them with one kernel per op (_magnitudes_), then per tensor
+        # one gather through the permutation. Larger ones: _shuffled_step_ (index + 3%).
+        # The generator draws one permutation per tensor in parameter order either way.
         gen = getattr(self, "_generator", None)
-        for p, m, v, b, s in zip(params, m_t, v_t, bc2, ss):
-            _shuffled_step_(p, m, v, b, s, eps, gen)
+        small = [i for i, m in enumerate(m_t) if m.numel() <= _base._STREAM_CHUNK]
+        mags = dict(zip(small, _magnitudes_(ops, *(
+            [xs[i] for i in small] for xs in (m_t, v_t, bc2, ss)), eps)))
+        for i, (p, m, v, b, s) in enumerate(zip(params, m_t, v_t, bc2, ss)):
+            if i not in mags:
+                _shuffled_step_(p, m, v, b, s, eps, gen)
+                continue
+            d = mags.pop(i).view(-1)
+            if d.numel() == 0:
+                continue
+            perm = _randperm(d.numel(), gen, d.device)
+            shuffled = torch.index_select(d, 0, perm)  # gamma[pi]
+            del perm
+            p.view(-1).addcmul_(torch.sign(m.view(-1), out=d), shuffled, value=-1.0)
 
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
@@ -248,14 +264,8 @@ class AdamAveraged(_AdamDecomposed):
         # sqrt 2, /bc2 2, +eps 2 (torch's denominator), d <- (ss m~)/d 3 (torch's rounding:
         # one-element tensors stay bitwise torch.optim.Adam), |d| 2 and its sum 1 (the mean),
         # d <- sign(m~) 2, x -= mean d 3.
-        d = ops.sqrt(v_t)
-        ops.div_scalars_(d, bc2)
-        ops.add_(d, eps)
-        if eps == 0:
-            ops.clamp_min_(d, _tiny(d))  # m = v = 0: 0/0 := 0, no update
-        for x, m, s in zip(d, m_t, ss):
-            torch.addcdiv(x.new_zeros(()), m, x, value=s, out=x)
-        means = [x.sum() / max(x.numel(), 1) for x in ops.abs_(d)]
+        d = _magnitudes_(ops, m_t, v_t, bc2, ss, eps)
+        means = [x.sum() / max(x.numel(), 1) for x in d]
         if ops.foreach:
             del d  # the sign list replaces it
             sg = ops.sign(m_t)
@@ -264,6 +274,32 @@ class AdamAveraged(_AdamDecomposed):
         else:
             for p, m, x, mean in zip(params, m_t, d, means):
                 p.addcmul_(torch.sign(m, out=x), mean, value=-1.0)
+
+
+def _magnitudes_(ops: type[_Ops], m_t: list[Tensor], v_t: list[Tensor], bc2: list[float],
+                 ss: list[float], eps: float) -> list[Tensor]:
+    """``lr gamma = |(ss m~) / (sqrt(v~)/bc2 + eps)|`` per tensor, torch.optim.Adam's numbers
+    and rounding, in one new tensor each (12 passes: sqrt 2, /bc2 2, +eps 2, the quotient 3
+    in place, abs 2; 2 more for the floor when eps = 0)."""
+    if not m_t:
+        return []
+    d = ops.sqrt(v_t)
+    ops.div_scalars_(d, bc2)
+    ops.add_(d, eps)
+    if eps == 0:
+        ops.clamp_min_(d, _tiny(d))  # m = v = 0: 0/0 := 0, no update
+    for x, m, s in zip(d, m_t, ss):  # (ss m~)/d in place: no foreach form writes into d
+        torch.addcdiv(x.new_zeros(()), m, x, value=s, out=x)
+    return ops.abs_(d)
+
+
+def _randperm(n: int, gen: torch.Generator | None, device: torch.device) -> Tensor:
+    """``torch.randperm(n, generator=gen)`` on the generator's device (the parameter's without
+    one), moved to ``device``; int32 on the CPU, where the shuffle draws the same numbers for
+    every index dtype (half the bytes of int64), int64 elsewhere and past 2^31 entries."""
+    where = gen.device if gen is not None else device
+    dtype = torch.int32 if where.type == "cpu" and n < 2**31 else torch.int64
+    return torch.randperm(n, generator=gen, device=where, dtype=dtype).to(device)
 
 
 def _shuffled_step_(p: Tensor, m: Tensor, v: Tensor, bc2: float, ss: float, eps: float,
@@ -277,9 +313,10 @@ def _shuffled_step_(p: Tensor, m: Tensor, v: Tensor, bc2: float, ss: float, eps:
     one parameter-sized tensor, and nothing else parameter-sized is made. gamma is never
     materialized whole: the step walks ``pi`` in chunks ``j``, gathers ``m~`` and ``v~`` at
     ``pi[j]`` and computes ``gamma[pi[j]]`` there; the two chunk buffers live in the bytes of
-    the part of the index already consumed (after the first chunk, a 64th of the tensor, which
-    is freshly allocated), so chunks grow geometrically (x1.5 for float32) and the peak stays
-    the index plus the first chunk: 1.03 x the tensor for float32 (0.53 for float64).
+    the part of the index already consumed (after the first chunk, freshly allocated: a 64th of
+    a tensor larger than the loop path's stream chunk), so chunks grow geometrically (x1.5 for
+    float32) and the peak stays the index plus the first chunk: 1.03 x the tensor for float32
+    (0.53 for float64). A tensor within the stream chunk (2^16 entries) is done in one chunk.
     The permutation can not be smaller: it must be ``torch.randperm(numel)`` (documented and
     resumable from the generator state), whose smallest index dtype that holds ``numel`` is
     int32, and an in-place permutation has no torch kernel.
@@ -289,15 +326,18 @@ def _shuffled_step_(p: Tensor, m: Tensor, v: Tensor, bc2: float, ss: float, eps:
     n = m.numel()
     if n == 0:
         return
-    device = gen.device if gen is not None else m.device
-    index_dtype = torch.int32 if device.type == "cpu" and n < 2**31 else torch.int64
-    perm = torch.randperm(n, generator=gen, device=device, dtype=index_dtype).to(m.device)
+    perm = _randperm(n, gen, m.device)
     pf, mf, vf = p.view(-1), m.view(-1), v.view(-1)
     raw = perm.view(torch.uint8)  # the consumed index bytes are reused for the chunk buffers
     es, ib = m.element_size(), perm.element_size()
     zero = m.new_zeros(())
     tiny = torch.finfo(m.dtype).tiny
-    j, c = 0, min(n, max(64, n >> 6))
+    # The first chunk's buffers are fresh: the whole tensor if it is within the loop path's
+    # stream chunk (whose temporaries StepOptimizer allows anyway), else a 64th of it, at least
+    # a 16th of a stream chunk (fewer, larger chunks: each costs ~15 small ops).
+    limit = _base._STREAM_CHUNK
+    # (At least 2 es / ib entries, so that the consumed bytes hold the next, non-empty chunk.)
+    j, c = 0, n if n <= limit else max(n >> 6, limit >> 4, 4)
     while j < n:
         c = min(c, n - j)
         idx = perm[j : j + c]
@@ -315,4 +355,4 @@ def _shuffled_step_(p: Tensor, m: Tensor, v: Tensor, bc2: float, ss: float, eps:
         torch.sign(mf[j : j + c], out=b)
         pf[j : j + c].addcmul_(b, a, value=-1.0)
         j += c
-        c = max(1, (j * ib) // (2 * es))
+        c = (j * ib) // (2 * es)
