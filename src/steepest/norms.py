@@ -104,56 +104,6 @@ def _copysign_(mags: list[Tensor], xs: list[Tensor], ops: type[_Ops]) -> list[Te
     return ops.mul_(mags, ops.sign(xs))  # no foreach copysign: one sign temporary (fused kernels)
 
 
-class _Scratch:
-    """One reusable buffer per dtype for the loop path's per-tensor temporaries (CPU, eager).
-
-    A fresh temporary per large tensor costs page faults on CPU (the allocator hands large freed
-    blocks back to the OS): ~15-20% of a sign-descent step on 100K-element tensors, measured.
-    Below ``_SCRATCH_MIN`` elements a fresh tensor is cheap (reused from the heap) and a view of
-    the buffer would cost more Python than it saves. The buffer grows to the largest tensor it
-    is asked for (the smaller one freed first), so the peak stays one parameter-sized tensor. A
-    view it hands out is valid until the next call."""
-
-    def __init__(self) -> None:
-        self._bufs: dict[torch.dtype, Tensor] = {}
-
-    @staticmethod
-    def usable(xs: list[Tensor]) -> bool:
-        """Whether ``xs`` are plain CPU tensors in eager mode (where :meth:`like` may be used)."""
-        return not torch.compiler.is_compiling() and all(
-            x.device.type == "cpu" and not is_dtensor(x) for x in xs)
-
-    def like(self, x: Tensor) -> Tensor | None:
-        """A buffer shaped like ``x``, or ``None`` where the caller should allocate as usual (a
-        small tensor, not a plain CPU tensor, or while compiling)."""
-        n = x.numel()
-        if n < _SCRATCH_MIN or not self.usable([x]):
-            return None
-        buf = self._bufs.get(x.dtype)
-        if buf is None or buf.numel() < n:
-            buf = self._bufs.pop(x.dtype, None)
-            del buf  # the smaller buffer goes before the larger is made
-            buf = self._bufs[x.dtype] = torch.empty(n, dtype=x.dtype, device=x.device)
-        return buf[:n].view(x.shape)
-
-
-# 32K elements (128 KiB of float32): glibc's default threshold for handing freed blocks back.
-_SCRATCH_MIN = 1 << 15
-
-
-def _dual_norms(xs: list[Tensor], q: float, ops: type[_Ops], scratch: _Scratch | None) -> Tensor:
-    """``ops.norms(xs, q)``; for q = 1 on the loop path with a scratch buffer, |x| is written
-    into it (no fresh temporary per tensor: the same numbers, fewer page faults)."""
-    if (q != 1.0 or scratch is None or ops.foreach or torch.compiler.is_compiling()
-            or any(x.device.type != "cpu" or is_dtensor(x) for x in xs)):
-        return ops.norms(xs, q)
-    sums = []
-    for x in xs:
-        buf = scratch.like(x)
-        sums.append((x.abs() if buf is None else torch.abs(x, out=buf)).sum())
-    return _stack(sums)
-
-
 @dataclass
 class Factored:
     """``sharp(z) = scale * unit`` with per-tensor scalars.
@@ -277,12 +227,9 @@ class Norm(ABC):
         """The elementwise map of :meth:`_plan` (required when ``_plan`` returns a plan)."""
         raise NotImplementedError
 
-    def _map_div(
-        self, xs: list[Tensor], pre: list[Tensor] | None, ops: type[_Ops], out: list[Tensor] | None = None
-    ) -> list[Tensor]:
+    def _map_div(self, xs: list[Tensor], pre: list[Tensor] | None, ops: type[_Ops]) -> list[Tensor]:
         """Fresh tensors (never aliases of ``xs``) holding ``_map(x_i / pre_i)`` (``pre`` None: 1).
-        Norms override it to compute the map with one temporary per tensor (peak memory), and
-        may write it into ``out`` (buffers shaped like ``xs``, e.g. a :class:`_Scratch`'s)."""
+        Norms override it to compute the map with one temporary per tensor (peak memory)."""
         src = xs if pre is None else ops.div(xs, pre)
         return _fresh(self._map(src, ops), xs)
 
@@ -364,27 +311,12 @@ class Lp(Norm):
         """``s(z)`` or its eps-smoothed form, elementwise (fresh tensors)."""
         return self._map_div(xs, None, ops)
 
-    def _map_div(
-        self, xs: list[Tensor], pre: list[Tensor] | None, ops: type[_Ops], out: list[Tensor] | None = None
-    ) -> list[Tensor]:
-        """``unit(x_i / pre_i)`` (``pre`` None: 1) in one temporary per tensor (fresh, or ``out``
-        on the loop path): the division, |.|, pow and the sign are all written into it in place
-        (peak memory, and no pass over a second temporary)."""
+    def _map_div(self, xs: list[Tensor], pre: list[Tensor] | None, ops: type[_Ops]) -> list[Tensor]:
+        """``unit(x_i / pre_i)`` (``pre`` None: 1) in one fresh temporary per tensor: the
+        division, |.|, pow and the sign are all written into it in place (peak memory, and no
+        pass over a second temporary)."""
         p = self.p
-        if out is not None and not ops.foreach:  # the loop path's buffers: the first op fills them
-            if pre is not None:
-                out = [torch.div(x, d, out=o) for x, d, o in zip(xs, pre, out)]
-            elif math.isinf(p):
-                return [torch.sign(x, out=o) for x, o in zip(xs, out)]
-            elif p == 2.0:
-                return [o.copy_(x) for x, o in zip(xs, out)]
-            elif self.eps == 0.0:
-                return _copysign_(ops.pow_([torch.abs(x, out=o) for x, o in zip(xs, out)],
-                                           1.0 / (p - 1.0)), xs, ops)
-            else:
-                return self._smoothed([torch.abs(x, out=o) for x, o in zip(xs, out)], xs, ops)
-        else:
-            out = None if pre is None else ops.div(xs, pre)  # owned: every later op is in place
+        out = None if pre is None else ops.div(xs, pre)  # owned: every later op is in place
         if math.isinf(p):
             if out is None:
                 return ops.sign(xs)
@@ -430,12 +362,11 @@ class Lp(Norm):
                 or (mode == "scaled" and self.p == 2.0))
 
     def _plan(
-        self, xs: list[Tensor], ops: type[_Ops], mode: str, beta: float, per_tensor: bool,
-        scratch: _Scratch | None = None,
+        self, xs: list[Tensor], ops: type[_Ops], mode: str, beta: float, per_tensor: bool
     ) -> tuple[Tensor | None, Tensor | None] | None:
         if self._is_elementwise(mode):
             return None, None  # no reductions at all
-        dual = _combine_pow(_dual_norms(xs, self.q, ops, scratch), self.q, per_tensor)
+        dual = _combine_pow(ops.norms(xs, self.q), self.q, per_tensor)
         if mode == "normalized" and self.eps == 0.0:
             # unit is homogeneous of degree 1/(p-1), so z#/||z||_q = unit(z/||z||_q): divide
             # first, since ||z||_q^(-1/(p-1)) overflows for tiny (e.g. subnormal) z. A norm that
@@ -759,6 +690,15 @@ def newton_schulz(
         torch.addmm(gram, gram, gram, beta=b, alpha=c, out=update)
         if blocked:
             flat = gram.view(-1) if scratch is None else scratch
+            if x.T.is_contiguous():
+                # X laid out as X^T (the tall case, the input's own layout): row blocks of
+                # X^T <- a X^T + X^T B^T, contiguous in memory (column blocks of X were slower).
+                for j in range(0, n, width):
+                    rows = x.T[j : j + width]
+                    tmp = flat[: m * rows.size(0)].view(rows.size(0), m)
+                    torch.addmm(rows, rows, update.T, beta=a, out=tmp)
+                    rows.copy_(tmp)
+                continue
             for j in range(0, n, width):
                 block = x[:, j : j + width]
                 tmp = flat[: m * block.size(1)].view(m, block.size(1))

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from steepest._backend import _Ops, _ops, _stack, is_dtensor
-from steepest.norms import Linf, _combine_pow, _dual_norms, _per_tensor_ok, _safe_div, _Scratch
+from steepest.norms import Linf, _combine_pow, _per_tensor_ok, _safe_div
 from steepest.optim.base import StepOptimizer, apply_weight_decay
 
 __all__ = ["EFSignSGD"]
@@ -64,19 +64,17 @@ class EFSignSGD(StepOptimizer):
         lr, wd = group["lr"], group["weight_decay"]
         errs = [s["error"] for s in states]
         per_tensor = group["scope"] == "per_tensor"
-        scratch = _Scratch()  # one reused buffer for |e| and sign(e) (CPU loop path)
-        if not foreach and scratch.usable(errs + grads):
+        if not foreach and not torch.compiler.is_compiling() and not any(is_dtensor(e) for e in errs):
             # e <- p = lr g + e and its l1 norm tensor by tensor: e is read back while in cache.
             sums = []
             for e, g in zip(errs, grads):
                 e.add_(g, alpha=lr)
-                buf = scratch.like(e)
-                sums.append((e.abs() if buf is None else torch.abs(e, out=buf)).sum())
+                sums.append(e.abs().sum())
             dual = _combine_pow(_stack(sums), 1.0, per_tensor)
         else:
             ops.axpy_(errs, grads, lr)  # e <- p = lr g + e
             # ||p||_1 over the scope (Linf's dual; sign(p) is made tensor by tensor below)
-            dual = _combine_pow(_dual_norms(errs, Linf().q, ops, scratch), 1.0, per_tensor)
+            dual = _combine_pow(ops.norms(errs, Linf().q), 1.0, per_tensor)
         sizes = [float(e.numel()) for e in errs]
         ds = sizes if per_tensor else [sum(sizes)] * len(errs)
         if is_dtensor(dual):
@@ -86,7 +84,7 @@ class EFSignSGD(StepOptimizer):
         else:  # one vectorized division (1,000 scalar divisions cost ~3 ms a step)
             coefs = list(_safe_div(dual, torch.tensor(ds, dtype=dual.dtype, device=dual.device)).unbind(0))
         apply_weight_decay(ops, params, lr, wd)
-        _subtract_delta(ops, params, errs, coefs, scratch)
+        _subtract_delta(ops, params, errs, coefs)
 
     def _update_joint(self, groups, params, grads, states, foreach) -> None:  # type: ignore[no-untyped-def]
         """``scope="all_groups"``: ``d`` and ``||p_t||_1`` over every such group together; each
@@ -96,18 +94,15 @@ class EFSignSGD(StepOptimizer):
         for g, es, gr in zip(groups, errs, grads):
             ops.axpy_(es, gr, g["lr"])  # e <- p = lr g + e
         flat = [e for es in errs for e in es]
-        scratch = _Scratch()
-        dual = _combine_pow(_dual_norms(flat, Linf().q, ops, scratch), 1.0, False)
+        dual = _combine_pow(ops.norms(flat, Linf().q), 1.0, False)
         d = torch.tensor([float(sum(e.numel() for e in flat))], dtype=dual.dtype, device=dual.device)
         coef = _safe_div(dual[:1], d)[0]
         for g, ps, es in zip(groups, params, errs):
             apply_weight_decay(ops, ps, g["lr"], g["weight_decay"])
-            _subtract_delta(ops, ps, es, [coef] * len(ps), scratch)
+            _subtract_delta(ops, ps, es, [coef] * len(ps))
 
 
-def _subtract_delta(
-    ops: type[_Ops], params: list[Tensor], errs: list[Tensor], coefs: list[Tensor], scratch: _Scratch
-) -> None:
+def _subtract_delta(ops: type[_Ops], params: list[Tensor], errs: list[Tensor], coefs: list[Tensor]) -> None:
     """``delta = coef * sign(e)``; ``x <- x - delta``, ``e <- e - delta`` (seed 004, Eq. 12).
 
     One sign temporary per tensor, freed before the next (the loop path; and the foreach path on
@@ -119,8 +114,7 @@ def _subtract_delta(
         ops.axpy_(errs, delta, -1.0)  # e <- p - delta
         return
     for p, e, c in zip(params, errs, coefs):
-        buf = scratch.like(e)  # a reused buffer on CPU (no page faults), else a fresh temporary
-        s = torch.sign(e) if buf is None else torch.sign(e, out=buf)
+        s = torch.sign(e)
         p.addcmul_(s, c, value=-1.0)
         e.addcmul_(s, c, value=-1.0)  # e <- p - delta
         del s

@@ -45,7 +45,6 @@ from steepest.norms import (
     Lp,
     Norm,
     _per_tensor_ok,
-    _Scratch,
 )
 from steepest.optim.base import (
     StepOptimizer,
@@ -77,7 +76,6 @@ def apply_direction(
     lr: float | None = None,
     beta: float = 1.0,
     owned: bool = False,
-    scratch: _Scratch | None = None,
 ) -> None:
     """``x <- (1 - lr wd) x - lr direction(c)``, the shared last line of every steepest method.
 
@@ -87,8 +85,7 @@ def apply_direction(
     Where the direction is ``post_i * map(c_i / pre_i)`` (:meth:`Norm._plan`), the scalars are
     folded into the update pass (``addcmul_``/``addcdiv_`` with a 0-d tensor) instead of a
     ``mul_`` pass over a direction temporary, and the map is built in one temporary per tensor
-    (:meth:`Norm._map_div`); the identity maps (l2, BlockNorm) need no temporary at all.
-    ``scratch``: a reusable buffer for the loop path's per-tensor temporaries (CPU page faults)."""
+    (:meth:`Norm._map_div`); the identity maps (l2, BlockNorm) need no temporary at all."""
     ops = _ops(foreach)
     eager = not torch.compiler.is_compiling()
     if eager and type(norm) is L1 and not any(is_dtensor(x) for x in c) and all(
@@ -124,10 +121,7 @@ def apply_direction(
         apply_weight_decay(ops, params, lr, wd)
         ops.axpy_(params, c, -lr)
         return
-    if isinstance(norm, Lp):
-        plan = norm._plan(c, ops, mode, beta, per_tensor, scratch=scratch)
-    else:
-        plan = norm._plan(c, ops, mode, beta, per_tensor)
+    plan = norm._plan(c, ops, mode, beta, per_tensor)
     if plan is None:
         direction = norm._direction(c, ops, mode, beta, per_tensor)
         apply_weight_decay(ops, params, lr, wd)
@@ -156,9 +150,7 @@ def apply_direction(
         elif sign_in_place and den is None:
             d = torch.sign(x, out=x)
         else:
-            buf = scratch.like(x) if scratch is not None and isinstance(norm, Lp) else None
-            (d,) = norm._map_div([x], None if den is None else [den], _Ops,
-                                 out=None if buf is None else [buf])
+            (d,) = norm._map_div([x], None if den is None else [den], _Ops)
             den = None
         apply_weight_decay(_Ops, [p], lr, wd)
         _axpy_one_(p, d, lr, den, None if posts is None else posts[i], not eager)
@@ -269,17 +261,6 @@ class SteepestDescent(StepOptimizer):
         if any(self._betas(group)):
             state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
-    def step(self, closure: Any = None) -> Any:
-        if torch.compiler.is_compiling():
-            return super().step(closure)
-        # One reusable buffer for the loop path's per-tensor temporaries during this step (see
-        # norms._Scratch: fresh ones cost page faults on CPU); dropped when the step ends.
-        self._scratch = _Scratch()
-        try:
-            return super().step(closure)
-        finally:
-            self._scratch = None
-
     def _streams(self, group: dict[str, Any]) -> bool:
         # Nothing couples the tensors (sign(m), Lion, s(g), l2): the base class hands _update a
         # chunk of tensors at a time on both paths (temporaries of one chunk at a time).
@@ -294,13 +275,12 @@ class SteepestDescent(StepOptimizer):
         foreach: bool,
     ) -> None:
         betas = self._betas(group)
-        scratch = getattr(self, "_scratch", None)
-        if not foreach and scratch is not None and self._streams(group) and _lean_ok(group["norm"]):
-            _elementwise_loop(group, params, grads, states, betas, scratch)
+        if not foreach and self._streams(group) and _lean_ok(group["norm"]):
+            _elementwise_loop(group, params, grads, states, betas)
             return
         c = momentum_direction_input(betas, grads, states, foreach)
         apply_direction(group, params, c, group["norm"], group["mode"], foreach, beta=group["beta"],
-                        owned=betas[0] != betas[1], scratch=scratch)
+                        owned=betas[0] != betas[1])
 
     def _scope_couples(self, group: dict[str, Any]) -> bool:
         # The scope matters only where the direction has a reduction over the scope: not for an
@@ -341,8 +321,9 @@ class SteepestDescent(StepOptimizer):
 
 
 def _lean_ok(norm: Norm) -> bool:
-    """Whether :func:`_elementwise_loop` knows the norm's elementwise map (the l_p family)."""
-    return type(norm) in (Lp, L2, Linf)
+    """Whether :func:`_elementwise_loop` knows the norm's elementwise map (the l_p family), in
+    eager mode (it passes lr as ``alpha=``, which inductor would freeze; see _backend._compiling)."""
+    return type(norm) in (Lp, L2, Linf) and not torch.compiler.is_compiling()
 
 
 def _elementwise_loop(
@@ -351,42 +332,34 @@ def _elementwise_loop(
     grads: list[Tensor],
     states: list[dict[str, Any]],
     betas: tuple[float, float],
-    scratch: _Scratch,
 ) -> None:
-    """The loop path of an elementwise direction (sign, s(c), l2's c), eager on CPU: momentum,
-    direction and update one tensor at a time, the temporary in ``scratch`` (no fresh tensor per
-    parameter) and no per-tensor list building: the same ops and numbers as
-    :func:`momentum_direction_input` then :func:`apply_direction`, with less Python per tensor."""
+    """The loop path of an elementwise direction (sign, s(c), l2's c): momentum, direction and
+    update one tensor at a time with no per-tensor list building: the same ops and numbers as
+    :func:`momentum_direction_input` then :func:`apply_direction`, with less Python per tensor
+    (it matters with 1,000 small tensors)."""
     norm: Lp = group["norm"]
     lr, wd = group["lr"], group.get("weight_decay", 0.0)
     b1, b2 = betas
-    sign, ident = math.isinf(norm.p), norm.p == 2.0
-    if not scratch.usable(grads) or not scratch.usable(params):  # e.g. DTensors: the general path
-        c = momentum_direction_input(betas, grads, states, False)
-        apply_direction(group, params, c, norm, group["mode"], False, beta=group["beta"],
-                        owned=b1 != b2)
-        return
-    owned = b1 != b2
+    sign, ident, owned = math.isinf(norm.p), norm.p == 2.0, b1 != b2
     for p, g, st in zip(params, grads, states):
-        buf = scratch.like(g) if (owned or not ident) else None  # None: a fresh temporary
         if b1 == 0.0 and b2 == 0.0:
             c = g
         elif not owned:
             c = st["momentum_buffer"].lerp_(g, 1.0 - b1)
         else:  # Lion: c = b1 m + (1 - b1) g (the step's temporary), then m <- b2 m + (1 - b2) g
             m = st["momentum_buffer"]
-            c = torch.lerp(m, g, 1.0 - b1) if buf is None else torch.lerp(m, g, 1.0 - b1, out=buf)
+            c = torch.lerp(m, g, 1.0 - b1)
             m.lerp_(g, 1.0 - b2)
         if sign:
-            d = c.sign_() if owned else (torch.sign(c) if buf is None else torch.sign(c, out=buf))
+            d = c.sign_() if owned else torch.sign(c)
         elif ident:
             d = c
         else:
-            (d,) = norm._map_div([c], None, _Ops, out=None if owned or buf is None else [buf])
+            (d,) = norm._map_div([c], None, _Ops)
         if wd:
             p.mul_(1.0 - lr * wd)
         p.add_(d, alpha=-lr)
-        del d, c
+        del d, c  # free this tensor's temporary before the next one is made
 
 
 def momentum_direction_input(
