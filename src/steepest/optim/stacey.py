@@ -523,12 +523,9 @@ class Stacey(StepOptimizer):
         states: list[dict[str, Any]],
         foreach: bool,
     ) -> None:
-        steps = [s["step"] for s in states]
-        if foreach:
-            torch._foreach_add_(steps, 1.0)
-        else:
-            for s in steps:
-                s.add_(1.0)
+        # The step counters (0-d CPU tensors) in one call on both paths: a Python loop of 0-d
+        # adds was 1/8 of the loop path's time on 1,000 small tensors.
+        torch._foreach_add_([s["step"] for s in states], 1.0)
         k = _Cfg(group)
         items = [(x, g, s["m"], s["z"]) for x, g, s in zip(params, grads, states)]
         if _compiling():  # inductor fuses the whole step: no blocks needed (nor wanted)
