@@ -188,7 +188,7 @@ class _Cfg:
 
 
 def _descent_foreach_(xs: list[Tensor], c: list[Tensor], k: _Cfg, consume: bool) -> None:
-    """The multi-tensor version of :func:`_descent_single_`."""
+    """The multi-tensor version of :func:`_descent_`."""
     if k.descent == "id":
         torch._foreach_add_(xs, c, alpha=-k.lr)
         return
