@@ -650,10 +650,13 @@ def newton_schulz(
     (default: ``g.dtype``).
 
     Memory (eager): X (``m x n``, ``m <= n``), ``A`` and ``B = b A + c A^2`` (``m x m`` each),
-    reused across iterations; nothing else of matrix size. A product cannot write into its own
-    input, but column ``j`` of ``a X + B X`` needs column ``j`` of ``X`` alone, so X is updated in
-    place a column block at a time, through ``A``'s storage once ``B`` is made (a square X swaps
-    with it). ``overwrite=True``: ``g`` is the caller's temporary and becomes X (no copy).
+    reused across iterations. A product cannot write into its own input, but column ``j`` of
+    ``a X + B X`` needs column ``j`` of ``X`` alone, so on CPU in float32/64 X is updated in place
+    a column block at a time, through ``A``'s storage once ``B`` is made (a square X swaps with
+    it): peak ``1 + 2m/n`` times X's bytes. In bfloat16 and on accelerators (where blocked GEMMs
+    or their launches cost time) and for an X of at most one stream chunk, the new X goes into a
+    second buffer instead (``2 + 2m/n``; a square X still swaps with A: 3). ``overwrite=True``: ``g`` is the caller's temporary
+    and becomes X (no copy).
     """
     if g.dim() != 2:
         raise ValueError(f"newton_schulz needs a 2-D matrix, got shape {tuple(g.shape)}")
@@ -710,9 +713,9 @@ def newton_schulz(
         elif spare is None:
             spare = x.new_empty(m, n)
         torch.addmm(x, update, x, beta=a, out=spare)
-        old, x = x, spare
-        # The old X's storage takes the next A (square) or X (else), if laid out for it.
-        spare = old if old.is_contiguous() else None
+        # The old X's storage takes the next A (square) or X (else) if laid out for it; else it
+        # is dropped here (no name keeps it) before the next buffer is made.
+        x, spare = spare, (x if x.is_contiguous() else None)
         if m == n:
             gram, spare = (spare if spare is not None else x.new_empty(m, m)), None
     return x.T if wide else x

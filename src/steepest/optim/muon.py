@@ -19,6 +19,13 @@ after several steps). Differences from ``torch.optim.Muon``, all opt-in or docum
   as torch does, unless ``nonmatrix_norm`` (or a group with its own norm) says how to move them;
 * complex parameters are pairs of reals (torch refuses them), half-precision parameters are
   updated in float32, non-finite gradients raise (``nonfinite``), like every ``steepest`` optimizer.
+
+Memory: one matrix at a time (both ``foreach`` settings), and for it only what Newton-Schulz
+needs: X (the Nesterov temporary itself, scaled in place), ``A = X X^T`` and
+``B = b A + c A^2`` (``m x m``, ``m`` the smaller side), so a step's peak beyond the state is
+``1 + 2m/n`` times the largest matrix's bytes on CPU in float32 (3 for a square matrix, 1.5 for
+a 4d x d MLP matrix; :func:`steepest.norms.newton_schulz`). In bfloat16 a second X buffer is
+kept (2.5 and 2.25; torch.optim.Muon's step: 3 and 2.25, measured with steepest._memory).
 """
 
 from __future__ import annotations
