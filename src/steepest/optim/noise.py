@@ -33,10 +33,13 @@ step has ``t = 0``, bias corrections ``1 - beta^1`` and ``rho(beta, 0) = 1``.
   ``beta = 0`` makes ``1 - rho = 0`` at every step (no averaging, no variance information): the
   same rule gives SGD (SVAG, M-SVAG) and signSGD (Adam*).
 * No ``eps``. Where ``m = v = 0`` the factor ``m^2/(m^2 + rho s)`` is 0/0; it is defined as 0 there,
-  so that coordinate does not move. (In floating point: SVAG and M-SVAG compute the factor as
-  ``1/(1 + rho s/m^2)`` with ``rho s`` floored at the dtype's smallest normal number, Adam* floors
-  ``m^2 + rho s`` there; this changes nothing else, and in each the one parameter-sized
-  temporary of the step holds the factor, computed in place.)
+  so that coordinate does not move. (In floating point: the factor is computed as
+  ``1/(1 + rho s/m^2)`` with the variance term floored at the dtype's smallest normal number
+  ``tiny``, so that ``m = 0`` gives ``1/inf = 0``; Adam* floors the same term under its
+  ``rsqrt``. This changes nothing else, and the one parameter-sized temporary of the step holds
+  the factor, computed in place. Eager steps floor ``v~ - a m~^2`` (``= (v - m^2)/a``) in the
+  fused form of :func:`_adapted_step_`, compiled steps ``rho s`` scaled as in
+  :meth:`_VarianceAdapted._denominators`; the two agree to rounding.)
 * ``v >= m^2`` holds exactly (Jensen: both are the same convex combination); rounding can make
   ``v - m^2`` slightly negative, so ``s`` is clamped at 0.
 
@@ -402,16 +405,18 @@ def _adapted_step_(
 ) -> None:
     """``params[i] -= coef[i] * gamma * xs[i]`` with ``gamma = m~^2/(m~^2 + K (v~ - a m~^2)^+)``
     (SVAG: ``x = g``; M-SVAG: ``x = m~``, ``coef = lr a``), the eager form of :func:`_gamma_`
-    in one temporary and 17 passes over N floats (with the moments' 8: 25, of which 7 counted).
+    in one temporary and 16 passes over N floats (with the moments' 8: 24, of which 7 counted).
 
-    ``1/gamma = 1 + K d/m~/m~ = K (d/m~/m~ + 1/K)`` with ``d = max(v~ - a m~^2, tiny)``: the
-    temporary holds ``d`` (one ``addcmul`` 3 passes, the floor 2), is divided by ``m~`` twice in
-    place (6; no underflow of ``m~^2``), shifted by ``1/K`` (2), and the update is one
-    ``addcdiv_(x, ., -coef/K)`` (4). ``d >= tiny > 0`` is the clamp ``s >= 0`` (gamma <= 1) and
-    the 0/0 rule at once: where ``m~ = 0`` the quotient is ``+inf`` and gamma exactly 0, also
-    where ``m~ = v~ = 0`` (Sec. 5.4.4); it changes ``m~^2 + e`` only where ``v~ - a m~^2 < tiny``.
-    (An fmax/NaN form saves 3 passes but torch's CPU fmax is not vectorized: slower.) ``K = 0``
-    (t = 0, beta = 0: ``s = 0``, gamma = 1 wherever ``m~ != 0``) is the plain step ``coef x``."""
+    ``1/gamma = 1 + K (q - a)^+ = K max(q + 1/K - a, 1/K)`` with ``q = v~/m~/m~``: the temporary
+    holds ``r = q + (1/K - a)`` (``v~/m~`` 3 passes, ``/m~`` 3, ``+`` 2; dividing twice, ``m~^2``
+    cannot underflow), the clamp at ``1/K`` (2) is ``s >= 0`` (gamma <= 1), and the update is one
+    ``addcdiv_(x, r, -coef/K)`` (4). Where ``m~ = 0 < v~``, ``q = inf`` and gamma is exactly 0;
+    where ``m~ = v~ = 0`` (a coordinate that never had a gradient) ``q`` is 0/0, mapped to
+    ``+inf`` (2 passes): gamma 0 there too (0/0 := 0, Sec. 5.4.4). ``q >= a`` up to rounding, so
+    no intermediate is subnormal (flooring ``v~ - a m~^2`` at ``tiny`` and dividing by ``m~^2``,
+    as the reference form does, makes subnormals wherever the variance is 0 -- constant
+    gradients -- and CPUs compute those ~10x slower). ``K = 0`` (t = 0, beta = 0: ``s = 0``,
+    gamma = 1 wherever ``m~ != 0``) is the plain step ``coef x``."""
     pos = [i for i, ki in enumerate(k) if ki > 0.0]
     plain = [i for i, ki in enumerate(k) if not ki > 0.0]
     if plain:
@@ -419,10 +424,11 @@ def _adapted_step_(
         ops.axpy_scalars_(ps, xp, [-c for c in cp])
     if pos:
         ps, xp, ms, vs, a, k, coef = _subset(pos, params, xs, m_t, v_t, a, k, coef)
-        r = _addcmul(vs, ms, ms, [-ai for ai in a], ops)
-        ops.clamp_min_(r, _tiny(r))
-        ops.div_(ops.div_(r, ms), ms)
-        _add_scalars_(r, [1.0 / ki for ki in k], ops)
+        r = ops.div_(ops.div(vs, ms), ms)
+        _add_scalars_(r, [1.0 / ki - ai for ki, ai in zip(k, a)], ops)
+        ops.clamp_min_(r, [1.0 / ki for ki in k])
+        for x in r:  # (no foreach form)
+            x.nan_to_num_(nan=math.inf, posinf=math.inf, neginf=-math.inf)
         _addcdiv_(ps, xp, r, [-c / ki for c, ki in zip(coef, k)], ops)
 
 
@@ -467,7 +473,7 @@ class SVAG(_VarianceAdapted):
                                       maximize=maximize, foreach=foreach, nonfinite=nonfinite))
 
     def _update(self, group, params, grads, states, foreach) -> None:  # type: ignore[no-untyped-def]
-        if _fast(params):  # 25 passes (_adapted_step_)
+        if _fast(params):  # 24 passes (_adapted_step_)
             ops = _kernels(foreach, params)
             lr, b = _scalar_arg(group["lr"]), group["momentum"]
             ts, m_t, v_t = self._moments(b, grads, states, ops)
@@ -729,7 +735,7 @@ class MSVAG(_VarianceAdapted):
                     sl = slice(i, i + 1)
                     self._minibatch_step(group, params[sl], grads[sl], states[sl], pending[sl], ops)
             return
-        if _fast(params):  # 25 passes (_adapted_step_)
+        if _fast(params):  # 24 passes (_adapted_step_)
             ops = _kernels(foreach, params)
             lr = _scalar_arg(lr)
             ts, m_t, v_t = self._moments(b, grads, states, ops)
