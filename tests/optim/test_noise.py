@@ -249,12 +249,17 @@ def test_fused_step_matches_the_reference_form(kind, foreach, monkeypatch):
     g = torch.Generator().manual_seed(3)
     scale = torch.tensor([1.0, 1e-3, 1e3, 1.0, 0.0, 5.0], dtype=D)
     gs = [scale * (1.0 + 0.3 * torch.randn(6, generator=g, dtype=D)) for _ in range(8)]
+    for gr in gs:
+        gr[5] = -2.0  # a constant gradient: zero variance, gamma = 1 (s = 0 up to rounding)
     x0 = torch.randn(6, dtype=D)
     fused, _ = run(OPTS[kind], x0, gs, lr=0.05, beta=0.7, foreach=foreach)
     monkeypatch.setattr(noise, "_fast", lambda params: False)
     ref, _ = run(OPTS[kind], x0, gs, lr=0.05, beta=0.7, foreach=foreach)
     torch.testing.assert_close(fused, ref, rtol=1e-12, atol=1e-15)
     assert fused[4] == x0[4]  # m = v = 0: no update
+    # gamma = 1 at every step: 8 steps of lr * 2 (SVAG, M-SVAG: m = g = -2) or lr (Adam*: sign)
+    step = 0.05 * (1.0 if kind == "adamstar" else 2.0)
+    torch.testing.assert_close(fused[5], x0[5] + 8 * step, rtol=1e-12, atol=0)
 
 
 # ----------------------------------------------------------------------------- minibatch variance
