@@ -8,7 +8,8 @@ import torch
 from torch import Tensor
 
 from steepest._backend import _Ops, _ops, _stack, is_dtensor
-from steepest.norms import Linf, _combine_pow, _per_tensor_ok, _safe_div
+from steepest.norms import Linf, _combine_pow, _FusedOps, _loop_each, _norms, _safe_div, _small_many
+from steepest.optim import base as _base
 from steepest.optim.base import StepOptimizer, apply_weight_decay
 
 __all__ = ["EFSignSGD"]
@@ -64,7 +65,11 @@ class EFSignSGD(StepOptimizer):
         lr, wd = group["lr"], group["weight_decay"]
         errs = [s["error"] for s in states]
         per_tensor = group["scope"] == "per_tensor"
-        if not foreach and not torch.compiler.is_compiling() and not any(is_dtensor(e) for e in errs):
+        small = not foreach and _small_many(errs)
+        if small:  # many small tensors: fused kernels (per-tensor Python would dominate)
+            torch._foreach_add_(errs, grads, alpha=lr)  # e <- p = lr g + e
+            dual = _combine_pow(_norms(errs, Linf().q, ops), 1.0, per_tensor)
+        elif not foreach and not torch.compiler.is_compiling() and not any(is_dtensor(e) for e in errs):
             # e <- p = lr g + e and its l1 norm tensor by tensor: e is read back while in cache.
             sums = []
             for e, g in zip(errs, grads):
@@ -84,6 +89,10 @@ class EFSignSGD(StepOptimizer):
         else:  # one vectorized division (1,000 scalar divisions cost ~3 ms a step)
             coefs = list(_safe_div(dual, torch.tensor(ds, dtype=dual.dtype, device=dual.device)).unbind(0))
         apply_weight_decay(ops, params, lr, wd)
+        if small:  # a chunk's sign temporaries at a time (the loop path's streaming granularity)
+            for sl in _base._chunks(params, _base._STREAM_CHUNK):
+                _subtract_delta(_FusedOps, params[sl], errs[sl], coefs[sl])
+            return
         _subtract_delta(ops, params, errs, coefs)
 
     def _update_joint(self, groups, params, grads, states, foreach) -> None:  # type: ignore[no-untyped-def]
@@ -108,7 +117,7 @@ def _subtract_delta(ops: type[_Ops], params: list[Tensor], errs: list[Tensor], c
     One sign temporary per tensor, freed before the next (the loop path; and the foreach path on
     CPU, where ``_foreach_*`` is such a loop itself), with ``coef`` folded into both updates
     (``addcmul_``): the same numbers as ``delta`` itself, since coef * (+-1) is exact."""
-    if ops.foreach and not _per_tensor_ok(errs):
+    if not _loop_each(errs, ops):
         delta = ops.mul_(ops.sign(errs), coefs)
         ops.axpy_(params, delta, -1.0)
         ops.axpy_(errs, delta, -1.0)  # e <- p - delta

@@ -44,8 +44,11 @@ from steepest.norms import (
     Linf,
     Lp,
     Norm,
+    _FusedOps,
     _per_tensor_ok,
+    _small_many,
 )
+from steepest.optim import base as _base
 from steepest.optim.base import (
     StepOptimizer,
     apply_weight_decay,
@@ -106,9 +109,18 @@ def apply_direction(
     wd = group.get("weight_decay", 0.0)
     if isinstance(norm, BlockNorm) and (not foreach or _per_tensor_ok(c)):
         # x_B / ||x_B|| * coefficient as one division inside the update: no temporary at all.
-        for p, x, den in zip(params, c, norm._divisors(c, ops, mode, beta, per_tensor)):
-            apply_weight_decay(_Ops, [p], lr, wd)
-            _axpy_one_(p, x, lr, den, None, not eager)
+        dens = norm._divisors(c, ops, mode, beta, per_tensor)
+        fuse = not foreach and _small_many(c) and all(d.dim() == 0 for d in dens)
+        for sl in _small_chunks(params) if fuse else [slice(0, len(params))]:
+            if fuse and sl.stop - sl.start > 1:  # small tensors: fused kernels, a chunk at a time
+                d = torch._foreach_div(c[sl], dens[sl])
+                apply_weight_decay(_FusedOps, params[sl], lr, wd)
+                torch._foreach_add_(params[sl], d, alpha=-lr)
+                del d
+                continue
+            for p, x, den in zip(params[sl], c[sl], dens[sl]):
+                apply_weight_decay(_Ops, [p], lr, wd)
+                _axpy_one_(p, x, lr, den, None, not eager)
         return
     sign_in_place = owned and isinstance(norm, Lp) and math.isinf(norm.p)
     if sign_in_place and mode == "unscaled":
@@ -130,19 +142,27 @@ def apply_direction(
     pre, post = plan
     identity = type(norm) in (Lp, L2) and norm.p == 2.0  # map(z) = z: fold pre into the update
     if foreach:  # all tensors of the call at once (fused kernels), one temporary per tensor
-        if identity and pre is None and post is None:
-            d = c
-        else:
-            d = norm._map_div(c, None if pre is None else list(pre.unbind(0)), ops)
-            if post is not None:
-                ops.mul_(d, list(post.unbind(0)))
-        apply_weight_decay(ops, params, lr, wd)
-        ops.axpy_(params, d, -lr)
+        _apply_fused(norm, params, c, pre, post, identity, lr, wd, ops)
         return
     # Loop path: one tensor at a time, so that each temporary is freed before the next is made
-    # (holding them all costs page faults on CPU: ~3x slower).
+    # (holding them all costs page faults on CPU: ~3x slower); many small tensors (per-tensor
+    # Python would dominate) take fused kernels a chunk at a time.
+    fuse = _small_many(c)
     pres = None if pre is None else pre.unbind(0)
     posts = None if post is None else post.unbind(0)
+    for sl in _small_chunks(params) if fuse else [slice(0, len(params))]:
+        if fuse and sl.stop - sl.start > 1:
+            _apply_fused(norm, params[sl], c[sl], None if pre is None else pre[sl],
+                         None if post is None else post[sl], identity, lr, wd, _FusedOps)
+            continue
+        _apply_each(norm, params[sl], c[sl], pres and pres[sl], posts and posts[sl], identity,
+                    sign_in_place, lr, wd, not eager)
+
+
+def _apply_each(norm: Norm, params: list[Tensor], c: list[Tensor], pres: Any, posts: Any,
+                identity: bool, sign_in_place: bool, lr: Any, wd: float, compiling: bool) -> None:
+    """The loop path's update, one tensor at a time (``pres``/``posts``: per-tensor 0-d scalars
+    or ``None``), with at most one temporary alive."""
     for i, (p, x) in enumerate(zip(params, c)):
         den = None if pres is None else pres[i]
         if identity:
@@ -153,8 +173,27 @@ def apply_direction(
             (d,) = norm._map_div([x], None if den is None else [den], _Ops)
             den = None
         apply_weight_decay(_Ops, [p], lr, wd)
-        _axpy_one_(p, d, lr, den, None if posts is None else posts[i], not eager)
+        _axpy_one_(p, d, lr, den, None if posts is None else posts[i], compiling)
         del d  # free it before the next tensor's direction is made
+
+
+def _small_chunks(params: list[Tensor]) -> list[slice]:
+    """The loop path's chunks of small tensors: the base class's streaming granularity."""
+    return _base._chunks(params, _base._STREAM_CHUNK)
+
+
+def _apply_fused(norm: Norm, params: list[Tensor], c: list[Tensor], pre: Tensor | None,
+                 post: Tensor | None, identity: bool, lr: Any, wd: float, ops: type[_Ops]) -> None:
+    """``x <- (1 - lr wd) x - lr post * map(c / pre)`` with foreach kernels, one temporary per
+    tensor (none for the identity map without scalars)."""
+    if identity and pre is None and post is None:
+        d = c
+    else:
+        d = norm._map_div(c, None if pre is None else list(pre.unbind(0)), ops)
+        if post is not None:
+            ops.mul_(d, list(post.unbind(0)))
+    apply_weight_decay(ops, params, lr, wd)
+    ops.axpy_(params, d, -lr)
 
 
 def _axpy_one_(p: Tensor, d: Tensor, lr: Any, den: Tensor | None, post: Tensor | None,
@@ -341,6 +380,20 @@ def _elementwise_loop(
     lr, wd = group["lr"], group.get("weight_decay", 0.0)
     b1, b2 = betas
     sign, ident, owned = math.isinf(norm.p), norm.p == 2.0, b1 != b2
+    if _small_many(params):  # a chunk of small tensors: fused kernels (per-tensor Python dominates)
+        c = momentum_direction_input(betas, grads, states, True)
+        if sign and owned:
+            torch._foreach_sign_(c)  # Lion's c is the chunk's temporary: its sign in place
+            d = c
+        elif sign:
+            d = torch._foreach_sign(c)
+        elif ident:
+            d = c
+        else:
+            d = norm._map_div(c, None, _FusedOps)
+        apply_weight_decay(_FusedOps, params, lr, wd)
+        torch._foreach_add_(params, d, alpha=-lr)
+        return
     for p, g, st in zip(params, grads, states):
         if b1 == 0.0 and b2 == 0.0:
             c = g
