@@ -141,6 +141,30 @@ def test_blocked_step_matches_the_algorithms(cfg, foreach, monkeypatch):
             torch.testing.assert_close(st["m"], m, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("variant", ["p2", "pp", "2p"])
+@pytest.mark.parametrize("foreach", [False, True])
+def test_peak_memory_with_large_and_transposed_tensors(variant, foreach):
+    # Issue 12 (tests/optim/test_memory.py's budget, here with the default stream chunk, tensors
+    # above it and a transposed one, which is cut into rows rather than flat views): at most
+    # the largest tensor (loop) or all tensors of the step's chunk (foreach) beyond the state.
+    from steepest._memory import step_peak_bytes
+
+    g = torch.Generator().manual_seed(0)
+    params = [torch.randn(700, 300, generator=g).t().clone().requires_grad_()]
+    params += [torch.randn(s, generator=g).requires_grad_() for s in [(70000,), (40, 5), (200000,)]]
+    assert not params[0].is_contiguous()
+    opt = Stacey(params, lr=1e-2, p=3.0, variant=variant, weight_decay=0.1, foreach=foreach)
+    for t in range(3):
+        for prm in params:
+            prm.grad = torch.randn(prm.shape, generator=g)
+        if t < 2:
+            opt.step()
+    peak = step_peak_bytes(opt, params)
+    sizes = [prm.numel() * prm.element_size() for prm in params]
+    unit = sum(sizes) if foreach else max(sizes)  # one chunk holds all four on the foreach path
+    assert peak <= unit + 4096, f"peak {peak / unit:.2f} x the budget"
+
+
 def test_first_step_identity_of_section_4():
     # From x_0 = 0: x_1 = -(1 - tau) lr s_eps((1 - b1) g_0) - tau alpha (1 - b1) g_0.
     lr, alpha, tau, b1, p, eps = 0.1, 0.3, 0.25, 0.9, 4.0, 1e-8

@@ -357,8 +357,9 @@ def _blocks(ts: tuple[Tensor, ...], size: int) -> list[tuple[Tensor, ...]]:
 
 
 def _pieces(items: list[tuple[Tensor, ...]], limit: int) -> list[list[tuple[Tensor, ...]]]:
-    """Split aligned tuples (x, g, m, z) into pieces of at most ``limit`` elements (contiguous
-    tensors are cut into flat views where a piece fills up; others stay whole)."""
+    """Split aligned tuples (x, g, m, z) into pieces of at most ``limit`` elements, cutting a
+    tensor where a piece fills up: into flat views when contiguous, else into rows along dim 0
+    (a row larger than ``limit`` stays whole, and so does a 0-d tensor or a DTensor shard)."""
     pieces: list[list[tuple[Tensor, ...]]] = []
     cur: list[tuple[Tensor, ...]] = []
     size = 0
@@ -370,18 +371,26 @@ def _pieces(items: list[tuple[Tensor, ...]], limit: int) -> list[list[tuple[Tens
             cur.append(ts)
             size += n
             continue
-        if not _splittable(ts):  # a piece of its own
+        if _splittable(ts):
+            views, unit = [t.view(-1) for t in ts], 1
+        elif ts[0].dim() and not is_dtensor(ts[0]):
+            views, unit = list(ts), n // ts[0].shape[0]
+        else:  # a piece of its own
             if cur:
                 pieces.append(cur)
             pieces.append([ts])
             cur, size = [], 0
             continue
-        flat = [t.view(-1) for t in ts]
-        off = 0
-        while off < n:
-            take = min(limit - size, n - off)
-            cur.append(tuple(f.narrow(0, off, take) for f in flat))
-            size += take
+        rows, off = n // unit, 0
+        while off < rows:
+            room = (limit - size) // unit
+            if room == 0 and size:  # not one more row fits: next piece
+                pieces.append(cur)
+                cur, size = [], 0
+                continue
+            take = min(max(room, 1), rows - off)
+            cur.append(tuple(v.narrow(0, off, take) for v in views))
+            size += take * unit
             off += take
             if size >= limit:
                 pieces.append(cur)
