@@ -67,10 +67,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--width", type=int, default=1024)
     ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--only", default="", help="comma-separated names (default: all)")
+    ap.add_argument("--only", default="", help="optimizer names or parts of names, separated by , or ; (default: all)")
     ap.add_argument("--json", default="")
     args = ap.parse_args()
-    names = [n for n in CONFIGS if not args.only or n in args.only.split(",")]
+    # Names hold commas ("Stacey(p2, p=3)"): --only splits on ";" when it has one, and matches
+    # substrings ("--only Stacey" selects every STACEY row).
+    tokens = [t.strip() for t in args.only.split(";" if ";" in args.only else ",") if t.strip()]
+    names = [n for n in CONFIGS if not tokens or any(t in n for t in tokens)]
     rows = []
     mb = 1e6
     print(f"{'optimizer':28s} {'path':8s} {'peak MB':>8s} {'x largest':>9s} {'x all':>6s}")

@@ -207,7 +207,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0,
                     help="intra-op threads (0: torch's default); 1 is steadier on a loaded machine, "
                          "where spinning OpenMP threads make transcendental ops 10-100x slower")
-    ap.add_argument("--only", default="", help="comma-separated optimizer names (default: all)")
+    ap.add_argument("--only", default="", help="optimizer names or parts of names, separated by , or ; (default: all)")
     ap.add_argument("--guards", default="default,ignore",
                     help="non-finite settings of ours to time: default (the CPU default: check for "
                          "NaN/inf first), ignore (no check, as torch.optim), or both")
@@ -222,7 +222,10 @@ def main() -> None:
     DEVICE = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = [n for n in CONFIGS if not args.only or n in args.only.split(",") or n.startswith("SGD")]
+    # Names hold commas ("Stacey(p2, p=3)"): --only splits on ";" when it has one, and matches
+    # substrings ("--only Stacey" selects every STACEY row).
+    tokens = [t.strip() for t in args.only.split(";" if ";" in args.only else ",") if t.strip()]
+    names = [n for n in CONFIGS if not tokens or any(t in n for t in tokens) or n.startswith("SGD")]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"torch {torch.__version__} on {DEVICE}, {torch.get_num_threads()} threads, load average {load:.1f} "
           f"at start, median of {args.repeats}", flush=True)
