@@ -165,3 +165,20 @@ def test_bfloat16_newton_schulz_is_torchs_bit_for_bit(shape, overwrite):
     g = torch.randn(*shape, generator=torch.Generator().manual_seed(6))
     ref = _zeropower_via_newtonschulz(g, COEFFS, 5, 1e-7)
     assert torch.equal(newton_schulz(g.clone(), COEFFS, 5, 1e-7, torch.bfloat16, overwrite=overwrite), ref)
+
+
+@pytest.mark.parametrize("norm", [ColNorm(), RowNorm(), ColNorm(transpose=True)], ids=repr)
+def test_column_norms_by_row_blocks_match_the_definition(chunk, norm):
+    """ColNorm's column norms over a row-major matrix are summed a block of rows at a time when
+    the matrix spans 8 chunks (chunk-24: these do): the LMO ``M_:j / ||M_:j||_2`` (0 for a zero
+    column) and the dual ``sum_j ||M_:j||_2``, written out with numpy-free float64 reductions."""
+    m = torch.randn(40, 30, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    m[:, 3] = 0.0
+    m[5] = 0.0
+    view = m.T if norm.transpose else m
+    dim = norm._dim
+    n = view.pow(2).sum(dim=dim, keepdim=True).sqrt()
+    expected = torch.where(n > 0, view / torch.where(n > 0, n, 1.0), 0.0)
+    got = norm.lmo(m)
+    torch.testing.assert_close(got.T if norm.transpose else got, expected, rtol=1e-13, atol=1e-15)
+    torch.testing.assert_close(norm.dual(m), n.sum(), rtol=1e-13, atol=0)  # float64 sums, reordered
