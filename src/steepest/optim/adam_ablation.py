@@ -279,7 +279,7 @@ class AdamAveraged(_AdamDecomposed):
 def _magnitudes_(ops: type[_Ops], m_t: list[Tensor], v_t: list[Tensor], bc2: list[float],
                  ss: list[float], eps: float) -> list[Tensor]:
     """``lr gamma = |(ss m~) / (sqrt(v~)/bc2 + eps)|`` per tensor, torch.optim.Adam's numbers
-    and rounding, in one new tensor each (12 passes: sqrt 2, /bc2 2, +eps 2, the quotient 3
+    and rounding, in one new tensor each (11 passes: sqrt 2, /bc2 2, +eps 2, the quotient 3
     in place, abs 2; 2 more for the floor when eps = 0)."""
     if not m_t:
         return []

@@ -33,13 +33,13 @@ step has ``t = 0``, bias corrections ``1 - beta^1`` and ``rho(beta, 0) = 1``.
   ``beta = 0`` makes ``1 - rho = 0`` at every step (no averaging, no variance information): the
   same rule gives SGD (SVAG, M-SVAG) and signSGD (Adam*).
 * No ``eps``. Where ``m = v = 0`` the factor ``m^2/(m^2 + rho s)`` is 0/0; it is defined as 0 there,
-  so that coordinate does not move. (In floating point: the factor is computed as
-  ``1/(1 + rho s/m^2)`` with the variance term floored at the dtype's smallest normal number
-  ``tiny``, so that ``m = 0`` gives ``1/inf = 0``; Adam* floors the same term under its
-  ``rsqrt``. This changes nothing else, and the one parameter-sized temporary of the step holds
-  the factor, computed in place. Eager steps floor ``v~ - a m~^2`` (``= (v - m^2)/a``) in the
-  fused form of :func:`_adapted_step_`, compiled steps ``rho s`` scaled as in
-  :meth:`_VarianceAdapted._denominators`; the two agree to rounding.)
+  so that coordinate does not move. (In floating point: SVAG and M-SVAG compute the factor as
+  ``1/(1 + rho s/m^2)``, where ``m = 0`` makes the quotient ``+inf`` and the factor exactly 0;
+  the 0/0 of ``m = v = 0`` is mapped to ``+inf`` too (eager steps, :func:`_adapted_step_`) or
+  avoided by flooring ``rho s`` at the dtype's smallest normal number (compiled steps,
+  :func:`_gamma_`). Adam* floors ``(v - m^2)/a`` at that number under its ``rsqrt``. This
+  changes nothing else, and the one parameter-sized temporary of the step holds the factor,
+  computed in place.)
 * ``v >= m^2`` holds exactly (Jensen: both are the same convex combination); rounding can make
   ``v - m^2`` slightly negative, so ``s`` is clamped at 0.
 
