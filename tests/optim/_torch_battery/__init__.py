@@ -1,13 +1,15 @@
 """PyTorch's optimizer test battery (``TestOptimRenewed``), ported to pytest for ``steepest``.
 
 The tests in ``tests/optim/test_torch_battery.py`` and the helpers in this package follow the
-checks of PyTorch's ``test/test_optim.py`` (class ``TestOptimRenewed``, the 2025 main-branch
-version that ships with the torch 2.1x series) and the ``OptimizerInfo`` / ``OptimizerInput`` /
-``TensorTracker`` records of ``torch/testing/_internal/common_optimizers.py`` (as shipped in the
-torch 2.13.0 wheel, git cf30153c4c131c8164ee7798e5022d810682e2cb). They are rewritten for pytest
-rather than imported: the torch wheel does not ship ``test/test_optim.py``, and its
-``torch.testing._internal.common_utils`` needs the ``expecttest`` package and a unittest
-``TestCase``. Each test's docstring names the torch test it ports and any adaptation.
+checks of PyTorch's ``test/test_optim.py``, class ``TestOptimRenewed`` (github.com/pytorch/pytorch,
+a late-2024/2025 main-branch version: the one with ``TensorTracker``, named parameters and
+``test_save_load_equality_with_weights_only``; the stored copy it was read from did not name its
+commit), and the ``OptimizerInfo`` / ``OptimizerInput`` / ``TensorTracker`` records of
+``torch/testing/_internal/common_optimizers.py`` as shipped in the torch 2.13.0 wheel (git
+cf30153c4c131c8164ee7798e5022d810682e2cb). They are rewritten for pytest rather than copied or
+imported: the torch wheel does not ship ``test/test_optim.py``, and importing
+``torch.testing._internal`` needs the ``expecttest`` package and unittest's ``TestCase``. The
+test names are torch's; each docstring says where a test departs from torch's.
 
 PyTorch's licence (BSD-3-Clause) applies to the ported test logic:
 
