@@ -102,9 +102,9 @@ _SMALL = 1 << 14
 
 def _small_many(xs: list[Tensor]) -> bool:
     """Whether ``xs`` are many small plain CPU tensors, in eager mode (see ``_SMALL``)."""
-    return (len(xs) > 1 and sum(x.numel() for x in xs) < _SMALL * len(xs)
+    return (len(xs) > 1 and sum(map(Tensor.numel, xs)) < _SMALL * len(xs)
             and not torch.compiler.is_compiling()
-            and all(x.device.type == "cpu" and not is_dtensor(x) for x in xs))
+            and all(x.is_cpu for x in xs) and not any(map(is_dtensor, xs)))
 
 
 class _FusedOps(_ForeachOps):

@@ -87,7 +87,9 @@ class EFSignSGD(StepOptimizer):
             # dual cannot be divided by a plain host tensor.
             coefs = [du / d if d else du * 0.0 for du, d in zip(dual.unbind(0), ds)]
         else:  # one vectorized division (1,000 scalar divisions cost ~3 ms a step)
-            coefs = list(_safe_div(dual, torch.tensor(ds, dtype=dual.dtype, device=dual.device)).unbind(0))
+            coefs = _safe_div(dual, torch.tensor(ds, dtype=dual.dtype, device=dual.device))
+            # small tensors: Python floats (a free host read on CPU; no 0-d tensor per tensor)
+            coefs = coefs.tolist() if small else list(coefs.unbind(0))
         apply_weight_decay(ops, params, lr, wd)
         if small:  # a chunk's sign temporaries at a time (the loop path's streaming granularity)
             for sl in _base._chunks(params, _base._STREAM_CHUNK):
@@ -111,7 +113,7 @@ class EFSignSGD(StepOptimizer):
             _subtract_delta(ops, ps, es, [coef] * len(ps))
 
 
-def _subtract_delta(ops: type[_Ops], params: list[Tensor], errs: list[Tensor], coefs: list[Tensor]) -> None:
+def _subtract_delta(ops: type[_Ops], params: list[Tensor], errs: list[Tensor], coefs: list[Any]) -> None:
     """``delta = coef * sign(e)``; ``x <- x - delta``, ``e <- e - delta`` (seed 004, Eq. 12).
 
     One sign temporary per tensor, freed before the next (the loop path; and the foreach path on
@@ -124,6 +126,10 @@ def _subtract_delta(ops: type[_Ops], params: list[Tensor], errs: list[Tensor], c
         return
     for p, e, c in zip(params, errs, coefs):
         s = torch.sign(e)
-        p.addcmul_(s, c, value=-1.0)
-        e.addcmul_(s, c, value=-1.0)  # e <- p - delta
+        if isinstance(c, Tensor):
+            p.addcmul_(s, c, value=-1.0)
+            e.addcmul_(s, c, value=-1.0)  # e <- p - delta
+        else:  # a Python float (small tensors): the same exact products +-c
+            p.add_(s, alpha=-c)
+            e.add_(s, alpha=-c)
         del s

@@ -152,8 +152,8 @@ def apply_direction(
     posts = None if post is None else post.unbind(0)
     for sl in _small_chunks(params) if fuse else [slice(0, len(params))]:
         if fuse and sl.stop - sl.start > 1:
-            _apply_fused(norm, params[sl], c[sl], None if pre is None else pre[sl],
-                         None if post is None else post[sl], identity, lr, wd, _FusedOps)
+            _apply_small(norm, params[sl], c[sl], None if pre is None else pre[sl],
+                         None if post is None else post[sl], identity, lr, wd)
             continue
         _apply_each(norm, params[sl], c[sl], pres and pres[sl], posts and posts[sl], identity,
                     sign_in_place, lr, wd, not eager)
@@ -194,6 +194,28 @@ def _apply_fused(norm: Norm, params: list[Tensor], c: list[Tensor], pre: Tensor 
             ops.mul_(d, list(post.unbind(0)))
     apply_weight_decay(ops, params, lr, wd)
     ops.axpy_(params, d, -lr)
+
+
+def _apply_small(norm: Norm, params: list[Tensor], c: list[Tensor], pre: Tensor | None,
+                 post: Tensor | None, identity: bool, lr: Any, wd: float) -> None:
+    """:func:`_apply_fused` for a loop-path chunk of small CPU tensors (eager): the per-tensor
+    scalars as Python floats (a host read costs nothing on CPU), so that no 0-d tensor is made
+    per tensor and ``post`` folds into the update's ``alpha`` (one pass fewer)."""
+    ops = _FusedOps
+    pres = None if pre is None else pre.tolist()
+    posts = None if post is None else post.tolist()
+    d = c if identity and pres is None else norm._map_div(c, pres, ops)
+    apply_weight_decay(ops, params, lr, wd)
+    if posts is None:
+        torch._foreach_add_(params, d, alpha=-lr)
+    elif len(set(posts)) == 1:  # one scope: the same scalar for every tensor
+        torch._foreach_add_(params, d, alpha=-lr * posts[0])
+    else:
+        if d is c:
+            d = torch._foreach_mul(c, posts)
+        else:
+            torch._foreach_mul_(d, posts)
+        torch._foreach_add_(params, d, alpha=-lr)
 
 
 def _axpy_one_(p: Tensor, d: Tensor, lr: Any, den: Tensor | None, post: Tensor | None,
