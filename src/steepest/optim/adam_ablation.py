@@ -328,9 +328,10 @@ def _shuffled_step_(p: Tensor, m: Tensor, v: Tensor, bc2: float, ss: float, eps:
         return
     perm = _randperm(n, gen, m.device)
     pf, mf, vf = p.view(-1), m.view(-1), v.view(-1)
-    raw = perm.view(torch.uint8)  # the consumed index bytes are reused for the chunk buffers
     es, ib = m.element_size(), perm.element_size()
-    zero = m.new_zeros(())
+    # The consumed index bytes, reused for the chunk buffers (whole elements of m's dtype).
+    spare = perm.view(torch.uint8)[: (n * ib) // es * es].view(m.dtype)
+    zero, eps_t, bc2_t = m.new_zeros(()), m.new_full((), eps), m.new_full((), bc2)
     tiny = torch.finfo(m.dtype).tiny
     # The first chunk's buffers are fresh: the whole tensor if it is within the loop path's
     # stream chunk (whose temporaries StepOptimizer allows anyway), else a 64th of it, at least
@@ -344,10 +345,9 @@ def _shuffled_step_(p: Tensor, m: Tensor, v: Tensor, bc2: float, ss: float, eps:
         if j == 0:
             a, b = torch.empty_like(mf[:c]), torch.empty_like(mf[:c])
         else:  # bytes [0, 2 c es) lie within the consumed [0, j ib): disjoint from idx
-            buf = raw[: 2 * c * es].view(m.dtype)
-            a, b = buf[:c], buf[c:]
+            a, b = spare[:c], spare[c : 2 * c]
         torch.index_select(vf, 0, idx, out=a)
-        a.sqrt_().div_(bc2).add_(eps)
+        torch.addcdiv(eps_t, a.sqrt_(), bc2_t, out=a)  # eps + sqrt(v)/bc2, torch's rounding
         if eps == 0:
             a.clamp_min_(tiny)  # m = v = 0: 0/0 := 0, no update
         torch.index_select(mf, 0, idx, out=b)
