@@ -48,6 +48,7 @@ __all__ = [
     "check_lr",
     "check_range",
     "first_nonfinite",
+    "scalar_dtype",
 ]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -112,6 +113,12 @@ def check_betas(betas: Any, name: str = "betas") -> None:
         raise ValueError(f"{name} must be a pair (beta1, beta2) in [0, 1), got {betas!r}")
     for i, b in enumerate(betas):
         check_range(f"{name}[{i}]", b, 0.0, 1.0)
+
+
+def scalar_dtype() -> torch.dtype:
+    """The dtype of step counters, as torch.optim's: float64 when that is the default dtype, else
+    float32 (a float32 counter is exact up to 2^24 steps)."""
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
 def first_nonfinite(tensors: list[Tensor]) -> int | None:
@@ -231,10 +238,10 @@ class StepOptimizer(Optimizer):
         state_dict = {k: v for k, v in state_dict.items() if k != STATE_TAG}
         super().load_state_dict(state_dict)
         # Older torch.optim checkpoints store ``step`` as a Python number; torch's own
-        # optimizers convert it on load, and so do we (a float32 0-d tensor on the CPU).
+        # optimizers convert it on load, and so do we (a 0-d tensor on the CPU, of scalar_dtype()).
         for state in self.state.values():
             if isinstance(state, dict) and "step" in state and not isinstance(state["step"], Tensor):
-                state["step"] = torch.tensor(float(state["step"]), dtype=torch.float32)
+                state["step"] = torch.tensor(float(state["step"]), dtype=scalar_dtype())
         for group in self.param_groups:
             for key in self._norm_keys:
                 if key in group and not isinstance(group[key], Norm):

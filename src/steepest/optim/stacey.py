@@ -61,7 +61,7 @@ from torch import Tensor
 
 import steepest.optim.base as _base
 from steepest._backend import _compiling, is_dtensor
-from steepest.optim.base import StepOptimizer, check_betas, check_choice, check_range
+from steepest.optim.base import StepOptimizer, check_betas, check_choice, check_range, scalar_dtype
 
 __all__ = ["VARIANTS", "Stacey", "mirror_step"]
 
@@ -518,7 +518,7 @@ class Stacey(StepOptimizer):
                 )
 
     def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
-        state["step"] = torch.tensor(0.0, dtype=torch.float32)
+        state["step"] = torch.tensor(0.0, dtype=scalar_dtype())
         # z_0 = x_0 (SPEC.md Sec. 2): taken at the first step, so weights loaded after the
         # optimizer was built are the starting point.
         state["z"] = p.detach().clone(memory_format=torch.preserve_format)

@@ -312,7 +312,6 @@ OPTIM_DB: list[OptimizerInfo] = [
                 ("2p_p3", {"p": 3.0, "tau": 0.1, "variant": "2p", "lr": 0.05}),
                 ("explicit_alpha", {"p": 3.0, "tau": 0.1, "alpha": 0.05, "lr": 0.02})),
         error_inputs_func=_errors(so.Stacey),
-        xfail=_xfail(_SDD, _STEP_DTYPE, _ALL),
     ),
 ]
 
