@@ -715,43 +715,49 @@ def newton_schulz(
     m, n = x.shape
     gram, update = x.new_empty(m, m), x.new_empty(m, m)
     chunk = _stream_chunk()
-    # In place by column blocks on CPU in float32/64, where blocked GEMMs cost what one does
-    # (benchmarks/spectral.py); elsewhere (bfloat16 kernels, accelerators: a launch per block)
-    # and for an X of at most one chunk, into a second X buffer and swap.
-    blocked = m != n and m * n > chunk and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-    width = min(n, max(m, chunk // max(m, 1)))  # blocks of at least one chunk: little Python overhead
-    scratch = x.new_empty(m * width) if blocked and width > m else None  # else A's storage
-    spare = None
+    if m == n:
+        # The new X goes into A's storage (consumed once B is made); the old X's takes the next A.
+        for _ in range(steps):
+            torch.mm(x, x.T, out=gram)
+            torch.addmm(gram, gram, gram, beta=b, alpha=c, out=update)
+            torch.addmm(x, update, x, beta=a, out=gram)
+            x, gram = gram, (x if x.is_contiguous() else x.new_empty(m, m))
+        return x
+    if not (m * n > chunk and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)):
+        # bfloat16 kernels and accelerators (a launch per block), or an X of at most one chunk:
+        # blocks would cost time, so the new X goes into a second buffer, and the two swap.
+        spare = x.new_empty(m, n)
+        for _ in range(steps):
+            torch.mm(x, x.T, out=gram)
+            torch.addmm(gram, gram, gram, beta=b, alpha=c, out=update)
+            torch.addmm(x, update, x, beta=a, out=spare)
+            # The old X is dropped here (no name keeps it) unless laid out for the next one.
+            x, spare = spare, (x if x.is_contiguous() else None)
+            if spare is None:
+                spare = x.new_empty(m, n)
+        return x.T if wide else x
+    # On CPU in float32/64, where blocked GEMMs cost what one does (benchmarks/spectral.py):
+    # in place, a block of columns at a time (of X^T's rows in the tall case, the input's own
+    # layout, where column blocks of X were slower), through A's storage or one chunk of scratch.
+    width = min(n, max(m, chunk // max(m, 1)))  # at least one chunk per block: little Python overhead
+    flat = x.new_empty(m * width) if width > m else gram.view(-1)
+    rows_of_xt = x.T.is_contiguous()
     for _ in range(steps):
         torch.mm(x, x.T, out=gram)
         torch.addmm(gram, gram, gram, beta=b, alpha=c, out=update)
-        if blocked:
-            flat = gram.view(-1) if scratch is None else scratch
-            if x.T.is_contiguous():
-                # X laid out as X^T (the tall case, the input's own layout): row blocks of
-                # X^T <- a X^T + X^T B^T, contiguous in memory (column blocks of X were slower).
-                for j in range(0, n, width):
-                    rows = x.T[j : j + width]
-                    tmp = flat[: m * rows.size(0)].view(rows.size(0), m)
-                    torch.addmm(rows, rows, update.T, beta=a, out=tmp)
-                    rows.copy_(tmp)
-                continue
+        if rows_of_xt:
+            xt, ut = x.T, update.T
+            for j in range(0, n, width):
+                rows = xt[j : j + width]
+                tmp = flat[: m * rows.size(0)].view(rows.size(0), m)
+                torch.addmm(rows, rows, ut, beta=a, out=tmp)
+                rows.copy_(tmp)
+        else:
             for j in range(0, n, width):
                 block = x[:, j : j + width]
                 tmp = flat[: m * block.size(1)].view(m, block.size(1))
                 torch.addmm(block, update, block, beta=a, out=tmp)
                 block.copy_(tmp)
-            continue
-        if m == n:
-            spare = gram  # A is consumed: its storage takes the new X
-        elif spare is None:
-            spare = x.new_empty(m, n)
-        torch.addmm(x, update, x, beta=a, out=spare)
-        # The old X's storage takes the next A (square) or X (else) if laid out for it; else it
-        # is dropped here (no name keeps it) before the next buffer is made.
-        x, spare = spare, (x if x.is_contiguous() else None)
-        if m == n:
-            gram, spare = (spare if spare is not None else x.new_empty(m, m)), None
     return x.T if wide else x
 
 
