@@ -30,7 +30,7 @@ from torch import Tensor
 import steepest.optim.base as _base
 from steepest._backend import _Ops, _ops
 from steepest.optim.base import StepOptimizer, apply_weight_decay, check_betas
-from steepest.optim.noise import _count, _fast, _kernels, _scalar_arg, _tiny
+from steepest.optim.noise import _fast, _kernels, _scalar_arg, _tiny
 
 __all__ = ["AdamAveraged", "AdamShuffled"]
 
@@ -92,7 +92,7 @@ class _AdamDecomposed(StepOptimizer):
                 and all(p.is_contiguous() for p in params):
             ops = _kernels(foreach, params)
             lr, (b1, b2), eps = _scalar_arg(group["lr"]), group["betas"], group["eps"]
-            ks = _count([s["step"] for s in states], ops)
+            ks = ops.count([s["step"] for s in states])
             apply_weight_decay(ops, params, lr, group["weight_decay"])
             m_t = [s["exp_avg"] for s in states]
             v_t = [s["exp_avg_sq"] for s in states]
@@ -261,9 +261,8 @@ class AdamAveraged(_AdamDecomposed):
 
     def _fused_step(self, ops, params, m_t, v_t, bc2, ss, eps) -> None:  # type: ignore[no-untyped-def]
         # 17 passes over N floats after the moments' 8 (25; 7 counted), in one temporary d:
-        # sqrt 2, /bc2 2, +eps 2 (torch's denominator), d <- (ss m~)/d 3 (torch's rounding:
-        # one-element tensors stay bitwise torch.optim.Adam), |d| 2 and its sum 1 (the mean),
-        # d <- sign(m~) 2, x -= mean d 3.
+        # torch's magnitudes 11 (_magnitudes_; torch's rounding: one-element tensors stay bitwise
+        # torch.optim.Adam), their sum 1 (the mean), d <- sign(m~) 2, x -= mean d 3.
         d = _magnitudes_(ops, m_t, v_t, bc2, ss, eps)
         means = [x.sum() / max(x.numel(), 1) for x in d]
         if ops.foreach:
@@ -279,8 +278,9 @@ class AdamAveraged(_AdamDecomposed):
 def _magnitudes_(ops: type[_Ops], m_t: list[Tensor], v_t: list[Tensor], bc2: list[float],
                  ss: list[float], eps: float) -> list[Tensor]:
     """``lr gamma = |(ss m~) / (sqrt(v~)/bc2 + eps)|`` per tensor, torch.optim.Adam's numbers
-    and rounding, in one new tensor each (11 passes: sqrt 2, /bc2 2, +eps 2, the quotient 3
-    in place, abs 2; 2 more for the floor when eps = 0)."""
+    and rounding, in one new tensor each (11 passes: sqrt 2, /bc2 2, +eps 2, the quotient 3 in
+    place, abs 2; 2 more for the floor when eps = 0). (``addcdiv(eps, sqrt(v~), bc2)`` would save
+    a pass but its two broadcast scalar operands make it slower on CPU.)"""
     if not m_t:
         return []
     d = ops.sqrt(v_t)
@@ -331,7 +331,7 @@ def _shuffled_step_(p: Tensor, m: Tensor, v: Tensor, bc2: float, ss: float, eps:
     es, ib = m.element_size(), perm.element_size()
     # The consumed index bytes, reused for the chunk buffers (whole elements of m's dtype).
     spare = perm.view(torch.uint8)[: (n * ib) // es * es].view(m.dtype)
-    zero, eps_t, bc2_t = m.new_zeros(()), m.new_full((), eps), m.new_full((), bc2)
+    zero = m.new_zeros(())
     tiny = torch.finfo(m.dtype).tiny
     # The first chunk's buffers are fresh: the whole tensor if it is within the loop path's
     # stream chunk (whose temporaries StepOptimizer allows anyway), else a 64th of it, at least
@@ -347,7 +347,7 @@ def _shuffled_step_(p: Tensor, m: Tensor, v: Tensor, bc2: float, ss: float, eps:
         else:  # bytes [0, 2 c es) lie within the consumed [0, j ib): disjoint from idx
             a, b = spare[:c], spare[c : 2 * c]
         torch.index_select(vf, 0, idx, out=a)
-        torch.addcdiv(eps_t, a.sqrt_(), bc2_t, out=a)  # eps + sqrt(v)/bc2, torch's rounding
+        a.sqrt_().div_(bc2).add_(eps)
         if eps == 0:
             a.clamp_min_(tiny)  # m = v = 0: 0/0 := 0, no update
         torch.index_select(mf, 0, idx, out=b)

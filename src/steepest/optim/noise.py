@@ -115,15 +115,6 @@ def _kernels(foreach: bool, xs: list[Tensor]) -> type[_Ops]:
     return _Ops
 
 
-def _count(steps: list[Tensor], ops: type[_Ops]) -> list[float]:
-    """``ops.count`` (increment the step counters, return their values), reading a chunk's
-    counters back in one ``tolist`` instead of one ``float()`` per tensor."""
-    if len(steps) < 2 or _compiling() or any(s.device.type != "cpu" for s in steps):
-        return ops.count(steps)
-    torch._foreach_add_(steps, 1.0)
-    return torch.stack(steps).tolist()
-
-
 def _scalar_arg(v: Any) -> Any:
     """A 0-d tensor hyper-parameter (``lr=torch.tensor(...)``) as the Python number that the
     fused kernels' ``value=``/scalar-list arguments take (eager only; CPU scalars in practice)."""
@@ -283,7 +274,7 @@ class MSGD(_BetaIsMomentum):
         lr, b, wd = group["lr"], group["momentum"], group["weight_decay"]
         if fast:
             lr = _scalar_arg(lr)
-        ks = _count([s["step"] for s in states], ops)
+        ks = ops.count([s["step"] for s in states])
         m = momentum_direction_input((b, b), grads, states, ops.foreach, key="exp_avg")
         if m is grads:  # beta = 0: the buffer is not used, m~ = g
             for s, g in zip(states, grads):
@@ -315,7 +306,7 @@ class _VarianceAdapted(_BetaIsMomentum):
     ) -> tuple[list[float], list[Tensor], list[Tensor]]:
         """Count the step and update m~ (lerp_, 3 passes) and v~ (mul_ + addcmul_, 5 passes) in
         place; return the thesis' ``t = state["step"] - 1``, m~ and v~."""
-        ts = [k - 1.0 for k in _count([s["step"] for s in states], ops)]
+        ts = [k - 1.0 for k in ops.count([s["step"] for s in states])]
         m_t = [s["exp_avg"] for s in states]
         v_t = [s["exp_avg_sq"] for s in states]
         ops.lerp_(m_t, grads, 1.0 - b)
