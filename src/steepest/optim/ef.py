@@ -119,7 +119,9 @@ def _subtract_delta(ops: type[_Ops], params: list[Tensor], errs: list[Tensor], c
     One sign temporary per tensor, freed before the next (the loop path; and the foreach path on
     CPU, where ``_foreach_*`` is such a loop itself), with ``coef`` folded into both updates
     (``addcmul_``): the same numbers as ``delta`` itself, since coef * (+-1) is exact."""
-    if not _loop_each(errs, ops):
+    if not _loop_each(errs, ops) or (ops.foreach and _small_many(errs)):
+        # fused kernels (accelerators; small CPU tensors, where Python per tensor dominates):
+        # one sign temporary per tensor, the foreach path's budget
         delta = ops.mul_(ops.sign(errs), coefs)
         ops.axpy_(params, delta, -1.0)
         ops.axpy_(errs, delta, -1.0)  # e <- p - delta
