@@ -116,10 +116,13 @@ class _FusedOps(_ForeachOps):
 
 
 def _norms(xs: list[Tensor], ord: float, ops: type[_Ops]) -> Tensor:
-    """``ops.norms(xs, ord)``; on the loop path with many small tensors, the foreach kernel for
-    ord 1 and 2 (no temporaries, no Python per tensor)."""
-    if not ops.foreach and ord in (1.0, 2.0) and _small_many(xs):
+    """``ops.norms(xs, ord)``, on CPU the same on both paths: for many small tensors the foreach
+    kernel for ord 1 and 2 (no temporaries, no Python per tensor), for large ones the loop's
+    (``|x|.sum()`` for ord 1 ran up to 2x faster than the foreach kernel on 100K elements)."""
+    if ord in (1.0, 2.0) and _small_many(xs):
         return _ForeachOps.norms(xs, ord)
+    if ops.foreach and len(xs) > 1 and _per_tensor_ok(xs):
+        return _Ops.norms(xs, ord)
     return ops.norms(xs, ord)
 
 
@@ -895,7 +898,10 @@ class OperatorNorm(Norm):
                 duals.append(x.new_zeros(()))
                 continue
             m = _as_matrix(x, self.transpose)
-            u, d = self._base_lmo_into(m, need_dual) if owned else self._base_lmo(m, need_dual)
+            # A DTensor's in-place ops cannot change its placement (a matmul's result is
+            # replicated): sharded inputs take the out-of-place path.
+            into = owned and not is_dtensor(m)
+            u, d = self._base_lmo_into(m, need_dual) if into else self._base_lmo(m, need_dual)
             u = u.to(x.dtype)
             units.append((u.T if self.transpose else u).reshape(x.shape))
             if need_dual:
@@ -1003,6 +1009,8 @@ def _absmax_along(m: Tensor, dim: int) -> Tensor:
     (two plain reductions; ``vector_norm(m, inf, dim)`` was 5x slower on CPU, torch 2.13)."""
     if m.is_complex():
         return torch.linalg.vector_norm(m, math.inf, dim=dim, keepdim=True)
+    if is_dtensor(m):  # a partial (per-shard) min cannot be negated in place
+        return torch.maximum(m.amax(dim=dim, keepdim=True), -m.amin(dim=dim, keepdim=True))
     return torch.maximum(m.amax(dim=dim, keepdim=True), m.amin(dim=dim, keepdim=True).neg_())
 
 
@@ -1117,7 +1125,7 @@ class Spectral(OperatorNorm):
         out = newton_schulz(
             m, self.ns_coefficients, self.ns_steps, self.ns_eps, self._compute_dtype(m), overwrite=overwrite
         )
-        if overwrite and out.dtype != m.dtype and not torch.compiler.is_compiling():
+        if overwrite and out.dtype != m.dtype and not torch.compiler.is_compiling() and not is_dtensor(m):
             return m.copy_(out)  # back into the caller's temporary: no new tensor of m's dtype
         return out.to(m.dtype)
 

@@ -2,9 +2,10 @@
 
 The loop path (CPU default) runs large tensors one at a time (``_apply_each``, the lean
 ``_elementwise_loop``, EF's interleaved update) and many small tensors with fused kernels a chunk
-at a time (``norms._SMALL``). The conformance suite's tensors are small, so it sees only the
-second way; here each optimizer is stepped three times with each way forced, and on the foreach
-path, in float64. Tolerance 1e-12 relative (ours): the ways differ only in the order of a few
+at a time (``norms._SMALL``); on CPU the foreach path runs the same code, and on accelerators all
+tensors at once with fused kernels. The conformance suite's tensors are small and on CPU, so it
+sees only one of these ways; here each optimizer is stepped three times with each way forced
+(the accelerators' way simulated on CPU), in float64. Tolerance 1e-12 relative (ours): the ways differ only in the order of a few
 float64 roundings (e.g. x / (n / c) against x / n * c, l1 sums per tensor or fused), ~1e-16 each.
 """
 
@@ -16,6 +17,8 @@ import torch
 import steepest
 import steepest.norms as norms_mod
 import steepest.optim.base as base
+import steepest.optim.ef as ef_mod
+import steepest.optim.steepest as steepest_mod
 from steepest.norms import BlockNorm, Linf, Lp
 
 SHAPES = [(30, 20), (50,), (7, 3, 4), (1,), (64,)]
@@ -66,13 +69,17 @@ def _run(make, foreach: bool) -> list[torch.Tensor]:
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_loop_ways_agree_with_foreach(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     make = CONFIGS[name]
-    ref = _run(make, True)
+    cpu_foreach = _run(make, True)  # on CPU the foreach path runs the loop path's code
+    with monkeypatch.context() as m:  # as on accelerators: all tensors at once, fused kernels
+        for mod in (norms_mod, steepest_mod, ef_mod):
+            m.setattr(mod, "_per_tensor_ok", lambda xs: len(xs) <= 1)
+        ref = _run(make, True)
     monkeypatch.setattr(norms_mod, "_SMALL", 0)  # every tensor "large": one at a time
     each = _run(make, False)
     monkeypatch.setattr(norms_mod, "_SMALL", 1 << 40)  # every tensor "small": fused chunks
     monkeypatch.setattr(base, "_STREAM_CHUNK", 600)  # chunks [600 elements], [50, 84, 1, 64]
     fused = _run(make, False)
-    for way, got in (("one at a time", each), ("fused chunks", fused)):
+    for way, got in (("one at a time", each), ("fused chunks", fused), ("CPU foreach", cpu_foreach)):
         for r, g in zip(ref, got):
             assert torch.allclose(g, r, rtol=1e-12, atol=1e-12), (way, (g - r).abs().max().item())
     assert any(not torch.equal(r, p0) for r, p0 in zip(ref, _initial())), "the parameters moved"

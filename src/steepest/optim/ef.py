@@ -8,7 +8,16 @@ import torch
 from torch import Tensor
 
 from steepest._backend import _Ops, _ops, _stack, is_dtensor
-from steepest.norms import Linf, _combine_pow, _FusedOps, _loop_each, _norms, _safe_div, _small_many
+from steepest.norms import (
+    Linf,
+    _combine_pow,
+    _FusedOps,
+    _loop_each,
+    _norms,
+    _per_tensor_ok,
+    _safe_div,
+    _small_many,
+)
 from steepest.optim import base as _base
 from steepest.optim.base import StepOptimizer, apply_weight_decay
 
@@ -65,11 +74,14 @@ class EFSignSGD(StepOptimizer):
         lr, wd = group["lr"], group["weight_decay"]
         errs = [s["error"] for s in states]
         per_tensor = group["scope"] == "per_tensor"
-        small = not foreach and _small_many(errs)
+        # On CPU the foreach path takes the loop path's code too (torch's _foreach_* ops are a
+        # per-tensor loop there themselves; all-at-once temporaries cost page faults).
+        loop = not foreach or _per_tensor_ok(errs)
+        small = loop and _small_many(errs)
         if small:  # many small tensors: fused kernels (per-tensor Python would dominate)
             torch._foreach_add_(errs, grads, alpha=lr)  # e <- p = lr g + e
             dual = _combine_pow(_norms(errs, Linf().q, ops), 1.0, per_tensor)
-        elif not foreach and not torch.compiler.is_compiling() and not any(is_dtensor(e) for e in errs):
+        elif loop and not torch.compiler.is_compiling() and not any(is_dtensor(e) for e in errs):
             # e <- p = lr g + e and its l1 norm tensor by tensor: e is read back while in cache.
             sums = []
             for e, g in zip(errs, grads):

@@ -141,10 +141,11 @@ def apply_direction(
         return
     pre, post = plan
     identity = type(norm) in (Lp, L2) and norm.p == 2.0  # map(z) = z: fold pre into the update
-    if foreach:  # all tensors of the call at once (fused kernels), one temporary per tensor
+    if foreach and not _per_tensor_ok(c):  # accelerators: all tensors at once (fused kernels)
         _apply_fused(norm, params, c, pre, post, identity, lr, wd, ops)
         return
-    # Loop path: one tensor at a time, so that each temporary is freed before the next is made
+    # Loop path (and the foreach path on CPU, where torch's _foreach_* ops are a per-tensor loop
+    # themselves): one tensor at a time, so that each temporary is freed before the next is made
     # (holding them all costs page faults on CPU: ~3x slower); many small tensors (per-tensor
     # Python would dominate) take fused kernels a chunk at a time.
     fuse = _small_many(c)
@@ -336,7 +337,9 @@ class SteepestDescent(StepOptimizer):
         foreach: bool,
     ) -> None:
         betas = self._betas(group)
-        if not foreach and self._streams(group) and _lean_ok(group["norm"]):
+        # On CPU the foreach path takes the loop path's code too: torch's _foreach_* ops are a
+        # per-tensor loop there themselves, and all-at-once temporaries cost page faults.
+        if (not foreach or _per_tensor_ok(params)) and self._streams(group) and _lean_ok(group["norm"]):
             _elementwise_loop(group, params, grads, states, betas)
             return
         c = momentum_direction_input(betas, grads, states, foreach)
@@ -402,39 +405,48 @@ def _elementwise_loop(
     lr, wd = group["lr"], group.get("weight_decay", 0.0)
     b1, b2 = betas
     sign, ident, owned = math.isinf(norm.p), norm.p == 2.0, b1 != b2
-    if _small_many(params):  # a chunk of small tensors: fused kernels (per-tensor Python dominates)
-        c = momentum_direction_input(betas, grads, states, True)
-        if sign and owned:
-            torch._foreach_sign_(c)  # Lion's c is the chunk's temporary: its sign in place
-            d = c
-        elif sign:
-            d = torch._foreach_sign(c)
-        elif ident:
-            d = c
-        else:
-            d = norm._map_div(c, None, _FusedOps)
-        apply_weight_decay(_FusedOps, params, lr, wd)
-        torch._foreach_add_(params, d, alpha=-lr)
-        return
-    for p, g, st in zip(params, grads, states):
-        if b1 == 0.0 and b2 == 0.0:
-            c = g
-        elif not owned:
-            c = st["momentum_buffer"].lerp_(g, 1.0 - b1)
-        else:  # Lion: c = b1 m + (1 - b1) g (the step's temporary), then m <- b2 m + (1 - b2) g
-            m = st["momentum_buffer"]
-            c = torch.lerp(m, g, 1.0 - b1)
-            m.lerp_(g, 1.0 - b2)
-        if sign:
-            d = c.sign_() if owned else torch.sign(c)
-        elif ident:
-            d = c
-        else:
-            (d,) = norm._map_div([c], None, _Ops)
-        if wd:
-            p.mul_(1.0 - lr * wd)
-        p.add_(d, alpha=-lr)
-        del d, c  # free this tensor's temporary before the next one is made
+    fuse = _small_many(params)
+    for sl in _small_chunks(params) if fuse else [slice(0, len(params))]:
+        if fuse and sl.stop - sl.start > 1:  # small tensors: fused kernels (Python dominates)
+            _elementwise_fused(norm, params[sl], grads[sl], states[sl], betas, lr, wd)
+            continue
+        for p, g, st in zip(params[sl], grads[sl], states[sl]):
+            if b1 == 0.0 and b2 == 0.0:
+                c = g
+            elif not owned:
+                c = st["momentum_buffer"].lerp_(g, 1.0 - b1)
+            else:  # Lion: c = b1 m + (1 - b1) g (a temporary), then m <- b2 m + (1 - b2) g
+                m = st["momentum_buffer"]
+                c = torch.lerp(m, g, 1.0 - b1)
+                m.lerp_(g, 1.0 - b2)
+            if sign:
+                d = c.sign_() if owned else torch.sign(c)
+            elif ident:
+                d = c
+            else:
+                (d,) = norm._map_div([c], None, _Ops)
+            if wd:
+                p.mul_(1.0 - lr * wd)
+            p.add_(d, alpha=-lr)
+            del d, c  # free this tensor's temporary before the next one is made
+
+
+def _elementwise_fused(norm: Lp, params: list[Tensor], grads: list[Tensor], states: list[dict[str, Any]],
+                       betas: tuple[float, float], lr: Any, wd: float) -> None:
+    """:func:`_elementwise_loop` for a chunk of small tensors, with foreach kernels."""
+    owned = betas[0] != betas[1]
+    c = momentum_direction_input(betas, grads, states, True)
+    if math.isinf(norm.p) and owned:
+        torch._foreach_sign_(c)  # Lion's c is the chunk's temporary: its sign in place
+        d = c
+    elif math.isinf(norm.p):
+        d = torch._foreach_sign(c)
+    elif norm.p == 2.0:
+        d = c
+    else:
+        d = norm._map_div(c, None, _FusedOps)
+    apply_weight_decay(_FusedOps, params, lr, wd)
+    torch._foreach_add_(params, d, alpha=-lr)
 
 
 def momentum_direction_input(
