@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from steepest._backend import _ops
+from steepest._backend import _ops, is_dtensor
 from steepest.norms import (
     MODES,
     ColNorm,
@@ -325,6 +325,9 @@ class Modular(StepOptimizer):
             p.mul_(1.0 - lr)
         if wd:
             p.mul_(1.0 - lr * wd)
+        if is_dtensor(p) and is_dtensor(d) and d.placements != p.placements:
+            # FSDP2: a matrix direction comes out replicated (matmuls); take this rank's shard.
+            d = d.redistribute(p.device_mesh, p.placements)
         # Through the backend op: under torch.compile a scheduled lr given as ``alpha=`` would be
         # frozen by inductor (see steepest._backend._compiling).
         _ops(False).axpy_([p], [d], -step_lr)
