@@ -110,8 +110,8 @@ def apply_direction(
     if isinstance(norm, BlockNorm) and (not foreach or _per_tensor_ok(c)):
         # x_B / ||x_B|| * coefficient as one division inside the update: no temporary at all.
         dens = norm._divisors(c, ops, mode, beta, per_tensor)
-        fuse = not foreach and _small_many(c) and all(d.dim() == 0 for d in dens)
-        for sl in _small_chunks(params) if fuse else [slice(0, len(params))]:
+        fuse = _small_many(c) and all(d.dim() == 0 for d in dens)
+        for sl in _small_chunks(params, foreach, 1) if fuse else [slice(0, len(params))]:
             if fuse and sl.stop - sl.start > 1:  # small tensors: fused kernels, a chunk at a time
                 d = torch._foreach_div(c[sl], dens[sl])
                 apply_weight_decay(_FusedOps, params[sl], lr, wd)
@@ -151,7 +151,9 @@ def apply_direction(
     fuse = _small_many(c)
     pres = None if pre is None else pre.unbind(0)
     posts = None if post is None else post.unbind(0)
-    for sl in _small_chunks(params) if fuse else [slice(0, len(params))]:
+    one = type(norm) in (Lp, L2, Linf) and (math.isinf(norm.p) or norm.p == 2.0)  # sign, identity
+    temps = 1 if one else 2  # the l_p map: |x|^a and sign(x); other norms' maps: assume two
+    for sl in _small_chunks(params, foreach, temps) if fuse else [slice(0, len(params))]:
         if fuse and sl.stop - sl.start > 1:
             _apply_small(norm, params[sl], c[sl], None if pre is None else pre[sl],
                          None if post is None else post[sl], identity, lr, wd)
@@ -178,8 +180,12 @@ def _apply_each(norm: Norm, params: list[Tensor], c: list[Tensor], pres: Any, po
         del d  # free it before the next tensor's direction is made
 
 
-def _small_chunks(params: list[Tensor]) -> list[slice]:
-    """The loop path's chunks of small tensors: the base class's streaming granularity."""
+def _small_chunks(params: list[Tensor], foreach: bool, temps: int) -> list[slice]:
+    """Chunks of small tensors for fused kernels: the base class's streaming granularity on the
+    loop path, and its foreach chunks on the foreach path (fewer calls) where the map needs one
+    temporary per tensor (two, the l_p map's |x|^a and sign(x), would exceed that path's budget)."""
+    if foreach and temps == 1:
+        return _base._chunks(params, _base._chunk_limit(params, True))
     return _base._chunks(params, _base._STREAM_CHUNK)
 
 
@@ -340,7 +346,7 @@ class SteepestDescent(StepOptimizer):
         # On CPU the foreach path takes the loop path's code too: torch's _foreach_* ops are a
         # per-tensor loop there themselves, and all-at-once temporaries cost page faults.
         if (not foreach or _per_tensor_ok(params)) and self._streams(group) and _lean_ok(group["norm"]):
-            _elementwise_loop(group, params, grads, states, betas)
+            _elementwise_loop(group, params, grads, states, betas, foreach)
             return
         c = momentum_direction_input(betas, grads, states, foreach)
         apply_direction(group, params, c, group["norm"], group["mode"], foreach, beta=group["beta"],
@@ -396,6 +402,7 @@ def _elementwise_loop(
     grads: list[Tensor],
     states: list[dict[str, Any]],
     betas: tuple[float, float],
+    foreach: bool = False,
 ) -> None:
     """The loop path of an elementwise direction (sign, s(c), l2's c): momentum, direction and
     update one tensor at a time with no per-tensor list building: the same ops and numbers as
@@ -406,7 +413,8 @@ def _elementwise_loop(
     b1, b2 = betas
     sign, ident, owned = math.isinf(norm.p), norm.p == 2.0, b1 != b2
     fuse = _small_many(params)
-    for sl in _small_chunks(params) if fuse else [slice(0, len(params))]:
+    temps = 2 if not (sign or ident) else 1
+    for sl in _small_chunks(params, foreach, temps) if fuse else [slice(0, len(params))]:
         if fuse and sl.stop - sl.start > 1:  # small tensors: fused kernels (Python dominates)
             _elementwise_fused(norm, params[sl], grads[sl], states[sl], betas, lr, wd)
             continue
