@@ -884,7 +884,14 @@ class OperatorNorm(Norm):
 
     def _consts(self, xs: list[Tensor]) -> Tensor:
         dtype = xs[0].dtype if xs and xs[0].is_floating_point() else torch.float64
-        return torch.tensor([self.factor_of(x) for x in xs], dtype=dtype, device=xs[0].device if xs else None)
+        c = torch.tensor([self.factor_of(x) for x in xs], dtype=dtype, device=xs[0].device if xs else None)
+        if xs and is_dtensor(xs[0]):
+            # FSDP2: the duals are replicated DTensor scalars, which refuse plain tensors.
+            from torch.distributed.tensor import DTensor, Replicate
+
+            mesh = xs[0].device_mesh
+            c = DTensor.from_local(c, mesh, [Replicate()] * mesh.ndim, run_check=False)
+        return c
 
     def _units(
         self, xs: list[Tensor], need_dual: bool, owned: bool = False
@@ -903,7 +910,12 @@ class OperatorNorm(Norm):
             into = owned and not is_dtensor(m)
             u, d = self._base_lmo_into(m, need_dual) if into else self._base_lmo(m, need_dual)
             u = u.to(x.dtype)
-            units.append((u.T if self.transpose else u).reshape(x.shape))
+            u = (u.T if self.transpose else u).reshape(x.shape)
+            if is_dtensor(x) and is_dtensor(u) and u.placements != x.placements:
+                # FSDP2: matmuls return the unit replicated; in x's placement (this rank's shard)
+                # the optimizers' in-place updates of the sharded parameter accept it.
+                u = u.redistribute(x.device_mesh, x.placements)
+            units.append(u)
             if need_dual:
                 duals.append(d.to(x.dtype))
         return units, (_stack_scalars(duals, xs) if need_dual else None)

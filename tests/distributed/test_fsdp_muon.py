@@ -1,11 +1,12 @@
-"""FSDP2 (``fully_shard``): Muon and Modular give the unsharded result (2 gloo processes).
+"""FSDP2 (``fully_shard``): the operator norms (Muon, Modular, SteepestDescent) give the unsharded
+result (2 gloo processes).
 
-A matrix direction (Newton-Schulz's matmuls over DTensors) comes out replicated; the update takes
-each rank's shard of it. Tolerance as tests/distributed/test_fsdp.py: 1e-5 absolute after 3 steps
-(float32 sums in another order across shards: last bits; a wrong direction moves O(lr) = 1e-2).
-Not covered: ``ns_dtype="bfloat16"`` (sharded products round to bfloat16 in another order:
-measured 2.9e-3 apart after 3 steps) and Modular's global scope (its per-tensor duals are
-DTensor scalars mixed with plain tensors: refused by DTensor).
+A matrix direction (Newton-Schulz's or the SVD's matmuls over DTensors) comes out replicated; it
+is cut to each rank's shard before the update, and the global scope's shape factors are
+replicated DTensors like the duals they divide. Tolerance as tests/distributed/test_fsdp.py:
+1e-5 absolute after 3 steps (float32 sums in another order across shards: last bits; a wrong
+direction moves O(lr) = 1e-2). Not covered: ``ns_dtype="bfloat16"`` (sharded products round to
+bfloat16 in another order: measured 2.9e-3 apart after 3 steps at lr 0.02).
 """
 
 from __future__ import annotations
@@ -16,17 +17,28 @@ from tests.distributed._harness import results, run_workers
 
 pytestmark = pytest.mark.distributed
 
-NAMES = ["Muon", "Modular-rownorm-soft"]
+NAMES = ["Muon", "Modular-rownorm-soft", "Modular-colnorm-global-scaled", "Modular-spectral-global-scaled",
+         "Modular-scion-constrained", "SteepestDescent-colnorm-global-scaled", "SteepestDescent-spectral-svd-normalized"]
 
 
 def compare(rank: int, world: int, names: list[str], steps: int) -> dict[str, float]:
-    import steepest
-    from steepest import Linf, RowNorm
+    from steepest import ColNorm, Linf, Modular, Muon, RowNorm, Spectral, SteepestDescent
     from tests.distributed import _fsdp_workers as workers
 
+    ns = lambda **kw: Spectral("newton_schulz", **kw)  # noqa: E731
     workers.OPTIMIZERS.update({
-        "Muon": lambda ps: steepest.Muon(ps, lr=0.02, nonmatrix_norm=Linf()),
-        "Modular-rownorm-soft": lambda ps: steepest.Modular(ps, lr=0.01, norm=RowNorm(scale="shape"), mode="soft"),
+        "Muon": lambda ps: Muon(ps, lr=0.02, nonmatrix_norm=Linf()),
+        "Modular-rownorm-soft": lambda ps: Modular(ps, lr=0.01, norm=RowNorm(scale="shape"), mode="soft"),
+        "Modular-colnorm-global-scaled": lambda ps: Modular(ps, lr=0.01, norm=ColNorm(), mode="scaled",
+                                                            scope="global", nonmatrix_norm=Linf()),
+        "Modular-spectral-global-scaled": lambda ps: Modular(ps, lr=0.01, norm=ns(), mode="scaled", scope="global",
+                                                             nonmatrix_norm=Linf()),
+        "Modular-scion-constrained": lambda ps: Modular(ps, lr=0.01, norm=ns(scale="shape"), mode="normalized",
+                                                        nonmatrix_norm=ColNorm(scale="shape"), step="constrained",
+                                                        radius=5.0, momentum=0.9, nesterov=False),
+        "SteepestDescent-colnorm-global-scaled": lambda ps: SteepestDescent(ps, lr=0.01, norm=ColNorm(), mode="scaled"),
+        "SteepestDescent-spectral-svd-normalized": lambda ps: SteepestDescent(ps, lr=0.01, norm=Spectral(),
+                                                                              mode="normalized", scope="per_tensor"),
     })
     return workers.compare(rank, world, names, steps)
 
