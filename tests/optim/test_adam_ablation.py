@@ -104,10 +104,11 @@ def test_shuffled_uses_one_randperm_per_tensor_from_the_generator():
             torch.testing.assert_close(dv, expected, rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.parametrize("index64", [False, True], ids=["int32", "int64"])
 @pytest.mark.parametrize("dtype", [torch.float32, D])
 @pytest.mark.parametrize("eps", [1e-8, 0.0])
 @pytest.mark.parametrize("foreach", [False, True])
-def test_shuffled_chunked_gather_is_the_same_permutation(dtype, eps, foreach, monkeypatch):
+def test_shuffled_chunked_gather_is_the_same_permutation(dtype, eps, foreach, index64, monkeypatch):
     # Tensors above the stream chunk take the chunked path (steepest.optim.adam_ablation.
     # _shuffled_step_: gathers through the permutation in chunks that live in the consumed index
     # bytes). A stream chunk of 8 entries sends the 30- and 24-entry tensors there (chunks of
@@ -117,9 +118,15 @@ def test_shuffled_chunked_gather_is_the_same_permutation(dtype, eps, foreach, mo
     # exact permutation, magnitudes to rounding: the steps are differences of parameters, each
     # parameter rounded once by Adam and once by us (at a different, permuted entry), so up to
     # an ulp of |p| apart (atol 4 eps max|p|), plus a few ulp of the step (rtol 1e-6 / 1e-12).
+    # index64: the int64 permutation of other devices and of tensors past 2^31 entries (other
+    # chunk sizes: 8-byte indices), forced here on the CPU.
+    import steepest.optim.adam_ablation as ablation
     import steepest.optim.base as base
 
     monkeypatch.setattr(base, "_STREAM_CHUNK", 8)
+    if index64:
+        monkeypatch.setattr(ablation, "_randperm", lambda n, gen, device: torch.randperm(
+            n, generator=gen, device=device))
     gen, twin = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     shapes = [(6, 5), (5,), (2, 3, 4), (0,)]
     pa = [p.to(dtype).detach().requires_grad_() for p in _params(shapes)]
