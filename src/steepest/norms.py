@@ -91,7 +91,7 @@ def _per_tensor_ok(xs: list[Tensor]) -> bool:
     """Whether a per-tensor loop costs the foreach path nothing: on CPU the ``_foreach_*`` ops
     are such a loop themselves, and one tensor is one kernel either way. On accelerators a
     loop would launch a kernel per tensor, so there the fused ops (and their temporaries) stay."""
-    return len(xs) <= 1 or all(x.device.type == "cpu" for x in xs)
+    return len(xs) <= 1 or all(x.is_cpu for x in xs)
 
 
 # Mean elements per tensor below which the loop path runs fused (foreach) kernels a chunk at a

@@ -104,7 +104,7 @@ class EFSignSGD(StepOptimizer):
             coefs = coefs.tolist() if small else list(coefs.unbind(0))
         apply_weight_decay(ops, params, lr, wd)
         if small:  # a chunk's sign temporaries at a time (the loop path's streaming granularity)
-            limit = _base._chunk_limit(params, True) if foreach else _base._STREAM_CHUNK  # 1 temporary
+            limit = _base._FOREACH_CHUNK if foreach else _base._STREAM_CHUNK  # one temporary
             for sl in _base._chunks(params, limit):
                 _subtract_delta(_FusedOps, params[sl], errs[sl], coefs[sl])
             return

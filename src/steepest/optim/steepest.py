@@ -184,9 +184,7 @@ def _small_chunks(params: list[Tensor], foreach: bool, temps: int) -> list[slice
     """Chunks of small tensors for fused kernels: the base class's streaming granularity on the
     loop path, and its foreach chunks on the foreach path (fewer calls) where the map needs one
     temporary per tensor (two, the l_p map's |x|^a and sign(x), would exceed that path's budget)."""
-    if foreach and temps == 1:
-        return _base._chunks(params, _base._chunk_limit(params, True))
-    return _base._chunks(params, _base._STREAM_CHUNK)
+    return _base._chunks(params, _base._FOREACH_CHUNK if foreach and temps == 1 else _base._STREAM_CHUNK)
 
 
 def _apply_fused(norm: Norm, params: list[Tensor], c: list[Tensor], pre: Tensor | None,
@@ -414,7 +412,8 @@ def _elementwise_loop(
     sign, ident, owned = math.isinf(norm.p), norm.p == 2.0, b1 != b2
     fuse = _small_many(params)
     temps = 2 if not (sign or ident) else 1
-    for sl in _small_chunks(params, foreach, temps) if fuse else [slice(0, len(params))]:
+    whole = not fuse or (foreach and temps == 1)  # the base class chunked the foreach path already
+    for sl in [slice(0, len(params))] if whole else _small_chunks(params, foreach, temps):
         if fuse and sl.stop - sl.start > 1:  # small tensors: fused kernels (Python dominates)
             _elementwise_fused(norm, params[sl], grads[sl], states[sl], betas, lr, wd)
             continue
