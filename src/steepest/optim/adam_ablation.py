@@ -29,7 +29,7 @@ from torch import Tensor
 
 import steepest.optim.base as _base
 from steepest._backend import _Ops, _ops
-from steepest.optim.base import StepOptimizer, apply_weight_decay, check_betas
+from steepest.optim.base import StepOptimizer, apply_weight_decay, check_betas, scalar_dtype
 from steepest.optim.noise import _fast, _kernels, _scalar_arg, _tiny
 
 __all__ = ["AdamAveraged", "AdamShuffled"]
@@ -66,7 +66,7 @@ class _AdamDecomposed(StepOptimizer):
             raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
 
     def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
-        state["step"] = torch.tensor(0.0, dtype=torch.float32)
+        state["step"] = torch.tensor(0.0, dtype=scalar_dtype())
         state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 

@@ -69,6 +69,7 @@ from steepest.optim.base import (
     check_choice,
     check_range,
     first_nonfinite,
+    scalar_dtype,
 )
 from steepest.optim.steepest import momentum_direction_input
 
@@ -263,7 +264,7 @@ class MSGD(_BetaIsMomentum):
         _check_beta(group)
 
     def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
-        state["step"] = torch.tensor(0.0, dtype=torch.float32)
+        state["step"] = torch.tensor(0.0, dtype=scalar_dtype())
         state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
     def _update(self, group, params, grads, states, foreach) -> None:  # type: ignore[no-untyped-def]
@@ -296,7 +297,7 @@ class _VarianceAdapted(_BetaIsMomentum):
         _check_beta(group)
 
     def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
-        state["step"] = torch.tensor(0.0, dtype=torch.float32)
+        state["step"] = torch.tensor(0.0, dtype=scalar_dtype())
         state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
@@ -651,7 +652,7 @@ class MSVAG(_VarianceAdapted):
         check_choice("variance", group["variance"], VARIANCES)
 
     def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
-        state["step"] = torch.tensor(0.0, dtype=torch.float32)
+        state["step"] = torch.tensor(0.0, dtype=scalar_dtype())
         state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         key = "exp_var" if group["variance"] == "minibatch" else "exp_avg_sq"
         state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)

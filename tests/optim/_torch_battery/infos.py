@@ -115,9 +115,6 @@ _COMPLEX_VECTOR = ("DELIBERATE: which norm a parameter follows is decided by the
                    "(steepest/optim/layerwise.py): a complex vector follows nonmatrix_norm, while its "
                    "real view (n, 2) is a matrix to the optimizer given real parameters; torch's Muon "
                    "refuses complex parameters")
-_STEP_DTYPE = ("FINDING: state['step'] is created as float32 whatever the default dtype "
-               "(torch.optim uses torch.float64 under a float64 default: _get_scalar_dtype)")
-
 
 def _default_lr_unstable(name: str, lr: float, passed: int) -> str:
     return (f"FINDING: the class default lr={lr} of {name} diverges on torch's problem (the loss fell "
@@ -139,7 +136,6 @@ def _merge(*tables: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
 
 
 _ALL = "*"
-_SDD = "test_set_default_dtype_works_with_foreach"
 
 OPTIM_DB: list[OptimizerInfo] = [
     OptimizerInfo(
@@ -260,30 +256,26 @@ OPTIM_DB: list[OptimizerInfo] = [
         _inputs(0.05, ("default", {"lr": 0.05}), ("beta0", {"beta": 0.0, "lr": 0.05}),
                 ("wd", {"beta": 0.5, "weight_decay": 0.1, "lr": 0.05})),
         error_inputs_func=_errors(so.MSGD),
-        xfail=_merge(_xfail(_SDD, _STEP_DTYPE, _ALL),
-                     _xfail("test_param_group_with_lrscheduler_goes_right_direction",
-                            _default_lr_unstable("MSGD", 1.0, 4), _ALL)),
+        xfail=_xfail("test_param_group_with_lrscheduler_goes_right_direction",
+                     _default_lr_unstable("MSGD", 1.0, 4), _ALL),
     ),
     OptimizerInfo(
         "SVAG", so.SVAG,
         _inputs(0.1, ("default", {"lr": 0.1}), ("wd", {"beta": 0.5, "weight_decay": 0.1, "lr": 0.1})),
         error_inputs_func=_errors(so.SVAG),
-        xfail=_xfail(_SDD, _STEP_DTYPE, _ALL),
     ),
     OptimizerInfo(
         "MSVAG", so.MSVAG,
         _inputs(0.1, ("default", {"lr": 0.1}), ("beta0", {"beta": 0.0, "lr": 0.05}),
                 ("wd", {"beta": 0.8, "weight_decay": 0.1, "lr": 0.1})),
         error_inputs_func=_errors(so.MSVAG),
-        xfail=_merge(_xfail(_SDD, _STEP_DTYPE, _ALL),
-                     _xfail("test_param_group_with_lrscheduler_goes_right_direction",
-                            _default_lr_unstable("MSVAG", 1.0, 7), _ALL)),
+        xfail=_xfail("test_param_group_with_lrscheduler_goes_right_direction",
+                     _default_lr_unstable("MSVAG", 1.0, 7), _ALL),
     ),
     OptimizerInfo(
         "AdamStar", so.AdamStar,
         _inputs(0.01, ("default", {}), ("wd", {"beta": 0.5, "weight_decay": 0.1})),
         error_inputs_func=_errors(so.AdamStar),
-        xfail=_xfail(_SDD, _STEP_DTYPE, _ALL),
     ),
     OptimizerInfo(
         "AdamShuffled", so.AdamShuffled,
@@ -292,14 +284,14 @@ OPTIM_DB: list[OptimizerInfo] = [
         _inputs(0.01, ("default", {"lr": 0.01}), ("eps0_wd", {"eps": 0.0, "weight_decay": 0.1, "lr": 0.01}),
                 fresh=lambda: {"generator": torch.Generator().manual_seed(0)}),
         error_inputs_func=_errors(so.AdamShuffled),
-        xfail=_merge(_xfail(_SDD, _STEP_DTYPE, _ALL), _xfail("test_complex_2d", _TENSOR_GROUPING, _ALL)),
+        xfail=_xfail("test_complex_2d", _TENSOR_GROUPING, _ALL),
     ),
     OptimizerInfo(
         "AdamAveraged", so.AdamAveraged,
         _inputs(0.01, ("default", {"lr": 0.01}), ("eps0_betas", {"eps": 0.0, "betas": (0.5, 0.9), "lr": 0.01}),
                 ("wd", {"weight_decay": 0.1, "lr": 0.01})),
         error_inputs_func=_errors(so.AdamAveraged),
-        xfail=_merge(_xfail(_SDD, _STEP_DTYPE, _ALL), _xfail("test_complex_2d", _TENSOR_GROUPING, _ALL)),
+        xfail=_xfail("test_complex_2d", _TENSOR_GROUPING, _ALL),
     ),
     OptimizerInfo(
         "Stacey", so.Stacey,
