@@ -52,6 +52,8 @@ __all__ = [
 ]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+# Dtypes whose tensors the step converts (float32 working copies, real views).
+_CONVERTED = frozenset({torch.float16, torch.bfloat16, torch.complex32, torch.complex64, torch.complex128})
 # Elements per chunk when the loop path streams an elementwise update (StepOptimizer._streams):
 # 64K float32 = 256 KiB of temporaries per chunk beyond one large tensor's own.
 _STREAM_CHUNK = 1 << 16
@@ -375,17 +377,17 @@ class StepOptimizer(Optimizer):
             return "ignore"
         return "raise"
 
+    @staticmethod
     def _working(
-        self, group: dict[str, Any], items: list[tuple[int, Tensor, Tensor]]
+        group: dict[str, Any], items: list[tuple[int, Tensor, Tensor]], states: list[dict[str, Any]]
     ) -> tuple[list[Tensor], list[Tensor], list[dict[str, Any]], list[Any]]:
         """The tensors ``_update`` works on (module docstring): real views of complex ones,
         float32 copies of half-precision ones, negated gradients under ``maximize``; and what
-        must be written back after the update."""
+        must be written back after the update. ``states`` are the items' ``self.state`` entries."""
         params = [p for _, p, _g in items]
         grads = [g for _, _p, g in items]
-        states = [self.state[p] for p in params]
         maximize = group["maximize"]
-        if not maximize and not any(p.is_complex() or p.dtype in _LOW_PRECISION for p in params):
+        if not maximize and not any(p.dtype in _CONVERTED for p in params):
             return params, grads, states, []  # the usual case: nothing to convert
         wps, wgs, wstates, writeback = [], [], [], []
         for p, g, state in zip(params, grads, states):
@@ -436,14 +438,14 @@ class StepOptimizer(Optimizer):
         for group, items in zip(self.param_groups, gathered):
             if not items:
                 continue
-            for _, p, _g in items:
-                state = self.state[p]
+            ps = [p for _, p, _g in items]
+            states = [self.state[p] for p in ps]
+            for p, state in zip(ps, states):
                 if not state:
                     self._init_state(group, p, state)
             if group.get("scope") == "all_groups":  # stepped below, with the other such groups
-                joint.append((group, *self._working(group, items)))
+                joint.append((group, *self._working(group, items, states)))
                 continue
-            ps = [p for _, p, _g in items]
             foreach = self._use_foreach(group, ps)
             if self._streams(group):
                 # Elementwise updates, a chunk of tensors at a time on both paths: each chunk's
@@ -454,12 +456,12 @@ class StepOptimizer(Optimizer):
                 # that the per-call overhead stays amortized (1,000 tiny tensors were 1.5x slower
                 # one by one).
                 for sl in _chunks(ps, _chunk_limit(ps, foreach)):
-                    params, grads, states, writeback = self._working(group, items[sl])
-                    self._update(group, params, grads, states, foreach)
+                    params, grads, wstates, writeback = self._working(group, items[sl], states[sl])
+                    self._update(group, params, grads, wstates, foreach)
                     _write_back_all(writeback)
             else:
-                params, grads, states, writeback = self._working(group, items)
-                self._update(group, params, grads, states, foreach)
+                params, grads, wstates, writeback = self._working(group, items, states)
+                self._update(group, params, grads, wstates, foreach)
                 _write_back_all(writeback)
         if joint:
             groups, params_j, grads_j, states_j, writebacks = (list(t) for t in zip(*joint))
@@ -474,7 +476,8 @@ def _chunk_limit(params: list[Tensor], foreach: bool) -> int:
     """Elements per streamed chunk (see ``_STREAM_CHUNK`` and ``_FOREACH_CHUNK``)."""
     if not foreach:
         return _STREAM_CHUNK
-    floor = _FOREACH_CHUNK if all(p.device.type == "cpu" for p in params) else _FOREACH_CHUNK_ACCELERATOR
+    # A group's tensors share a device (foreach kernels need that): the first one tells.
+    floor = _FOREACH_CHUNK if not params or params[0].device.type == "cpu" else _FOREACH_CHUNK_ACCELERATOR
     return max([floor] + [p.numel() for p in params])
 
 
