@@ -61,7 +61,7 @@ CONFIGS: dict[str, tuple[Callable[..., torch.optim.Optimizer], int]] = {
 # bytes moved): benchmarks/spectral.py times them against torch.optim.Muon.
 
 # Where the time over target goes, for configurations that miss it (issue 12: "the benchmark
-# says why").
+# says why"). On the 1,000-tensor layout the rest is per-op dispatch (~3-5 us per op and chunk).
 # A miss only with the default check (the unchecked run meets the target).
 GUARD_WHY = ("the NaN/inf check (nonfinite=None on CPU) reads every gradient once more before the "
              "step; with nonfinite='ignore' (torch.optim's behaviour) the target is met")
@@ -80,10 +80,21 @@ WHY = {
     "BlockNormalizedSGD": "each block's l2 norm (one read of g) before the update divides by it",
     "EFSignSGD": ("e += lr g, ||e||_1 (|e| and its sum), then sign(e) and two updates (x and e): "
                   "~13 passes for 5 counted (SGD-momentum: 8 for 5)"),
-    "SVAG": "about ten elementwise passes and two temporaries per tensor (m^2, den)",
-    "MSVAG": "about ten elementwise passes and two temporaries per tensor (m^2, den)",
-    "AdamStar": "rsqrt plus ten elementwise passes and two temporaries per tensor",
-    "Stacey(p2, p=3)": "pow in s_eps (transcendental) and the coupling's extra passes over z",
+    "SVAG": ("24 passes over N floats for 7 counted (SGD-momentum: 8 for 5): moments 8, variance "
+             "factor 10 (two divisions, shift, clamp, 0/0 map), update 4; eager torch has no fused "
+             "kernel for the factor (torch.compile fuses it: --compiled)"),
+    "MSVAG": ("24 passes over N floats for 7 counted (SGD-momentum: 8 for 5): moments 8, variance "
+              "factor 10, update 4; eager torch has no fused kernel for the factor (--compiled)"),
+    "AdamStar": "22 passes for 7 counted: moments 8, (v~ - a m~^2)+ + m~^2/K and rsqrt 10, update 4",
+    "AdamAveraged": ("25 passes for 7 counted: torch's Adam magnitudes 11 (sqrt, /bc2, +eps, "
+                     "quotient, abs), their sum 1, sign 2, update 3, moments 8"),
+    "AdamShuffled": ("a fresh torch.randperm of every tensor each step (sequential, ~8 ns per "
+                     "entry: ~4 SGD steps by itself) plus two random gathers that keep the peak "
+                     "memory at one tensor"),
+    "Stacey(p2, p=3)": ("8 elementwise ops (c, m, z; s_eps's abs, +eps, pow; addcdiv; the coupling "
+                        "lerp): 22 transfers for 7 counted bytes"),
+    "Stacey(pp, p=3)": "the overflow-safe l_p mirror map adds ~18 elementwise ops (4 powers)",
+    "SteepestDescent(l2)": "the global l2 norm (one read of g) before the update divides by it",
 }
 
 LAYOUTS = {"big": (10_000_000, 100), "small": (1_000_000, 1_000)}
