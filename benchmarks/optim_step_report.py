@@ -1,6 +1,9 @@
 """Markdown table of ``benchmarks/optim_step.py`` JSON results, before and after.
 
-    python benchmarks/optim_step_report.py AFTER.json [--before BEFORE.json]
+    python benchmarks/optim_step_report.py AFTER.json [AFTER2.json ...] [--before BEFORE.json ...]
+
+With several files per side, each cell is the median over the runs (one run's interleaved
+medians still move by up to ~50% on a shared machine when the allocator's state differs).
 
 One row per optimizer, one column per layout and path. A cell reads ``b -> d / i``: ``b`` the
 ratio in BEFORE (its default non-finite setting), ``d`` and ``i`` the ratios in AFTER with the
@@ -14,11 +17,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 
 
-def _load(path: str) -> list[dict]:
-    with open(path) as f:
-        return json.load(f)["rows"]
+def _load(paths: list[str]) -> list[dict]:
+    """Rows of one or more runs; with several, one row per configuration holding the median."""
+    runs = []
+    for path in paths:
+        with open(path) as f:
+            runs.append(json.load(f)["rows"])
+    if len(runs) == 1:
+        return runs[0]
+    groups: dict[tuple, list[dict]] = {}
+    for rows in runs:
+        for r in rows:
+            key = (r["optimizer"], r["layout"], r["path"], r.get("nonfinite", "default"))
+            groups.setdefault(key, []).append(r)
+    return [{**rs[0], "x_sgd_per_byte": statistics.median(r["x_sgd_per_byte"] for r in rs), "runs": len(rs)}
+            for rs in groups.values()]
 
 
 def _fmt(x: float | None, target: float) -> str:
@@ -64,8 +80,8 @@ def table(after: list[dict], before: list[dict] | None = None) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("after")
-    ap.add_argument("--before", default="")
+    ap.add_argument("after", nargs="+")
+    ap.add_argument("--before", nargs="*", default=[])
     args = ap.parse_args()
     print(table(_load(args.after), _load(args.before) if args.before else None))
 
