@@ -64,7 +64,7 @@ def existing_storages(opt: torch.optim.Optimizer, params: list[torch.Tensor]) ->
         if p.grad is not None:
             ptrs.add(p.grad.untyped_storage().data_ptr())
     for st in opt.state.values():
-        for v in st.values():
+        for v in st.values() if isinstance(st, dict) else ():
             if isinstance(v, torch.Tensor):
                 ptrs.add(v.untyped_storage().data_ptr())
     return ptrs

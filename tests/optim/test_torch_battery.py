@@ -35,8 +35,8 @@ from torch.optim.optimizer import (
     register_optimizer_step_pre_hook,
 )
 
+from steepest._memory import LiveBytes
 from tests.optim._torch_battery.common import (
-    LiveBytes,
     OptimizerInfo,
     TensorTracker,
     assert_equal,

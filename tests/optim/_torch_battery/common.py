@@ -9,7 +9,6 @@ stand in for torch's ``TensorTracker`` and ``TestCase.assertEqual``.
 from __future__ import annotations
 
 import math
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from copy import deepcopy
 from dataclasses import dataclass, field
@@ -18,8 +17,8 @@ from typing import Any
 import pytest
 import torch
 from torch.optim.lr_scheduler import ReduceLROnPlateau, StepLR
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
+
+from steepest._memory import existing_storages
 
 
 @dataclass
@@ -185,55 +184,8 @@ def rosenbrock(t: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------- CPU memory
-class LiveBytes(TorchDispatchMode):
-    """Bytes of the tensors created while the mode is active that are still alive, and their
-    peak: a CPU stand-in for ``torch.cuda.max_memory_allocated`` (torch keeps no allocator
-    statistics on CPU). Storages in ``existing`` (parameters, gradients, state) are not counted;
-    CPython frees a tensor when its last reference goes, so "alive" is exact."""
-
-    def __init__(self, existing: set[int]) -> None:
-        super().__init__()
-        self.existing = existing
-        self.refs: dict[int, int] = {}
-        self.sizes: dict[int, int] = {}
-        self.live = 0
-        self.peak = 0
-
-    def _release(self, ptr: int) -> None:
-        self.refs[ptr] -= 1
-        if self.refs[ptr] == 0:
-            self.live -= self.sizes.pop(ptr)
-            del self.refs[ptr]
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if not isinstance(t, torch.Tensor):
-                continue
-            st = t.untyped_storage()
-            ptr = st.data_ptr()
-            if ptr in self.existing or st.nbytes() == 0:
-                continue
-            if ptr not in self.refs:
-                self.refs[ptr] = 0
-                self.sizes[ptr] = st.nbytes()
-                self.live += st.nbytes()
-                self.peak = max(self.peak, self.live)
-            self.refs[ptr] += 1
-            weakref.finalize(t, self._release, ptr)
-        return out
-
-
+# LiveBytes (the package's allocation meter, steepest._memory) stands in for
+# torch.cuda.max_memory_allocated: torch keeps no allocator statistics on CPU.
 def storages(opt: torch.optim.Optimizer, params: Sequence[torch.Tensor]) -> set[int]:
     """Storage pointers of the parameters, their gradients and the optimizer state."""
-    ptrs = set()
-    for p in params:
-        ptrs.add(p.untyped_storage().data_ptr())
-        if p.grad is not None:
-            ptrs.add(p.grad.untyped_storage().data_ptr())
-    for st in opt.state.values():
-        if isinstance(st, dict):
-            for v in st.values():
-                if isinstance(v, torch.Tensor):
-                    ptrs.add(v.untyped_storage().data_ptr())
-    return ptrs
+    return existing_storages(opt, list(params))
