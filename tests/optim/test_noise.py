@@ -209,11 +209,14 @@ ALL = {"msgd": MSGD, **OPTS}
 
 @pytest.mark.parametrize("kind", list(ALL))
 @pytest.mark.parametrize("dtype", [torch.float32, D])
-def test_loop_chunk_of_small_tensors_is_bitwise_the_per_tensor_loop(kind, dtype):
+def test_loop_chunk_of_small_tensors_equals_the_per_tensor_loop(kind, dtype):
     # The loop path runs a CPU stream chunk of several small tensors with the torch._foreach_*
     # kernels (steepest.optim.noise._kernels); on CPU those call the same per-tensor ATen
-    # kernels, so the result must equal, bit for bit, each tensor stepped alone (one tensor per
-    # optimizer: the plain per-tensor ops). Zeros and a m = 0 < v coordinate included.
+    # kernels, so the result equals each tensor stepped alone (one tensor per optimizer: the plain
+    # per-tensor ops). Tolerance 4 ulp relative (ours): the kernels are the same today, but
+    # foreach and per-tensor are two code paths, which may round differently on another CPU or
+    # torch build; a wrong coefficient or a skipped tensor is off by O(1) relative.
+    # Zeros and a m = 0 < v coordinate included.
     shapes = [(4, 3), (5,), (2, 2, 2), (1,)]
     g = torch.Generator().manual_seed(7)
     xs = [torch.randn(s, generator=g, dtype=dtype) for s in shapes]
@@ -231,8 +234,9 @@ def test_loop_chunk_of_small_tensors_is_bitwise_the_per_tensor_loop(kind, dtype)
         opt.step()
         for o in opts:
             o.step()
+    eps = torch.finfo(dtype).eps
     for p, q in zip(together, alone):
-        assert torch.equal(p, q)
+        torch.testing.assert_close(p, q, rtol=4 * eps, atol=0)
         assert torch.isfinite(p).all()
 
 
