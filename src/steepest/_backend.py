@@ -225,6 +225,47 @@ class _Ops:
             x.add_(y, alpha=a)
         return xs
 
+    @staticmethod
+    def add_scalars_(xs: list[Tensor], cs: list[float]) -> list[Tensor]:
+        """xs[i] += cs[i]."""
+        for x, c in zip(xs, cs):
+            x.add_(c)
+        return xs
+
+    @staticmethod
+    def addcdiv_scalars_(xs: list[Tensor], ys: list[Tensor], zs: list[Tensor], cs: list[float]) -> list[Tensor]:
+        """xs[i] += cs[i] * ys[i] / zs[i], one pass (compiled: the product form, see _compiling)."""
+        if _compiling():
+            for x, y, z, c in zip(xs, ys, zs, cs):
+                x.add_(y / z * c)
+            return xs
+        for x, y, z, c in zip(xs, ys, zs, cs):
+            x.addcdiv_(y, z, value=c)
+        return xs
+
+    @staticmethod
+    def addcmul_scalars_(xs: list[Tensor], ys: list[Tensor], zs: list[Tensor], cs: list[float]) -> list[Tensor]:
+        """xs[i] += cs[i] * ys[i] * zs[i], one pass (compiled: the product form, see _compiling)."""
+        if _compiling():
+            for x, y, z, c in zip(xs, ys, zs, cs):
+                x.add_(y * z * c)
+            return xs
+        for x, y, z, c in zip(xs, ys, zs, cs):
+            x.addcmul_(y, z, value=c)
+        return xs
+
+    @staticmethod
+    def addcmul_fused(xs: list[Tensor], ys: list[Tensor], zs: list[Tensor], cs: list[float]) -> list[Tensor]:
+        """Out of place xs[i] + cs[i] * ys[i] * zs[i] in one pass (eager only: ``value=`` takes a
+        Python float, which inductor would freeze; :meth:`addcmul` is the compile-safe form)."""
+        return [torch.addcmul(x, y, z, value=c) for x, y, z, c in zip(xs, ys, zs, cs)]
+
+    @staticmethod
+    def reciprocal_(xs: list[Tensor]) -> list[Tensor]:
+        for x in xs:
+            x.reciprocal_()
+        return xs
+
 
 class _ForeachOps(_Ops):
     foreach = True
@@ -389,6 +430,36 @@ class _ForeachOps(_Ops):
             torch._foreach_add_(xs, ys, alpha=alphas[0])
         else:
             torch._foreach_add_(xs, torch._foreach_mul(ys, alphas))
+        return xs
+
+    @staticmethod
+    def add_scalars_(xs: list[Tensor], cs: list[float]) -> list[Tensor]:
+        if _compiling():
+            return _Ops.add_scalars_(xs, cs)
+        torch._foreach_add_(xs, cs)
+        return xs
+
+    @staticmethod
+    def addcdiv_scalars_(xs: list[Tensor], ys: list[Tensor], zs: list[Tensor], cs: list[float]) -> list[Tensor]:
+        if _compiling():
+            return _Ops.addcdiv_scalars_(xs, ys, zs, cs)
+        torch._foreach_addcdiv_(xs, ys, zs, cs)
+        return xs
+
+    @staticmethod
+    def addcmul_scalars_(xs: list[Tensor], ys: list[Tensor], zs: list[Tensor], cs: list[float]) -> list[Tensor]:
+        if _compiling():
+            return _Ops.addcmul_scalars_(xs, ys, zs, cs)
+        torch._foreach_addcmul_(xs, ys, zs, cs)
+        return xs
+
+    @staticmethod
+    def addcmul_fused(xs: list[Tensor], ys: list[Tensor], zs: list[Tensor], cs: list[float]) -> list[Tensor]:
+        return list(torch._foreach_addcmul(xs, ys, zs, cs))
+
+    @staticmethod
+    def reciprocal_(xs: list[Tensor]) -> list[Tensor]:
+        torch._foreach_reciprocal_(xs)
         return xs
 
 

@@ -122,39 +122,6 @@ def _scalar_arg(v: Any) -> Any:
     return float(v) if isinstance(v, Tensor) else v
 
 
-def _add_scalars_(xs: list[Tensor], cs: list[float], ops: type[_Ops]) -> None:
-    if ops.foreach:
-        torch._foreach_add_(xs, cs)
-    else:
-        for x, c in zip(xs, cs):
-            x.add_(c)
-
-
-def _addcdiv_(xs: list[Tensor], ys: list[Tensor], zs: list[Tensor], cs: list[float], ops: type[_Ops]) -> None:
-    """``xs[i] += cs[i] * ys[i] / zs[i]`` (one pass)."""
-    if ops.foreach:
-        torch._foreach_addcdiv_(xs, ys, zs, cs)
-    else:
-        for x, y, z, c in zip(xs, ys, zs, cs):
-            x.addcdiv_(y, z, value=c)
-
-
-def _addcmul_(xs: list[Tensor], ys: list[Tensor], zs: list[Tensor], cs: list[float], ops: type[_Ops]) -> None:
-    """``xs[i] += cs[i] * ys[i] * zs[i]`` (one pass)."""
-    if ops.foreach:
-        torch._foreach_addcmul_(xs, ys, zs, cs)
-    else:
-        for x, y, z, c in zip(xs, ys, zs, cs):
-            x.addcmul_(y, z, value=c)
-
-
-def _addcmul(xs: list[Tensor], ys: list[Tensor], zs: list[Tensor], cs: list[float], ops: type[_Ops]) -> list[Tensor]:
-    """Out of place ``xs[i] + cs[i] * ys[i] * zs[i]`` (one pass, one new tensor per entry)."""
-    if ops.foreach:
-        return list(torch._foreach_addcmul(xs, ys, zs, cs))
-    return [torch.addcmul(x, y, z, value=c) for x, y, z, c in zip(xs, ys, zs, cs)]
-
-
 def _subset(idx: list[int], *lists: list[Any]) -> list[list[Any]]:
     return [[xs[i] for i in idx] for xs in lists]
 
@@ -367,16 +334,7 @@ def _gamma_(e: list[Tensor], m_t: list[Tensor], ops: type[_Ops]) -> list[Tensor]
     ``m~^2`` above ``tiny/eps``. All terms are >= 0: no cancellation, a few ulp from the quotient."""
     ops.clamp_min_(e, _tiny(e))
     ops.add_(ops.div_(ops.div_(e, m_t), m_t), 1.0)
-    return _reciprocal_(e, ops)
-
-
-def _reciprocal_(xs: list[Tensor], ops: type[_Ops]) -> list[Tensor]:
-    if ops.foreach:
-        torch._foreach_reciprocal_(xs)
-    else:
-        for x in xs:
-            x.reciprocal_()
-    return xs
+    return ops.reciprocal_(e)
 
 
 def _safe_reciprocal(x: float) -> float:
@@ -417,11 +375,11 @@ def _adapted_step_(
     if pos:
         ps, xp, ms, vs, a, k, coef = _subset(pos, params, xs, m_t, v_t, a, k, coef)
         r = ops.div_(ops.div(vs, ms), ms)
-        _add_scalars_(r, [1.0 / ki - ai for ki, ai in zip(k, a)], ops)
+        ops.add_scalars_(r, [1.0 / ki - ai for ki, ai in zip(k, a)])
         ops.clamp_min_(r, [1.0 / ki for ki in k])
         for x in r:  # (no foreach form)
             x.nan_to_num_(nan=math.inf, posinf=math.inf, neginf=-math.inf)
-        _addcdiv_(ps, xp, r, [-c / ki for c, ki in zip(coef, k)], ops)
+        ops.addcdiv_scalars_(ps, xp, r, [-c / ki for c, ki in zip(coef, k)])
 
 
 class SVAG(_VarianceAdapted):
@@ -555,10 +513,10 @@ class AdamStar(_VarianceAdapted):
             ops.axpy_(ps, ops.sign(ms), -lr)
         if pos:
             ps, ms, vs, a, k = _subset(pos, params, m_t, v_t, a, k)
-            d = _addcmul(vs, ms, ms, [-ai for ai in a], ops)
+            d = ops.addcmul_fused(vs, ms, ms, [-ai for ai in a])
             ops.clamp_min_(d, _tiny(d))
-            _addcmul_(d, ms, ms, [1.0 / ki for ki in k], ops)
-            _addcmul_(ps, ops.rsqrt_(d), ms, [-lr / math.sqrt(ki) for ki in k], ops)
+            ops.addcmul_scalars_(d, ms, ms, [1.0 / ki for ki in k])
+            ops.addcmul_scalars_(ps, ops.rsqrt_(d), ms, [-lr / math.sqrt(ki) for ki in k])
 
 
 class MSVAG(_VarianceAdapted):
