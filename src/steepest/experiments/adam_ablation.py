@@ -51,7 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from steepest import MSGD, AdamAveraged, AdamShuffled
-from steepest.experiments.data import train_subset
+from steepest.experiments.data import evaluate, train_subset
 from steepest.experiments.harness import (
     Claim,
     Context,
@@ -123,19 +123,6 @@ def l2_penalty(model: nn.Module, factor: float) -> Tensor:
     """``factor/2 * sum ||W||^2`` over weight matrices and filters (not biases), as DeepOBS's
     ``l2_regularizer`` in the paper's CIFAR-10 set-up."""
     return 0.5 * factor * sum((p * p).sum() for p in model.parameters() if p.dim() > 1)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, x: Tensor, y: Tensor, chunk: int = 1000) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over ``(x, y)``."""
-    model.eval()
-    loss, correct = 0.0, 0
-    for i in range(0, len(x), chunk):
-        out = model(x[i : i + chunk])
-        loss += float(nn.functional.cross_entropy(out, y[i : i + chunk], reduction="sum"))
-        correct += int((out.argmax(-1) == y[i : i + chunk]).sum())
-    model.train()
-    return loss / len(x), correct / len(x)
 
 
 def train(

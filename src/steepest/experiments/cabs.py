@@ -62,7 +62,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from steepest.experiments.data import train_subset
+from steepest.experiments.data import evaluate, train_subset
 from steepest.experiments.harness import Claim, Context, Experiment, Result, torch_threads
 from steepest.problems import get_problem
 from steepest.stats import CABS, AdaptiveBatchSampler, GradientMoments, VarianceRatioBatchSize
@@ -132,18 +132,6 @@ def load(name: str, setup: Setup, ctx: Context, subset: int) -> Data:
     n_eval = min(len(xte), len(xtr))
     ev = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(1))[:n_eval]
     return Data(xtr, ytr, xte, yte, xtr[ev], ytr[ev], get_problem(setup.problem).make_model)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, x: Tensor, y: Tensor, chunk: int = 1000) -> tuple[float, float]:
-    model.eval()
-    loss, correct = 0.0, 0
-    for i in range(0, len(x), chunk):
-        out = model(x[i : i + chunk])
-        loss += float(nn.functional.cross_entropy(out, y[i : i + chunk], reduction="sum"))
-        correct += int((out.argmax(-1) == y[i : i + chunk]).sum())
-    model.train()
-    return loss / len(x), correct / len(x)
 
 
 @dataclass

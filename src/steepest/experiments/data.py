@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 __all__ = [
     "find_cifar10",
@@ -264,3 +264,17 @@ def train_subset(x: Tensor, y: Tensor, subset: int) -> tuple[Tensor, Tensor]:
         keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:subset]
         return x[keep], y[keep]
     return x, y
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, chunk: int = 1000) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of a classifier over ``(x, y)``, in chunks of ``chunk``
+    examples (the training mode is restored after)."""
+    model.eval()
+    loss, correct = 0.0, 0
+    for i in range(0, len(x), chunk):
+        out = model(x[i : i + chunk])
+        loss += float(nn.functional.cross_entropy(out, y[i : i + chunk], reduction="sum"))
+        correct += int((out.argmax(-1) == y[i : i + chunk]).sum())
+    model.train()
+    return loss / len(x), correct / len(x)
