@@ -32,6 +32,26 @@ from collections.abc import Callable
 import torch
 
 import steepest
+from steepest.norms import Norm, combine_lq
+
+
+class UserLinf(Norm):
+    """l_inf as a user writes it outside the package, with the public methods only (map, duals,
+    primals): its step time beside the built-in Linf's (SignSGD, ScaledSignSGD) shows whether a
+    user's norm gets the streaming path (issue 18: within 1.2x)."""
+
+    name = "user_linf"
+
+    def map(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sign(x)
+
+    def duals(self, xs: list[torch.Tensor], per_tensor: bool = False) -> torch.Tensor:
+        return combine_lq(torch.stack([x.abs().sum() for x in xs]), 1.0, per_tensor)
+
+    def primals(self, xs: list[torch.Tensor], per_tensor: bool = False) -> torch.Tensor:
+        m = torch.stack([x.abs().amax() if x.numel() else x.new_zeros(()) for x in xs])
+        return m if per_tensor else m.max().expand(len(xs))
+
 
 # name -> (factory(params, foreach), number of parameter-sized state tensors)
 CONFIGS: dict[str, tuple[Callable[..., torch.optim.Optimizer], int]] = {
@@ -40,6 +60,10 @@ CONFIGS: dict[str, tuple[Callable[..., torch.optim.Optimizer], int]] = {
     "SignSGD": (lambda ps, fe, nf=None: steepest.SignSGD(ps, lr=1e-3, foreach=fe, nonfinite=nf), 0),
     "Signum": (lambda ps, fe, nf=None: steepest.SignSGD(ps, lr=1e-3, momentum=0.9, foreach=fe, nonfinite=nf), 1),
     "ScaledSignSGD": (lambda ps, fe, nf=None: steepest.ScaledSignSGD(ps, lr=1e-9, foreach=fe, nonfinite=nf), 0),
+    "SignSGD(user l_inf)": (lambda ps, fe, nf=None: steepest.SteepestDescent(
+        ps, lr=1e-3, norm=UserLinf(), mode="unscaled", foreach=fe, nonfinite=nf), 0),
+    "ScaledSignSGD(user l_inf)": (lambda ps, fe, nf=None: steepest.SteepestDescent(
+        ps, lr=1e-9, norm=UserLinf(), mode="scaled", foreach=fe, nonfinite=nf), 0),
     "LpDescent(p=3)": (lambda ps, fe, nf=None: steepest.LpDescent(ps, lr=1e-3, p=3.0, foreach=fe, nonfinite=nf), 0),
     "CoordinateDescent": (lambda ps, fe, nf=None: steepest.CoordinateDescent(ps, lr=1e-3, foreach=fe, nonfinite=nf), 0),
     "BlockNormalizedSGD": (lambda ps, fe, nf=None: steepest.BlockNormalizedSGD(ps, lr=1e-3, foreach=fe, nonfinite=nf), 0),

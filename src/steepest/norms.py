@@ -30,7 +30,6 @@ list out). ``sign(0) = 0`` throughout, and every quantity of a zero vector is ze
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +37,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from steepest._backend import _ForeachOps, _Ops, _ops, _stack, is_dtensor, l2_norm
+from steepest.backend import policy as _policy
+from steepest.backend.ops import LoopOps, is_dtensor, l2_norm, ops_for
 
 __all__ = [
     "L1",
@@ -87,60 +87,6 @@ def _safe_div(num: Tensor, den: Tensor) -> Tensor:
     return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(num))
 
 
-def _per_tensor_ok(xs: list[Tensor]) -> bool:
-    """Whether a per-tensor loop costs the foreach path nothing: on CPU the ``_foreach_*`` ops
-    are such a loop themselves, and one tensor is one kernel either way. On accelerators a
-    loop would launch a kernel per tensor, so there the fused ops (and their temporaries) stay."""
-    return len(xs) <= 1 or all(x.is_cpu for x in xs)
-
-
-# Mean elements per tensor below which the loop path runs fused (foreach) kernels a chunk at a
-# time: per-op Python/dispatch overhead (~3-5 us per op and tensor) then outweighs the work
-# (1,000 tensors of 1,000 elements: the per-tensor loop was ~2x torch's SGD per byte).
-_SMALL = 1 << 14
-
-
-def _small_many(xs: list[Tensor]) -> bool:
-    """Whether ``xs`` are many small plain CPU tensors, in eager mode (see ``_SMALL``)."""
-    return (len(xs) > 1 and sum(map(Tensor.numel, xs)) < _SMALL * len(xs)
-            and not torch.compiler.is_compiling()
-            and all(x.is_cpu for x in xs) and not any(map(is_dtensor, xs)))
-
-
-class _FusedOps(_ForeachOps):
-    """``_ForeachOps`` for the loop path's chunks of small CPU tensors: fused kernels throughout,
-    where the foreach path would loop per tensor to save a temporary (the chunk's temporaries
-    are bounded by the chunk)."""
-
-    fused = True
-
-
-def _norms(xs: list[Tensor], ord: float, ops: type[_Ops]) -> Tensor:
-    """``ops.norms(xs, ord)``, on CPU the same on both paths: for many small tensors the foreach
-    kernel for ord 1 and 2 (no temporaries, no Python per tensor), for large ones the loop's
-    (``|x|.sum()`` for ord 1 ran up to 2x faster than the foreach kernel on 100K elements)."""
-    if ord in (1.0, 2.0) and _small_many(xs):
-        return _ForeachOps.norms(xs, ord)
-    if ops.foreach and len(xs) > 1 and _per_tensor_ok(xs):
-        return _Ops.norms(xs, ord)
-    return ops.norms(xs, ord)
-
-
-def _loop_each(xs: list[Tensor], ops: type[_Ops]) -> bool:
-    """Whether to write an elementwise result tensor by tensor (no extra temporary)."""
-    return not ops.foreach or len(xs) <= 1 or (not getattr(ops, "fused", False) and _per_tensor_ok(xs))
-
-
-def _copysign_(mags: list[Tensor], xs: list[Tensor], ops: type[_Ops]) -> list[Tensor]:
-    """``mags * sign(xs)`` for ``mags >= 0``, in place: copysign needs no sign temporary. The
-    same numbers: the product with sign(x) = +-1 is exact, and 0 stays 0 (-0.0 compares equal)."""
-    if _loop_each(xs, ops):
-        for m, x in zip(mags, xs):
-            m.copysign_(x)
-        return mags
-    return ops.mul_(mags, ops.sign(xs))  # no foreach copysign: one sign temporary (fused kernels)
-
-
 @dataclass
 class Factored:
     """``sharp(z) = scale * unit`` with per-tensor scalars.
@@ -176,19 +122,151 @@ class Factored:
 MODES = ("scaled", "normalized", "soft", "unscaled")
 
 
-class Norm(ABC):
-    """A norm on R^d (d = total number of entries of the tensors it is given)."""
+def per_tensor_list(pre: Tensor | list[Tensor] | None) -> list[Tensor] | None:
+    """A plan's ``pre`` (or ``post``) as a list with one entry per tensor (``None`` stays)."""
+    if pre is None or isinstance(pre, list):
+        return pre
+    return list(pre.unbind(0))
+
+
+class Norm:
+    """A norm on R^d (d = total number of entries of the tensors it is given).
+
+    **What a norm's author writes.** Either the factorisation ``_factor`` (and ``_primal``) of
+    the built-in norms, or, for the streaming fast path of every optimizer, two public methods:
+
+    * :meth:`map` ``(x) -> Tensor``: the direction's elementwise map of one tensor (the unscaled
+      direction; ``sign`` for l_inf), a pure function of plain tensors;
+    * :meth:`duals` ``(xs, per_tensor) -> Tensor``: the dual norms, one entry per tensor
+      (the scope's value broadcast when ``per_tensor`` is False);
+
+    plus :meth:`primals` for :meth:`norm`, and :meth:`sharp_scale` where ``map`` is not the LMO
+    (default ``sharp_scale(dual) = dual``, right when ``map(z)`` is a unit-norm vector with
+    ``<z, map(z)> = ||z||_*``: then ``z# = ||z||_* map(z)``, Lemma 4). From these the defaults of
+    :meth:`plan` and ``_factor`` follow, and an optimizer streams such a norm tensor by tensor
+    with the same temporaries as a built-in one. The other public methods (:meth:`map_`,
+    :meth:`map_all`, :meth:`coordinates`, :meth:`partial`, :attr:`identity_map`, ...) are
+    optional refinements with correct defaults.
+    """
 
     name: str = "norm"
+    #: Whether :meth:`map` is the identity (``map(x) is x``): optimizers then fold the plan's
+    #: ``pre`` and ``post`` into the update (``addcdiv_``) with no temporary at all.
+    identity_map: bool = False
+    #: Temporaries per tensor :meth:`map_all` needs (sizes the chunks of small tensors).
+    map_temporaries: int = 2
+    #: Whether the norm is defined on matrices only (vectors need an explicit other norm).
+    matrix_only: bool = False
+    #: Whether :meth:`partial` and :meth:`plan_partials` are defined.
+    has_partial: bool = False
 
-    # ---- what subclasses implement ---------------------------------------------------------
-    @abstractmethod
-    def _primal(self, xs: list[Tensor], ops: type[_Ops], per_tensor: bool) -> Tensor:
+    # ---- the fast path: public, overridable --------------------------------------------------
+    def map(self, x: Tensor) -> Tensor:
+        """The elementwise map of the direction: ``direction_i = post_i * map(x_i / pre_i)`` with
+        ``(pre, post)`` from :meth:`plan`. A pure function of one plain tensor (it never writes
+        ``x``; it may return ``x`` itself for the identity), so that a compiled kernel can call
+        it. Norms without one raise ``NotImplementedError`` (then no fast path)."""
+        raise NotImplementedError(f"{type(self).__name__} has no elementwise map")
+
+    def has_map(self) -> bool:
+        """Whether :meth:`map` is defined (overridden)."""
+        return type(self).map is not Norm.map
+
+    def map_(self, x: Tensor) -> Tensor:
+        """:meth:`map` of ``x``, a temporary of the caller's that may be overwritten (so that the
+        map needs no second tensor where it can be computed in place, e.g. ``sign_``)."""
+        return self.map(x)
+
+    def map_all(
+        self, xs: list[Tensor], pre: list[Any] | None = None, ops: type[LoopOps] = LoopOps, *,
+        owned: bool = False,
+    ) -> list[Tensor]:
+        """Fresh tensors (never aliases of ``xs`` unless ``owned``) holding ``map(x_i / pre_i)``
+        (``pre`` None: 1; entries 0-d tensors or floats), with the list ops ``ops``. ``owned``:
+        ``xs`` are the caller's temporaries. Built-in norms override it to make the map in one
+        temporary per tensor."""
+        if pre is None:
+            out = [self.map_(x) if owned else self.map(x) for x in xs]
+            return out if owned else _fresh(out, xs)
+        return [self.map_(x / d) for x, d in zip(xs, pre)]
+
+    def elementwise(self, mode: str) -> bool:
+        """Whether the direction of ``mode`` needs no reduction at all (:meth:`plan` is
+        ``(None, None)``): then each tensor's direction depends on that tensor alone."""
+        return mode == "unscaled" and self.has_map()
+
+    def couples(self, mode: str) -> bool:
+        """Whether the direction of ``mode`` over a scope differs from the per-tensor one (the
+        scope matters): not for an elementwise map."""
+        return not self.elementwise(mode)
+
+    def primals(self, xs: list[Tensor], per_tensor: bool = False) -> Tensor:
+        """Primal norms, one entry per tensor (the scope's value broadcast if not ``per_tensor``)."""
+        if type(self)._primal is Norm._primal:
+            raise NotImplementedError(f"{type(self).__name__} implements neither primals() nor _primal()")
+        return self._primal(xs, LoopOps, per_tensor)
+
+    def duals(self, xs: list[Tensor], per_tensor: bool = False) -> Tensor:
+        """Dual norms, one entry per tensor (the scope's value broadcast if not ``per_tensor``)."""
+        if type(self)._factor is Norm._factor:
+            raise NotImplementedError(f"{type(self).__name__} implements neither duals() nor _factor()")
+        return self._factor(xs, LoopOps, per_tensor).dual
+
+    def sharp_scale(self, dual: Tensor) -> Tensor:
+        """The sharp's scalar from the dual, ``z# = scale(||z||_*) map(z)`` (default: the dual)."""
+        return dual
+
+    def plan(
+        self, xs: list[Tensor], mode: str, beta: float, per_tensor: bool
+    ) -> tuple[Tensor | list[Tensor] | None, Tensor | None] | None:
+        """The reductions of the direction of ``mode``: per-tensor ``(pre, post)`` with
+        ``direction_i = map(x_i / pre_i) * post_i`` (``None`` meaning 1; ``pre`` and ``post`` are
+        1-d tensors with an entry per tensor, or for ``pre`` a list of tensors broadcasting
+        against each ``x_i``, e.g. per-row block norms). Optimizers then stream tensor by tensor,
+        never holding every direction at once. ``None`` if the direction is not of that form.
+        Default: from :meth:`map`, :meth:`duals` and :meth:`scale`."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if not self.has_map():
+            return None
+        if self.elementwise(mode):
+            return None, None
+        dual = self.duals(xs, per_tensor)
+        return None, Factored([], self.sharp_scale(dual), dual).coefficients(mode, beta)
+
+    def partial(self, x: Tensor, owned: bool = False) -> Tensor | None:
+        """A 0-d statistic of one tensor from which, over all tensors, :meth:`plan_partials`
+        gives the plan (for l_p: ``||x||_q``); ``owned``: ``x`` may be overwritten. ``None`` if
+        the plan needs every tensor at once (:attr:`has_partial` False). Lets an optimizer make a global plan in one pass
+        over the tensors, holding one temporary at a time."""
+        return None
+
+    def plan_partials(
+        self, partials: Tensor, xs: list[Tensor], mode: str, beta: float, per_tensor: bool
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """:meth:`plan` from the :meth:`partial` of every tensor (``xs`` give the shapes only)."""
+        raise NotImplementedError
+
+    def coordinates(
+        self, xs: list[Tensor], mode: str, beta: float, per_tensor: bool
+    ) -> list[tuple[int, int, Tensor]] | None:
+        """For a direction that is zero but for a few coordinates (l1): ``(i, j, value)`` with
+        ``direction_i.view(-1)[j] = value``, every other entry 0, so that an optimizer moves
+        those coordinates alone. ``None`` (the default) if the direction is not of that form or
+        the values cannot be read on the host here."""
+        return None
+
+    # ---- the factorisation (built-in norms; default from the public methods) ---------------
+    def _primal(self, xs: list[Tensor], ops: type[LoopOps], per_tensor: bool) -> Tensor:
         """Per-tensor (or broadcast global) primal norms, 1-d."""
+        return self.primals(xs, per_tensor)
 
-    @abstractmethod
-    def _factor(self, xs: list[Tensor], ops: type[_Ops], per_tensor: bool) -> Factored:
+    def _factor(self, xs: list[Tensor], ops: type[LoopOps], per_tensor: bool) -> Factored:
         """Factor the sharp operator; see :class:`Factored`."""
+        if not self.has_map() or type(self).duals is Norm.duals:
+            raise NotImplementedError(f"{type(self).__name__} implements neither map() and duals() nor _factor()")
+        dual = self.duals(xs, per_tensor)
+        return Factored(self.map_all(xs, None, ops), self.sharp_scale(dual), dual)
 
     def to_spec(self) -> dict[str, Any]:
         """A dict of plain values that :func:`from_spec` turns back into this norm."""
@@ -198,14 +276,14 @@ class Norm(ABC):
     def factor(self, xs: TensorOrList, *, per_tensor: bool = False, foreach: bool = False) -> Factored:
         """Factor ``sharp(xs) = scale * unit``; per-tensor scope if ``per_tensor``."""
         lst, _ = _as_list(xs)
-        return self._factor(lst, _ops(foreach), per_tensor)
+        return self._factor(lst, ops_for(foreach), per_tensor)
 
     def norm(self, xs: TensorOrList, *, foreach: bool = False) -> Tensor:
         """The primal norm ``||xs||`` of the concatenated vector (0-d tensor)."""
         lst, _ = _as_list(xs)
         if not lst:
             return torch.zeros(())
-        return self._primal(lst, _ops(foreach), False)[0]
+        return self._primal(lst, ops_for(foreach), False)[0]
 
     __call__ = norm
 
@@ -214,7 +292,7 @@ class Norm(ABC):
         lst, _ = _as_list(xs)
         if not lst:
             return torch.zeros(())
-        return self._factor(lst, _ops(foreach), False).dual[0]
+        return self._factor(lst, ops_for(foreach), False).dual[0]
 
     def direction(
         self,
@@ -224,56 +302,35 @@ class Norm(ABC):
         beta: float = 1.0,
         per_tensor: bool = False,
         foreach: bool = False,
+        owned: bool = False,
     ) -> TensorOrList:
-        """The steepest-descent direction of ``mode`` (see :meth:`Factored.coefficients`)."""
+        """The steepest-descent direction of ``mode`` (see :meth:`Factored.coefficients`).
+        ``owned``: ``xs`` are the caller's temporaries, which the direction may be built in."""
         lst, single = _as_list(xs)
         if not lst:
             return []
-        out = self._direction(lst, _ops(foreach), mode, beta, per_tensor)
+        out = self._direction(lst, ops_for(foreach), mode, beta, per_tensor, owned=owned)
         return out[0] if single else out
 
     def _direction(
-        self, xs: list[Tensor], ops: type[_Ops], mode: str, beta: float, per_tensor: bool
+        self, xs: list[Tensor], ops: type[LoopOps], mode: str, beta: float, per_tensor: bool,
+        owned: bool = False,
     ) -> list[Tensor]:
-        """Fresh tensors (never aliases of ``xs``) holding the direction of ``mode``."""
-        plan = self._plan(xs, ops, mode, beta, per_tensor)
+        """Fresh tensors (never aliases of ``xs`` unless ``owned``) holding the direction of ``mode``."""
+        plan = self.plan(xs, mode, beta, per_tensor)
         if plan is not None:
             pre, post = plan
-            out = self._map_div(xs, None if pre is None else list(pre.unbind(0)), ops)
+            out = self.map_all(xs, per_tensor_list(pre), ops, owned=owned and pre is None)
             return out if post is None else ops.mul_(out, list(post.unbind(0)))
         if mode == "normalized":
             return self._normalized(xs, ops, per_tensor)
         f = self._factor(xs, ops, per_tensor)
         return ops.mul_(_fresh(f.unit, xs), list(f.coefficients(mode, beta).unbind(0)))
 
-    def _normalized(self, xs: list[Tensor], ops: type[_Ops], per_tensor: bool) -> list[Tensor]:
+    def _normalized(self, xs: list[Tensor], ops: type[LoopOps], per_tensor: bool) -> list[Tensor]:
         """``z# / ||z||_*``. Subclasses override this where ``scale / dual`` can overflow."""
         f = self._factor(xs, ops, per_tensor)
         return ops.mul_(_fresh(f.unit, xs), list(f.coefficients("normalized").unbind(0)))
-
-    def _plan(
-        self, xs: list[Tensor], ops: type[_Ops], mode: str, beta: float, per_tensor: bool
-    ) -> tuple[Tensor | None, Tensor | None] | None:
-        """For norms whose direction is an elementwise map once a few reductions are known:
-        per-tensor scalars ``(pre, post)`` with ``direction_i = _map(x_i / pre_i) * post_i``
-        (``None`` meaning 1). Optimizers then stream tensor by tensor, never holding every
-        direction at once. ``None`` (the default) if the direction is not of that form."""
-        return None
-
-    def _map(self, xs: list[Tensor], ops: type[_Ops]) -> list[Tensor]:
-        """The elementwise map of :meth:`_plan` (required when ``_plan`` returns a plan)."""
-        raise NotImplementedError
-
-    def _map_div(self, xs: list[Tensor], pre: list[Tensor] | None, ops: type[_Ops]) -> list[Tensor]:
-        """Fresh tensors (never aliases of ``xs``) holding ``_map(x_i / pre_i)`` (``pre`` None: 1).
-        Norms override it to compute the map with one temporary per tensor (peak memory)."""
-        src = xs if pre is None else ops.div(xs, pre)
-        return _fresh(self._map(src, ops), xs)
-
-    def _is_elementwise(self, mode: str) -> bool:
-        """Whether the direction of ``mode`` needs no reduction at all (``_plan`` is
-        ``(None, None)``): then each tensor's direction depends on that tensor alone."""
-        return False
 
     def sharp(self, xs: TensorOrList, *, foreach: bool = False) -> TensorOrList:
         """``z# = argmax_x <z,x> - 1/2||x||^2`` (seed 000, Eq. 32)."""
@@ -341,42 +398,63 @@ class Lp(Norm):
     def to_spec(self) -> dict[str, Any]:
         return {"name": self.name, "p": self.p, "eps": self.eps, "eps_mode": self.eps_mode}
 
-    def _primal(self, xs: list[Tensor], ops: type[_Ops], per_tensor: bool) -> Tensor:
+    def _primal(self, xs: list[Tensor], ops: type[LoopOps], per_tensor: bool) -> Tensor:
         return _combine_pow(ops.norms(xs, self.p), self.p, per_tensor)
 
-    def unit(self, xs: list[Tensor], ops: type[_Ops]) -> list[Tensor]:
+    def unit(self, xs: list[Tensor], ops: type[LoopOps]) -> list[Tensor]:
         """``s(z)`` or its eps-smoothed form, elementwise (fresh tensors)."""
-        return self._map_div(xs, None, ops)
+        return self.map_all(xs, None, ops)
 
-    def _map_div(self, xs: list[Tensor], pre: list[Tensor] | None, ops: type[_Ops]) -> list[Tensor]:
-        """``unit(x_i / pre_i)`` (``pre`` None: 1) in one fresh temporary per tensor: the
+    @property
+    def identity_map(self) -> bool:  # type: ignore[override]
+        return self.p == 2.0
+
+    @property
+    def map_temporaries(self) -> int:  # type: ignore[override]
+        return 1 if math.isinf(self.p) or self.p == 2.0 else 2  # sign, identity; |x|^a and sign(x)
+
+    def map(self, x: Tensor) -> Tensor:
+        """``s(x)`` (seed 003, Alg. 1) or its eps-smoothed form; ``sign(x)`` for p = inf, ``x``
+        for p = 2. The single-tensor form of :meth:`map_all` (the same ops, the same numbers)."""
+        p = self.p
+        if math.isinf(p):
+            return torch.sign(x)
+        if p == 2.0:
+            return x
+        if self.eps == 0.0:
+            return torch.abs(x).pow_(1.0 / (p - 1.0)).copysign_(x)
+        return self._smoothed([torch.abs(x)], [x], LoopOps)[0]
+
+    def map_(self, x: Tensor) -> Tensor:
+        return x.sign_() if math.isinf(self.p) else self.map(x)
+
+    def map_all(
+        self, xs: list[Tensor], pre: list[Any] | None = None, ops: type[LoopOps] = LoopOps, *,
+        owned: bool = False,
+    ) -> list[Tensor]:
+        """``map(x_i / pre_i)`` (``pre`` None: 1) in one fresh temporary per tensor: the
         division, |.|, pow and the sign are all written into it in place (peak memory, and no
-        pass over a second temporary)."""
+        pass over a second temporary); ``owned``: a sign or identity map reuses ``xs``."""
         p = self.p
         out = None if pre is None else ops.div(xs, pre)  # owned: every later op is in place
         if math.isinf(p):
             if out is None:
-                return ops.sign(xs)
-            if ops.foreach:
-                torch._foreach_sign_(out)
-            else:
-                for t in out:
-                    t.sign_()
-            return out
+                return ops.sign_(xs) if owned else ops.sign(xs)
+            return ops.sign_(out)
         if p == 2.0:
             if out is not None:
                 return out
-            return [x.clone() for x in xs] if not ops.foreach else list(torch._foreach_mul(xs, 1.0))
+            return xs if owned else ops.clone(xs)
         if self.eps == 0.0:
             # sign(z)|z|^(1/(p-1)); sign(0) = 0 keeps zeros at zero. x / pre (pre > 0) has the
             # sign of x, so the sign is copied from x after |.| overwrote it.
             mags = ops.pow_(ops.abs(xs) if out is None else ops.abs_(out), 1.0 / (p - 1.0))
-            return _copysign_(mags, xs, ops)
+            return _policy.copysign_(mags, xs, ops)
         if out is not None:  # not made by any plan (eps > 0 has no pre); kept general
-            return self._map_div(out, None, ops)
+            return self.map_all(out, None, ops)
         return self._smoothed(ops.abs(xs), xs, ops)
 
-    def _smoothed(self, den: list[Tensor], xs: list[Tensor], ops: type[_Ops]) -> list[Tensor]:
+    def _smoothed(self, den: list[Tensor], xs: list[Tensor], ops: type[LoopOps]) -> list[Tensor]:
         """The eps-smoothed map written into ``den`` (owned temporaries holding |x|)."""
         e = (self.p - 2.0) / (self.p - 1.0)
         if self.eps_mode == "paper":
@@ -384,43 +462,56 @@ class Lp(Norm):
         else:
             den = ops.pow_(ops.add_(den, self.eps), e)
         # x / den written into den: one temporary instead of a copy of x and den.
-        if _loop_each(xs, ops):
-            for x, d in zip(xs, den):
-                torch.div(x, d, out=d)
-            return den
-        return ops.div(xs, den)
+        return _policy.div_into_(xs, den, ops)
 
-    def _map(self, xs: list[Tensor], ops: type[_Ops]) -> list[Tensor]:
-        return self.unit(xs, ops)
-
-    def _is_elementwise(self, mode: str) -> bool:
+    def elementwise(self, mode: str) -> bool:
         # s(z); ||z||_1 sign(z) / ||z||_1; and l2's z# = z (scale 1: its norm is never needed).
         return (mode == "unscaled" or (mode == "normalized" and math.isinf(self.p))
                 or (mode == "scaled" and self.p == 2.0))
 
-    def _plan(
-        self, xs: list[Tensor], ops: type[_Ops], mode: str, beta: float, per_tensor: bool
-    ) -> tuple[Tensor | None, Tensor | None] | None:
-        if self._is_elementwise(mode):
+    def duals(self, xs: list[Tensor], per_tensor: bool = False) -> Tensor:
+        return _combine_pow(_policy.norms(xs, self.q, _policy.reduction_ops(xs)), self.q, per_tensor)
+
+    def plan(
+        self, xs: list[Tensor], mode: str, beta: float, per_tensor: bool
+    ) -> tuple[Tensor | list[Tensor] | None, Tensor | None] | None:
+        if self.elementwise(mode):
             return None, None  # no reductions at all
-        dual = _combine_pow(_norms(xs, self.q, ops), self.q, per_tensor)
+        return self._plan_of(self.duals(xs, per_tensor), mode, beta)
+
+    has_partial = True
+
+    def partial(self, x: Tensor, owned: bool = False) -> Tensor | None:
+        # ||x||_q; |x| in place where x is the caller's temporary (no second one for q = 1).
+        if owned and self.q == 1:
+            return x.abs_().sum()
+        return LoopOps.norms([x], self.q)[0]
+
+    def plan_partials(
+        self, partials: Tensor, xs: list[Tensor], mode: str, beta: float, per_tensor: bool
+    ) -> tuple[Tensor | None, Tensor | None]:
+        if self.elementwise(mode):
+            return None, None
+        return self._plan_of(_combine_pow(partials, self.q, per_tensor), mode, beta)
+
+    def _plan_of(self, dual: Tensor, mode: str, beta: float) -> tuple[Tensor | None, Tensor | None]:
         if mode == "normalized" and self.eps == 0.0:
             # unit is homogeneous of degree 1/(p-1), so z#/||z||_q = unit(z/||z||_q): divide
             # first, since ||z||_q^(-1/(p-1)) overflows for tiny (e.g. subnormal) z. A norm that
             # underflows to 0 makes the vector the zero vector: divide by inf there.
             return torch.where(dual > 0, dual, math.inf), None
-        return None, Factored([], self._scale(dual), dual).coefficients(mode, beta)
+        return None, Factored([], self.sharp_scale(dual), dual).coefficients(mode, beta)
 
-    def _scale(self, dual: Tensor) -> Tensor:
+    def sharp_scale(self, dual: Tensor) -> Tensor:
         if math.isinf(self.p):
             return dual
         if self.p == 2.0:
             return torch.ones_like(dual)
         return dual ** ((self.p - 2.0) / (self.p - 1.0))
 
-    def _factor(self, xs: list[Tensor], ops: type[_Ops], per_tensor: bool) -> Factored:
+    def _factor(self, xs: list[Tensor], ops: type[LoopOps], per_tensor: bool) -> Factored:
         dual = _combine_pow(ops.norms(xs, self.q), self.q, per_tensor)
-        return Factored(self.unit(xs, ops), self._scale(dual), dual)
+        return Factored(self.unit(xs, ops), self.sharp_scale(dual), dual)
 
 
 class L2(Lp):
@@ -455,20 +546,20 @@ class L1(Norm):
 
     name = "l1"
 
-    def _primal(self, xs: list[Tensor], ops: type[_Ops], per_tensor: bool) -> Tensor:
+    def _primal(self, xs: list[Tensor], ops: type[LoopOps], per_tensor: bool) -> Tensor:
         return _combine_pow(ops.norms(xs, 1.0), 1.0, per_tensor)
 
-    def _factor(self, xs: list[Tensor], ops: type[_Ops], per_tensor: bool) -> Factored:
+    def _factor(self, xs: list[Tensor], ops: type[LoopOps], per_tensor: bool) -> Factored:
         # The same choice as _coordinates, written inline: compiled, indices handed back from a
         # function after a graph break would be guarded on (a recompile per new winner).
-        maxes = _max_abs(xs, ops)
+        maxes = _policy.absmax(xs, ops)
         units = [x.new_zeros(x.shape) for x in xs]  # contiguous: view(-1) indexes as reshape(-1)
         if maxes.numel() == 0:
             return Factored(units, maxes, maxes)
         if maxes.device.type == "meta":  # no values to pick a coordinate from (shape tracing)
             dual = maxes if per_tensor else maxes.max().expand(len(xs))
             return Factored(units, dual, dual)
-        if (torch.compiler.is_compiling() or maxes.device.type != "cpu") and not any(
+        if (_policy.compiling() or maxes.device.type != "cpu") and not any(
             is_dtensor(x) for x in xs
         ):
             return self._factor_on_device(xs, maxes, per_tensor)
@@ -506,14 +597,28 @@ class L1(Norm):
         dual = maxes if per_tensor else maxes.max().expand(len(xs))
         return Factored(units, dual, dual)
 
+    def coordinates(
+        self, xs: list[Tensor], mode: str, beta: float, per_tensor: bool
+    ) -> list[tuple[int, int, Tensor]] | None:
+        """The one moving coordinate (per scope) with its value ``coefficient * sign(z_ij)``;
+        ``None`` while compiling (the winner's indices would be guarded on: a recompile per new
+        winner) or on DTensors (their argmax is global: :func:`_sharded_coordinate`)."""
+        if _policy.compiling() or any(is_dtensor(x) for x in xs):
+            return None
+        dual, coords = self._coordinates(xs, _policy.reduction_ops(xs), per_tensor)
+        if not coords:
+            return []
+        coefs = Factored([], dual, dual).coefficients(mode, beta)
+        return [(i, j, coefs[i] * sign) for i, j, sign in coords if sign is not None]
+
     def _coordinates(
-        self, xs: list[Tensor], ops: type[_Ops], per_tensor: bool
+        self, xs: list[Tensor], ops: type[LoopOps], per_tensor: bool
     ) -> tuple[Tensor, list[tuple[int, int, Tensor | None]]]:
         """The dual ``||z||_inf`` (per scope, broadcast) and the moving coordinates ``(i, j,
         sign(z_ij))``: tensor ``i``, flat index ``j`` (``j = -1``: a sharded DTensor, whose global
         argmax :func:`_sharded_coordinate` finds). Lets an optimizer move one coordinate without
         building the all-zero unit tensors."""
-        maxes = _max_abs(xs, ops)
+        maxes = _policy.absmax(xs, ops)
         if maxes.numel() == 0:
             return maxes, []
         if maxes.device.type == "meta":  # no values to pick a coordinate from (shape tracing)
@@ -531,25 +636,6 @@ class L1(Norm):
             coords.append((i, j, torch.sign(x.reshape(-1)[j])))
         dual = maxes if per_tensor else maxes.max().expand(len(xs))
         return dual, coords
-
-
-def _max_abs(xs: list[Tensor], ops: type[_Ops]) -> Tensor:
-    """``ops.norms(xs, inf)`` (per-tensor max|x|, 0 for empty tensors), the same numbers faster on
-    the CPU: ``max(max x, -min x)`` from one ``aminmax`` pass, where ``vector_norm(x, inf)`` ran
-    ~4-6x slower than a pass (measured on 100K-element float32 tensors). NaN propagates as in
-    ``vector_norm``. Elsewhere (accelerators, DTensors, compiling) ``ops.norms`` as before."""
-    if (not xs or torch.compiler.is_compiling() or (ops.foreach and not _per_tensor_ok(xs))
-            or any(x.device.type != "cpu" or is_dtensor(x) or x.is_complex() for x in xs)):
-        return ops.norms(xs, math.inf)
-    lo, hi = [], []
-    for x in xs:
-        if x.numel():
-            a, b = torch.aminmax(x)
-        else:
-            a = b = x.new_zeros(())
-        lo.append(a)
-        hi.append(b)
-    return torch.maximum(_stack(hi), -_stack(lo))
 
 
 def _sharded_coordinate(x: Any) -> Any:
@@ -595,44 +681,36 @@ class BlockNorm(Norm):
             )
         return l2_norm(x) if x.numel() else x.new_zeros(())
 
-    def _map(self, xs: list[Tensor], ops: type[_Ops]) -> list[Tensor]:
-        return xs  # already z_B / ||z_B|| (the division of the plan)
+    identity_map = True  # z_B / ||z_B||: the division of the plan, then the identity
+    map_temporaries = 1
 
-    def _plan(
-        self, xs: list[Tensor], ops: type[_Ops], mode: str, beta: float, per_tensor: bool
-    ) -> tuple[Tensor | None, Tensor | None] | None:
-        if self.blocks != "tensor":
-            return None
-        bn = ops.norms(xs, 2.0)
-        dual = _combine_pow(bn, 1.0, per_tensor)
+    def map(self, x: Tensor) -> Tensor:
+        return x
+
+    def elementwise(self, mode: str) -> bool:
+        return False  # every mode divides by the block norms
+
+    def couples(self, mode: str) -> bool:
+        return mode != "normalized"  # each block moves along z_B / ||z_B||, whatever the scope
+
+    def plan(
+        self, xs: list[Tensor], mode: str, beta: float, per_tensor: bool
+    ) -> tuple[Tensor | list[Tensor] | None, Tensor | None] | None:
         # Divide by ||z_B|| (inf where it is 0) rather than multiply by 1/||z_B||, which overflows.
-        return torch.where(bn > 0, bn, math.inf), Factored([], dual, dual).coefficients(mode, beta)
-
-    def _divisors(
-        self, xs: list[Tensor], ops: type[_Ops], mode: str, beta: float, per_tensor: bool
-    ) -> list[Tensor]:
-        """Per tensor a divisor ``d_i`` (0-d, or one entry per row block, shaped to broadcast)
-        with ``direction_i = x_i / d_i``: ``||z_B||_2 / coefficient`` (inf where the block or the
-        coefficient is 0, so the direction is 0 there). The optimizers divide inside the update
-        (``addcdiv_``), with no parameter-sized temporary. Equal to ``_direction`` up to the
-        rounding of one division instead of a division and a product."""
-        def div(n: Tensor, c: Tensor) -> Tensor:
-            return torch.where((n > 0) & (c > 0), n / c, math.inf)
-
         if self.blocks == "tensor" or not any(self._rows(x) for x in xs):
-            bn = _norms(xs, 2.0, ops)
-            dual = _combine_pow(bn, 1.0, per_tensor)  # one vectorized division for all tensors
-            return list(div(bn, Factored([], dual, dual).coefficients(mode, beta)).unbind(0))
+            bn = _policy.norms(xs, 2.0, _policy.reduction_ops(xs))
+            dual = _combine_pow(bn, 1.0, per_tensor)
+            return torch.where(bn > 0, bn, math.inf), Factored([], dual, dual).coefficients(mode, beta)
         norms = [self._block_norms(x) for x in xs]
         dual = _combine_pow(torch.stack([n.sum() for n in norms]), 1.0, per_tensor)
-        coef = Factored([], dual, dual).coefficients(mode, beta)
-        return [div(n, c) for n, c in zip(norms, coef.unbind(0))]
+        pre = [torch.where(n > 0, n, math.inf) for n in norms]  # per row block, shaped to broadcast
+        return pre, Factored([], dual, dual).coefficients(mode, beta)
 
-    def _primal(self, xs: list[Tensor], ops: type[_Ops], per_tensor: bool) -> Tensor:
+    def _primal(self, xs: list[Tensor], ops: type[LoopOps], per_tensor: bool) -> Tensor:
         maxes = torch.stack([self._block_norms(x).max() if x.numel() else x.new_zeros(()) for x in xs])
         return maxes if per_tensor else maxes.max().expand(len(xs))
 
-    def _factor(self, xs: list[Tensor], ops: type[_Ops], per_tensor: bool) -> Factored:
+    def _factor(self, xs: list[Tensor], ops: type[LoopOps], per_tensor: bool) -> Factored:
         # Divide rather than multiply by 1/||z_B||, which overflows for tiny blocks.
         if self.blocks == "tensor":
             bn = ops.norms(xs, 2.0)
@@ -707,7 +785,7 @@ def newton_schulz(
         x = x.T
     norm = x.norm().clamp(min=eps)
     x = x.div_(norm) if owned else x / norm
-    if torch.compiler.is_compiling() or is_dtensor(x) or x.numel() == 0:
+    if _policy.compiling() or is_dtensor(x) or x.numel() == 0:
         # Compiled, inductor plans the buffers itself (and out= into swapped buffers would guard
         # on storages); a DTensor has no out= matmuls. The plain form, torch's.
         for _ in range(steps):
@@ -717,7 +795,7 @@ def newton_schulz(
         return x.T if wide else x
     m, n = x.shape
     gram, update = x.new_empty(m, m), x.new_empty(m, m)
-    chunk = _stream_chunk()
+    chunk = _policy.stream_chunk()
     if m == n:
         # The new X goes into A's storage (consumed once B is made); the old X's takes the next A.
         for _ in range(steps):
@@ -764,14 +842,6 @@ def newton_schulz(
     return x.T if wide else x
 
 
-def _stream_chunk() -> int:
-    """The elements per streamed chunk of the optimizers (steepest.optim.base), read at call time
-    (tests shrink it to reach the blocked code paths at small sizes)."""
-    from steepest.optim import base
-
-    return int(base._STREAM_CHUNK)
-
-
 def polar_svd(g: Tensor) -> tuple[Tensor, Tensor]:
     """``(U V^T, ||G||_nuc)`` of a matrix by the SVD ``G = U S V^T`` (the reference polar).
 
@@ -784,14 +854,14 @@ def polar_svd(g: Tensor) -> tuple[Tensor, Tensor]:
     u, s, vh = torch.linalg.svd(g, full_matrices=False)
     tol = max(g.shape) * torch.finfo(s.dtype).eps * s.max()
     keep = (s > tol).to(s.dtype)
-    if torch.compiler.is_compiling() or is_dtensor(g):
+    if _policy.compiling() or is_dtensor(g):
         return (u * keep) @ vh, s.sum()
     # U V^T without a third matrix: the product has V^T's shape if rows <= cols (column block j
     # of U V^T needs column block j of V^T alone), else U's (row block i needs U's row block i),
     # so it is written over that factor a block at a time through one chunk of scratch.
     u.mul_(keep)
     rows, cols = g.shape
-    chunk = _stream_chunk()
+    chunk = _policy.stream_chunk()
     if rows <= cols:
         width = max(1, chunk // rows)
         scratch = vh.new_empty(rows * min(width, cols))
@@ -920,7 +990,7 @@ class OperatorNorm(Norm):
                 duals.append(d.to(x.dtype))
         return units, (_stack_scalars(duals, xs) if need_dual else None)
 
-    def _primal(self, xs: list[Tensor], ops: type[_Ops], per_tensor: bool) -> Tensor:
+    def _primal(self, xs: list[Tensor], ops: type[LoopOps], per_tensor: bool) -> Tensor:
         norms = _stack_scalars(
             [self._base_norm(_as_matrix(x, self.transpose)) if x.numel() else x.new_zeros(()) for x in xs], xs
         ) * self._consts(xs)
@@ -933,7 +1003,7 @@ class OperatorNorm(Norm):
         total = (duals / c).sum()
         return total / c, total.expand(len(c))
 
-    def _factor(self, xs: list[Tensor], ops: type[_Ops], per_tensor: bool) -> Factored:
+    def _factor(self, xs: list[Tensor], ops: type[LoopOps], per_tensor: bool) -> Factored:
         units, duals = self._units(xs, True)
         assert duals is not None
         scale, dual = self._coefficients(duals, self._consts(xs), per_tensor)
@@ -942,7 +1012,7 @@ class OperatorNorm(Norm):
     def _direction(
         self,
         xs: list[Tensor],
-        ops: type[_Ops],
+        ops: type[LoopOps],
         mode: str,
         beta: float,
         per_tensor: bool,
@@ -988,18 +1058,54 @@ class OperatorNorm(Norm):
         scale, dual = self._coefficients(duals, c, per_tensor)
         return Factored([], scale, dual).coefficients(mode, beta)
 
-    def _plan(
-        self, xs: list[Tensor], ops: type[_Ops], mode: str, beta: float, per_tensor: bool
-    ) -> tuple[Tensor | None, Tensor | None] | None:
+    def plan(
+        self, xs: list[Tensor], mode: str, beta: float, per_tensor: bool
+    ) -> tuple[Tensor | list[Tensor] | None, Tensor | None] | None:
         # direction_i = unit_i * post_i where post needs no unit: the loop path of the optimizers
-        # then streams one tensor at a time (see Norm._plan), each unit freed before the next.
+        # then streams one tensor at a time (see Norm.plan), each unit freed before the next.
         try:
             return None, self._post(xs, mode, beta, per_tensor)
         except LookupError:
             return None
 
-    def _map(self, xs: list[Tensor], ops: type[_Ops]) -> list[Tensor]:
-        return self._units(xs, False)[0]
+    def map(self, x: Tensor) -> Tensor:
+        """The base LMO of one tensor as a matrix (the polar factor for Spectral): a per-tensor
+        map, not an elementwise one (:meth:`elementwise` is False in every mode)."""
+        return self._units([x], False)[0][0]
+
+    def map_(self, x: Tensor) -> Tensor:
+        return self._units([x], False, owned=True)[0][0]
+
+    def map_all(
+        self, xs: list[Tensor], pre: list[Any] | None = None, ops: type[LoopOps] = LoopOps, *,
+        owned: bool = False,
+    ) -> list[Tensor]:
+        src = xs if pre is None else [x / d for x, d in zip(xs, pre)]
+        return self._units(src, False, owned=owned or pre is not None)[0]
+
+    def elementwise(self, mode: str) -> bool:
+        return False
+
+    def couples(self, mode: str) -> bool:
+        return mode not in ("unscaled", "normalized")  # u and u / c are per tensor
+
+    @property
+    def has_partial(self) -> bool:  # type: ignore[override]
+        return self._cheap_dual
+
+    def partial(self, x: Tensor, owned: bool = False) -> Tensor | None:
+        # The base dual N_*(M) where it is a few reductions (not Spectral's <M, NS(M)>).
+        if not self._cheap_dual:
+            return None
+        if x.numel() == 0:
+            return x.new_zeros(())
+        m = _as_matrix(x, self.transpose)
+        return (self._base_dual_into(m) if owned else self._base_dual(m)).to(x.dtype)
+
+    def plan_partials(
+        self, partials: Tensor, xs: list[Tensor], mode: str, beta: float, per_tensor: bool
+    ) -> tuple[Tensor | None, Tensor | None]:
+        return None, self._post(xs, mode, beta, per_tensor, partials)
 
 
 def _stack_scalars(vals: list[Tensor], xs: list[Tensor]) -> Tensor:
@@ -1032,10 +1138,10 @@ def _l2_along(m: Tensor, dim: int) -> Tensor:
     sum over it on CPU (torch 2.13: 7 ms against 0.7 ms at 1024 x 1024), so there the squares are
     summed a block of rows at a time, through one stream chunk of scratch: for matrices of at
     least 8 chunks (2 MB in float32), so that the scratch adds at most 1/8 of the matrix."""
-    chunk = _stream_chunk()
+    chunk = _policy.stream_chunk()
     if not (dim == 0 and m.dim() == 2 and m.is_contiguous() and m.numel() >= 8 * chunk and m.size(0) > 1
             and m.device.type == "cpu" and m.is_floating_point() and not is_dtensor(m)
-            and not torch.compiler.is_compiling()):
+            and not _policy.compiling()):
         return torch.linalg.vector_norm(m, dim=dim, keepdim=True)
     rows, cols = m.shape
     height = max(1, chunk // max(cols, 1))
@@ -1076,6 +1182,7 @@ class Spectral(OperatorNorm):
     """
 
     name = "spectral"
+    matrix_only = True
     shape_rule = "sqrt(fan_in / fan_out) (RMS -> RMS)"
 
     def __init__(
@@ -1137,7 +1244,7 @@ class Spectral(OperatorNorm):
         out = newton_schulz(
             m, self.ns_coefficients, self.ns_steps, self.ns_eps, self._compute_dtype(m), overwrite=overwrite
         )
-        if overwrite and out.dtype != m.dtype and not torch.compiler.is_compiling() and not is_dtensor(m):
+        if overwrite and out.dtype != m.dtype and not _policy.compiling() and not is_dtensor(m):
             return m.copy_(out)  # back into the caller's temporary: no new tensor of m's dtype
         return out.to(m.dtype)
 

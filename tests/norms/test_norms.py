@@ -271,7 +271,7 @@ def test_l1_sync_free_units_equal_the_host_choice(per_tensor, seed):
     xs = [torch.randint(-3, 4, s, generator=g).double() for s in [(3, 4), (5,), (2, 2, 2)]]
     xs.append(torch.zeros(4, dtype=torch.float64))  # a zero tensor moves nothing
     xs.append(torch.randn(3, 2, dtype=torch.float64, generator=g).t())  # non-contiguous
-    from steepest._backend import _Ops
+    from steepest.backend import LoopOps as _Ops
 
     host = L1()._factor(xs, _Ops, per_tensor)
     dev = L1._factor_on_device(xs, _Ops.norms(xs, math.inf), per_tensor)

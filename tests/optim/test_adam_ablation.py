@@ -120,10 +120,10 @@ def test_shuffled_chunked_gather_is_the_same_permutation(dtype, eps, foreach, in
     # an ulp of |p| apart (atol 4 eps max|p|), plus a few ulp of the step (rtol 1e-6 / 1e-12).
     # index64: the int64 permutation of other devices and of tensors past 2^31 entries (other
     # chunk sizes: 8-byte indices), forced here on the CPU.
+    import steepest.backend.policy as policy
     import steepest.optim.adam_ablation as ablation
-    import steepest.optim.base as base
 
-    monkeypatch.setattr(base, "_STREAM_CHUNK", 8)
+    monkeypatch.setattr(policy, "_STREAM_CHUNK", 8)
     if index64:
         monkeypatch.setattr(ablation, "_randperm", lambda n, gen, device: torch.randperm(
             n, generator=gen, device=device))

@@ -25,7 +25,7 @@ import torch
 
 from steepest._memory import LiveBytes, step_peak_bytes
 from steepest._memory import existing_storages as _existing
-from steepest.optim.base import _FOREACH_CHUNK
+from steepest.backend.policy import _FOREACH_CHUNK
 from tests.optim.optim_infos import all_infos
 
 INFOS = all_infos()
@@ -57,9 +57,9 @@ def _small_stream_chunk(monkeypatch):
     """The loop path streams elementwise updates in chunks of 2^16 elements; at these test sizes
     (kept small so that the suite stays fast) a 1,024-element chunk puts the two large tensors
     above it, as a real model's are."""
-    import steepest.optim.base as base
+    import steepest.backend.policy as policy
 
-    monkeypatch.setattr(base, "_STREAM_CHUNK", 1024)
+    monkeypatch.setattr(policy, "_STREAM_CHUNK", 1024)
 
 
 # Configurations over the issue-12 target (one tensor's bytes), with the multiple of the budget's
@@ -130,7 +130,7 @@ def test_working_copies_are_streamed(name, case, foreach):
     negated gradients of ``maximize=True`` are made a chunk at a time for elementwise
     optimizers: the peak does not grow with the number of tensors (it held a copy of every
     parameter, gradient and state tensor at once)."""
-    import steepest.optim.base as base
+    import steepest.backend.policy as policy
 
     info = next(i for i in INFOS if i.name == name)
     dtype = {"bfloat16": torch.bfloat16, "complex": torch.complex64}.get(case, torch.float32)
@@ -149,8 +149,8 @@ def test_working_copies_are_streamed(name, case, foreach):
             p.grad = torch.randn(4096, generator=g).to(dtype)
         return step_peak_bytes(opt, params)
 
-    base._FOREACH_CHUNK = 4096  # one tensor per chunk on both paths (monkeypatched back below)
+    policy._FOREACH_CHUNK = 4096  # one tensor per chunk on both paths (monkeypatched back below)
     try:
         assert peak(8) == peak(2)
     finally:
-        base._FOREACH_CHUNK = _FOREACH_CHUNK
+        policy._FOREACH_CHUNK = _FOREACH_CHUNK

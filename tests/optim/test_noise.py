@@ -211,7 +211,7 @@ ALL = {"msgd": MSGD, **OPTS}
 @pytest.mark.parametrize("dtype", [torch.float32, D])
 def test_loop_chunk_of_small_tensors_equals_the_per_tensor_loop(kind, dtype):
     # The loop path runs a CPU stream chunk of several small tensors with the torch._foreach_*
-    # kernels (steepest.optim.noise._kernels); on CPU those call the same per-tensor ATen
+    # kernels (steepest.backend.policy.chunk_ops); on CPU those call the same per-tensor ATen
     # kernels, so the result equals each tensor stepped alone (one tensor per optimizer: the plain
     # per-tensor ops). Tolerance 4 ulp relative (ours): the kernels are the same today, but
     # foreach and per-tensor are two code paths, which may round differently on another CPU or
@@ -244,11 +244,11 @@ def test_loop_chunk_of_small_tensors_equals_the_per_tensor_loop(kind, dtype):
 @pytest.mark.parametrize("foreach", [False, True])
 def test_fused_step_matches_the_reference_form(kind, foreach, monkeypatch):
     # The eager fused step (steepest.optim.noise._adapted_step_, AdamStar._fused_update) against
-    # the reference form that compiled and DTensor steps run (forced here by _fast -> False), in
+    # the reference form that compiled and DTensor steps run (forced here by eager_fused_ok -> False), in
     # float64 over steps with large, tiny and cancelling moments. Tolerance 1e-12 relative: the two
     # forms round the same factor differently (v~/m~/m~ + 1/K vs 1 + e/m~/m~) by a few ulp, and
     # the cancellation v~ - a m~^2 can amplify that by the noise-to-signal ratio of a coordinate.
-    import steepest.optim.noise as noise
+    import steepest.backend.policy as policy
 
     g = torch.Generator().manual_seed(3)
     scale = torch.tensor([1.0, 1e-3, 1e3, 1.0, 0.0, 5.0], dtype=D)
@@ -257,7 +257,7 @@ def test_fused_step_matches_the_reference_form(kind, foreach, monkeypatch):
         gr[5] = -2.0  # a constant gradient: zero variance, gamma = 1 (s = 0 up to rounding)
     x0 = torch.randn(6, dtype=D)
     fused, _ = run(OPTS[kind], x0, gs, lr=0.05, beta=0.7, foreach=foreach)
-    monkeypatch.setattr(noise, "_fast", lambda params: False)
+    monkeypatch.setattr(policy, "eager_fused_ok", lambda params: False)
     ref, _ = run(OPTS[kind], x0, gs, lr=0.05, beta=0.7, foreach=foreach)
     torch.testing.assert_close(fused, ref, rtol=1e-12, atol=1e-15)
     assert fused[4] == x0[4]  # m = v = 0: no update

@@ -11,10 +11,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-import steepest.optim.base as base
+import steepest.backend.policy as policy
 from steepest import ColNorm, Linf, Modular, Muon, RowNorm, Spectral
-from steepest._backend import _ops
 from steepest._memory import step_peak_bytes
+from steepest.backend import ops_for as _ops
 from steepest.norms import L1ToLinf, newton_schulz, polar_svd
 
 # Shapes that reach every branch: square (X swaps with A's storage), wide and tall with several
@@ -27,7 +27,7 @@ COEFFS = (3.4445, -4.7750, 2.0315)
 def chunk(request, monkeypatch):
     """The block size follows the optimizers' stream chunk; 24 elements forces several blocks
     (and partial ones) at these sizes."""
-    monkeypatch.setattr(base, "_STREAM_CHUNK", request.param)
+    monkeypatch.setattr(policy, "_STREAM_CHUNK", request.param)
     return request.param
 
 

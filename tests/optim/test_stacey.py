@@ -116,9 +116,9 @@ def test_blocked_step_matches_the_algorithms(cfg, foreach, monkeypatch):
     # contiguous, rows of a transposed tensor otherwise; the foreach path cuts its chunk into
     # pieces). A 16-element chunk puts every tensor here above it; the blocks must not change
     # the algorithm (float64 tolerance as above: the blocks run the same elementwise formulas).
-    import steepest.optim.base as base
+    import steepest.backend.policy as policy
 
-    monkeypatch.setattr(base, "_STREAM_CHUNK", 16)
+    monkeypatch.setattr(policy, "_STREAM_CHUNK", 16)
     hp = dict(lr=0.05, alpha=0.2, tau=0.3, betas=(0.8, 0.95), wd=0.1)
     hp.update(cfg)
     x0s = [_x0(0, (7, 9)), _x0(2, (13, 6)).t(), _x0(4, (3,)), _x0(5, (50,))]

@@ -15,10 +15,7 @@ import pytest
 import torch
 
 import steepest
-import steepest.norms as norms_mod
-import steepest.optim.base as base
-import steepest.optim.ef as ef_mod
-import steepest.optim.steepest as steepest_mod
+import steepest.backend.policy as policy
 from steepest.norms import BlockNorm, Linf, Lp
 
 SHAPES = [(30, 20), (50,), (7, 3, 4), (1,), (64,)]
@@ -71,13 +68,12 @@ def test_loop_ways_agree_with_foreach(name: str, monkeypatch: pytest.MonkeyPatch
     make = CONFIGS[name]
     cpu_foreach = _run(make, True)  # on CPU the foreach path runs the loop path's code
     with monkeypatch.context() as m:  # as on accelerators: all tensors at once, fused kernels
-        for mod in (norms_mod, steepest_mod, ef_mod):
-            m.setattr(mod, "_per_tensor_ok", lambda xs: len(xs) <= 1)
+        m.setattr(policy, "_per_tensor_ok", lambda xs: len(xs) <= 1)
         ref = _run(make, True)
-    monkeypatch.setattr(norms_mod, "_SMALL", 0)  # every tensor "large": one at a time
+    monkeypatch.setattr(policy, "_SMALL", 0)  # every tensor "large": one at a time
     each = _run(make, False)
-    monkeypatch.setattr(norms_mod, "_SMALL", 1 << 40)  # every tensor "small": fused chunks
-    monkeypatch.setattr(base, "_STREAM_CHUNK", 600)  # chunks [600 elements], [50, 84, 1, 64]
+    monkeypatch.setattr(policy, "_SMALL", 1 << 40)  # every tensor "small": fused chunks
+    monkeypatch.setattr(policy, "_STREAM_CHUNK", 600)  # chunks [600 elements], [50, 84, 1, 64]
     fused = _run(make, False)
     for way, got in (("one at a time", each), ("fused chunks", fused), ("CPU foreach", cpu_foreach)):
         for r, g in zip(ref, got):
@@ -92,6 +88,6 @@ def _initial() -> list[torch.Tensor]:
 
 def test_small_many_decides_by_mean_size() -> None:
     small = [torch.zeros(10) for _ in range(3)]
-    assert norms_mod._small_many(small)
-    assert not norms_mod._small_many(small[:1])  # one tensor: one kernel either way
-    assert not norms_mod._small_many([torch.zeros(norms_mod._SMALL + 1)] * 2)
+    assert policy._small_many(small)
+    assert not policy._small_many(small[:1])  # one tensor: one kernel either way
+    assert not policy._small_many([torch.zeros(policy._SMALL + 1)] * 2)

@@ -3,19 +3,19 @@
 from steepest.optim.adam_ablation import AdamAveraged, AdamShuffled
 from steepest.optim.base import StepOptimizer
 from steepest.optim.ef import EFSignSGD
+from steepest.optim.engine import SteepestDescent
 from steepest.optim.layerwise import Modular, layer_groups
 from steepest.optim.muon import Muon
 from steepest.optim.noise import MSGD, MSVAG, SVAG, AdamStar
-from steepest.optim.stacey import Stacey
-from steepest.optim.steepest import (
+from steepest.optim.presets import (
     BlockNormalizedSGD,
     CoordinateDescent,
     Lion,
     LpDescent,
     ScaledSignSGD,
     SignSGD,
-    SteepestDescent,
 )
+from steepest.optim.stacey import Stacey
 
 __all__ = [
     "MSGD",

@@ -27,10 +27,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-import steepest.optim.base as _base
-from steepest._backend import _Ops, _ops
+from steepest.backend import ForeachOps, policy
+from steepest.backend import LoopOps as _Ops
+from steepest.backend import ops_for as _ops
 from steepest.optim.base import StepOptimizer, apply_weight_decay, check_betas, scalar_dtype
-from steepest.optim.noise import _fast, _kernels, _scalar_arg, _tiny
+from steepest.optim.noise import _scalar_arg, _tiny
 
 __all__ = ["AdamAveraged", "AdamShuffled"]
 
@@ -87,10 +88,11 @@ class _AdamDecomposed(StepOptimizer):
         ``params[i] -= sign(m~) * rearranged(|m~ ss| / (sqrt(v~)/bc2 + eps))``."""
         raise NotImplementedError
 
-    def _update(self, group, params, grads, states, foreach) -> None:  # type: ignore[no-untyped-def]
-        if _fast(params) and all(t.is_contiguous() for s in states for t in (s["exp_avg"], s["exp_avg_sq"])) \
+    def _update(self, group, params, grads, states, backend) -> None:  # type: ignore[no-untyped-def]
+        foreach = backend.foreach
+        if policy.eager_fused_ok(params) and all(t.is_contiguous() for s in states for t in (s["exp_avg"], s["exp_avg_sq"])) \
                 and all(p.is_contiguous() for p in params):
-            ops = _kernels(foreach, params)
+            ops = policy.chunk_ops(foreach, params)
             lr, (b1, b2), eps = _scalar_arg(group["lr"]), group["betas"], group["eps"]
             ks = ops.count([s["step"] for s in states])
             apply_weight_decay(ops, params, lr, group["weight_decay"])
@@ -186,7 +188,7 @@ class AdamShuffled(_AdamDecomposed):
         # one gather through the permutation. Larger ones: _shuffled_step_ (index + 3%).
         # The generator draws one permutation per tensor in parameter order either way.
         gen = getattr(self, "_generator", None)
-        small = [i for i, m in enumerate(m_t) if m.numel() <= _base._STREAM_CHUNK]
+        small = [i for i, m in enumerate(m_t) if m.numel() <= policy.stream_chunk()]
         mags = dict(zip(small, _magnitudes_(ops, *(
             [xs[i] for i in small] for xs in (m_t, v_t, bc2, ss)), eps)))
         for i, (p, m, v, b, s) in enumerate(zip(params, m_t, v_t, bc2, ss)):
@@ -268,8 +270,8 @@ class AdamAveraged(_AdamDecomposed):
         if ops.foreach:
             del d  # the sign list replaces it
             sg = ops.sign(m_t)
-            torch._foreach_mul_(sg, means)
-            torch._foreach_add_(params, sg, alpha=-1.0)
+            ForeachOps.mul_(sg, means)
+            ForeachOps.axpy_(params, sg, -1.0)
         else:
             for p, m, x, mean in zip(params, m_t, d, means):
                 p.addcmul_(torch.sign(m, out=x), mean, value=-1.0)
@@ -336,7 +338,7 @@ def _shuffled_step_(p: Tensor, m: Tensor, v: Tensor, bc2: float, ss: float, eps:
     # The first chunk's buffers are fresh: the whole tensor if it is within the loop path's
     # stream chunk (whose temporaries StepOptimizer allows anyway), else a 64th of it, at least
     # a 16th of a stream chunk (fewer, larger chunks: each costs ~15 small ops).
-    limit = _base._STREAM_CHUNK
+    limit = policy.stream_chunk()
     # (At least 2 es / ib entries, so that the consumed bytes hold the next, non-empty chunk.)
     j, c = 0, n if n <= limit else max(n >> 6, limit >> 4, 4)
     while j < n:

@@ -4,11 +4,12 @@ policy, float32 compute for half-precision parameters, complex parameters, and c
 A concrete optimizer subclasses :class:`StepOptimizer` and implements two hooks:
 
 * ``_init_state(group, p, state)``: lazily create ``self.state[p]`` tensors (shape of ``p``);
-* ``_update(group, params, grads, states, foreach)``: one step on lists of tensors.
+* ``_update(group, params, grads, states, backend)``: one step on lists of tensors.
 
-``_update`` is written once against lists: with ``foreach=False`` it runs the per-tensor loop
-(the reference), with ``foreach=True`` the ``torch._foreach_*`` kernels (see
-:mod:`steepest.norms` for the two backends). The base class hands it
+``_update`` is written once against lists, with the list ops of ``backend.ops``: the execution
+layer (:mod:`steepest.backend`) picks the backend once per group and step (:func:`steepest.
+backend.select`: the per-tensor loop, the ``torch._foreach_*`` kernels, or a registered fused
+backend) and the chunks it runs on. The base class hands it
 
 * real views of complex parameters, gradients and state (a complex number is two reals, as
   ``torch.optim.Adam`` treats it);
@@ -39,6 +40,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from steepest.backend import Backend, compiling, select
 from steepest.norms import Norm, from_spec
 
 __all__ = [
@@ -54,16 +56,6 @@ __all__ = [
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 # Dtypes whose tensors the step converts (float32 working copies, real views).
 _CONVERTED = frozenset({torch.float16, torch.bfloat16, torch.complex32, torch.complex64, torch.complex128})
-# Elements per chunk when the loop path streams an elementwise update (StepOptimizer._streams):
-# 64K float32 = 256 KiB of temporaries per chunk beyond one large tensor's own.
-_STREAM_CHUNK = 1 << 16
-# The same for the foreach path (one fused kernel per op and chunk), where a chunk holds up to
-# the largest parameter or this many elements, whichever is more: large enough that the per-chunk
-# calls are amortized (4 MiB of float32 on CPU; 64 MiB on accelerators, where a kernel launch
-# costs as much as moving ~10 MB), small enough that a chunk's temporaries stay near one
-# parameter-sized tensor instead of one per parameter.
-_FOREACH_CHUNK = 1 << 20
-_FOREACH_CHUNK_ACCELERATOR = 1 << 24
 NONFINITE = (None, "raise", "skip", "ignore")
 # "global" (the default, kept for old code): the norm over all parameters of a param group, and a
 # warning when several groups meet a norm that couples tensors; "group": the same, chosen; "all_groups":
@@ -170,6 +162,7 @@ class StepOptimizer(Optimizer):
         check_lr(group["lr"])
         check_choice("nonfinite", group["nonfinite"], NONFINITE)
         check_choice("foreach", group["foreach"], (None, True, False))
+        check_choice("fused", group.get("fused"), (None, True, False))
         if not isinstance(group["maximize"], bool):
             raise ValueError(f"maximize must be a bool, got {group['maximize']!r}")
         if "weight_decay" in group:
@@ -315,7 +308,7 @@ class StepOptimizer(Optimizer):
         params: list[Tensor],
         grads: list[Tensor],
         states: list[dict[str, Any]],
-        foreach: bool,
+        backend: Backend,
     ) -> None:
         raise NotImplementedError
 
@@ -325,7 +318,7 @@ class StepOptimizer(Optimizer):
         params: list[list[Tensor]],
         grads: list[list[Tensor]],
         states: list[list[dict[str, Any]]],
-        foreach: bool,
+        backend: Backend,
     ) -> None:
         """One step of all groups with ``scope="all_groups"`` together (their norm spans them
         all); lists are per group. Optimizers that support that scope override this."""
@@ -333,10 +326,8 @@ class StepOptimizer(Optimizer):
 
     # ---- the step -----------------------------------------------------------------------------
     def _use_foreach(self, group: dict[str, Any], params: list[Tensor]) -> bool:
-        if group["foreach"] is not None:
-            return bool(group["foreach"])
-        # On CPU the per-tensor loop is usually faster (DESIGN.md); foreach pays off on GPUs.
-        return bool(params) and all(p.device.type == "cuda" for p in params)
+        """Whether the group's step runs multi-tensor kernels (see :func:`steepest.backend.select`)."""
+        return select(group, params).foreach
 
     def _named(self, group_index: int, i: int, p: Tensor) -> str:
         group = self.param_groups[group_index]
@@ -373,7 +364,7 @@ class StepOptimizer(Optimizer):
         policy = group["nonfinite"]
         if policy is not None:
             return policy
-        if torch.compiler.is_compiling() or any(p.device.type != "cpu" for _, p, _ in items):
+        if compiling() or any(p.device.type != "cpu" for _, p, _ in items):
             return "ignore"
         return "raise"
 
@@ -446,53 +437,29 @@ class StepOptimizer(Optimizer):
             if group.get("scope") == "all_groups":  # stepped below, with the other such groups
                 joint.append((group, *self._working(group, items, states)))
                 continue
-            foreach = self._use_foreach(group, ps)
+            backend = select(group, ps)  # the one place the path is decided (steepest.backend)
             if self._streams(group):
-                # Elementwise updates, a chunk of tensors at a time on both paths: each chunk's
-                # temporaries (and its float32 working copies of half-precision tensors, or the
-                # negated gradients of maximize=True) are freed before the next chunk's are made
-                # (peak memory: one chunk instead of a temporary per parameter; and fewer page
-                # faults on CPU, where freed chunks are reused). Small tensors share a chunk, so
-                # that the per-call overhead stays amortized (1,000 tiny tensors were 1.5x slower
-                # one by one).
-                for sl in _chunks(ps, _chunk_limit(ps, foreach)):
+                # Elementwise updates, a chunk of tensors at a time on every backend: each
+                # chunk's temporaries (and its float32 working copies of half-precision tensors,
+                # or the negated gradients of maximize=True) are freed before the next chunk's
+                # are made (peak memory: one chunk instead of a temporary per parameter; and fewer
+                # page faults on CPU, where freed chunks are reused). Small tensors share a chunk,
+                # so that the per-call overhead stays amortized.
+                for sl in backend.chunks(ps):
                     params, grads, wstates, writeback = self._working(group, items[sl], states[sl])
-                    self._update(group, params, grads, wstates, foreach)
+                    backend.run(self, group, params, grads, wstates)
                     _write_back_all(writeback)
             else:
                 params, grads, wstates, writeback = self._working(group, items, states)
-                self._update(group, params, grads, wstates, foreach)
+                backend.run(self, group, params, grads, wstates)
                 _write_back_all(writeback)
         if joint:
             groups, params_j, grads_j, states_j, writebacks = (list(t) for t in zip(*joint))
-            foreach = self._use_foreach(groups[0], [p for ps in params_j for p in ps])
-            self._update_joint(groups, params_j, grads_j, states_j, foreach)
+            backend = select(groups[0], [p for ps in params_j for p in ps])
+            self._update_joint(groups, params_j, grads_j, states_j, backend)
             for wb in writebacks:
                 _write_back_all(wb)
         return loss
-
-
-def _chunk_limit(params: list[Tensor], foreach: bool) -> int:
-    """Elements per streamed chunk (see ``_STREAM_CHUNK`` and ``_FOREACH_CHUNK``)."""
-    if not foreach:
-        return _STREAM_CHUNK
-    # A group's tensors share a device (foreach kernels need that): the first one tells.
-    floor = _FOREACH_CHUNK if not params or params[0].device.type == "cpu" else _FOREACH_CHUNK_ACCELERATOR
-    return max([floor] + [p.numel() for p in params])
-
-
-def _chunks(params: list[Tensor], limit: int) -> list[slice]:
-    """Consecutive slices of ``params`` of at most ``limit`` elements each (a larger tensor alone)."""
-    out, start, size = [], 0, 0
-    for k, p in enumerate(params):
-        n = p.numel()
-        if size and size + n > limit:
-            out.append(slice(start, k))
-            start, size = k, 0
-        size += n
-    if start < len(params):
-        out.append(slice(start, len(params)))
-    return out
 
 
 def _check_norm_spec(key: str, spec: Any) -> None:

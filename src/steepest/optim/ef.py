@@ -7,18 +7,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from steepest._backend import _Ops, _ops, _stack, is_dtensor
-from steepest.norms import (
-    Linf,
-    _combine_pow,
-    _FusedOps,
-    _loop_each,
-    _norms,
-    _per_tensor_ok,
-    _safe_div,
-    _small_many,
-)
-from steepest.optim import base as _base
+from steepest.backend import Backend, BatchedOps, LoopOps, is_dtensor, policy
+from steepest.backend.ops import _stack
+from steepest.norms import Linf, _combine_pow, _safe_div
 from steepest.optim.base import StepOptimizer, apply_weight_decay
 
 __all__ = ["EFSignSGD"]
@@ -68,20 +59,20 @@ class EFSignSGD(StepOptimizer):
         params: list[Tensor],
         grads: list[Tensor],
         states: list[dict[str, Any]],
-        foreach: bool,
+        backend: Backend,
     ) -> None:
-        ops = _ops(foreach)
+        ops, foreach = backend.ops, backend.foreach
         lr, wd = group["lr"], group["weight_decay"]
         errs = [s["error"] for s in states]
         per_tensor = group["scope"] == "per_tensor"
         # On CPU the foreach path takes the loop path's code too (torch's _foreach_* ops are a
         # per-tensor loop there themselves; all-at-once temporaries cost page faults).
-        loop = not foreach or _per_tensor_ok(errs)
-        small = loop and _small_many(errs)
+        loop = backend.per_tensor(errs)
+        small = loop and policy._small_many(errs)
         if small:  # many small tensors: fused kernels (per-tensor Python would dominate)
-            torch._foreach_add_(errs, grads, alpha=lr)  # e <- p = lr g + e
-            dual = _combine_pow(_norms(errs, Linf().q, ops), 1.0, per_tensor)
-        elif loop and not torch.compiler.is_compiling() and not any(is_dtensor(e) for e in errs):
+            BatchedOps.axpy_(errs, grads, lr)  # e <- p = lr g + e
+            dual = _combine_pow(policy.norms(errs, Linf().q, ops), 1.0, per_tensor)
+        elif loop and policy.eager_fused_ok(errs):
             # e <- p = lr g + e and its l1 norm tensor by tensor: e is read back while in cache.
             sums = []
             for e, g in zip(errs, grads):
@@ -104,16 +95,15 @@ class EFSignSGD(StepOptimizer):
             coefs = coefs.tolist() if small else list(coefs.unbind(0))
         apply_weight_decay(ops, params, lr, wd)
         if small:  # a chunk's sign temporaries at a time (the loop path's streaming granularity)
-            limit = _base._FOREACH_CHUNK if foreach else _base._STREAM_CHUNK  # one temporary
-            for sl in _base._chunks(params, limit):
-                _subtract_delta(_FusedOps, params[sl], errs[sl], coefs[sl])
+            for sl in policy._small_chunks(params, foreach, 1):  # one temporary per tensor
+                _subtract_delta(BatchedOps, params[sl], errs[sl], coefs[sl])
             return
         _subtract_delta(ops, params, errs, coefs)
 
-    def _update_joint(self, groups, params, grads, states, foreach) -> None:  # type: ignore[no-untyped-def]
+    def _update_joint(self, groups, params, grads, states, backend) -> None:  # type: ignore[no-untyped-def]
         """``scope="all_groups"``: ``d`` and ``||p_t||_1`` over every such group together; each
         group's own lr in ``p_t = lr g_t + e_t`` and in its weight decay."""
-        ops = _ops(foreach)
+        ops = backend.ops
         errs = [[s["error"] for s in st] for st in states]
         for g, es, gr in zip(groups, errs, grads):
             ops.axpy_(es, gr, g["lr"])  # e <- p = lr g + e
@@ -126,13 +116,13 @@ class EFSignSGD(StepOptimizer):
             _subtract_delta(ops, ps, es, [coef] * len(ps))
 
 
-def _subtract_delta(ops: type[_Ops], params: list[Tensor], errs: list[Tensor], coefs: list[Any]) -> None:
+def _subtract_delta(ops: type[LoopOps], params: list[Tensor], errs: list[Tensor], coefs: list[Any]) -> None:
     """``delta = coef * sign(e)``; ``x <- x - delta``, ``e <- e - delta`` (seed 004, Eq. 12).
 
     One sign temporary per tensor, freed before the next (the loop path; and the foreach path on
     CPU, where ``_foreach_*`` is such a loop itself), with ``coef`` folded into both updates
     (``addcmul_``): the same numbers as ``delta`` itself, since coef * (+-1) is exact."""
-    if not _loop_each(errs, ops) or (ops.foreach and _small_many(errs)):
+    if not policy._loop_each(errs, ops) or (ops.foreach and policy._small_many(errs)):
         # fused kernels (accelerators; small CPU tensors, where Python per tensor dominates):
         # one sign temporary per tensor, the foreach path's budget
         delta = ops.mul_(ops.sign(errs), coefs)

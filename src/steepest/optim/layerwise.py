@@ -28,18 +28,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from steepest._backend import _ops, is_dtensor
+from steepest.backend import Backend, LoopOps, is_dtensor
 from steepest.norms import (
     MODES,
     ColNorm,
     L1ToLinf,
     Linf,
-    Lp,
     Norm,
-    OperatorNorm,
     Spectral,
     _as_matrix,
-    _fresh,
     from_spec,
 )
 from steepest.optim.base import StepOptimizer, check_choice, check_range
@@ -64,20 +61,16 @@ def adjust_lr(lr: float, adjust_lr_fn: str | None, rows: int, cols: int) -> floa
     return lr
 
 
-def _direction_of(norm: Norm, u: Tensor, owned: bool, ops: Any, mode: str, beta: float) -> Tensor:
+def _direction_of(norm: Norm, u: Tensor, owned: bool, mode: str, beta: float) -> Tensor:
     """The direction of one tensor; built in ``u``'s storage where ``u`` is ``owned`` (a
     temporary of the caller's) and the norm can (operator norms; sign descent)."""
-    if isinstance(norm, OperatorNorm):
-        return norm._direction([u], ops, mode, beta, True, owned=owned)[0]
-    if owned and isinstance(norm, Lp) and math.isinf(norm.p) and norm._is_elementwise(mode):
-        return torch.sign(u, out=u)  # sign(u) (normalized: ||u||_1 sign(u) / ||u||_1): in place
-    return norm._direction([u], ops, mode, beta, True)[0]
+    return norm.direction([u], mode, beta=beta, per_tensor=True, owned=owned)[0]
 
 
 def _matrix_only(norm: Norm) -> bool:
     """The spectral norm (Muon's geometry) takes vectors only by explicit choice, as
     torch.optim.Muon refuses them; the other operator norms define vectors as columns."""
-    return isinstance(norm, Spectral)
+    return norm.matrix_only
 
 
 class Modular(StepOptimizer):
@@ -221,9 +214,8 @@ class Modular(StepOptimizer):
         params: list[Tensor],
         grads: list[Tensor],
         states: list[dict[str, Any]],
-        foreach: bool,
+        backend: Backend,
     ) -> None:
-        ops = _ops(False)
         b, nesterov = group["momentum"], group["nesterov"]
         mode, beta = group["mode"], group["beta"]
         per_tensor = group["scope"] == "per_tensor"
@@ -247,60 +239,31 @@ class Modular(StepOptimizer):
             return (g.lerp(buf, b), True) if nesterov else (buf, False)
 
         for norm, idx in sets.values():
-            operator = isinstance(norm, OperatorNorm)
-            if per_tensor or norm._is_elementwise(mode) or (operator and mode in ("unscaled", "normalized")):
+            if per_tensor or not norm.couples(mode):
                 # Stream: one tensor at a time (the scope changes nothing here), each temporary
                 # freed before the next is made; an owned input (Nesterov's) becomes the direction.
                 for k in idx:
                     u, owned = direction_input(k)
-                    d = _direction_of(norm, u, owned, ops, mode, beta)
+                    d = _direction_of(norm, u, owned, mode, beta)
                     del u
                     self._apply(group, params[k], d, ndims[k])
                     del d
-            elif operator and norm._cheap_dual:
-                # A global dual made of reductions: a first pass advances the momentum and takes
-                # the duals, a second remakes each input (Nesterov's lerp, bitwise the same) and
-                # moves: one tensor's temporaries at a time, not every tensor's direction.
-                duals = []
-                for k in idx:
-                    u, owned = direction_input(k)
-                    if u.numel() == 0:
-                        duals.append(u.new_zeros(()))
-                        continue
-                    m = _as_matrix(u, norm.transpose)
-                    duals.append((norm._base_dual_into(m) if owned else norm._base_dual(m)).to(u.dtype))
-                    del u, m
-                post = norm._post([params[k] for k in idx], mode, beta, False, torch.stack(duals))
-                for i, k in enumerate(idx):
-                    u, owned = direction_input(k, advance=False)
-                    (d,) = norm._direction([u], ops, "unscaled", beta, True, owned=owned)
-                    del u
-                    if post is not None:
-                        d.mul_(post[i])
-                    self._apply(group, params[k], d, ndims[k])
-                    del d
-            elif isinstance(norm, Lp) and type(norm)._plan is Lp._plan:
-                # The same two passes for an l_p norm (e.g. sign descent on the vectors, scaled
-                # by the group's l1 norm): its plan depends on the per-tensor l_q norms alone, so
-                # it is made from one-entry stand-ins carrying them.
-                partials = []
-                for k in idx:
-                    u, owned = direction_input(k)
-                    # |u| in place where u is ours: ||u||_1 with no second temporary.
-                    partials.append(u.abs_().sum().reshape(1) if owned and norm.q == 1 else ops.norms([u], norm.q))
-                    del u
-                plan = norm._plan(partials, ops, mode, beta, False)
-                assert plan is not None
-                pre, post = plan
+                continue
+            partials = self._partials(norm, idx, direction_input)
+            if partials is not None:
+                # A global plan made of per-tensor reductions (Norm.partial: an l_p norm's ||u||_q,
+                # a column/row norm's dual): a first pass advances the momentum and takes them, a
+                # second remakes each input (Nesterov's lerp, bitwise the same) and moves: one
+                # tensor's temporaries at a time, not every tensor's direction.
+                pre, post = norm.plan_partials(partials, [params[k] for k in idx], mode, beta, False)
                 for i, k in enumerate(idx):
                     u, owned = direction_input(k, advance=False)
                     if pre is not None:
                         u = u.div_(pre[i]) if owned else u / pre[i]
                         owned = True
-                    if owned and math.isinf(norm.p):
-                        d = torch.sign(u, out=u)
-                    else:
-                        (d,) = _fresh(norm._map([u], ops), [u])
+                    d = norm.map_(u) if owned else norm.map(u)
+                    if d is u and not owned:
+                        d = d.clone()  # the momentum buffer itself: d is scaled in place below
                     del u
                     if post is not None:
                         d.mul_(post[i])
@@ -310,8 +273,23 @@ class Modular(StepOptimizer):
                 # The dual of every tensor before any moves (Spectral's <M, NS(M)>, l1 and block
                 # norms): all directions at once.
                 c = [direction_input(k)[0] for k in idx]
-                for k, d in zip(idx, norm._direction(c, ops, mode, beta, False)):
+                for k, d in zip(idx, norm.direction(c, mode, beta=beta)):
                     self._apply(group, params[k], d, ndims[k])
+
+    @staticmethod
+    def _partials(norm: Norm, idx: list[int], direction_input: Any) -> Tensor | None:
+        """The norm's :meth:`Norm.partial` of every input (advancing the momentum), stacked; or
+        ``None`` (the momentum untouched) where the norm has none."""
+        if not idx or not norm.has_partial:
+            return None
+        partials = []
+        for k in idx:
+            u, owned = direction_input(k)
+            v = norm.partial(u, owned)
+            assert v is not None
+            partials.append(v)
+            del u
+        return torch.stack(partials)
 
     @staticmethod
     def _apply(group: dict[str, Any], p: Tensor, d: Tensor, ndim: int) -> None:
@@ -329,8 +307,8 @@ class Modular(StepOptimizer):
             # FSDP2: a matrix direction comes out replicated (matmuls); take this rank's shard.
             d = d.redistribute(p.device_mesh, p.placements)
         # Through the backend op: under torch.compile a scheduled lr given as ``alpha=`` would be
-        # frozen by inductor (see steepest._backend._compiling).
-        _ops(False).axpy_([p], [d], -step_lr)
+        # frozen by inductor (see steepest.backend.ops._compiling).
+        LoopOps.axpy_([p], [d], -step_lr)
 
 
 # ------------------------------------------------------------------ building groups from a model

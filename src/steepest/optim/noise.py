@@ -61,7 +61,9 @@ import torch
 from torch import Tensor
 
 import steepest
-from steepest._backend import _compiling, _ForeachOps, _Ops, _ops, is_dtensor
+from steepest.backend import LoopOps as _Ops
+from steepest.backend import ops_for as _ops
+from steepest.backend import policy
 from steepest.optim.base import (
     StepOptimizer,
     _real,
@@ -71,7 +73,7 @@ from steepest.optim.base import (
     first_nonfinite,
     scalar_dtype,
 )
-from steepest.optim.steepest import momentum_direction_input
+from steepest.optim.engine import momentum_direction_input
 
 __all__ = ["MSGD", "MSVAG", "SVAG", "AdamStar", "rho"]
 
@@ -89,31 +91,8 @@ def _tiny(xs: list[Tensor]) -> list[float]:
 # memory-bound). torch's SGD(momentum) does 8 passes for the 5 that the benchmark counts; each
 # optimizer's ``_update`` names its own count. Under torch.compile the unfused reference forms
 # run instead (inductor fuses them, and they pass no step-dependent Python float as a kernel
-# argument, see steepest._backend._compiling); DTensor (FSDP2) parameters take them too (their
+# argument, see steepest.backend.ops._compiling); DTensor (FSDP2) parameters take them too (their
 # reductions and out= arguments need the generic ops).
-
-
-def _fast(params: list[Tensor]) -> bool:
-    """Whether the fused eager kernels of this module may run on these tensors."""
-    if _compiling():
-        return False
-    # (The distinct types first: one C-level pass over a chunk of 1,000 small tensors.)
-    return not any(t.__name__ == "DTensor" for t in set(map(type, params))) or not any(
-        is_dtensor(p) for p in params)
-
-
-def _kernels(foreach: bool, xs: list[Tensor]) -> type[_Ops]:
-    """The backend of an eager elementwise update of one stream chunk of tensors.
-
-    The loop path of a CPU chunk with several tensors (small ones: StepOptimizer streams a large
-    tensor alone) runs the ``torch._foreach_*`` kernels: on CPU those are the per-tensor ATen
-    kernels called in a C++ loop, so the numbers are bitwise the loop's (tests/optim/test_noise.py
-    checks it), without the Python and dispatch overhead of ~3-5 us per op and tensor that
-    dominates small tensors (1,000 tensors of 1K floats). The chunk's temporaries are the loop
-    path's anyway (``_Ops`` builds each as a list over the chunk)."""
-    if foreach or (len(xs) > 1 and all(x.device.type == "cpu" for x in xs)):
-        return _ForeachOps
-    return _Ops
 
 
 def _scalar_arg(v: Any) -> Any:
@@ -136,7 +115,7 @@ def rho(beta: float, t: int | float) -> float:
     ``rho -> (1-beta)/(1+beta)`` as ``t -> inf`` (Eq. B.27). ``beta = 0`` gives 1 for all ``t``.
     """
     check_range("beta", beta, 0.0, 1.0)
-    if isinstance(t, Tensor):  # a compiled step (steepest._backend._Ops.count): no branches
+    if isinstance(t, Tensor):  # a compiled step (steepest.backend.ops.LoopOps.count): no branches
         if beta == 0.0:
             return torch.ones_like(t)
         bt = beta ** (t + 1)
@@ -234,11 +213,12 @@ class MSGD(_BetaIsMomentum):
         state["step"] = torch.tensor(0.0, dtype=scalar_dtype())
         state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
-    def _update(self, group, params, grads, states, foreach) -> None:  # type: ignore[no-untyped-def]
+    def _update(self, group, params, grads, states, backend) -> None:  # type: ignore[no-untyped-def]
+        foreach = backend.foreach
         # 6 passes over N floats (lerp_ 3, axpy 3) for the 5 the benchmark counts (torch's
         # SGD-momentum: 8); one kernel per op for a chunk of small CPU tensors (_kernels).
-        fast = _fast(params)
-        ops = _kernels(foreach, params) if fast else _ops(foreach)
+        fast = policy.eager_fused_ok(params)
+        ops = policy.chunk_ops(foreach, params) if fast else _ops(foreach)
         lr, b, wd = group["lr"], group["momentum"], group["weight_decay"]
         if fast:
             lr = _scalar_arg(lr)
@@ -422,9 +402,10 @@ class SVAG(_VarianceAdapted):
         super().__init__(params, dict(lr=lr, beta=beta, weight_decay=weight_decay,
                                       maximize=maximize, foreach=foreach, nonfinite=nonfinite))
 
-    def _update(self, group, params, grads, states, foreach) -> None:  # type: ignore[no-untyped-def]
-        if _fast(params):  # 24 passes (_adapted_step_)
-            ops = _kernels(foreach, params)
+    def _update(self, group, params, grads, states, backend) -> None:  # type: ignore[no-untyped-def]
+        foreach = backend.foreach
+        if policy.eager_fused_ok(params):  # 24 passes (_adapted_step_)
+            ops = policy.chunk_ops(foreach, params)
             lr, b = _scalar_arg(group["lr"]), group["momentum"]
             ts, m_t, v_t = self._moments(b, grads, states, ops)
             a, k = self._scales(b, ts, weight=False)
@@ -478,8 +459,9 @@ class AdamStar(_VarianceAdapted):
         super().__init__(params, dict(lr=lr, beta=beta, weight_decay=weight_decay,
                                       maximize=maximize, foreach=foreach, nonfinite=nonfinite))
 
-    def _update(self, group, params, grads, states, foreach) -> None:  # type: ignore[no-untyped-def]
-        if _fast(params):
+    def _update(self, group, params, grads, states, backend) -> None:  # type: ignore[no-untyped-def]
+        foreach = backend.foreach
+        if policy.eager_fused_ok(params):
             self._fused_update(group, params, grads, states, foreach)
             return
         ops = _ops(foreach)
@@ -501,7 +483,7 @@ class AdamStar(_VarianceAdapted):
         (K > 0). The floor ``tiny`` (instead of 0) keeps ``d > 0`` where ``m = v = 0`` (the update
         ``0 * rsqrt(tiny)`` is 0: 0/0 := 0) and changes ``m~^2 + K d`` only where that is below
         ``K tiny / eps``. At t = 0 and for beta = 0 (K = 0, s = 0) the step is the sign step."""
-        ops = _kernels(foreach, params)
+        ops = policy.chunk_ops(foreach, params)
         lr, b = _scalar_arg(group["lr"]), group["momentum"]
         ts, m_t, v_t = self._moments(b, grads, states, ops)
         a, k = self._scales(b, ts, weight=True)
@@ -668,7 +650,8 @@ class MSVAG(_VarianceAdapted):
         return False, f"grad_var of {self._named(gi, i, p)}"
 
     # ---- the step ------------------------------------------------------------------------------
-    def _update(self, group, params, grads, states, foreach) -> None:  # type: ignore[no-untyped-def]
+    def _update(self, group, params, grads, states, backend) -> None:  # type: ignore[no-untyped-def]
+        foreach = backend.foreach
         ops = _ops(foreach)
         lr, b, wd = group["lr"], group["momentum"], group["weight_decay"]
         if group["variance"] == "minibatch":
@@ -685,8 +668,8 @@ class MSVAG(_VarianceAdapted):
                     sl = slice(i, i + 1)
                     self._minibatch_step(group, params[sl], grads[sl], states[sl], pending[sl], ops)
             return
-        if _fast(params):  # 24 passes (_adapted_step_)
-            ops = _kernels(foreach, params)
+        if policy.eager_fused_ok(params):  # 24 passes (_adapted_step_)
+            ops = policy.chunk_ops(foreach, params)
             lr = _scalar_arg(lr)
             ts, m_t, v_t = self._moments(b, grads, states, ops)
             a, k = self._scales(b, ts, weight=True)

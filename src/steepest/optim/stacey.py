@@ -59,8 +59,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-import steepest.optim.base as _base
-from steepest._backend import _compiling, is_dtensor
+from steepest.backend import Backend, ForeachOps, is_dtensor, policy
 from steepest.optim.base import StepOptimizer, check_betas, check_choice, check_range, scalar_dtype
 
 __all__ = ["VARIANTS", "Stacey", "mirror_step"]
@@ -70,6 +69,8 @@ EPS_MODES = ("code", "paper")
 # The smallest normal float32: a positive floor for M that is representable in every working
 # dtype (half-precision parameters are computed in float32 by the base class).
 _TINY = torch.finfo(torch.float32).tiny
+# The multi-tensor list ops of the foreach path (steepest.backend).
+F = ForeachOps
 
 
 def _mirror_single_(z: Tensor, c: Tensor, alpha: float, p: float) -> None:
@@ -101,36 +102,36 @@ def _mirror_foreach_(zs: list[Tensor], c: list[Tensor], alpha: float, p: float, 
     (``c``'s own buffer when it is a fresh temporary, which this consumes)."""
     k = p - 1.0
     r = 1.0 / k
-    b = torch._foreach_abs(c)
-    torch._foreach_pow_(b, r)
-    torch._foreach_mul_(b, alpha**r)
-    m = torch._foreach_abs(zs)
-    torch._foreach_maximum_(m, b)
-    torch._foreach_clamp_min_(m, _TINY)
-    torch._foreach_div_(b, m)
-    torch._foreach_pow_(b, k)
+    b = F.abs(c)
+    F.pow_(b, r)
+    F.mul_scalar_(b, alpha**r)
+    m = F.abs(zs)
+    F.maximum_(m, b)
+    F.clamp_min_scalar_(m, _TINY)
+    F.div_(b, m)
+    F.pow_(b, k)
     if fresh:
-        torch._foreach_sign_(c)
+        F.sign_(c)
         s = c
     else:
-        s = torch._foreach_sign(c)
-    torch._foreach_mul_(b, s)  # phi(b / M)
+        s = F.sign(c)
+    F.mul_(b, s)  # phi(b / M)
     # s is free: phi(z / M) = |z/M|^k sign(z) in it, then w = phi(z/M) - phi(b/M).
-    torch._foreach_div_(zs, m)
-    torch._foreach_copy_(s, zs)
-    torch._foreach_abs_(s)
-    torch._foreach_pow_(s, k)
-    torch._foreach_sign_(zs)
-    torch._foreach_mul_(s, zs)
-    torch._foreach_sub_(s, b)
+    F.div_(zs, m)
+    F.copy_(s, zs)
+    F.abs_(s)
+    F.pow_(s, k)
+    F.sign_(zs)
+    F.mul_(s, zs)
+    F.sub_(s, b)
     del b
     # z <- sign(w) M |w|^{1/k} (|w|^{1/k} M up to the sign: the same product).
-    torch._foreach_copy_(zs, s)
-    torch._foreach_sign_(zs)
-    torch._foreach_mul_(zs, m)
-    torch._foreach_abs_(s)
-    torch._foreach_pow_(s, r)
-    torch._foreach_mul_(zs, s)
+    F.copy_(zs, s)
+    F.sign_(zs)
+    F.mul_(zs, m)
+    F.abs_(s)
+    F.pow_(s, r)
+    F.mul_(zs, s)
 
 
 class _Cfg:
@@ -190,29 +191,29 @@ class _Cfg:
 def _descent_foreach_(xs: list[Tensor], c: list[Tensor], k: _Cfg, consume: bool) -> None:
     """The multi-tensor version of :func:`_descent_`."""
     if k.descent == "id":
-        torch._foreach_add_(xs, c, alpha=-k.lr)
+        F.axpy_(xs, c, -k.lr)
         return
     if k.descent == "sign":
         if consume:
-            torch._foreach_sign_(c)
-        torch._foreach_add_(xs, c if consume else torch._foreach_sign(c), alpha=-k.lr)
+            F.sign_(c)
+        F.axpy_(xs, c if consume else F.sign(c), -k.lr)
         return
-    d = torch._foreach_abs(c)
+    d = F.abs(c)
     if k.descent == "pow":
-        torch._foreach_pow_(d, 1.0 / (k.p - 1.0))
+        F.pow_(d, 1.0 / (k.p - 1.0))
         if consume:
-            torch._foreach_sign_(c)
-        torch._foreach_mul_(d, c if consume else torch._foreach_sign(c))
-        torch._foreach_add_(xs, d, alpha=-k.lr)
+            F.sign_(c)
+        F.mul_(d, c if consume else F.sign(c))
+        F.axpy_(xs, d, -k.lr)
         return
     e = (k.p - 2.0) / (k.p - 1.0)
     if k.paper:
-        torch._foreach_pow_(d, e)
-        torch._foreach_add_(d, k.eps)
+        F.pow_(d, e)
+        F.add_(d, k.eps)
     else:
-        torch._foreach_add_(d, k.eps)
-        torch._foreach_pow_(d, e)
-    torch._foreach_addcdiv_(xs, c, d, value=-k.lr)
+        F.add_(d, k.eps)
+        F.pow_(d, e)
+    F.addcdiv_(xs, c, d, -k.lr)
 
 
 def _descent_(x: Tensor, c: Tensor, k: _Cfg, consume: bool) -> None:
@@ -272,7 +273,7 @@ def _step_single(x: Tensor, g: Tensor, m: Tensor, z: Tensor, k: _Cfg) -> None:
 def _step_traced(x: Tensor, g: Tensor, m: Tensor, z: Tensor, k: _Cfg) -> None:
     """:func:`_step_single` while ``torch.compile`` traces (whole tensors; inductor fuses the
     ops): step-dependent scalars as products, never as ``alpha=``/``value=``/``weight``
-    (inductor freezes those; see :func:`steepest._backend._compiling`)."""
+    (inductor freezes those; see :func:`steepest.backend.ops._compiling`)."""
     if k.mom == "fresh":
         c = m + (g - m) * k.w1
         m.add_((g - m) * k.w2)
@@ -313,16 +314,16 @@ def _step_foreach(xs: list[Tensor], gs: list[Tensor], ms: list[Tensor], zs: list
     if k.mom == "none":
         c, fresh = gs, False
     elif k.mom == "tied":
-        torch._foreach_lerp_(ms, gs, k.w2)
+        F.lerp_(ms, gs, k.w2)
         c, fresh = ms, False
     else:
-        c = list(torch._foreach_lerp(ms, gs, k.w1))
-        torch._foreach_lerp_(ms, gs, k.w2)
+        c = F.lerp(ms, gs, k.w1)
+        F.lerp_(ms, gs, k.w2)
         fresh = True
     if k.decay != 1.0:
-        torch._foreach_mul_(xs, k.decay)
+        F.mul_scalar_(xs, k.decay)
     if k.plain:
-        torch._foreach_add_(zs, c, alpha=-k.alpha)
+        F.axpy_(zs, c, -k.alpha)
         if k.tau < 1.0:
             _descent_foreach_(xs, c, k, fresh)
     else:
@@ -332,12 +333,12 @@ def _step_foreach(xs: list[Tensor], gs: list[Tensor], ms: list[Tensor], zs: list
     del c
     if k.tau == 1.0:
         if k.wd:
-            torch._foreach_mul_(xs, -k.lr * k.wd)
-            torch._foreach_add_(xs, zs)
+            F.mul_scalar_(xs, -k.lr * k.wd)
+            F.axpy_(xs, zs, 1.0)
         else:
-            torch._foreach_copy_(xs, zs)
+            F.copy_(xs, zs)
     elif k.tau:
-        torch._foreach_lerp_(xs, zs, k.tau)
+        F.lerp_(xs, zs, k.tau)
 
 
 def _splittable(ts: tuple[Tensor, ...]) -> bool:
@@ -530,14 +531,14 @@ class Stacey(StepOptimizer):
         params: list[Tensor],
         grads: list[Tensor],
         states: list[dict[str, Any]],
-        foreach: bool,
+        backend: Backend,
     ) -> None:
         # The step counters (0-d CPU tensors) in one call on both paths: a Python loop of 0-d
         # adds was 1/8 of the loop path's time on 1,000 small tensors.
-        torch._foreach_add_([s["step"] for s in states], 1.0)
+        ForeachOps.increment_([s["step"] for s in states])
         k = _Cfg(group)
         items = [(x, g, s["m"], s["z"]) for x, g, s in zip(params, grads, states)]
-        if _compiling():  # inductor fuses the whole step: no blocks needed (nor wanted)
+        if backend.compiling:  # inductor fuses the whole step: no blocks needed (nor wanted)
             for ts in items:
                 _step_traced(*ts, k)
             return
@@ -547,12 +548,12 @@ class Stacey(StepOptimizer):
         # (k.temps of them fit in one chunk: 256 KiB at most), so that the peak is at most the
         # largest tensor or one stream chunk. (Blocks cost ~5-10% of the time on the big layout of
         # benchmarks/optim_step.py, for the per-op overhead; no cache gain was measured.)
-        if foreach:
+        if backend.foreach:
             total = sum(ts[0].numel() for ts in items)
             for piece in _pieces(items, max(1, total // k.temps)):
                 _step_foreach(*(list(t) for t in zip(*piece)), k)
             return
-        chunk = _base._STREAM_CHUNK
+        chunk = policy.stream_chunk()
         for ts in items:
             n = ts[0].numel()
             if n * k.temps <= chunk:

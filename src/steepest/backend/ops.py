@@ -1,8 +1,10 @@
-"""The two execution backends every ``steepest`` update is written against.
+"""The list ops every ``steepest`` update is written against (the execution layer's kernels).
 
-An update is written once against the small list-of-tensors interface of :class:`_Ops`; with
-``foreach=False`` it runs the per-tensor loop (the reference), with ``foreach=True`` the fused
-``torch._foreach_*`` kernels of :class:`_ForeachOps`. Tests check the two agree in float64.
+An update is written once against the small list-of-tensors interface of :class:`LoopOps`: the
+per-tensor loop (the reference); :class:`ForeachOps` runs the same ops as ``torch._foreach_*``
+kernels, and :class:`BatchedOps` is those kernels for the loop path's chunks of small CPU
+tensors. Tests check they agree in float64. Which one runs is decided in
+:mod:`steepest.backend.policy` alone.
 """
 
 from __future__ import annotations
@@ -24,8 +26,12 @@ def _compiling() -> bool:
     return torch.compiler.is_compiling()
 
 
-class _Ops:
+class LoopOps:
+    """The per-tensor loop (the reference backend's list ops)."""
+
     foreach = False
+    #: Whether a chunk of tensors runs fused (foreach) kernels throughout (see BatchedOps).
+    batched = False
 
     @staticmethod
     def norms(xs: list[Tensor], ord: float) -> Tensor:
@@ -266,8 +272,49 @@ class _Ops:
             x.reciprocal_()
         return xs
 
+    @staticmethod
+    def sign_(xs: list[Tensor]) -> list[Tensor]:
+        for x in xs:
+            x.sign_()
+        return xs
 
-class _ForeachOps(_Ops):
+    @staticmethod
+    def copy_(xs: list[Tensor], ys: list[Tensor]) -> list[Tensor]:
+        for x, y in zip(xs, ys):
+            x.copy_(y)
+        return xs
+
+    @staticmethod
+    def clone(xs: list[Tensor]) -> list[Tensor]:
+        return [x.clone() for x in xs]
+
+    @staticmethod
+    def clamp_min_scalar_(xs: list[Tensor], c: float) -> list[Tensor]:
+        for x in xs:  # c is a dtype constant (tiny): no compiled-scalar issue
+            x.clamp_min_(c)
+        return xs
+
+    @staticmethod
+    def addcdiv_(xs: list[Tensor], ys: list[Tensor], zs: list[Tensor], value: float) -> list[Tensor]:
+        """xs += value * ys / zs."""
+        if _compiling():
+            for x, y, z in zip(xs, ys, zs):
+                x.add_(y / z * value)
+            return xs
+        for x, y, z in zip(xs, ys, zs):
+            x.addcdiv_(y, z, value=value)
+        return xs
+
+    @staticmethod
+    def increment_(steps: list[Tensor]) -> None:
+        """Add 1 to the step counters (one kernel where the backend has one)."""
+        for s in steps:
+            s.add_(1.0)
+
+
+class ForeachOps(LoopOps):
+    """The same list ops as ``torch._foreach_*`` kernels."""
+
     foreach = True
 
     @staticmethod
@@ -284,8 +331,8 @@ class _ForeachOps(_Ops):
             return _stack(list(torch._foreach_norm(xs, ord)))
         if ord == 2.0:
             return _rescue_l2(xs, _stack(list(torch._foreach_norm(xs, ord))))
-        # General l_p: divide by max|x| first (see _Ops.norms).
-        maxes = _ForeachOps.norms(xs, math.inf)
+        # General l_p: divide by max|x| first (see LoopOps.norms).
+        maxes = ForeachOps.norms(xs, math.inf)
         safe = torch.where(maxes > 0, maxes, torch.ones_like(maxes))
         scaled = torch._foreach_div(xs, list(safe.unbind(0)))
         return maxes * _stack(list(torch._foreach_norm(scaled, ord)))
@@ -357,8 +404,8 @@ class _ForeachOps(_Ops):
 
     @staticmethod
     def addcmul(xs: list[Tensor], ys: list[Tensor], zs: list[Tensor], values: list[float]) -> list[Tensor]:
-        if _compiling():  # values may be 0-d tensors (see _Ops.count); inductor fuses the loop
-            return _Ops.addcmul(xs, ys, zs, values)
+        if _compiling():  # values may be 0-d tensors (see LoopOps.count); inductor fuses the loop
+            return LoopOps.addcmul(xs, ys, zs, values)
         return list(torch._foreach_addcmul(xs, ys, zs, values))
 
     @staticmethod
@@ -378,20 +425,20 @@ class _ForeachOps(_Ops):
     @staticmethod
     def mul_scalars(xs: list[Tensor], cs: list[float]) -> list[Tensor]:
         if _compiling():
-            return _Ops.mul_scalars(xs, cs)
+            return LoopOps.mul_scalars(xs, cs)
         return list(torch._foreach_mul(xs, cs))
 
     @staticmethod
     def mul_scalars_(xs: list[Tensor], cs: list[float]) -> list[Tensor]:
         if _compiling():
-            return _Ops.mul_scalars_(xs, cs)
+            return LoopOps.mul_scalars_(xs, cs)
         torch._foreach_mul_(xs, cs)
         return xs
 
     @staticmethod
     def div_scalars_(xs: list[Tensor], cs: list[float]) -> list[Tensor]:
         if _compiling():
-            return _Ops.div_scalars_(xs, cs)
+            return LoopOps.div_scalars_(xs, cs)
         torch._foreach_div_(xs, cs)
         return xs
 
@@ -424,7 +471,7 @@ class _ForeachOps(_Ops):
         if not alphas:
             return xs
         if _compiling():  # alphas may be 0-d tensors; inductor fuses the per-tensor loop
-            return _Ops.axpy_scalars_(xs, ys, alphas)
+            return LoopOps.axpy_scalars_(xs, ys, alphas)
         # Equal alphas (the usual case: every step counter agrees) need no temporaries.
         if all(a == alphas[0] for a in alphas):
             torch._foreach_add_(xs, ys, alpha=alphas[0])
@@ -435,21 +482,21 @@ class _ForeachOps(_Ops):
     @staticmethod
     def add_scalars_(xs: list[Tensor], cs: list[float]) -> list[Tensor]:
         if _compiling():
-            return _Ops.add_scalars_(xs, cs)
+            return LoopOps.add_scalars_(xs, cs)
         torch._foreach_add_(xs, cs)
         return xs
 
     @staticmethod
     def addcdiv_scalars_(xs: list[Tensor], ys: list[Tensor], zs: list[Tensor], cs: list[float]) -> list[Tensor]:
         if _compiling():
-            return _Ops.addcdiv_scalars_(xs, ys, zs, cs)
+            return LoopOps.addcdiv_scalars_(xs, ys, zs, cs)
         torch._foreach_addcdiv_(xs, ys, zs, cs)
         return xs
 
     @staticmethod
     def addcmul_scalars_(xs: list[Tensor], ys: list[Tensor], zs: list[Tensor], cs: list[float]) -> list[Tensor]:
         if _compiling():
-            return _Ops.addcmul_scalars_(xs, ys, zs, cs)
+            return LoopOps.addcmul_scalars_(xs, ys, zs, cs)
         torch._foreach_addcmul_(xs, ys, zs, cs)
         return xs
 
@@ -461,6 +508,34 @@ class _ForeachOps(_Ops):
     def reciprocal_(xs: list[Tensor]) -> list[Tensor]:
         torch._foreach_reciprocal_(xs)
         return xs
+
+    @staticmethod
+    def sign_(xs: list[Tensor]) -> list[Tensor]:
+        torch._foreach_sign_(xs)
+        return xs
+
+    @staticmethod
+    def copy_(xs: list[Tensor], ys: list[Tensor]) -> list[Tensor]:
+        torch._foreach_copy_(xs, ys)
+        return xs
+
+    @staticmethod
+    def clone(xs: list[Tensor]) -> list[Tensor]:
+        return list(torch._foreach_mul(xs, 1.0))
+
+    @staticmethod
+    def clamp_min_scalar_(xs: list[Tensor], c: float) -> list[Tensor]:
+        torch._foreach_clamp_min_(xs, c)
+        return xs
+
+    @staticmethod
+    def addcdiv_(xs: list[Tensor], ys: list[Tensor], zs: list[Tensor], value: float) -> list[Tensor]:
+        torch._foreach_addcdiv_(xs, ys, zs, value=value)
+        return xs
+
+    @staticmethod
+    def increment_(steps: list[Tensor]) -> None:
+        torch._foreach_add_(steps, 1.0)
 
 
 def is_dtensor(x: Any) -> bool:
@@ -554,5 +629,14 @@ def _stack(scalars: list[Tensor]) -> Tensor:
     return torch.stack([t.to(dtype) for t in scalars])
 
 
-def _ops(foreach: bool) -> type[_Ops]:
-    return _ForeachOps if foreach else _Ops
+class BatchedOps(ForeachOps):
+    """``ForeachOps`` for the loop path's chunks of small CPU tensors: fused kernels throughout,
+    where the foreach path would loop per tensor to save a temporary (the chunk's temporaries
+    are bounded by the chunk)."""
+
+    batched = True
+
+
+def ops_for(foreach: bool) -> type[LoopOps]:
+    """The list ops of the loop (``False``) or foreach (``True``) backend."""
+    return ForeachOps if foreach else LoopOps

@@ -1,0 +1,205 @@
+"""Every path heuristic and chunk constant of the execution layer, in one module.
+
+The optimizers and norms never test the device, the tensor sizes or whether ``torch.compile``
+is tracing: they ask the functions here (through :class:`steepest.backend.Backend`), so that a
+path is decided in one place. Tests monkeypatch the constants and predicates of this module to
+reach every path at small sizes; everything here reads them at call time.
+
+The figures behind the constants are in docs/performance.md (issue 12).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from steepest.backend.ops import BatchedOps, ForeachOps, LoopOps, _stack, is_dtensor
+
+# Elements per chunk when the loop path streams an elementwise update (StepOptimizer._streams):
+# 64K float32 = 256 KiB of temporaries per chunk beyond one large tensor's own.
+_STREAM_CHUNK = 1 << 16
+# The same for the foreach path (one fused kernel per op and chunk), where a chunk holds up to
+# the largest parameter or this many elements, whichever is more: large enough that the per-chunk
+# calls are amortized (4 MiB of float32 on CPU; 64 MiB on accelerators, where a kernel launch
+# costs as much as moving ~10 MB), small enough that a chunk's temporaries stay near one
+# parameter-sized tensor instead of one per parameter.
+_FOREACH_CHUNK = 1 << 20
+_FOREACH_CHUNK_ACCELERATOR = 1 << 24
+# Mean elements per tensor below which the loop path runs fused (foreach) kernels a chunk at a
+# time: per-op Python/dispatch overhead (~3-5 us per op and tensor) then outweighs the work
+# (1,000 tensors of 1,000 elements: the per-tensor loop was ~2x torch's SGD per byte).
+_SMALL = 1 << 14
+
+
+def compiling() -> bool:
+    """Whether ``torch.compile`` is tracing (the one place the package asks)."""
+    return torch.compiler.is_compiling()
+
+
+def default_foreach(params: list[Tensor]) -> bool:
+    """``foreach=None``: on CPU the per-tensor loop is usually faster (DESIGN.md); foreach pays
+    off on GPUs."""
+    return bool(params) and all(p.device.type == "cuda" for p in params)
+
+
+def reduction_ops(xs: list[Tensor]) -> type[LoopOps]:
+    """The list ops of a norm's reductions outside an update's backend (:meth:`Norm.plan`): the
+    device's default (the two agree on CPU, where :func:`norms` picks the same kernels)."""
+    return ForeachOps if default_foreach(xs) else LoopOps
+
+
+def stream_chunk() -> int:
+    """Elements per streamed chunk, read at call time (tests shrink it)."""
+    return int(_STREAM_CHUNK)
+
+
+def _chunk_limit(params: list[Tensor], foreach: bool) -> int:
+    """Elements per streamed chunk (see ``_STREAM_CHUNK`` and ``_FOREACH_CHUNK``)."""
+    if not foreach:
+        return _STREAM_CHUNK
+    # A group's tensors share a device (foreach kernels need that): the first one tells.
+    floor = _FOREACH_CHUNK if not params or params[0].device.type == "cpu" else _FOREACH_CHUNK_ACCELERATOR
+    return max([floor] + [p.numel() for p in params])
+
+
+def _chunks(params: list[Tensor], limit: int) -> list[slice]:
+    """Consecutive slices of ``params`` of at most ``limit`` elements each (a larger tensor alone)."""
+    out, start, size = [], 0, 0
+    for k, p in enumerate(params):
+        n = p.numel()
+        if size and size + n > limit:
+            out.append(slice(start, k))
+            start, size = k, 0
+        size += n
+    if start < len(params):
+        out.append(slice(start, len(params)))
+    return out
+
+
+def _small_chunks(params: list[Tensor], foreach: bool, temps: int) -> list[slice]:
+    """Chunks of small tensors for fused kernels: the streaming granularity on the loop path, and
+    the foreach chunks on the foreach path (fewer calls) where the map needs one temporary per
+    tensor (two, the l_p map's |x|^a and sign(x), would exceed that path's budget)."""
+    return _chunks(params, _FOREACH_CHUNK if foreach and temps == 1 else _STREAM_CHUNK)
+
+
+def _per_tensor_ok(xs: list[Tensor]) -> bool:
+    """Whether a per-tensor loop costs the foreach path nothing: on CPU the ``_foreach_*`` ops
+    are such a loop themselves, and one tensor is one kernel either way. On accelerators a
+    loop would launch a kernel per tensor, so there the fused ops (and their temporaries) stay."""
+    return len(xs) <= 1 or all(x.is_cpu for x in xs)
+
+
+def _small_many(xs: list[Tensor]) -> bool:
+    """Whether ``xs`` are many small plain CPU tensors, in eager mode (see ``_SMALL``)."""
+    return (len(xs) > 1 and sum(map(Tensor.numel, xs)) < _SMALL * len(xs)
+            and not torch.compiler.is_compiling()
+            and all(x.is_cpu for x in xs) and not any(map(is_dtensor, xs)))
+
+
+def _loop_each(xs: list[Tensor], ops: type[LoopOps]) -> bool:
+    """Whether to write an elementwise result tensor by tensor (no extra temporary)."""
+    return not ops.foreach or len(xs) <= 1 or (not ops.batched and _per_tensor_ok(xs))
+
+
+def _lean_ok() -> bool:
+    """Whether an elementwise update may take the eager per-tensor loop that passes lr as
+    ``alpha=`` (inductor would freeze it; see ``ops._compiling``)."""
+    return not torch.compiler.is_compiling()
+
+
+def eager_fused_ok(params: list[Tensor]) -> bool:
+    """Whether hand-fused eager kernels (``addcdiv_(value=...)``, ``out=``) may run on these
+    tensors: not while compiling (see ``ops._compiling``), not on DTensors (their reductions and
+    ``out=`` arguments need the generic ops)."""
+    if torch.compiler.is_compiling():
+        return False
+    # (The distinct types first: one C-level pass over a chunk of 1,000 small tensors.)
+    return not any(t.__name__ == "DTensor" for t in set(map(type, params))) or not any(
+        is_dtensor(p) for p in params)
+
+
+def chunk_ops(foreach: bool, xs: list[Tensor]) -> type[LoopOps]:
+    """The list ops of an eager elementwise update of one stream chunk of tensors.
+
+    The loop path of a CPU chunk with several tensors (small ones: StepOptimizer streams a large
+    tensor alone) runs the ``torch._foreach_*`` kernels: on CPU those are the per-tensor ATen
+    kernels called in a C++ loop, so the numbers are bitwise the loop's (tests/optim/test_noise.py
+    checks it), without the Python and dispatch overhead of ~3-5 us per op and tensor that
+    dominates small tensors (1,000 tensors of 1K floats)."""
+    if foreach or (len(xs) > 1 and all(x.device.type == "cpu" for x in xs)):
+        return ForeachOps
+    return LoopOps
+
+
+def norms(xs: list[Tensor], ord: float, ops: type[LoopOps]) -> Tensor:
+    """``ops.norms(xs, ord)``, on CPU the same on both paths: for many small tensors the foreach
+    kernel for ord 1 and 2 (no temporaries, no Python per tensor), for large ones the loop's
+    (``|x|.sum()`` for ord 1 ran up to 2x faster than the foreach kernel on 100K elements)."""
+    if ord in (1.0, 2.0) and _small_many(xs):
+        return ForeachOps.norms(xs, ord)
+    if ops.foreach and len(xs) > 1 and _per_tensor_ok(xs):
+        return LoopOps.norms(xs, ord)
+    return ops.norms(xs, ord)
+
+
+def absmax(xs: list[Tensor], ops: type[LoopOps]) -> Tensor:
+    """``ops.norms(xs, inf)`` (per-tensor max|x|, 0 for empty tensors), the same numbers faster on
+    the CPU: ``max(max x, -min x)`` from one ``aminmax`` pass, where ``vector_norm(x, inf)`` ran
+    ~4-6x slower than a pass (measured on 100K-element float32 tensors). NaN propagates as in
+    ``vector_norm``. Elsewhere (accelerators, DTensors, compiling) ``ops.norms`` as before."""
+    if (not xs or torch.compiler.is_compiling() or (ops.foreach and not _per_tensor_ok(xs))
+            or any(x.device.type != "cpu" or is_dtensor(x) or x.is_complex() for x in xs)):
+        return ops.norms(xs, math.inf)
+    lo, hi = [], []
+    for x in xs:
+        if x.numel():
+            a, b = torch.aminmax(x)
+        else:
+            a = b = x.new_zeros(())
+        lo.append(a)
+        hi.append(b)
+    return torch.maximum(_stack(hi), -_stack(lo))
+
+
+def copysign_(mags: list[Tensor], xs: list[Tensor], ops: type[LoopOps]) -> list[Tensor]:
+    """``mags * sign(xs)`` for ``mags >= 0``, in place: copysign needs no sign temporary. The
+    same numbers: the product with sign(x) = +-1 is exact, and 0 stays 0 (-0.0 compares equal)."""
+    if _loop_each(xs, ops):
+        for m, x in zip(mags, xs):
+            m.copysign_(x)
+        return mags
+    return ops.mul_(mags, ops.sign(xs))  # no foreach copysign: one sign temporary (fused kernels)
+
+
+def div_into_(xs: list[Tensor], dens: list[Tensor], ops: type[LoopOps]) -> list[Tensor]:
+    """``xs[i] / dens[i]`` written into ``dens`` (owned temporaries) tensor by tensor where that
+    costs nothing (one temporary instead of two), else out of place with fused kernels."""
+    if _loop_each(xs, ops):
+        for x, d in zip(xs, dens):
+            torch.div(x, d, out=d)
+        return dens
+    return ops.div(xs, dens)
+
+
+def on_host(xs: list[Tensor]) -> bool:
+    """Whether a per-coordinate choice may read values back to the host: eager, CPU, no DTensor
+    (elsewhere a host read is a device sync, and compiled a graph break with a guard on it)."""
+    return not torch.compiler.is_compiling() and all(x.device.type == "cpu" for x in xs)
+
+
+__all__ = [
+    "BatchedOps",
+    "absmax",
+    "chunk_ops",
+    "compiling",
+    "copysign_",
+    "default_foreach",
+    "div_into_",
+    "eager_fused_ok",
+    "norms",
+    "on_host",
+    "stream_chunk",
+]

@@ -1,0 +1,402 @@
+"""The engine: steepest descent under a norm, one update rule for every preset.
+
+One update rule (seed 000, Sec. 3; DESIGN.md):
+
+    c_t = beta1 m_{t-1} + (1 - beta1) g_t              (momentum scheme; c_t = g_t without it)
+    m_t = beta2 m_{t-1} + (1 - beta2) g_t
+    x_{t+1} = (1 - lr wd) x_t - lr * direction(c_t)
+
+where ``direction`` is the norm's steepest-descent direction in one of four modes
+(:meth:`steepest.norms.Factored.coefficients`): ``scaled`` c# (Eq. 10), ``normalized``
+c#/||c||_* (Eq. 49), ``soft`` c#/(||c||_* + beta) (Eq. 52/57) or ``unscaled`` (the norm's
+elementwise map alone, e.g. sign(c)). With ``beta1 = beta2 = b`` this is the EMA momentum of
+Signum (c_t = m_t); with ``beta1 != beta2`` it is Lion's interpolation. The named optimizers
+(:mod:`steepest.optim.presets`) are configurations of it.
+
+The engine knows a norm only through its public methods (:class:`steepest.norms.Norm`:
+``plan``, ``map``, ``map_``, ``map_all``, ``identity_map``, ``coordinates``, ``elementwise``,
+``couples``), and the execution only through the backend it is handed
+(:mod:`steepest.backend`), so a norm written outside the package streams as a built-in one.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from steepest.backend import Backend, BatchedOps, LoopOps, ops_for
+from steepest.norms import MODES, Norm, per_tensor_list
+from steepest.optim.base import (
+    StepOptimizer,
+    apply_weight_decay,
+    check_betas,
+    check_choice,
+    check_range,
+)
+
+__all__ = ["SteepestDescent", "apply_direction", "momentum_direction_input"]
+
+
+def apply_direction(
+    group: dict[str, Any],
+    params: list[Tensor],
+    c: list[Tensor],
+    norm: Norm,
+    mode: str,
+    backend: Backend,
+    *,
+    lr: float | None = None,
+    beta: float = 1.0,
+    owned: bool = False,
+) -> None:
+    """``x <- (1 - lr wd) x - lr direction(c)``, the shared last line of every steepest method.
+
+    ``owned``: ``c`` is a temporary of the caller's (Lion's interpolated momentum), so the map
+    may overwrite it (``Norm.map_``) instead of allocating another parameter-sized tensor.
+
+    Where the direction is ``post_i * map(c_i / pre_i)`` (:meth:`Norm.plan`), the scalars are
+    folded into the update pass (``addcmul_``/``addcdiv_`` with a 0-d tensor) instead of a
+    ``mul_`` pass over a direction temporary, and the map is built in one temporary per tensor
+    (:meth:`Norm.map_all`); an identity map (l2, block norms) needs no temporary at all."""
+    ops = backend.ops
+    lr = group["lr"] if lr is None else lr
+    per_tensor = group.get("scope", "global") == "per_tensor"
+    wd = group.get("weight_decay", 0.0)
+    coords = norm.coordinates(c, mode, beta, per_tensor)
+    if coords is not None and all(p.is_contiguous() for p in params):
+        # Coordinate descent moves one coordinate (per scope): update it alone instead of
+        # adding a whole all-zero direction (3 passes over every parameter saved).
+        apply_weight_decay(ops, params, lr, wd)
+        for i, j, value in coords:
+            params[i].view(-1)[j] -= lr * value
+        return
+    plan = norm.plan(c, mode, beta, per_tensor)
+    if plan is None:
+        direction = norm.direction(c, mode, beta=beta, per_tensor=per_tensor, foreach=backend.foreach)
+        apply_weight_decay(ops, params, lr, wd)
+        ops.axpy_(params, direction, -lr)
+        return
+    pre, post = plan
+    compiling = backend.compiling
+    if norm.identity_map and pre is not None and backend.per_tensor(c):
+        # map(z) = z: x / pre * post as one division inside the update (addcdiv_): no temporary.
+        if isinstance(pre, Tensor):  # one vectorized division for all tensors
+            dens = list((pre if post is None else torch.where(post > 0, pre / post, math.inf)).unbind(0))
+        else:
+            posts_ = per_tensor_list(post)
+            dens = pre if posts_ is None else [torch.where(q > 0, d / q, math.inf) for d, q in zip(pre, posts_)]
+        whole = [(slice(0, len(params)), None)]
+        for sl, kops in backend.small_chunks(c, 1) if all(d.dim() == 0 for d in dens) else whole:
+            if kops is not None:  # small tensors: fused kernels, a chunk at a time
+                d = kops.div(c[sl], dens[sl])
+                apply_weight_decay(kops, params[sl], lr, wd)
+                kops.axpy_(params[sl], d, -lr)
+                del d
+                continue
+            for p, x, den in zip(params[sl], c[sl], dens[sl]):
+                apply_weight_decay(LoopOps, [p], lr, wd)
+                _axpy_one_(p, x, lr, den, None, compiling)
+        return
+    if not backend.per_tensor(c):  # accelerators: all tensors at once (fused kernels)
+        _apply_all(norm, params, c, pre, post, lr, wd, ops, owned)
+        return
+    # Loop path (and the foreach path on CPU, where torch's _foreach_* ops are a per-tensor loop
+    # themselves): one tensor at a time, so that each temporary is freed before the next is made
+    # (holding them all costs page faults on CPU: ~3x slower); many small tensors (per-tensor
+    # Python would dominate) take fused kernels a chunk at a time (the backend's choice).
+    pres, posts = per_tensor_list(pre), per_tensor_list(post)
+    for sl, kops in backend.small_chunks(c, norm.map_temporaries):
+        if kops is not None:
+            _apply_small(norm, params[sl], c[sl], pre[sl] if pre is not None else None,
+                         post[sl] if post is not None else None, lr, wd, kops)
+            continue
+        _apply_each(norm, params[sl], c[sl], pres and pres[sl], posts and posts[sl], owned, lr, wd,
+                    compiling)
+
+
+def _apply_each(norm: Norm, params: list[Tensor], c: list[Tensor], pres: Any, posts: Any,
+                owned: bool, lr: Any, wd: float, compiling: bool) -> None:
+    """The loop path's update, one tensor at a time (``pres``/``posts``: per-tensor 0-d scalars
+    or ``None``), with at most one temporary alive."""
+    identity = norm.identity_map
+    for i, (p, x) in enumerate(zip(params, c)):
+        den = None if pres is None else pres[i]
+        if identity:
+            d = x
+        elif owned and den is None:
+            d = norm.map_(x)  # the caller's temporary: e.g. sign(x) in place
+        else:
+            (d,) = norm.map_all([x], None if den is None else [den], LoopOps)
+            den = None
+        apply_weight_decay(LoopOps, [p], lr, wd)
+        _axpy_one_(p, d, lr, den, None if posts is None else posts[i], compiling)
+        del d  # free it before the next tensor's direction is made
+
+
+def _apply_all(norm: Norm, params: list[Tensor], c: list[Tensor], pre: Any, post: Tensor | None,
+               lr: Any, wd: float, ops: type[LoopOps], owned: bool) -> None:
+    """``x <- (1 - lr wd) x - lr post * map(c / pre)`` with multi-tensor kernels, one temporary
+    per tensor (none for the identity map without scalars, or an owned ``c``)."""
+    if norm.identity_map and pre is None and post is None:
+        d = c
+    else:
+        d = norm.map_all(c, per_tensor_list(pre), ops, owned=owned and pre is None)
+        if post is not None:
+            ops.mul_(d, list(post.unbind(0)))
+    apply_weight_decay(ops, params, lr, wd)
+    ops.axpy_(params, d, -lr)
+
+
+def _apply_small(norm: Norm, params: list[Tensor], c: list[Tensor], pre: Any, post: Tensor | None,
+                 lr: Any, wd: float, ops: type[LoopOps]) -> None:
+    """:func:`_apply_all` for a loop-path chunk of small CPU tensors (eager): the per-tensor
+    scalars as Python floats (a host read costs nothing on CPU), so that no 0-d tensor is made
+    per tensor and ``post`` folds into the update's ``alpha`` (one pass fewer)."""
+    pres = None if pre is None else (pre.tolist() if isinstance(pre, Tensor) else [float(v) for v in pre])
+    posts = None if post is None else post.tolist()
+    d = c if norm.identity_map and pres is None else norm.map_all(c, pres, ops)
+    apply_weight_decay(ops, params, lr, wd)
+    if posts is None:
+        ops.axpy_(params, d, -lr)
+    elif len(set(posts)) == 1:  # one scope: the same scalar for every tensor
+        ops.axpy_(params, d, -lr * posts[0])
+    else:
+        d = ops.mul_scalars(c, posts) if d is c else ops.mul_scalars_(d, posts)
+        ops.axpy_(params, d, -lr)
+
+
+def _axpy_one_(p: Tensor, d: Tensor, lr: Any, den: Tensor | None, post: Tensor | None,
+               compiling: bool) -> None:
+    """``p <- p - lr * (d / den) * post`` (``None``: 1) in one pass: the 0-d scalars are folded
+    into ``add_``/``addcmul_``/``addcdiv_`` instead of a separate pass scaling a temporary."""
+    if compiling:  # no step-dependent Python float as value=/alpha= (see backend.ops._compiling)
+        if den is not None:
+            d = d / den
+        if post is not None:
+            d = d * post
+        p.add_(d * -lr)
+    elif den is None and post is None:
+        p.add_(d, alpha=-lr)
+    elif den is None:
+        p.addcmul_(d, post, value=-lr)
+    elif post is None:
+        p.addcdiv_(d, den, value=-lr)
+    else:  # not made by the norms here (a plan with both pre and post); kept general
+        p.addcmul_(d / den, post, value=-lr)
+
+
+class SteepestDescent(StepOptimizer):
+    """Steepest descent w.r.t. ``norm`` (seed 000, Sec. 3, Table 1).
+
+    Args:
+        params: parameters or param groups (each group may override every option).
+        lr: step size ``>= 0``.
+        norm: a :class:`steepest.norms.Norm`, e.g. ``Lp(3)``, ``Linf()``, ``BlockNorm()``.
+        mode: ``"scaled"`` x -= lr g# (Eq. 10); ``"normalized"`` x -= lr g#/||g||_* (Eq. 49);
+            ``"soft"`` x -= lr g#/(||g||_* + beta) (Eq. 52/57); ``"unscaled"`` the norm's
+            elementwise map only (sign(g) for Linf, s(g) of seed 003 Alg. 1 for Lp).
+        beta: the ``beta > 0`` of ``soft`` mode.
+        momentum: ``b in [0, 1)``; the direction is taken of m = b m + (1-b) g (m_0 = 0).
+        scope: where the norm is taken. ``"group"``: over all parameters of each param group as
+            one vector; ``"all_groups"``: over all parameters of all groups with this scope (the
+            papers' R^d, whatever the grouping: splitting biases into a no-decay group does not
+            change the update); ``"per_tensor"``: over each tensor on its own. ``"global"``
+            (default) behaves as ``"group"`` and warns when several groups meet a norm that
+            couples tensors, since the grouping then changes the update.
+        weight_decay: decoupled weight decay, x -= lr wd x.
+        maximize: ascend instead of descend.
+        foreach: ``None`` (loop on CPU, foreach on CUDA), ``True`` or ``False``.
+        nonfinite: ``None`` (default: ``"raise"`` on CPU, ``"ignore"`` elsewhere and when
+            compiled), ``"raise"``, ``"skip"`` or ``"ignore"`` for NaN/inf gradients (see
+            :mod:`steepest.optim.base`).
+
+    A zero gradient gives a zero step in every mode (no 0/0).
+
+    Default ``lr=0.3`` suits the default norm (l2: gradient descent; best 0.3-1 in the sweep of
+    docs/defaults.md, 10-100x AdamW's best lr there). With another norm start from the matching
+    preset's default (``ScaledSignSGD`` for scaled Linf, ``LpDescent`` for Lp, ``SignSGD`` for
+    unscaled Linf).
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 0.3,
+        norm: Norm | dict[str, Any] | str = "l2",
+        mode: str = "scaled",
+        beta: float = 1.0,
+        momentum: float = 0.0,
+        scope: str = "global",
+        weight_decay: float = 0.0,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        nonfinite: str | None = None,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            norm=norm,
+            mode=mode,
+            beta=beta,
+            momentum=momentum,
+            scope=scope,
+            weight_decay=weight_decay,
+            maximize=maximize,
+            foreach=foreach,
+            nonfinite=nonfinite,
+        )
+        super().__init__(params, defaults)
+
+    def _validate_group(self, group: dict[str, Any]) -> None:
+        super()._validate_group(group)
+        check_choice("mode", group["mode"], MODES)
+        b = group["beta"]
+        if not isinstance(b, (int, float)) or not math.isfinite(b) or b <= 0:
+            raise ValueError(f"beta must be a finite number > 0, got {b!r}")
+        if "betas" in group:
+            check_betas(group["betas"])
+        else:
+            check_range("momentum", group["momentum"], 0.0, 1.0)
+
+    @staticmethod
+    def _betas(group: dict[str, Any]) -> tuple[float, float]:
+        if "betas" in group:
+            return tuple(group["betas"])  # type: ignore[return-value]
+        m = group["momentum"]
+        return m, m
+
+    def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
+        if any(self._betas(group)):
+            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    def _streams(self, group: dict[str, Any]) -> bool:
+        # Nothing couples the tensors (sign(m), Lion, s(g), l2): the base class hands _update a
+        # chunk of tensors at a time on both paths (temporaries of one chunk at a time).
+        return bool(group["norm"].elementwise(group["mode"]))
+
+    def _update(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        states: list[dict[str, Any]],
+        backend: Backend,
+    ) -> None:
+        betas = self._betas(group)
+        # On CPU the foreach path takes the loop path's code too: torch's _foreach_* ops are a
+        # per-tensor loop there themselves, and all-at-once temporaries cost page faults. The
+        # lean loop passes lr as ``alpha=``: eager only (see steepest.backend.ops._compiling).
+        if backend.per_tensor(params) and self._streams(group) and not backend.compiling:
+            _elementwise_loop(group, params, grads, states, betas, backend)
+            return
+        c = momentum_direction_input(betas, grads, states, backend.foreach)
+        apply_direction(group, params, c, group["norm"], group["mode"], backend, beta=group["beta"],
+                        owned=betas[0] != betas[1])
+
+    def _scope_couples(self, group: dict[str, Any]) -> bool:
+        # The scope matters only where the direction has a reduction over the scope: not for an
+        # elementwise map (sign, s(g)), nor for BlockNorm's normalized mode (each block moves
+        # along g_B/||g_B||, whatever the scope): the norm says (Norm.couples).
+        return bool(group["norm"].couples(group["mode"]))
+
+    def _update_joint(
+        self,
+        groups: list[dict[str, Any]],
+        params: list[list[Tensor]],
+        grads: list[list[Tensor]],
+        states: list[list[dict[str, Any]]],
+        backend: Backend,
+    ) -> None:
+        """``scope="all_groups"``: one direction of the concatenated momenta of all such groups
+        (the papers' R^d whatever the grouping), then each group's own lr and weight decay."""
+        g0 = groups[0]
+        for g in groups[1:]:
+            for key in ("norm", "mode", "beta"):
+                if g[key] != g0[key]:
+                    raise ValueError(
+                        f"scope='all_groups' takes one norm over all such groups, so they must share "
+                        f"norm, mode and beta; got {key}={g0[key]!r} and {g[key]!r}"
+                    )
+        foreach = backend.foreach
+        cs = [momentum_direction_input(self._betas(g), gr, st, foreach)
+              for g, gr, st in zip(groups, grads, states)]
+        flat = [c for cg in cs for c in cg]
+        direction = g0["norm"].direction(flat, g0["mode"], beta=g0["beta"], foreach=foreach)
+        start = 0
+        for g, ps in zip(groups, params):
+            d = direction[start:start + len(ps)]
+            start += len(ps)
+            ops = backend.ops
+            apply_weight_decay(ops, ps, g["lr"], g.get("weight_decay", 0.0))
+            ops.axpy_(ps, d, -g["lr"])
+
+
+def _elementwise_loop(
+    group: dict[str, Any],
+    params: list[Tensor],
+    grads: list[Tensor],
+    states: list[dict[str, Any]],
+    betas: tuple[float, float],
+    backend: Backend,
+) -> None:
+    """The loop path of an elementwise direction (sign, s(c), l2's c; any norm's
+    :meth:`Norm.map`): momentum, direction and update one tensor at a time with no per-tensor
+    list building: the same ops and numbers as :func:`momentum_direction_input` then
+    :func:`apply_direction`, with less Python per tensor (it matters with 1,000 small tensors)."""
+    norm: Norm = group["norm"]
+    lr, wd = group["lr"], group.get("weight_decay", 0.0)
+    b1, b2 = betas
+    ident, owned = norm.identity_map, b1 != b2
+    for sl, kops in backend.small_chunks(params, norm.map_temporaries):
+        if kops is not None:  # small tensors: fused kernels (Python dominates)
+            _elementwise_fused(norm, params[sl], grads[sl], states[sl], betas, lr, wd, kops)
+            continue
+        for p, g, st in zip(params[sl], grads[sl], states[sl]):
+            if b1 == 0.0 and b2 == 0.0:
+                c = g
+            elif not owned:
+                c = st["momentum_buffer"].lerp_(g, 1.0 - b1)
+            else:  # Lion: c = b1 m + (1 - b1) g (a temporary), then m <- b2 m + (1 - b2) g
+                m = st["momentum_buffer"]
+                c = torch.lerp(m, g, 1.0 - b1)
+                m.lerp_(g, 1.0 - b2)
+            d = c if ident else (norm.map_(c) if owned else norm.map(c))
+            if wd:
+                p.mul_(1.0 - lr * wd)
+            p.add_(d, alpha=-lr)
+            del d, c  # free this tensor's temporary before the next one is made
+
+
+def _elementwise_fused(norm: Norm, params: list[Tensor], grads: list[Tensor], states: list[dict[str, Any]],
+                       betas: tuple[float, float], lr: Any, wd: float, ops: type[LoopOps] = BatchedOps) -> None:
+    """:func:`_elementwise_loop` for a chunk of small tensors, with multi-tensor kernels."""
+    owned = betas[0] != betas[1]
+    c = momentum_direction_input(betas, grads, states, True)
+    # Lion's c is the chunk's temporary: a sign map is made in place (Norm.map_all, owned)
+    d = c if norm.identity_map else norm.map_all(c, None, ops, owned=owned)
+    apply_weight_decay(ops, params, lr, wd)
+    ops.axpy_(params, d, -lr)
+
+
+def momentum_direction_input(
+    betas: tuple[float, float],
+    grads: list[Tensor],
+    states: list[dict[str, Any]],
+    foreach: bool,
+    key: str = "momentum_buffer",
+) -> list[Tensor]:
+    """c = b1 m + (1-b1) g, then m <- b2 m + (1-b2) g (in place). Returns c."""
+    b1, b2 = betas
+    if b1 == 0.0 and b2 == 0.0:
+        return grads
+    ops = ops_for(foreach)
+    bufs = [s[key] for s in states]
+    if b1 == b2:
+        ops.lerp_(bufs, grads, 1.0 - b1)
+        return bufs
+    c = ops.lerp(bufs, grads, 1.0 - b1)
+    ops.lerp_(bufs, grads, 1.0 - b2)
+    return c

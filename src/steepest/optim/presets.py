@@ -1,0 +1,208 @@
+"""The named steepest-descent methods: presets of :class:`steepest.optim.engine.SteepestDescent`
+(a norm, a mode, a momentum scheme), each a few lines, as optax's aliases.
+
+=====================  =====================================  ============================
+optimizer              norm, mode                             source
+=====================  =====================================  ============================
+SignSGD                Linf, unscaled (sign); momentum=Signum seed 000 Eq. 2, 001 Alg. 3
+ScaledSignSGD          Linf, scaled (||g||_1 sign g)          seed 000 Eq. 11, 004 Alg. 1-2
+LpDescent              Lp(p, eps), unscaled or scaled         seed 003 Alg. 1
+CoordinateDescent      L1, scaled                             seed 000 Eq. 33
+BlockNormalizedSGD     BlockNorm, normalized (or any mode)    seed 000 App. A.2.2
+Lion                   Linf, unscaled, betas=(0.9, 0.99)      Chen et al. 2023
+=====================  =====================================  ============================
+
+``Muon`` and ``Modular`` (per-layer norms, Scion's constrained step) are in
+:mod:`steepest.optim.muon` and :mod:`steepest.optim.layerwise`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from steepest.norms import L1, BlockNorm, Linf, Lp
+from steepest.optim.base import StepOptimizer, check_betas
+from steepest.optim.engine import SteepestDescent
+
+__all__ = ["BlockNormalizedSGD", "CoordinateDescent", "Lion", "LpDescent", "ScaledSignSGD", "SignSGD"]
+
+
+class SignSGD(SteepestDescent):
+    """signSGD, x -= lr sign(g) (seed 000 Eq. 2; seed 004 Eq. 3); with ``momentum=b > 0`` it is
+    Signum / M-SIGN-SGD (seed 001 Alg. 3): m = b m + (1-b) g, x -= lr sign(m).
+
+    Default ``lr=3e-3`` (best 3e-3..1e-2 on the four small problems of docs/defaults.md; with
+    ``momentum=0.9`` start at 1e-2). If you use AdamW at lr ``a``, start at about ``0.2 a``
+    (0.1-0.3 a there).
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 3e-3,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        nonfinite: str | None = None,
+    ) -> None:
+        super().__init__(
+            params, lr, Linf(), "unscaled", 1.0, momentum, "global", weight_decay,
+            maximize=maximize, foreach=foreach, nonfinite=nonfinite,
+        )
+
+
+class ScaledSignSGD(SteepestDescent):
+    """Norm-scaled sign descent, x -= lr ||g||_1 sign(g): steepest descent w.r.t. l_inf
+    (seed 000 Eq. 11; seed 004 Alg. 1-2). ``scope`` picks the l1 norm over each param group
+    (``"group"``), over all groups (``"all_groups"``: splitting parameters into groups, e.g. no
+    weight decay on biases, leaves the update unchanged) or per tensor; see
+    :class:`SteepestDescent`.
+
+    Default ``lr=3e-5``. The step scales with ||g||_1, so with the number d of parameters in the
+    scope, and the best lr moves with the model: 3e-5..1e-2 in docs/defaults.md, with lr * d
+    between 0.2 and 7. Start near ``1/d``; relative to AdamW at ``a`` the best was 0.001-0.1 a.
+    (The sweep's rule gave 1e-4, which diverged on the MNIST-1D CNN at 400 steps for 2 of 3 seeds.)
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 3e-5,
+        scope: str = "global",
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        nonfinite: str | None = None,
+    ) -> None:
+        super().__init__(
+            params, lr, Linf(), "scaled", 1.0, momentum, scope, weight_decay,
+            maximize=maximize, foreach=foreach, nonfinite=nonfinite,
+        )
+
+
+class LpDescent(SteepestDescent):
+    """Stochastic l_p descent (seed 003, Alg. 1): x -= lr s(g), s_i(g) = sign(g_i)|g_i|^(1/(p-1)).
+
+    ``eps > 0`` smooths the map: s_eps_i(g) = g_i / (|g_i|^((p-2)/(p-1)) + eps) (the paper's
+    form; ``eps_mode="code"`` gives the authors' code's g_i (|g_i| + eps)^(-(p-2)/(p-1))).
+    ``scaled=True`` uses the steepest-descent direction g# = s(g) ||g||_q^((p-2)/(p-1))
+    (q = p/(p-1)) over ``scope``. ``p = 2`` is SGD and ``p = math.inf`` signSGD.
+
+    Default ``lr=0.1`` (p = 3, unscaled; best 0.1-1 in docs/defaults.md); if you use AdamW at lr
+    ``a``, start at about ``10 a`` (3-30 a there).
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 0.1,
+        p: float = 3.0,
+        eps: float = 0.0,
+        scaled: bool = False,
+        scope: str = "global",
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        *,
+        eps_mode: str = "paper",
+        maximize: bool = False,
+        foreach: bool | None = None,
+        nonfinite: str | None = None,
+    ) -> None:
+        if not isinstance(scaled, bool):
+            raise ValueError(f"scaled must be a bool, got {scaled!r}")
+        super().__init__(
+            params, lr, Lp(p, eps, eps_mode), "scaled" if scaled else "unscaled", 1.0, momentum,
+            scope, weight_decay, maximize=maximize, foreach=foreach, nonfinite=nonfinite,
+        )
+
+
+class CoordinateDescent(SteepestDescent):
+    """Greedy coordinate descent, steepest descent w.r.t. l1 (seed 000, Eq. 33): only the
+    coordinate with the largest |g_i| (over the group, or per tensor) moves, by lr g_i.
+
+    Default ``lr=0.3``, about the largest stable step (docs/defaults.md); one coordinate moves
+    per step, so it trains networks poorly at any lr.
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 0.3,
+        scope: str = "global",
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        nonfinite: str | None = None,
+    ) -> None:
+        super().__init__(
+            params, lr, L1(), "scaled", 1.0, 0.0, scope, 0.0,
+            maximize=maximize, foreach=foreach, nonfinite=nonfinite,
+        )
+
+
+class BlockNormalizedSGD(SteepestDescent):
+    """Steepest descent w.r.t. the block norm max_B ||x_B||_2 (seed 000, App. A.2.2).
+
+    ``mode="normalized"`` (default) moves every block by lr along g_B/||g_B||_2 (block-normalized
+    gradient descent); ``"scaled"`` multiplies that by sum_B ||g_B||_2 (Eq. 37-38). Blocks are
+    tensors (``blocks="tensor"``) or rows of matrices (``blocks="row"``).
+
+    Default ``lr=0.3`` (in normalized mode each block moves by lr; best 0.3-1 in
+    docs/defaults.md); if you use AdamW at lr ``a``, start at about ``13 a`` (10-30 a there).
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 0.3,
+        mode: str = "normalized",
+        blocks: str = "tensor",
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        beta: float = 1.0,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        nonfinite: str | None = None,
+    ) -> None:
+        super().__init__(
+            params, lr, BlockNorm(blocks), mode, beta, momentum, "global", weight_decay,
+            maximize=maximize, foreach=foreach, nonfinite=nonfinite,
+        )
+
+
+class Lion(SteepestDescent):
+    """Lion (Chen et al., 2023), the baseline of seed 003: c = b1 m + (1-b1) g;
+    x -= lr (sign(c) + wd x); m = b2 m + (1-b2) g. It is l_inf steepest descent (unscaled) on
+    Lion's interpolated momentum.
+
+    Default ``lr=1e-2`` (best 1e-3..1e-2 on the small problems of docs/defaults.md, where
+    AdamW's best is 1e-2..1e-1); if you use AdamW at lr ``a``, start at about ``0.2 a`` (0.1-0.3
+    a there), in line with Chen et al.'s advice of a 3-10x smaller lr.
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-2,
+        betas: tuple[float, float] = (0.9, 0.99),
+        weight_decay: float = 0.0,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        nonfinite: str | None = None,
+    ) -> None:
+        check_betas(betas)
+        StepOptimizer.__init__(
+            self,
+            params,
+            dict(
+                lr=lr, betas=tuple(betas), weight_decay=weight_decay, norm=Linf(),
+                mode="unscaled", beta=1.0, scope="global", maximize=maximize, foreach=foreach,
+                nonfinite=nonfinite,
+            ),
+        )
