@@ -164,14 +164,16 @@ def absmax(xs: list[Tensor], ops: type[LoopOps]) -> Tensor:
     return torch.maximum(_stack(hi), -_stack(lo))
 
 
-def copysign_(mags: list[Tensor], xs: list[Tensor], ops: type[LoopOps]) -> list[Tensor]:
+def copysign_(mags: list[Tensor], xs: list[Tensor], ops: type[LoopOps], owned: bool = False) -> list[Tensor]:
     """``mags * sign(xs)`` for ``mags >= 0``, in place: copysign needs no sign temporary. The
-    same numbers: the product with sign(x) = +-1 is exact, and 0 stays 0 (-0.0 compares equal)."""
+    same numbers: the product with sign(x) = +-1 is exact, and 0 stays 0 (-0.0 compares equal).
+    ``owned``: ``xs`` are the caller's temporaries (their sign may be taken in place)."""
     if _loop_each(xs, ops):
         for m, x in zip(mags, xs):
             m.copysign_(x)
         return mags
-    return ops.mul_(mags, ops.sign(xs))  # no foreach copysign: one sign temporary (fused kernels)
+    # no foreach copysign: one sign temporary (fused kernels), or none where xs are ours
+    return ops.mul_(mags, ops.sign_(xs) if owned else ops.sign(xs))
 
 
 def div_into_(xs: list[Tensor], dens: list[Tensor], ops: type[LoopOps]) -> list[Tensor]:

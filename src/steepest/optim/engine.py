@@ -37,7 +37,7 @@ from steepest.optim.base import (
     check_range,
 )
 
-__all__ = ["SteepestDescent", "apply_direction", "momentum_direction_input"]
+__all__ = ["SteepestDescent", "apply_direction", "momentum_", "momentum_direction_input", "momentum_one_"]
 
 
 def apply_direction(
@@ -355,14 +355,7 @@ def _elementwise_loop(
             _elementwise_fused(norm, params[sl], grads[sl], states[sl], betas, lr, wd, kops)
             continue
         for p, g, st in zip(params[sl], grads[sl], states[sl]):
-            if b1 == 0.0 and b2 == 0.0:
-                c = g
-            elif not owned:
-                c = st["momentum_buffer"].lerp_(g, 1.0 - b1)
-            else:  # Lion: c = b1 m + (1 - b1) g (a temporary), then m <- b2 m + (1 - b2) g
-                m = st["momentum_buffer"]
-                c = torch.lerp(m, g, 1.0 - b1)
-                m.lerp_(g, 1.0 - b2)
+            c = g if b1 == 0.0 and b2 == 0.0 else momentum_one_(st["momentum_buffer"], g, 1.0 - b1, 1.0 - b2)
             d = c if ident else (norm.map_(c) if owned else norm.map(c))
             if wd:
                 p.mul_(1.0 - lr * wd)
@@ -392,11 +385,25 @@ def momentum_direction_input(
     b1, b2 = betas
     if b1 == 0.0 and b2 == 0.0:
         return grads
-    ops = ops_for(foreach)
-    bufs = [s[key] for s in states]
-    if b1 == b2:
-        ops.lerp_(bufs, grads, 1.0 - b1)
-        return bufs
-    c = ops.lerp(bufs, grads, 1.0 - b1)
-    ops.lerp_(bufs, grads, 1.0 - b2)
+    return momentum_(ops_for(foreach), [s[key] for s in states], grads, 1.0 - b1, 1.0 - b2)
+
+
+def momentum_one_(m: Tensor, g: Tensor, w1: float, w2: float) -> Tensor:
+    """The momentum schemes of one tensor, written once (the list form is :func:`momentum_`):
+    EMA (``w1 == w2``, Signum): ``m <- m + w (g - m)``, returns ``m``; Lion-style (``w1 != w2``,
+    Chen et al. 2023, Alg. 2): returns the fresh ``c = m + w1 (g - m)``, then
+    ``m <- m + w2 (g - m)``. (``w = 1 - beta``.)"""
+    if w1 == w2:
+        return m.lerp_(g, w1)
+    c = torch.lerp(m, g, w1)
+    m.lerp_(g, w2)
+    return c
+
+
+def momentum_(ops: type[LoopOps], ms: list[Tensor], gs: list[Tensor], w1: float, w2: float) -> list[Tensor]:
+    """:func:`momentum_one_` on lists with the list ops ``ops`` (compile-safe through them)."""
+    if w1 == w2:
+        return ops.lerp_(ms, gs, w1)
+    c = ops.lerp(ms, gs, w1)
+    ops.lerp_(ms, gs, w2)
     return c

@@ -59,8 +59,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from steepest.backend import Backend, ForeachOps, is_dtensor, policy
+from steepest.backend import Backend, ForeachOps, LoopOps, is_dtensor, policy
+from steepest.norms import Lp
 from steepest.optim.base import StepOptimizer, check_betas, check_choice, check_range, scalar_dtype
+from steepest.optim.engine import momentum_, momentum_one_
 
 __all__ = ["VARIANTS", "Stacey", "mirror_step"]
 
@@ -141,14 +143,12 @@ class _Cfg:
         "alpha",
         "decay",
         "descent",
-        "e",
         "eps",
         "lr",
         "mom",
+        "norm",
         "p",
-        "paper",
         "plain",
-        "r",
         "tau",
         "temps",
         "w1",
@@ -162,7 +162,6 @@ class _Cfg:
         self.tau, self.wd = float(group["tau"]), float(group["weight_decay"])
         self.p = p = float(group["p"])
         self.eps = float(group["eps"])
-        self.paper = group["eps_mode"] == "paper"
         b1, b2 = group["betas"]
         # momentum_direction_input's cases: c = g, c = m (updated), or a fresh c.
         self.mom = "none" if b1 == 0.0 and b2 == 0.0 else ("tied" if b1 == b2 else "fresh")
@@ -177,9 +176,8 @@ class _Cfg:
             self.descent = "sign"
         else:
             self.descent = "pow" if self.eps == 0.0 else "eps"
-        # Exponents of the descent step: s_eps's e = (p-2)/(p-1), Lp.unit's 1/(p-1).
-        self.e = (p - 2.0) / (p - 1.0) if math.isfinite(p) else 1.0
-        self.r = 1.0 / (p - 1.0) if p > 1.0 else 1.0
+        # The descent's map is Lp's (seed 003 Alg. 1: s(c), or s_eps(c) = c / den for eps > 0).
+        self.norm = Lp(p, self.eps, group["eps_mode"]) if self.descent != "id" else None
         # x_{t+1} = tau z + (1 - tau) y' with y' = x - lr d(c) - lr wd x / (1 - tau), which is
         # x_{t+1} = tau z + (1 - tau)(x - lr d(c)) - lr wd x (tau = 1: z - lr wd x).
         self.decay = 1.0 - lr * self.wd / (1.0 - self.tau) if self.tau < 1.0 and self.wd else 1.0
@@ -193,45 +191,25 @@ def _descent_foreach_(xs: list[Tensor], c: list[Tensor], k: _Cfg, consume: bool)
     if k.descent == "id":
         F.axpy_(xs, c, -k.lr)
         return
-    if k.descent == "sign":
-        if consume:
-            F.sign_(c)
-        F.axpy_(xs, c if consume else F.sign(c), -k.lr)
+    assert k.norm is not None
+    if k.descent == "eps":  # s_eps(c) = c / den: the division inside the update
+        F.addcdiv_(xs, c, k.norm.denominators(c, F), -k.lr)
         return
-    d = F.abs(c)
-    if k.descent == "pow":
-        F.pow_(d, 1.0 / (k.p - 1.0))
-        if consume:
-            F.sign_(c)
-        F.mul_(d, c if consume else F.sign(c))
-        F.axpy_(xs, d, -k.lr)
-        return
-    e = (k.p - 2.0) / (k.p - 1.0)
-    if k.paper:
-        F.pow_(d, e)
-        F.add_(d, k.eps)
-    else:
-        F.add_(d, k.eps)
-        F.pow_(d, e)
-    F.addcdiv_(xs, c, d, -k.lr)
+    F.axpy_(xs, k.norm.map_all(c, None, F, owned=consume), -k.lr)  # Lp's map: sign(c), s(c)
 
 
 def _descent_(x: Tensor, c: Tensor, k: _Cfg, consume: bool) -> None:
     """``x <- x - lr d(c)`` (one tensor); ``consume``: ``c`` is a fresh temporary, free after."""
-    descent = k.descent
+    descent, norm = k.descent, k.norm
     if descent == "id":
         x.add_(c, alpha=-k.lr)
-    elif descent == "eps":  # s_eps(c) = c / den, den = (|c| + eps)^e ("code") or |c|^e + eps
-        d = c.abs()
-        if k.paper:
-            d.pow_(k.e).add_(k.eps)
-        else:
-            d.add_(k.eps).pow_(k.e)
-        x.addcdiv_(c, d, value=-k.lr)
-    elif descent == "sign":
-        x.add_(c.sign_() if consume else torch.sign(c), alpha=-k.lr)
-    else:  # "pow", Lp.unit without eps: sign(c)|c|^{1/(p-1)}
-        x.add_(c.abs().pow_(k.r).copysign_(c), alpha=-k.lr)
+    elif descent == "eps":  # s_eps(c) = c / den (Lp's smoothed map), the division in the update
+        assert norm is not None
+        (den,) = norm.denominators([c])
+        x.addcdiv_(c, den, value=-k.lr)
+    else:  # Lp's map: sign(c) (in place where c is ours), sign(c)|c|^{1/(p-1)}
+        assert norm is not None
+        x.add_(norm.map_(c) if consume else norm.map(c), alpha=-k.lr)
 
 
 def _step_single(x: Tensor, g: Tensor, m: Tensor, z: Tensor, k: _Cfg) -> None:
@@ -240,15 +218,10 @@ def _step_single(x: Tensor, g: Tensor, m: Tensor, z: Tensor, k: _Cfg) -> None:
     Order: c and m; the descent step y' = x - lr d(c) (- lr wd x / (1 - tau)) in x; the mirror
     step on z; then the coupling x <- tau z + (1 - tau) y' (see :class:`_Cfg`). The plain mirror
     step z - alpha c goes first, so that the descent may consume c."""
-    if k.mom == "fresh":
-        c = torch.lerp(m, g, k.w1)
-        m.lerp_(g, k.w2)
-        fresh = True
-    elif k.mom == "tied":
-        m.lerp_(g, k.w2)
-        c, fresh = m, False
-    else:
+    if k.mom == "none":
         c, fresh = g, False
+    else:  # the engine's momentum schemes (EMA, or Lion-style with a fresh c)
+        c, fresh = momentum_one_(m, g, k.w1, k.w2), k.mom == "fresh"
     tau = k.tau
     if k.decay != 1.0:
         x.mul_(k.decay)
@@ -274,28 +247,19 @@ def _step_traced(x: Tensor, g: Tensor, m: Tensor, z: Tensor, k: _Cfg) -> None:
     """:func:`_step_single` while ``torch.compile`` traces (whole tensors; inductor fuses the
     ops): step-dependent scalars as products, never as ``alpha=``/``value=``/``weight``
     (inductor freezes those; see :func:`steepest.backend.ops._compiling`)."""
-    if k.mom == "fresh":
-        c = m + (g - m) * k.w1
-        m.add_((g - m) * k.w2)
-    elif k.mom == "tied":
-        m.add_((g - m) * k.w2)
-        c = m
-    else:
-        c = g
+    # the engine's momentum schemes; LoopOps take the product form while compiling
+    c = g if k.mom == "none" else momentum_(LoopOps, [m], [g], k.w1, k.w2)[0]
     if k.decay != 1.0:
         x.mul_(k.decay)
     if k.plain:
         z.add_(c * -k.alpha)
     if k.tau < 1.0:
-        if k.descent == "id":
+        if k.norm is None:  # the l2 step
             d = c
-        elif k.descent == "sign":
-            d = torch.sign(c)
-        elif k.descent == "pow":
-            d = c.abs().pow_(k.r).copysign_(c)
+        elif k.descent == "eps":
+            d = c / k.norm.denominators([c])[0]
         else:
-            den = c.abs().pow_(k.e).add_(k.eps) if k.paper else c.abs().add_(k.eps).pow_(k.e)
-            d = c / den
+            d = k.norm.map(c)  # Lp's map
         x.add_(d * -k.lr)
     if not k.plain:
         _mirror_single_(z, c, k.alpha, k.p)
@@ -313,13 +277,8 @@ def _step_foreach(xs: list[Tensor], gs: list[Tensor], ms: list[Tensor], zs: list
     """The multi-tensor version of :func:`_step_single` (the same numbers)."""
     if k.mom == "none":
         c, fresh = gs, False
-    elif k.mom == "tied":
-        F.lerp_(ms, gs, k.w2)
-        c, fresh = ms, False
-    else:
-        c = F.lerp(ms, gs, k.w1)
-        F.lerp_(ms, gs, k.w2)
-        fresh = True
+    else:  # the engine's momentum schemes (EMA, or Lion-style with a fresh c)
+        c, fresh = momentum_(F, ms, gs, k.w1, k.w2), k.mom == "fresh"
     if k.decay != 1.0:
         F.mul_scalar_(xs, k.decay)
     if k.plain:
