@@ -1,5 +1,5 @@
 """The Fisher, the "empirical Fisher", natural-gradient descent and EF-preconditioned descent
-for generalized linear models (seed 001: Balles, *Noise-Aware Stochastic Optimization*, Ch. 7 and
+for generalized linear models ([Bal21]: Balles, *Noise-Aware Stochastic Optimization*, Ch. 7 and
 App. D; Kunstner, Balles & Hennig 2019).
 
 A generalized linear model (GLM) here is ``p(y | x) = p(y | f)`` with ``f = f(x, theta)`` linear
@@ -530,7 +530,7 @@ def cosine_similarity(a: Tensor, b: Tensor) -> Tensor:
 
 # ---------------------------------------------------------------------- optimizers
 class FisherPreconditionedDescent(Optimizer):
-    """``theta <- theta - lr (M(theta) + damping I)^{-1} g`` (seed 001, Eq. D.31 / D.32) with
+    """``theta <- theta - lr (M(theta) + damping I)^{-1} g`` ([Bal21, Eq. D.31] / D.32) with
     ``M`` the Fisher (``curvature="fisher"``: natural-gradient descent) or the empirical Fisher
     (``curvature="empirical"``: EFGD) of ``model`` at the current parameters, and ``g`` the
     gradient in ``p.grad`` (from the user's ``backward``; for the full-batch method of the
@@ -622,7 +622,7 @@ class FisherPreconditionedDescent(Optimizer):
 
 
 class NaturalGradientDescent(FisherPreconditionedDescent):
-    """Natural-gradient descent, ``theta <- theta - lr (F + damping I)^{-1} g`` (seed 001,
+    """Natural-gradient descent, ``theta <- theta - lr (F + damping I)^{-1} g`` ([Bal21],
     Eq. D.31; ``F`` the Fisher of Eq. 7.2 by Prop. 7.1). On least squares with ``lr = 1``,
     ``damping = 0`` it is Gauss-Newton and Newton's method (one step to the minimum)."""
 

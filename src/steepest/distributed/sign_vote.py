@@ -1,4 +1,4 @@
-"""Majority-vote sign compression as a DDP communication hook (seed 004 Sec. IV, Alg. 3).
+"""Majority-vote sign compression as a DDP communication hook [ScaledSign, Sec. IV, Alg. 3].
 
 Usage::
 
@@ -181,7 +181,7 @@ class SignVoteState:
     Args:
         process_group: the group to vote in (``None``: the default group).
         scaled: multiply the vote by ``M_k``, the mean over ranks of ``||u_m||_1`` over the
-            whole model (seed 004 Alg. 3, distributed scaled signSGD). Default: plain vote.
+            whole model ([ScaledSign, Alg. 3], distributed scaled signSGD). Default: plain vote.
         momentum: ``beta`` in ``[0, 1)`` of the local momentum ``u = beta u + (1-beta) g`` that
             is signed instead of ``g`` (Signum-style voting). 0 signs the raw gradient.
         transport: ``"auto"``, ``"allgather"``, ``"twophase"`` or ``"int8"`` (module docstring).
@@ -567,7 +567,7 @@ _PHASE2_GROUPS: dict[str, tuple[dist.ProcessGroup, dist.ProcessGroup]] = {}
 
 def sign_vote_hook(state: SignVoteState, bucket: dist.GradBucket) -> Future:
     """DDP communication hook: fill the bucket with the majority vote of the ranks' signs
-    (``state.scaled``: times the global mean l1 norm, seed 004 Alg. 3). See the module
+    (``state.scaled``: times the global mean l1 norm, [ScaledSign, Alg. 3]). See the module
     docstring for the semantics and :class:`SignVoteState` for the options."""
     if not isinstance(state, SignVoteState):
         raise TypeError(f"sign_vote_hook expects a SignVoteState, got {type(state).__name__}")

@@ -1,6 +1,6 @@
 """Geometry of dense matrices: l_inf smoothness ``||H||_{inf,1}``, its bounds, and friends.
 
-Everything follows seed 000 (Balles, Pedregosa & Le Roux, *The Geometry of Sign Gradient
+Everything follows [BPL20] (Balles, Pedregosa & Le Roux, *The Geometry of Sign Gradient
 Descent*), Sec. 4-5 and App. A.2.2, B, D.2:
 
 * ``L_inf = ||H||_{inf,1} = max_{||x||_inf <= 1} ||H x||_1 = max_{s in {-1,1}^d} ||H s||_1``
@@ -136,7 +136,7 @@ def _check_psd(lam: np.ndarray, what: str) -> None:
 def l2_smoothness(H: Any) -> float:
     """``L_2 = ||H||_2``: the spectral norm, i.e. ``max_i |lambda_i|`` for symmetric H.
 
-    Smoothness w.r.t. the Euclidean norm of ``f(x) = x^T H x / 2`` (seed 000, Sec. 4.1; Prop. 3
+    Smoothness w.r.t. the Euclidean norm of ``f(x) = x^T H x / 2`` ([BPL20, Sec. 4.1; Prop. 3]
     with the l2 norm). For a non-symmetric matrix this is its largest singular value.
     """
     A = _matrix(H)
@@ -146,7 +146,7 @@ def l2_smoothness(H: Any) -> float:
 
 
 def rho_diag(H: Any) -> float:
-    """Diagonal concentration ``rho_diag(H) = sum_i |H_ii| / sum_ij |H_ij|`` (seed 000, Prop. 4).
+    """Diagonal concentration ``rho_diag(H) = sum_i |H_ii| / sum_ij |H_ij|`` [BPL20, Prop. 4].
 
     In ``[1/d, 1]`` for a PSD matrix; 1 iff H is diagonal. The zero matrix gives ``nan`` (0/0:
     a zero Hessian has no axis alignment to speak of).
@@ -453,7 +453,7 @@ def solve_norm_inf1(
     progress: bool = False,
     chunk: int = 1 << 14,
 ) -> Inf1Result:
-    """Compute ``||H||_{inf,1} = max_{s in {-1,1}^d} ||H s||_1`` (seed 000, Eq. 19), exactly.
+    """Compute ``||H||_{inf,1} = max_{s in {-1,1}^d} ||H s||_1`` [BPL20, Eq. 19], exactly.
 
     Methods:
 
@@ -562,7 +562,7 @@ def norm_inf1(
     time_limit: float | None = None,
     progress: bool = False,
 ) -> float | tuple[float, np.ndarray]:
-    """Exact ``L_inf = ||H||_{inf,1} = max_{s in {-1,1}^d} ||H s||_1`` (seed 000, Eq. 19).
+    """Exact ``L_inf = ||H||_{inf,1} = max_{s in {-1,1}^d} ||H s||_1`` [BPL20, Eq. 19].
 
     See :func:`solve_norm_inf1` for the algorithm (branch-and-bound with Russian-doll bounds;
     ``d = 30`` takes seconds to tens of seconds on a laptop core depending on the matrix).
@@ -642,7 +642,7 @@ def sep_smoothness(
     H: Any, *, solver: str | None = None, return_weights: bool = False, eps: float = 1e-9,
     max_dim: int = 80,
 ) -> float | tuple[float, np.ndarray]:
-    """``L_sep(H) = min sum_i l_i  s.t.  l_i >= 0,  H <= diag(l)`` (seed 000, Eq. 26), by SDP.
+    """``L_sep(H) = min sum_i l_i  s.t.  l_i >= 0,  H <= diag(l)`` [BPL20, Eq. 26], by SDP.
 
     For PSD H, Prop. 6 gives ``L_inf <= L_sep <= sum(lambda) / rho_diag`` (Eq. 27); it is also
     the classical SDP relaxation of ``max_s s^T H s`` and so at most ``pi/2 L_inf`` (Nesterov
@@ -806,7 +806,7 @@ def _vector(z: Any, name: str) -> np.ndarray:
 
 
 def density(z: Any) -> float:
-    """Gradient density ``phi(z) = ||z||_1^2 / (d ||z||_2^2)`` in ``[1/d, 1]`` (seed 000, Eq. 30).
+    """Gradient density ``phi(z) = ||z||_1^2 / (d ||z||_2^2)`` in ``[1/d, 1]`` [BPL20, Eq. 30].
 
     ``z`` may be an array, a tensor of any shape or a list of tensors (e.g. the gradients of a
     model's parameters, taken as one vector). 1 for a vector with all ``|z_i|`` equal, ``1/d``
@@ -822,7 +822,7 @@ def density(z: Any) -> float:
 
 
 def predicted_advantage(grad: Any, L2: float, Linf: float) -> float:
-    """``R(x) = I_signGD / I_GD = phi(grad) d L_2 / L_inf`` (seed 000, Eq. 31).
+    """``R(x) = I_signGD / I_GD = phi(grad) d L_2 / L_inf`` [BPL20, Eq. 31].
 
     The ratio of the guaranteed one-step improvements ``||g||_1^2 / L_inf`` (norm-scaled sign
     descent, Eq. 29) and ``||g||_2^2 / L_2`` (gradient descent, Eq. 28): above 1, sign descent's
@@ -840,7 +840,7 @@ def predicted_advantage(grad: Any, L2: float, Linf: float) -> float:
 # rotated quadratics (App. D.2)
 # --------------------------------------------------------------------------------------------
 def rotated_quadratic(d: int, lam_max: float, theta: float, seed: int | None = 0) -> np.ndarray:
-    """``H = R^theta Lambda (R^theta)^T``, ``Lambda = diag(1, ..., 1, lam_max)`` (seed 000, App. D.2).
+    """``H = R^theta Lambda (R^theta)^T``, ``Lambda = diag(1, ..., 1, lam_max)`` [BPL20, App. D.2].
 
     ``R`` is Haar-random in SO(d) (scipy's ``special_ortho_group``, seeded); the fractional
     power ``R^theta = U D^theta U^*`` comes from the (complex Schur = eigen-) decomposition of

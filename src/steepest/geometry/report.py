@@ -1,6 +1,6 @@
 """The sign-friendliness report: does sign descent (l_inf steepest descent) suit this problem?
 
-Seed 000 (Sec. 4-5) compares the guaranteed one-step progress of gradient descent,
+[BPL20] (Sec. 4-5) compares the guaranteed one-step progress of gradient descent,
 ``||g||_2^2 / L_2`` (Eq. 28), and norm-scaled sign descent, ``||g||_1^2 / L_inf`` (Eq. 29); their
 ratio is ``R = phi(g) d L_2 / L_inf`` (Eq. 31). Sign descent is favoured when the gradient is
 dense (``phi`` near 1) and ``L_inf << d L_2``, which needs outlier eigenvalues
@@ -65,7 +65,7 @@ class GeometryReport:
 
     @property
     def lambda_bar(self) -> float:
-        """Mean absolute eigenvalue ``(1/d) sum_i |lambda_i|`` (seed 000, Eq. 24)."""
+        """Mean absolute eigenvalue ``(1/d) sum_i |lambda_i|`` [BPL20, Eq. 24]."""
         return self.abs_trace / self.dim
 
     @property
@@ -184,7 +184,7 @@ class Recommendation:
     * ``"low"``: the bracket contains ``R = 1``; the choice is the side of 1 on which the
       bracket's geometric midpoint ``sqrt(R_lo R_hi)`` lies (an estimate, not a guarantee).
 
-    Learning rates are the steps of the one-step guarantees at the current parameters (seed 000,
+    Learning rates are the steps of the one-step guarantees at the current parameters ([BPL20],
     Eq. 28-29): ``1/L_2`` for gradient descent and ``1/L_inf`` for norm-scaled sign descent
     (``x -= lr ||g||_1 sign(g)``), with ``L_inf`` at the certified upper end (the safe step);
     ``signsgd_lr = ||g||_1 / L_inf`` is the same first step for unscaled ``SignSGD``. They describe

@@ -3,13 +3,13 @@
 For a loss that averages ``N`` per-example losses, ``L = 1/N sum_i l_i``, this module gives per
 parameter, from one forward and one backward pass,
 
-* the mini-batch gradient ``g = 1/N sum_i g_i`` (seed 001 Eq. 3.28), ``g_i = grad l_i``;
-* the elementwise variance of the individual gradients (seed 001 Eq. 3.30)::
+* the mini-batch gradient ``g = 1/N sum_i g_i`` [Bal21, Eq. 3.28], ``g_i = grad l_i``;
+* the elementwise variance of the individual gradients [Bal21, Eq. 3.30]::
 
       s = 1/(N-1) sum_i (g_i - g)^2
 
 and the scalars ``tr(Sigma) ~= sum ||s||_1``, ``||g||^2`` and the noise-to-signal ratio
-``tr(Sigma)/||g||^2`` (seed 001 Eq. 4.9).
+``tr(Sigma)/||g||^2`` [Bal21, Eq. 4.9].
 
 Scaling contract (BackPACK and Opacus differ here; ``steepest`` states its own):
 
@@ -19,7 +19,7 @@ Scaling contract (BackPACK and Opacus differ here; ``steepest`` states its own):
   ``Variance`` divides by ``N`` *and* refers to ``g_i/N`` for a mean loss, so
   ``s = N^3/(N-1) * backpack_variance``.
 * ``s`` estimates the per-example covariance diagonal ``diag(Sigma)``. The variance of the
-  mini-batch gradient itself is ``Sigma/N``, estimated by ``s/N``. (Seed 001 Eq. B.31 writes
+  mini-batch gradient itself is ``Sigma/N``, estimated by ``s/N``. ([Bal21, Eq. B.31] writes
   ``1/N (1/(N-1) sum_i g_i^2 - g^2)``, which is ``s/N + g^2/(N(N-1))``; the text calls it
   unbiased, which holds for ``s/N``. See docs/noise_aware.md.)
 * With ``reduction="sum"`` (``L = sum_i l_i``) ``p.grad`` is ``N g`` and the statistics still
@@ -60,7 +60,7 @@ class GradientMomentsResult:
     """Statistics of one mini-batch of ``batch_size`` examples (scaling: module docstring).
 
     ``grad`` and ``variance`` map parameter names (as in ``model.named_parameters()``) to
-    ``g`` and ``s`` of seed 001 Eq. 3.28/3.30.
+    ``g`` and ``s`` of [Bal21, Eq. 3.28/3.30].
     """
 
     loss: Tensor | None
@@ -86,7 +86,7 @@ class GradientMomentsResult:
 
     @property
     def noise_to_signal(self) -> float:
-        """``tr(Sigma)/||g||^2`` (seed 001 Eq. 4.9 with the mini-batch estimates).
+        """``tr(Sigma)/||g||^2`` ([Bal21, Eq. 4.9] with the mini-batch estimates).
 
         IEEE semantics for a zero gradient: ``inf`` if ``tr(Sigma) > 0``, ``nan`` if both are 0.
         """
@@ -145,7 +145,7 @@ class GradientMoments:
 
     After every backward pass each parameter ``p`` that received a gradient carries
 
-    * ``p.grad_var``: the elementwise variance ``s`` of seed 001 Eq. 3.30 (a tensor shaped and
+    * ``p.grad_var``: the elementwise variance ``s`` of [Bal21, Eq. 3.30] (a tensor shaped and
       typed like ``p``; variance of the *individual* gradients ``g_i``, divided by ``N - 1``);
     * ``p.grad_batch_size``: ``N`` (an ``int``), so ``p.grad_var / p.grad_batch_size``
       estimates the variance of the mini-batch gradient ``p.grad``.
@@ -552,7 +552,7 @@ def gradient_moments(
     """One forward and backward pass with per-example statistics.
 
     Computes ``loss = loss_fn(model(inputs), targets)`` (``model(*inputs)`` for a tuple), runs
-    ``loss.backward()`` on cleared gradients, and returns the loss, ``g`` and ``s`` (seed 001
+    ``loss.backward()`` on cleared gradients, and returns the loss, ``g`` and ``s`` ([Bal21]
     Eq. 3.28/3.30) per parameter with ``tr(Sigma)``, ``||g||^2`` and ``tr(Sigma)/||g||^2``
     (Eq. 4.9). Afterwards ``p.grad`` is the mini-batch gradient of the loss as reduced and
     ``p.grad_var``/``p.grad_batch_size`` are set as by :class:`GradientMoments`, whose

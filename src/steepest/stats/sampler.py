@@ -1,4 +1,4 @@
-"""Batches whose size a controller sets while training runs (seed 001 Alg. 1, "draw a
+"""Batches whose size a controller sets while training runs ([Bal21, Alg. 1], "draw a
 mini-batch of size m"), for an ordinary ``torch.utils.data.DataLoader`` loop."""
 
 from __future__ import annotations
