@@ -78,7 +78,7 @@ TUNED = "diminishing tuned"  # the diminishing schedule with a_0 tuned on its ow
 # not use, is another reading (reported, not voted). The metric (run-averaged log10 gap instead of
 # the final floor) and the diminishing schedule were changed after the first run (251bb51, seeds
 # 0-2), so every statement is judged on seeds 100-104 only, which no earlier run used.
-NEW = "0000000"  # replaced by the commit that declared these criteria, before their run
+NEW = "940b57c"  # the commit that declared these criteria, before their run
 _QUOTE = ("Fig. 2 indicates that [scaled] SIGNSGD has a similar performance to SGD and performs "
           "better than SIGNSGD and SIGNSGDM")
 STATEMENTS = (
