@@ -455,7 +455,7 @@ def solve_norm_inf1(
 ) -> Inf1Result:
     """Compute ``||H||_{inf,1} = max_{s in {-1,1}^d} ||H s||_1`` [BPL20, Eq. 19], exactly.
 
-    Methods:
+    The ``method`` values:
 
     * ``"bnb"``: branch-and-bound. The symmetry ``||H(-s)||_1 = ||H s||_1`` halves the search.
       Columns are sorted by l1 norm (largest first) and the problems on the trailing ``k``
