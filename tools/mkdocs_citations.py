@@ -3,7 +3,9 @@ entry on the references page (docs/references.md, where each entry carries the k
 
 It runs on the rendered HTML (``on_page_content``), so it also links the citations inside the
 docstrings that mkdocstrings renders into the API reference. Text inside ``<code>``, ``<pre>``
-and existing links is left alone. Registered in mkdocs.yml under ``hooks:``.
+and existing links is left alone. It also drops the reStructuredText roles the docstrings use
+(``:class:`~steepest.norms.Lp``` renders as ``Lp`` in code, as Sphinx would show it), which
+Markdown would otherwise print literally. Registered in mkdocs.yml under ``hooks:``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,12 @@ KEYS = (
 _CITE = re.compile(r"\[(" + "|".join(re.escape(k) for k in KEYS) + r")((?:[,;] [^\[\]<>]*)?)\]")
 _TAG = re.compile(r"(<[^>]+>)")
 _SKIP = ("code", "pre", "a", "script", "style")
+_ROLE = re.compile(r":(?:class|func|meth|mod|attr|data|obj|exc):<code>(~?)([^<]*)</code>")
+
+
+def _role(m: re.Match[str]) -> str:
+    name = m.group(2)
+    return f"<code>{name.rsplit('.', 1)[-1] if m.group(1) else name}</code>"
 
 
 def _link(text: str, prefix: str) -> str:
@@ -41,4 +49,4 @@ def on_page_content(html: str, page: Any, **_: Any) -> str:
             out.append(_link(part, prefix))
         else:
             out.append(part)
-    return "".join(out)
+    return _ROLE.sub(_role, "".join(out))
