@@ -108,17 +108,14 @@ def default_candidates(example_input: Any = None) -> dict[str, Candidate]:
     recipes find parameter roles by a forward pass. If :mod:`steepest.recipes` is not
     importable: :func:`plain_candidates`."""
     try:
-        from steepest.recipes import (  # type: ignore[import-not-found,unused-ignore]
-            RECIPES,
-            create_optimizer,
-        )
+        from steepest.recipes import RECIPES, create_optimizer
     except ImportError:
         return plain_candidates()
 
     def make(name: str) -> Make:
         def build(m: nn.Module, lr: float) -> torch.optim.Optimizer:
             kw = {} if example_input is None else {"example_input": example_input}
-            return create_optimizer(m, name, lr=lr, **kw)  # type: ignore[no-any-return]
+            return create_optimizer(m, name, lr=lr, **kw)
         return build
 
     out = {name: Candidate(make(name), float(RECIPES[name].lr), fam,
@@ -224,10 +221,13 @@ class Advice:
             lines.append(f"  theory alone would pick {th}, confidence {self.theory.confidence}")
             if self.winner is not None and self.method == "race":
                 fam = self.candidates[self.winner].family
-                agree = {"sign": fam == "sign", "gd": fam == "l2"}[self.theory.choice]
-                lines.append(f"  the race's winner is {self.winner} ({fam}): "
-                             + ("agrees with the theory" if agree else
-                                "the measured race overrides the one-step theory"))
+                if fam in ("sign", "l2"):
+                    agree = (fam == "sign") == (self.theory.choice == "sign")
+                    verdict = ("agrees with the theory" if agree else
+                               "the measured race overrides the one-step theory")
+                else:
+                    verdict = "a geometry the two-way theory does not cover"
+                lines.append(f"  the race's winner is {self.winner} ({fam}): {verdict}")
         return lines
 
     def __str__(self) -> str:
@@ -424,7 +424,7 @@ def _as_model_fn(model_fn: Any) -> Callable[[], nn.Module]:
     if not callable(model_fn):
         raise ValueError(f"model_fn must be an nn.Module or a function returning one, got "
                          f"{type(model_fn).__name__}")
-    return model_fn  # type: ignore[no-any-return]
+    return model_fn
 
 
 def advise(
@@ -629,6 +629,9 @@ def advise(
                   f"({spent} steps)")
     finalists = [t for t in trials if math.isfinite(t.entry.score)]
     finalists.sort(key=lambda u: (-len(u.entry.scores), u.entry.score, u.order))
+    initial = _evaluate(base, loss_fn, evals)
+    if finalists and not finalists[0].entry.score < initial:
+        finalists = []  # nothing improved on the initialisation: no advice rather than a bad one
     if finalists:
         win = finalists[0].entry
         winner, lr, score, note = win.candidate, win.lr, win.score, ""
@@ -638,7 +641,8 @@ def advise(
                     "a wider lrs bracket may do better")
     else:
         winner, lr, score = None, math.nan, math.inf
-        note = "every configuration diverged or was stopped; try smaller learning rates"
+        note = ("every configuration diverged or ended above the initial loss "
+                f"{initial:.4g}; try smaller learning rates")
     return Advice(method="race", winner=winner, lr=lr, score=score, steps_total=steps_total,
                   budget=budget, steps_used=spent, table=table, rungs=rungs, geometry=geometry,
                   theory=theory, candidates=as_cand, seconds=time.perf_counter() - t0,
@@ -696,3 +700,164 @@ def _theory_advice(theory: Any, geometry: Any, steps_total: int, budget: float,
         else ("sgd", theory.lr_gd)
     return Advice("theory", name, float(lr), math.nan, steps_total, budget, 0, geometry=geometry,
                   theory=theory, candidates=cands, seconds=seconds, geometry_seconds=g_seconds)
+
+
+# ------------------------------------------------------------------------------------------
+# the `steepest advise` command
+# ------------------------------------------------------------------------------------------
+def add_arguments(parser: Any) -> None:
+    """Options of ``steepest advise`` (registered by :mod:`steepest.cli`)."""
+    parser.add_argument("problem", nargs="?",
+                        help="built-in problem name (--list), 'quadratic' (a rotated quadratic of "
+                             "[BPL20] App. D.2: --dim, --lam-max, --theta), module:function or "
+                             "path/to/file.py:function returning (model, loss_fn, data)")
+    parser.add_argument("--list", action="store_true", help="list the built-in problems and exit")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="length of the training run to advise for (default: the problem's own)")
+    parser.add_argument("--budget", type=float, default=1.0,
+                        help="steps the race may spend, as a share of --steps (default 1.0: the "
+                             "built-in problems' runs are short; on a long run 0.1 is enough)")
+    parser.add_argument("--method", choices=["race", "theory"], default="race",
+                        help="race (measure, default) or theory (seed 000's Eq. 31 alone, no training)")
+    parser.add_argument("--candidates", default=None,
+                        help="comma-separated subset of the candidates (default all: "
+                             "adamw, muon, scion, steepest, lion, signum, sgd)")
+    parser.add_argument("--lrs", default=None,
+                        help="comma-separated factors of each candidate's default lr "
+                             "(default 1/3,1,3 = 0.3333,1,3)")
+    parser.add_argument("--seed", type=int, default=0, help="initialisation and data-order seed")
+    parser.add_argument("--examples", type=int, default=None,
+                        help="use the first N training examples (default: all)")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="batch size (default: the problem's; 0 = full batch)")
+    parser.add_argument("--eta", type=int, default=4, help="successive halving keeps 1/eta per rung")
+    parser.add_argument("--dim", type=int, default=20, help="quadratic: dimension (default 20)")
+    parser.add_argument("--lam-max", type=float, default=100.0,
+                        help="quadratic: outlier eigenvalue (default 100)")
+    parser.add_argument("--theta", type=float, default=0.3,
+                        help="quadratic: rotation in [0, 1] (default 0.3)")
+    parser.add_argument("--no-explain", action="store_true",
+                        help="skip the geometry explanation (a few hundred Hessian-vector products)")
+    parser.add_argument("--json", default=None, metavar="PATH", help="also write the advice as JSON")
+
+
+def _problem(args: Any) -> tuple[str, Any, Any, Any, Any, int]:
+    """(name, model, loss_fn, data, eval_data, default steps) for the command's problem."""
+    from steepest.problems import get_problem, list_problems
+
+    def batched(x: torch.Tensor, y: torch.Tensor, bs: int) -> Any:
+        if bs == 0 or bs >= len(x):
+            return (x, y)
+        g = torch.Generator().manual_seed(args.seed)
+        ds = torch.utils.data.TensorDataset(x, y)
+        return torch.utils.data.DataLoader(ds, batch_size=bs, shuffle=True, generator=g)
+
+    if args.problem == "quadratic":
+        import numpy as np
+
+        from steepest.geometry.dense import rotated_quadratic
+
+        if args.dim < 2 or not (0 <= args.theta <= 1) or not (args.lam_max > 0 and
+                                                               math.isfinite(args.lam_max)):
+            raise ValueError(f"quadratic needs --dim >= 2, --theta in [0, 1], --lam-max > 0; got "
+                             f"{args.dim}, {args.theta}, {args.lam_max}")
+        H = torch.as_tensor(rotated_quadratic(args.dim, args.lam_max, args.theta, seed=args.seed))
+        x0 = torch.as_tensor(np.random.default_rng(1000 + args.seed).standard_normal(args.dim))
+
+        class Quadratic(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.x = nn.Parameter(x0.clone())
+
+            def forward(self, _: torch.Tensor) -> torch.Tensor:
+                return self.x
+
+        batch = (torch.zeros(1, dtype=torch.float64), H)
+        return (f"quadratic d={args.dim} lam_max={args.lam_max:g} theta={args.theta:g}",
+                Quadratic(), lambda x, h: 0.5 * x @ h @ x, batch, None, 100)
+    if args.problem in list_problems():
+        inst = get_problem(args.problem).build(seed=args.seed)
+        x, y = inst.train.tensors
+        if args.examples is not None:
+            x, y = x[: args.examples], y[: args.examples]
+        bs = inst.batch_size if args.batch is None else args.batch
+        xt, yt = inst.test.tensors
+        return (args.problem, inst.model, inst.loss_fn, batched(x, y, bs), (xt[:1024], yt[:1024]),
+                inst.steps)
+    if ":" not in args.problem:
+        raise ValueError(f"unknown problem {args.problem!r}; built-in: quadratic, "
+                         f"{', '.join(list_problems())}, or an entry point module:function")
+    import inspect
+
+    from steepest.geometry.cli import load_entry_point
+
+    fn = load_entry_point(args.problem)
+    kwargs = {"seed": args.seed} if "seed" in inspect.signature(fn).parameters else {}
+    out = fn(**kwargs)
+    if not (isinstance(out, tuple | list) and len(out) == 3):
+        raise ValueError(f"{args.problem} must return (model, loss_fn, data), got "
+                         f"{type(out).__name__}")
+    model, loss_fn, data = out
+    return args.problem, model, loss_fn, data, None, 1000
+
+
+def run(args: Any) -> int:
+    """``steepest advise``: print the advice; bad input exits 2 with the reason."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from steepest.problems import describe
+
+    if args.list or not args.problem:
+        print(f"{'quadratic':22s} rotated quadratic of [BPL20] App. D.2 (--dim, --lam-max, --theta)")
+        for n, desc in describe().items():
+            print(f"{n:22s} {desc}")
+        if not args.list:
+            print("\nusage: steepest advise PROBLEM (a name above or module:function)",
+                  file=sys.stderr)
+            return 2
+        return 0
+
+    def fail(msg: str) -> int:
+        print(f"steepest advise: {msg}", file=sys.stderr)
+        return 2
+
+    for opt_name, lo in (("steps", 1), ("examples", 1), ("batch", 0), ("eta", 2)):
+        val = getattr(args, opt_name)
+        if val is not None and val < lo:
+            return fail(f"--{opt_name} must be an integer >= {lo}, got {val}")
+    if not (math.isfinite(args.budget) and args.budget > 0):
+        return fail(f"--budget must be a positive finite number (a share of --steps), got "
+                    f"{args.budget}")
+    lrs = None
+    if args.lrs:
+        try:
+            lrs = [float(v) for v in args.lrs.split(",") if v.strip()]
+        except ValueError:
+            return fail(f"--lrs must be comma-separated positive numbers, got {args.lrs!r}")
+    try:
+        name, model, loss_fn, data, eval_data, default_steps = _problem(args)
+        steps = args.steps if args.steps is not None else default_steps
+        first = data if _is_batch(data) else _first(data, args.seed)
+        cands: dict[str, Candidate] | None = None
+        if args.candidates:
+            x0 = first[0][:1] if isinstance(first[0], torch.Tensor) else None
+            every = default_candidates(example_input=x0)
+            wanted = [c.strip() for c in args.candidates.split(",") if c.strip()]
+            unknown = [c for c in wanted if c not in every]
+            if unknown or not wanted:
+                return fail(f"--candidates: unknown {unknown or wanted!r}; choose from "
+                            f"{', '.join(every)}")
+            cands = {c: every[c] for c in wanted}
+        adv = advise(model, loss_fn, data, steps_total=steps, budget=args.budget,
+                     candidates=cands, lrs=lrs, seed=args.seed, method=args.method,
+                     eval_data=eval_data, eta=args.eta, explain=not args.no_explain)
+    except (ValueError, ImportError) as exc:
+        return fail(str(exc))
+    print(f"problem: {name}, {_nparams(model):,} parameters, advising for a {steps:,}-step run")
+    print(adv)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(adv.to_dict(), indent=2, default=str))
+    return 0

@@ -33,6 +33,7 @@ Options (``--set``): ``steps`` (100; quick 30), ``examples`` (128; quick 64), ``
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import subprocess
 from pathlib import Path
@@ -190,8 +191,8 @@ def _one(case: _Case, steps: int, budgets: list[float], restricted: bool) -> dic
                            "d": sum(p.numel() for p in case.model.parameters())}
     tuned: dict[str, tuple[float, float]] = {}
     for name in cands:
-        best_lr, tried = log_grid_search(lambda lr, n=name: loss_at(n, lr), centre[name], n_grid=5,
-                                         factor=3.0, max_extend=8)
+        best_lr, tried = log_grid_search(functools.partial(loss_at, name), centre[name],
+                                         n_grid=5, factor=3.0, max_extend=8)
         tuned[name] = (best_lr, min(v for _, v in tried))
         row[f"tuned_lr_{name}"], row[f"tuned_loss_{name}"] = tuned[name]
     best = min(v for _, v in tuned.values())
