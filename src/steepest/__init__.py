@@ -8,6 +8,7 @@ descent for GLMs (:mod:`steepest.fisher`), distributed sign compression
 """
 
 from steepest import fisher, norms
+from steepest.advise import advise  # the function (the module: sys.modules['steepest.advise'])
 from steepest.fisher import EmpiricalFisherDescent, NaturalGradientDescent
 from steepest.norms import L1, L2, BlockNorm, ColNorm, L1ToLinf, Linf, Lp, Norm, RowNorm, Spectral
 from steepest.optim import (
@@ -65,6 +66,7 @@ __all__ = [
     "Stacey",
     "SteepestDescent",
     "StepOptimizer",
+    "advise",
     "fisher",
     "layer_groups",
     "norms",
