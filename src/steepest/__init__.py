@@ -32,6 +32,7 @@ from steepest.optim import (
     StepOptimizer,
     layer_groups,
 )
+from steepest.recipes import create_optimizer
 
 __version__ = "0.1.0"
 
@@ -67,6 +68,7 @@ __all__ = [
     "SteepestDescent",
     "StepOptimizer",
     "advise",
+    "create_optimizer",
     "fisher",
     "layer_groups",
     "norms",
