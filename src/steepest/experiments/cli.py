@@ -29,6 +29,7 @@ from steepest.experiments.harness import (
     kind_counts,
     paper_key,
     registry,
+    rejudge_experiment,
     run_experiment,
 )
 
@@ -72,6 +73,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--fresh-seeds", action="store_true",
         help=f"rerun on seeds from {FRESH_SEED_START} (disjoint from every committed range) and "
              "print, per statement, whether the verdict agrees with the committed run",
+    )
+    parser.add_argument(
+        "--rejudge", metavar="DIR", default=None,
+        help="apply NAME's current declaration to the finished run in DIR (its results.csv) "
+             "and rewrite DIR/summary.json, without rerunning",
     )
     parser.add_argument(
         "--against", metavar="DIR", default=None,
@@ -209,6 +215,16 @@ def run(args: argparse.Namespace) -> int:
             print(f"{exp.name:{wn}s}  {exp.source:{ws}s}  {exp.description}")
         return 0
     names = list(exps) if args.name == ["all"] else args.name
+    if args.rejudge:
+        if len(names) != 1:
+            print("--rejudge takes one experiment name", file=sys.stderr)
+            return 2
+        try:
+            rejudge_experiment(names[0], args.rejudge)
+        except (ValueError, FileNotFoundError) as exc:
+            print(f"{names[0]}: {exc}", file=sys.stderr)
+            return 2
+        return 0
     unknown = [n for n in names if n not in exps]
     if unknown:
         print(

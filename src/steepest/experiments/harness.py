@@ -56,7 +56,9 @@ __all__ = [
     "kind_counts",
     "log_grid_search",
     "paper_key",
+    "read_rows",
     "registry",
+    "rejudge_experiment",
     "run_experiment",
     "t_interval",
     "torch_threads",
@@ -376,6 +378,9 @@ class Experiment:
     statements: tuple[Statement, ...] = ()
     # the committed runs use seeds seed_start .. seed_start + default_seeds - 1
     seed_start: int = 0
+    # claims from a finished run's rows and settings (``steepest reproduce NAME --rejudge DIR``
+    # applies a new declaration to a committed results.csv without rerunning); None: no rejudging
+    judge: Callable[[list[dict[str, Any]], dict[str, Any], Context], list[Claim]] | None = None
 
     def statement(self, sid: str) -> Statement:
         for st in self.statements:
@@ -682,6 +687,70 @@ def preregistered(exp: Experiment, claims: list[Claim]) -> list[dict[str, Any]]:
                              and x.reading != "primary"])
         out.append(rec)
     return out
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a ``results.csv`` written by :func:`write_rows`, numbers converted back
+    (int, float, ``inf``/``nan``, ``True``/``False``); empty cells dropped."""
+    out = []
+    with Path(path).open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            rec: dict[str, Any] = {}
+            for k, v in row.items():
+                if v == "" or v is None:
+                    continue
+                if v in ("True", "False"):
+                    rec[k] = v == "True"
+                    continue
+                try:
+                    rec[k] = int(v)
+                except ValueError:
+                    try:
+                        rec[k] = float(v)
+                    except ValueError:
+                        rec[k] = v
+            out.append(rec)
+    return out
+
+
+def rejudge_experiment(name: str, folder: str | Path, echo: bool = True) -> dict[str, Any]:
+    """Apply the experiment's current declaration (statements, criteria, readings) to the rows
+    of a finished run in ``folder`` (``results.csv`` + ``summary.json``), without rerunning;
+    rewrites ``summary.json`` and records ``rejudged`` (the code commit that judged, and the one
+    that ran). For a criterion revised after that run the verdict is not fresh evidence: its
+    claims carry ``revised``, and only a rerun on fresh seeds judges it."""
+    exps = registry()
+    if name not in exps:
+        raise ValueError(f"unknown experiment {name!r}; choose one of {sorted(exps)}")
+    exp = exps[name]
+    if exp.judge is None:
+        raise ValueError(f"{name} cannot be rejudged from its rows (no judge); rerun it")
+    folder = Path(folder)
+    summary = json.loads((folder / "summary.json").read_text())
+    rows = read_rows(folder / "results.csv")
+    seeds = summary.get("seed_list") or list(range(int(summary.get("seeds") or 1)))
+    ctx = Context(quick=bool(summary.get("quick")), seeds=len(seeds), out_dir=folder,
+                  progress=False, seed_start=int(seeds[0]))
+    claims = exp.judge(rows, summary.get("settings", {}), ctx)
+    bare = [c.id for c in claims if not str(c.criterion).strip()]
+    if bare:
+        raise ValueError(f"experiment {name!r}: claim(s) {bare} have no criterion")
+    statements = preregistered(exp, claims)
+    ran = summary.get("rejudged", {}).get("ran_at") or summary.get("code_commit") or \
+        "the run that wrote results.csv (before commits were recorded)"
+    summary.update({
+        "source": exp.source, "seed_list": seeds, "readings_rule": READINGS_RULE,
+        "statements": statements, "claims": [asdict(c) for c in claims],
+        **kind_counts(claims),
+        "rejudged": {"judged_at": code_commit(), "ran_at": ran},
+    })
+    summary.pop("holds_any", None)
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=_jsonable))
+    if echo:
+        print(format_claims(exp.name, claims, quick=bool(summary.get("quick")),
+                            statements=statements))
+        print(f"rejudged {folder}/summary.json from its results.csv")
+    return summary
 
 
 def run_experiment(
