@@ -14,6 +14,10 @@ convolution) the per-example gradient is a *sum over positions*, ``G_i = sum_t d
 whose square is not the sum of squares, so the rule forms ``G_i`` for a chunk of examples with a
 batched matmul, squares it and adds it up. Chunks are sized by ``chunk_numel`` (elements of
 per-example gradients alive at once) so that memory stays bounded and the work stays in cache.
+
+A rule may return a :class:`Gemm` instead of a tensor: the Linear weight's product left
+unevaluated, so that the caller forms it once the parameter's gradient ``g`` is known and the
+same GEMM also subtracts ``c g^2`` (its ``beta`` term), with no separate pass over the result.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-__all__ = ["RULES", "RuleOptions", "check_batched", "fallback_sumsq", "rule_for"]
+__all__ = ["RULES", "Gemm", "RuleOptions", "check_batched", "fallback_sumsq", "rule_for"]
 
 
 @dataclass(frozen=True)
@@ -37,7 +41,24 @@ class RuleOptions:
     chunk_numel: int = 2**19
 
 
-Rule = Callable[[nn.Module, tuple[Any, ...], Tensor, float, RuleOptions], dict[str, Tensor]]
+class Gemm:
+    """``alpha * (d2^T x^2)`` with ``d2 = delta^2`` of shape ``(N, out)`` and ``x`` of shape
+    ``(N, in)``: a Linear weight's scaled sum of squared per-example gradients, not yet formed."""
+
+    __slots__ = ("alpha", "d2", "x")  # made once per layer and backward: keep it light
+
+    def __init__(self, d2: Tensor, x: Tensor, alpha: float) -> None:
+        self.d2, self.x, self.alpha = d2, x, alpha
+
+    def minus_square(self, g: Tensor, c: float) -> Tensor:
+        """``alpha * d2^T x^2 - c g^2`` in a new tensor: one elementwise pass for ``g^2``, then
+        one GEMM whose epilogue adds it (beta = -c), instead of a GEMM and two passes."""
+        out = g.square()
+        return out.addmm_(self.d2.t(), self.x.square(), beta=-c, alpha=self.alpha)
+
+
+Rule = Callable[[nn.Module, tuple[Any, ...], Tensor, float, RuleOptions],
+                dict[str, "Tensor | Gemm"]]
 
 
 def _chunks(n: int, per_example: int, chunk_numel: int) -> list[tuple[int, int]]:
@@ -47,19 +68,17 @@ def _chunks(n: int, per_example: int, chunk_numel: int) -> list[tuple[int, int]]
 
 # ------------------------------------------------------------------ Linear
 def linear_sumsq(module: nn.Linear, args: tuple[Any, ...], grad_out: Tensor, scale2: float,
-                 opts: RuleOptions):
+                 opts: RuleOptions) -> dict[str, Tensor | Gemm]:
     """``nn.Linear``: inputs ``(N, in)`` or ``(N, *, in)`` (positions summed per example)."""
     x = args[0]
     n = x.shape[0]
-    out: dict[str, Tensor] = {}
+    out: dict[str, Tensor | Gemm] = {}
     if x.dim() == 2:
         d2 = grad_out.square()
-        if scale2 != 1.0:
-            d2.mul_(scale2)  # (N, out): smaller than the (out, in) result
         if module.weight.requires_grad:
-            out["weight"] = torch.mm(d2.t(), x.square())
+            out["weight"] = Gemm(d2, x, scale2)  # scale2 rides in the GEMM's alpha
         if module.bias is not None and module.bias.requires_grad:
-            out["bias"] = d2.sum(0)
+            out["bias"] = d2.sum(0).mul_(scale2)
         return out
     # (N, T..., in): per-example gradient G_i = sum_t delta_it x_it^T.
     x3 = x.reshape(n, -1, x.shape[-1])
