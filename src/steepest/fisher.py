@@ -170,7 +170,7 @@ class GLM:
         self.targets = targets
         self.likelihood = likelihood
         self.variance = float(variance)
-        self.num_classes = num_classes if likelihood == "categorical" else 1
+        self.num_classes = num_classes if likelihood == "categorical" and num_classes is not None else 1
         self.reduction = reduction
 
     # ------------------------------------------------------------------ shapes and helpers

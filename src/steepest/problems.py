@@ -148,7 +148,7 @@ def _digits_images(seed: int):
     return xtr.reshape(-1, 1, 8, 8), ytr, xte.reshape(-1, 1, 8, 8), yte
 
 
-def _raw_digits():
+def _raw_digits() -> tuple[np.ndarray, np.ndarray]:
     import sklearn.datasets
 
     ds = sklearn.datasets.load_digits()
@@ -409,8 +409,8 @@ register_problem(Problem(
 # ``steepest reproduce dissecting-adam`` and ``steepest reproduce cabs``: the paper's 2c2d / 3c3d
 # architectures narrowed (same layer structure, fewer filters and units), and a two-layer
 # character-level LSTM ([Bal21, App. B.1], P4) on English text that ships with Python.
-SMALL_2C2D = {"channels": (8, 16), "hidden": 64}
-SMALL_3C3D = {"channels": (16, 24, 32), "hidden": (128, 64)}
+SMALL_2C2D: dict[str, Any] = {"channels": (8, 16), "hidden": 64}
+SMALL_3C3D: dict[str, Any] = {"channels": (16, 24, 32), "hidden": (128, 64)}
 
 register_problem(Problem(
     "digits-2c2d-small", "[BPL20]/[Bal21]'s 2c2d CNN narrowed to conv 8-16, fc 64, on the 8x8 digits",

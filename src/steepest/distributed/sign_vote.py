@@ -550,6 +550,8 @@ def _phase2_group(process_group: dist.ProcessGroup | None) -> dist.ProcessGroup:
     global so that no callback ever holds the last reference to a group.
     """
     parent = process_group or dist.group.WORLD
+    if parent is None:  # dist.group.WORLD before init_process_group
+        raise RuntimeError("the sign vote needs an initialized process group (dist.init_process_group)")
     key = parent.group_name
     # Groups registered with c10d; a destroyed and re-created world must not reuse a stale one.
     world = getattr(dist.distributed_c10d, "_world", None)
@@ -558,7 +560,9 @@ def _phase2_group(process_group: dist.ProcessGroup | None) -> dist.ProcessGroup:
     stale = cached is not None and live is not None and cached[1] not in live
     if cached is None or cached[0] is not parent or stale:
         ranks = dist.get_process_group_ranks(parent)
-        _PHASE2_GROUPS[key] = (parent, dist.new_group(ranks=ranks, use_local_synchronization=True))
+        group2 = dist.new_group(ranks=ranks, use_local_synchronization=True)
+        assert group2 is not None  # this rank is in `ranks`
+        _PHASE2_GROUPS[key] = (parent, group2)
     return _PHASE2_GROUPS[key][1]
 
 
@@ -740,7 +744,8 @@ def _vote_twophase(job: _Job, group: dist.ProcessGroup | None, group2: dist.Proc
     phase1 = dist.all_to_all_single(recv, send, group=group, async_op=True).get_future()
     # Phase 2 launches in bucket order: each waits for the previous bucket's launch.
     ctx = job.ctx
-    previous, launched = ctx.phase2_launched, Future()
+    previous = ctx.phase2_launched
+    launched: Future[None] = Future()
     ctx.phase2_launched = launched
     result: Future = Future()
     torch.futures.collect_all([phase1, previous]).then(

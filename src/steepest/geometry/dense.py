@@ -26,7 +26,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 
@@ -304,6 +304,14 @@ def _start_vectors(A: np.ndarray, starts: int, rng: np.random.Generator) -> np.n
     return np.stack(cands)
 
 
+@overload
+def heuristic_norm_inf1(
+    H: Any, *, starts: int = ..., seed: int = ..., return_sign: Literal[False] = ...
+) -> float: ...
+@overload
+def heuristic_norm_inf1(
+    H: Any, *, starts: int = ..., seed: int = ..., return_sign: Literal[True]
+) -> tuple[float, np.ndarray]: ...
 def heuristic_norm_inf1(
     H: Any, *, starts: int = 8, seed: int = 0, return_sign: bool = False
 ) -> float | tuple[float, np.ndarray]:
@@ -554,6 +562,16 @@ def solve_norm_inf1(
     return Inf1Result(val, val, s, True, method, nodes, time.perf_counter() - t0)
 
 
+@overload
+def norm_inf1(
+    H: Any, *, method: str = ..., return_sign: Literal[False] = ..., time_limit: float | None = ...,
+    progress: bool = ...,
+) -> float: ...
+@overload
+def norm_inf1(
+    H: Any, *, method: str = ..., return_sign: Literal[True], time_limit: float | None = ...,
+    progress: bool = ...,
+) -> tuple[float, np.ndarray]: ...
 def norm_inf1(
     H: Any,
     *,
@@ -638,6 +656,16 @@ def _diag_sdp(W: np.ndarray, solver: str | None, eps: float, max_dim: int, what:
     return l * scale
 
 
+@overload
+def sep_smoothness(
+    H: Any, *, solver: str | None = ..., return_weights: Literal[False] = ..., eps: float = ...,
+    max_dim: int = ...,
+) -> float: ...
+@overload
+def sep_smoothness(
+    H: Any, *, solver: str | None = ..., return_weights: Literal[True], eps: float = ...,
+    max_dim: int = ...,
+) -> tuple[float, np.ndarray]: ...
 def sep_smoothness(
     H: Any, *, solver: str | None = None, return_weights: bool = False, eps: float = 1e-9,
     max_dim: int = 80,
@@ -770,7 +798,7 @@ def heuristic_norm_inf1_block(
     lam, V = np.linalg.eigh(0.5 * (A + A.T))
     starts_x = [V[:, i] for i in np.argsort(-np.abs(lam))[: max(1, starts // 2)]]
     while len(starts_x) < starts:
-        starts_x.append(rng.standard_normal(A.shape[0]))
+        starts_x.append(rng.standard_normal((A.shape[0],)))
     best = 0.0
     for x0 in starts_x:
         # x0 scaled to unit block-max norm is feasible too; from the top eigenvector it gives

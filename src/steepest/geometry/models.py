@@ -71,7 +71,7 @@ def _batches(data: Any) -> list[tuple[Any, Any]]:
     for b in batches:
         if not (isinstance(b, list | tuple) and len(b) == 2):
             raise ValueError("every batch must be a pair (inputs, targets)")
-    return [tuple(b) for b in batches]  # type: ignore[misc]
+    return [tuple(b) for b in batches]
 
 
 def _batch_size(x: Any) -> int:
@@ -182,7 +182,7 @@ class HessianOperator:
                 gouts = [outs[i].reshape(k, *self.shapes[i]) for i in live]
                 hb = torch.autograd.grad(gl, pl, grad_outputs=gouts, retain_graph=True,
                                          is_grads_batched=True, allow_unused=True)
-                return [[h[j] if h is not None else None for h in hb] for j in range(k)]  # type: ignore[misc]
+                return [[h[j] if h is not None else None for h in hb] for j in range(k)]
             except RuntimeError:  # an op without a batching rule: fall back to the loop
                 self._batched_ok = False
         res = []

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.optim.optimizer import ParamsT
 
 import steepest.optim.base as _base
 from steepest._backend import _Ops, _ops
@@ -40,7 +41,7 @@ class _AdamDecomposed(StepOptimizer):
 
     def __init__(
         self,
-        params: Any,
+        params: ParamsT,
         lr: float,
         betas: tuple[float, float],
         eps: float,
@@ -155,7 +156,7 @@ class AdamShuffled(_AdamDecomposed):
 
     def __init__(
         self,
-        params: Any,
+        params: ParamsT,
         lr: float = 3e-2,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
@@ -240,7 +241,7 @@ class AdamAveraged(_AdamDecomposed):
 
     def __init__(
         self,
-        params: Any,
+        params: ParamsT,
         lr: float = 3e-2,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+from torch.optim.optimizer import ParamsT
 
 from steepest.norms import Norm, from_spec
 
@@ -201,7 +202,7 @@ class StepOptimizer(Optimizer):
     # Group options holding a Norm; stored as plain dicts in state_dict (weights_only-safe).
     _norm_keys: tuple[str, ...] = ("norm",)
 
-    def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
+    def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
         defaults.setdefault("maximize", False)
         defaults.setdefault("foreach", None)
         defaults.setdefault("nonfinite", None)
@@ -566,7 +567,7 @@ def _foreign_option_keys() -> set[str]:
     from steepest.fisher import FisherPreconditionedDescent  # an Optimizer outside this tree
 
     keys = set(_TORCH_OPTION_KEYS)
-    todo = [*StepOptimizer.__subclasses__(), FisherPreconditionedDescent]
+    todo: list[type[Optimizer]] = [*StepOptimizer.__subclasses__(), FisherPreconditionedDescent]
     while todo:
         cls = todo.pop()
         todo.extend(cls.__subclasses__())

@@ -109,6 +109,9 @@ def adaptive_loader(
             "adaptive_loader with num_workers > 0: workers prefetch batches, so batch sizes "
             "lag the controller by the prefetch depth", RuntimeWarning, stacklevel=2
         )
+    if not isinstance(dataset, Sized):  # an IterableDataset: no indices to sample
+        raise ValueError(f"adaptive_loader needs a map-style dataset with a length, got "
+                         f"{type(dataset).__name__}")
     sampler = AdaptiveBatchSampler(dataset, controller, shuffle=shuffle, drop_last=drop_last,
                                    generator=generator)
     return DataLoader(dataset, batch_sampler=sampler, **loader_kwargs)
