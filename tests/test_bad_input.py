@@ -110,6 +110,20 @@ def test_valid_lr_changes_still_step(info):
     assert all(bool(torch.isfinite(p).all()) for p in params)
 
 
+def test_the_step_lr_check_reads_no_device_values():
+    # Off the CPU a tensor lr's value is not read (that would be a host sync every step): only its
+    # shape, dtype and device are checked. Meta tensors stand in for a device (reading one raises).
+    from steepest.optim.base import check_group_lr
+
+    meta = torch.empty(3, device="meta")
+    check_group_lr("X", 0, {"lr": torch.tensor(float("nan"), device="meta"), "params": [meta]})
+    with pytest.raises(ValueError, match=r"lr = a tensor of shape \(\), dtype torch.float32 on meta"):
+        check_group_lr("X", 0, {"lr": torch.tensor(0.1, device="meta"), "params": [torch.zeros(3)]})
+    with pytest.raises(ValueError, match=r"dtype torch.int64 on meta"):
+        check_group_lr("X", 0, {"lr": torch.tensor(1, device="meta"), "params": [meta]})
+    check_group_lr("X", 0, {"lr": torch.tensor(0.1), "params": [meta]})  # a CPU lr with any params
+
+
 # ------------------------------------------------------------------ Fisher optimizers
 def _glm(dtype=torch.float64):
     g = torch.Generator().manual_seed(0)
