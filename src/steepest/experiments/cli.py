@@ -122,7 +122,9 @@ def statement_counts(summaries: list[dict]) -> dict[str, dict[str, int]]:
             if kind != "paper":
                 out[exp_key][kind] += 1
                 continue
-            key = paper_key(str(c.get("paper", ""))) or exp_key
+            cited = str(c.get("paper", "")).strip()
+            # a claim citing a key outside the seeds is counted apart, whatever the experiment
+            key = paper_key(cited) or ("outside the seeds" if cited.startswith("[") else exp_key)
             if c.get("reading", "primary") != "primary":
                 out[key]["readings"] += 1
                 continue

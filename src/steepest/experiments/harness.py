@@ -732,6 +732,13 @@ def rejudge_experiment(name: str, folder: str | Path, echo: bool = True) -> dict
     ctx = Context(quick=bool(summary.get("quick")), seeds=len(seeds), out_dir=folder,
                   progress=False, seed_start=int(seeds[0]))
     claims = exp.judge(rows, summary.get("settings", {}), ctx)
+    for c in claims:
+        # a criterion revised after this run may weaken a verdict on its seeds, never make it
+        # 'holds': that needs seeds the run never used
+        if c.kind == "paper" and c.verdict == "holds" and exp.statement(c.statement).revised:
+            c.verdict, c.holds = "inconclusive", False
+            c.measured += ("; rejudged on the seeds of the run that prompted the revision: "
+                           "'holds' needs fresh seeds, so inconclusive until a fresh-seed run")
     bare = [c.id for c in claims if not str(c.criterion).strip()]
     if bare:
         raise ValueError(f"experiment {name!r}: claim(s) {bare} have no criterion")
