@@ -227,3 +227,31 @@ def test_cli_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
                "--candidates", "sgd,adamw", "--no-explain"])
     out = capsys.readouterr().out
     assert rc == 0 and "advice (race)" in out and "% of a 40-step run" in out
+
+
+def test_validation_hit_is_within_one_percent_of_the_tuned_winner() -> None:
+    from steepest.experiments.advise_validation import _is_hit
+
+    assert _is_hit(1.0099, 1.0) and not _is_hit(1.0101, 1.0)
+    assert _is_hit(0.5, 1.0)  # better than the tuned winner is a hit
+    assert _is_hit(1e-13, 0.0) and not _is_hit(1e-11, 0.0)  # the absolute floor at L* = 0
+    assert not _is_hit(math.inf, 1.0) and not _is_hit(math.nan, 1.0)
+
+
+def test_validation_tiny_run(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from steepest.experiments.harness import run_experiment
+
+    opts = {"lam_max": "5", "thetas": "0.5", "problems": [], "steps": 20, "budgets": "5",
+            "restricted": 0}
+    s = run_experiment("advise-validation", quick=True, out_dir=tmp_path, options=opts,
+                       progress=False, echo=False)
+    assert [c["id"] for c in s["claims"]] == ["advise-race-hit-rate"]
+    summary = json.loads((tmp_path / "summary.json").read_text())["settings"]["summary"]
+    assert summary["cases"] == 1 and summary["criterion_fixed_at"]
+    row = (tmp_path / "results.csv").read_text().splitlines()
+    assert len(row) == 2
+    # the race spends at most its budget: 5 x 20 steps
+    assert 0 < summary["race_budget_used"]["5"] <= 5.0
+    assert (tmp_path / "advise_hit_rates.png").stat().st_size > 0

@@ -353,3 +353,49 @@ EXPERIMENT = Experiment(
     default_seeds=2,
     quick_seeds=1,
 )
+
+
+def posthoc_regret(results_dir: str | Path = "docs/results/advise-validation") -> dict[str, Any]:
+    """Post hoc, not a criterion: the normalized regret ``(L - L*) / (L0 - L*)`` of each answer
+    (``L0``: the loss at the initialisation), from a full run's ``results.csv``; written to
+    ``posthoc_regret.json`` beside it. ``python -m steepest.experiments.advise_validation``."""
+    import csv
+    import json
+
+    from steepest.experiments.advisor_validation import PROBLEMS
+
+    d = Path(results_dir)
+    rows = list(csv.DictReader((d / "results.csv").open()))
+    ctx = Context(quick=False, seeds=2, out_dir=d, progress=False)
+    with torch_threads(1):
+        cases = _cases(ctx, 20, [10.0, 100.0, 1000.0], [0.0, 0.1, 0.3, 1.0], PROBLEMS, 128)
+        l0 = {}
+        for c in cases:
+            with torch.no_grad():
+                l0[c.name] = float(c.loss_fn(c.model(c.data[0]), c.data[1]))
+    answers = {f"race_{b:g}": f"race_{b:g}_loss" for b in BUDGETS}
+    answers["theory"] = "theory_loss"
+    answers.update({f"always_{r}_tuned": f"tuned_loss_{r}" for r in
+                    ("adamw", "muon", "scion", "steepest", "lion", "signum", "sgd")})
+    out: dict[str, Any] = {}
+    for name, key in answers.items():
+        regs = [(float(r[key]) - float(r["best_loss"])) / (l0[r["case"]] - float(r["best_loss"]))
+                for r in rows]
+        fam = [r["family"] for r in rows]
+        out[name] = {
+            "median_regret": float(np.median(regs)),
+            "within_1pct_of_reduction": sum(x <= 0.01 for x in regs),
+            "within_10pct_of_reduction": sum(x <= 0.1 for x in regs),
+            "quadratic_within_1pct": sum(x <= 0.01 for x, f in zip(regs, fam) if f == "quadratic"),
+            "problem_within_1pct": sum(x <= 0.01 for x, f in zip(regs, fam) if f == "problem"),
+        }
+    res = {"note": "post hoc, not a criterion: normalized regret (L - L*)/(L0 - L*), L0 = the "
+                   "loss at the initialisation", "cases": len(rows), "by_answer": out, "L0": l0}
+    (d / "posthoc_regret.json").write_text(json.dumps(res, indent=1))
+    return res
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import json
+
+    print(json.dumps(posthoc_regret()["by_answer"], indent=1))
