@@ -448,8 +448,11 @@ def misspec_claims(rows: list[dict[str, Any]]) -> list[Claim]:
     claims: list[Claim] = []
     for label, pick in (("primary", "code"), ("other: Table D.1 as printed", "printed")):
         # the models of this reading: the picked reading where it exists, else the printed one
-        sel = sorted({(m, c, pick if (m, c, pick) in present else "printed")
-                      for m, c, _ in present})
+        avail: dict[tuple[str, str], set[str]] = {}
+        for m, c, rd in present:
+            avail.setdefault((m, c), set()).add(rd)
+        sel = sorted({(m, c, pick if pick in rds else "printed" if "printed" in rds
+                       else min(rds)) for (m, c), rds in avail.items()})
         suffix = "" if label == "primary" else "-printed"
 
         def per_seed(f: Any, cases: tuple[str, ...], sel: list = sel) -> list[float]:
