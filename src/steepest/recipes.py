@@ -474,11 +474,12 @@ def _build_adamw(by_role: Any, lr: float, wd: float, ov: dict[str, Any], options
 
 
 _ADAM_WORDS = "AdamW (torch)"
-#: The recipes. Default lrs: the best of the seed-0 sweep of ``steepest reproduce charlm-bench
-#: --preset small-gpt`` (docs/results/charlm-bench); weight decay 0 by default for all (see
-#: docs/recipes.md: it was not measured to help in 250 steps), applied to matrices only.
+#: The recipes. Default lrs: the best of the seed-0 sweep (grid factor sqrt(10), bracketed) of
+#: ``steepest reproduce charlm-bench --preset small-gpt`` (docs/recipes.md,
+#: docs/results/charlm-bench): AdamW's best was 10^-1.5 ~ 0.032; muon, steepest and scion 1x that,
+#: lion 0.32x, signum 0.1x. Weight decay 0 by default for all (applied to matrices only).
 RECIPES: dict[str, Recipe] = {
-    "muon": Recipe("muon", 1e-2, 0.0, {
+    "muon": Recipe("muon", 10**-1.5, 0.0, {
         "hidden": "Muon (Newton-Schulz polar factor, Nesterov 0.95, lr adjusted 0.2 sqrt(max(m, n)))",
         "conv": "Muon, kernels flattened to out x rest",
         "embedding": _ADAM_WORDS, "head": _ADAM_WORDS, "vector": _ADAM_WORDS}, _build_muon),
@@ -490,11 +491,11 @@ RECIPES: dict[str, Recipe] = {
         "hidden": "Modular: LMO of the RMS->RMS spectral norm", "conv": "Modular: spectral LMO",
         "embedding": "Modular: ColNorm LMO per token", "head": "Modular: sign/fan_in LMO, radius 60",
         "vector": "Modular: RMS-normalized"}, _modular_builder("scion")),
-    "lion": Recipe("lion", 10**-2.5, 0.0, {r: "Lion (sign of interpolated momentum)" for r in ROLES},
+    "lion": Recipe("lion", 1e-2, 0.0, {r: "Lion (sign of interpolated momentum)" for r in ROLES},
                    _single(Lion, "Lion")),
     "signum": Recipe("signum", 10**-2.5, 0.0, {r: "Signum (sign of EMA momentum 0.9)" for r in ROLES},
                      _single(SignSGD, "Signum (momentum 0.9)", momentum=0.9)),
-    "adamw": Recipe("adamw", 1e-2, 0.0, {r: _ADAM_WORDS for r in ROLES}, _build_adamw),
+    "adamw": Recipe("adamw", 10**-1.5, 0.0, {r: _ADAM_WORDS for r in ROLES}, _build_adamw),
 }
 
 _PRESETS = tuple(n for n in _optim.__all__ if n not in ("StepOptimizer", "layer_groups"))
