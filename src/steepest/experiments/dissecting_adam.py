@@ -763,7 +763,7 @@ def aggregate_claims(claims: list[Claim], done: list[str]) -> list[Claim]:
         "least as good as, and often better than, their \"base algorithms\".'",
         f"{len(held)}/{len(va)} (problem, pair) comparisons hold ("
         + ", ".join(f"{c.id.split('/')[0]} {c.verdict}" for c in va) + ")"
-        + (f"; fail: {', '.join(c.id for c in va if not c.holds)}" if len(held) < len(va) else "")
+        + (f"; not holding: {', '.join(c.id for c in va if not c.holds)}" if len(held) < len(va) else "")
         + f"; a majority ('most problems'): {'yes' if 2 * len(held) > len(va) else 'no'}",
         True, verdict=combine(*(c.verdict for c in va)),
         statement="sec5.6.2-variance-adaptation", reading="primary",
