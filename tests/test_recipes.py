@@ -101,6 +101,7 @@ def test_fallback_without_example_input_uses_types_and_names():
     assert r.method == "module types and names"
     assert r.roles["tok.weight"] == "embedding" and r.roles["pos"] == "embedding"
     assert r.roles["out.weight"] == "head" and r.roles["fc.weight"] == "hidden"
+    assert detect_roles(TinyGPT(), head_module="proj").roles["proj.weight"] == "head"
     opt = create_optimizer(TinyGPT(), "adamw")
     assert "module types and names" in str(opt) and "example_input" in str(opt)
 

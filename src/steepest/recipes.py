@@ -180,7 +180,7 @@ def detect_roles(
     model: nn.Module,
     example_input: Any = None,
     roles: dict[str, str] | None = None,
-    head: str | None = None,
+    head_module: str | None = None,
 ) -> RoleReport:
     """The role of every trainable parameter of ``model`` (tied parameters once).
 
@@ -200,7 +200,7 @@ def detect_roles(
     Parameters the pass does not use, and every parameter without ``example_input``, fall back to
     module types and names: ``nn.Embedding`` weights and plain matrices whose name contains
     ``pos``, ``embed``, ``wpe``, ``wte`` or ``token`` are embeddings, the last registered
-    ``nn.Linear`` (or the module named ``head``) is the head. ``roles`` maps parameter names to
+    ``nn.Linear`` (or the module named ``head``, or ``head_module``) is the head. ``roles`` maps parameter names to
     roles and wins over both.
     """
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -214,11 +214,11 @@ def detect_roles(
         if r not in ROLES:
             raise ValueError(f"roles: the role of {n!r} must be one of {ROLES}, got {r!r}")
     modules = dict(model.named_modules())
-    if head is not None and head not in modules:
-        raise ValueError(f"head must name a submodule of the model; {head!r} is not one")
+    if head_module is not None and head_module not in modules:
+        raise ValueError(f"head_module must name a submodule of the model; {head_module!r} is not one")
     embed_ids = {id(m.weight) for m in modules.values() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))}
-    if head is not None:
-        head_mod: nn.Module | None = modules[head]
+    if head_module is not None:
+        head_mod: nn.Module | None = modules[head_module]
     else:
         linears = [m for m in modules.values() if isinstance(m, nn.Linear)]
         head_mod = modules.get("head") or (linears[-1] if linears else None)
@@ -245,7 +245,6 @@ def detect_roles(
             model.train(was_training)
         outs = [t for t in tree_flatten(y)[0] if isinstance(t, Tensor) and t.is_floating_point()]
         heads = frozenset().union(*(rec.prov.get(id(t), frozenset()) for t in outs))
-        # A model returning a head parameter's view (rare) would alias; read the provenance only.
         leftover_index = collections.defaultdict(int)
         for pid in rec.index_out.values():
             leftover_index[pid] += 1
@@ -509,7 +508,7 @@ def create_optimizer(
     weight_decay: float | None = None,
     roles: dict[str, str] | None = None,
     example_input: Any = None,
-    head: str | None = None,
+    head_module: str | None = None,
     **options: Any,
 ) -> RecipeOptimizer:
     """One optimizer for ``model`` that gives each parameter the update of its role.
@@ -530,7 +529,7 @@ def create_optimizer(
         example_input: an input of the model (tensor, tuple of arguments or dict of keyword
             arguments); with it, roles are found by a forward pass (:func:`detect_roles`),
             without it by module types and names (the summary says which).
-        head: the qualified name of the output module, for the fallback detection.
+        head_module: the qualified name of the output module, for the fallback detection.
         **options: ``betas``/``eps`` (the AdamW parts), ``momentum``/``nesterov``/``ns_steps``
             (Muon), a role name with a dict of group options for that role (``head={"lr": 1e-3}``),
             or, for a class name, its constructor's keyword arguments.
@@ -560,7 +559,7 @@ def create_optimizer(
     for r, o in overrides.items():
         if not isinstance(o, dict):
             raise ValueError(f"{r}= must be a dict of group options for the {r} role, got {o!r}")
-    report = detect_roles(model, example_input, roles, head)
+    report = detect_roles(model, example_input, roles, head_module)
     by_role: dict[str, list[tuple[str, nn.Parameter]]] = {r: [] for r in ROLES}
     for n, p in report.params.items():
         by_role[report.roles[n]].append((n, p))
