@@ -96,6 +96,20 @@ def test_conv_kernels_and_a_concatenated_class_token():
     assert r.roles["mix.weight"] == "hidden" and r.roles["fc.weight"] == "head"
 
 
+def test_detection_pass_has_no_side_effects():
+    net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), nn.Linear(8, 3))
+    buffers = {k: v.clone() for k, v in net.state_dict().items()}
+    x = torch.randn(16, 4)
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    r = detect_roles(net, x)
+    assert torch.equal(torch.rand(3), expected)  # the caller's random stream is untouched
+    assert all(torch.equal(v, buffers[k]) for k, v in net.state_dict().items()) and net.training
+    assert r.roles == {"0.weight": "hidden", "0.bias": "vector", "1.weight": "vector", "1.bias": "vector",
+                       "3.weight": "head", "3.bias": "vector"}
+
+
 def test_fallback_without_example_input_uses_types_and_names():
     r = detect_roles(TinyGPT())
     assert r.method == "module types and names"

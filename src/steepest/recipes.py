@@ -187,7 +187,8 @@ def detect_roles(
     With ``example_input`` (a tensor, a tuple of positional arguments, or a dict of keyword
     arguments), one forward pass runs under a :class:`torch.overrides.TorchFunctionMode` that
     records the op consuming each parameter (through views such as ``.T`` and ``reshape``) and
-    which parameters' matmuls the model's output comes from:
+    which parameters' matmuls the model's output comes from. The pass runs in eval mode without
+    gradients and leaves the model's mode, buffers and the CPU random state as they were.
 
     * ``vector``: ``ndim < 2``;
     * ``embedding``: read by an index op (``F.embedding``, ``__getitem__``, ``index_select``...,
@@ -233,8 +234,9 @@ def detect_roles(
         rec = _Recorder({id(p): n for n, p in named})
         rec._by_id = {id(p): p for _, p in named}
         was_training = model.training
+        model.eval()  # no side effects: BatchNorm's running statistics stay, dropout draws nothing
         try:
-            with torch.no_grad(), rec:
+            with torch.random.fork_rng(devices=[]), torch.no_grad(), rec:
                 if isinstance(example_input, dict):
                     y = model(**example_input)
                 elif isinstance(example_input, (tuple, list)):
