@@ -32,6 +32,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 import steepest.optim as _optim
+from steepest.optim import __all__ as _optim_all
 from steepest.optim.layerwise import RECIPES as MODULAR_RECIPES
 from steepest.optim.layerwise import Modular
 from steepest.optim.muon import Muon
@@ -247,7 +248,7 @@ def detect_roles(
             model.train(was_training)
         outs = [t for t in tree_flatten(y)[0] if isinstance(t, Tensor) and t.is_floating_point()]
         heads = frozenset().union(*(rec.prov.get(id(t), frozenset()) for t in outs))
-        leftover_index = collections.defaultdict(int)
+        leftover_index: collections.defaultdict[int, int] = collections.defaultdict(int)
         for pid in rec.index_out.values():
             leftover_index[pid] += 1
         for n, p in named:
@@ -311,7 +312,7 @@ class RecipeOptimizer(torch.optim.Optimizer):
         super().add_param_group(param_group)
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -499,7 +500,9 @@ RECIPES: dict[str, Recipe] = {
     "adamw": Recipe("adamw", 10**-1.5, 0.0, {r: _ADAM_WORDS for r in ROLES}, _build_adamw),
 }
 
-_PRESETS = tuple(n for n in _optim.__all__ if n not in ("StepOptimizer", "layer_groups"))
+# _optim_all is imported by name: mypy cannot type `_optim.__all__` through the import cycle
+# optim.noise -> steepest -> recipes -> optim
+_PRESETS = tuple(n for n in _optim_all if n not in ("StepOptimizer", "layer_groups"))
 
 
 def create_optimizer(

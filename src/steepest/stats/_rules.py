@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -123,7 +123,7 @@ def _patches(x: Tensor, kernel: tuple, dilation: tuple, stride: tuple) -> Tensor
 
 
 def conv_sumsq(module: nn.Conv1d | nn.Conv2d, args: tuple[Any, ...], grad_out: Tensor,
-               scale2: float, opts: RuleOptions):
+               scale2: float, opts: RuleOptions) -> dict[str, Tensor | Gemm]:
     """``nn.Conv1d``/``nn.Conv2d`` (any stride, padding, padding mode, dilation, groups).
 
     A convolution is a Linear layer applied to the input's patches (im2col), so the
@@ -136,7 +136,7 @@ def conv_sumsq(module: nn.Conv1d | nn.Conv2d, args: tuple[Any, ...], grad_out: T
     o = module.out_channels
     og = o // groups
     d = grad_out.reshape(n, o, -1)  # (N, O, P)
-    out: dict[str, Tensor] = {}
+    out: dict[str, Tensor | Gemm] = {}
     if module.weight.requires_grad:
         x4, kernel, dilation, stride = _padded_2d(module, x)
         kg = module.weight[0].numel()  # (C/groups) * prod(kernel)
@@ -156,7 +156,7 @@ def conv_sumsq(module: nn.Conv1d | nn.Conv2d, args: tuple[Any, ...], grad_out: T
 
 # ------------------------------------------------------------------ Embedding
 def embedding_sumsq(module: nn.Embedding, args: tuple[Any, ...], grad_out: Tensor,
-                    scale2: float, opts: RuleOptions):
+                    scale2: float, opts: RuleOptions) -> dict[str, Tensor | Gemm]:
     """``nn.Embedding``: the per-example gradient is a sparse scatter of output gradients
     into the rows an example looks up; rows repeated within an example add up first."""
     del opts  # no matmul, no per-example tensor beyond the looked-up rows
@@ -204,12 +204,24 @@ def _plain_forward(module: nn.Module, cls: type[nn.Module]) -> bool:
     return isinstance(module, cls) and type(module).forward is cls.forward
 
 
-RULES: dict[type[nn.Module], Rule] = {
-    nn.Linear: linear_sumsq,
-    nn.Conv1d: conv_sumsq,
-    nn.Conv2d: conv_sumsq,
-    nn.Embedding: embedding_sumsq,
-}
+_M = TypeVar("_M", bound=nn.Module)
+
+
+def _entry(
+    cls: type[_M],
+    rule: Callable[[_M, tuple[Any, ...], Tensor, float, RuleOptions], dict[str, Tensor | Gemm]],
+) -> tuple[type[nn.Module], Rule]:
+    """A ``RULES`` entry; the type variable checks that ``rule`` accepts ``cls``. Widening it to
+    :data:`Rule` is sound because :func:`rule_for` hands it only instances of ``cls``."""
+    return cls, cast(Rule, rule)
+
+
+RULES: dict[type[nn.Module], Rule] = dict([
+    _entry(nn.Linear, linear_sumsq),
+    _entry(nn.Conv1d, conv_sumsq),
+    _entry(nn.Conv2d, conv_sumsq),
+    _entry(nn.Embedding, embedding_sumsq),
+])
 
 
 def rule_for(module: nn.Module) -> Rule | None:
@@ -263,7 +275,7 @@ def fallback_sumsq(
     acc = {name: torch.zeros_like(p) for name, p in params.items()}
     size = sum(p.numel() for p in params.values())
     xs_all = [flat[i] for i in batched]
-    gs_all = [grads[j] for j in used]
+    gs_all = [g for g in grads if g is not None]  # grads[j] for j in used, narrowed
     for s, e in _chunks(n, size, opts.chunk_numel):
         pe = per_example(params, [x[s:e] for x in xs_all], [g[s:e] for g in gs_all])
         for name, g in pe.items():

@@ -357,7 +357,7 @@ class GradientMoments:
         for p in self._params:
             if hasattr(p, "grad_var"):
                 del p.grad_var
-                del p.grad_batch_size
+                del p.grad_batch_size  # type: ignore[attr-defined]  # set with grad_var
 
     def _scale2(self, n: int) -> float:
         # Rules are quadratic in the output gradient: scaling their sums by n^2/(n-1) (mean
@@ -402,11 +402,13 @@ class GradientMoments:
         if grad_out.dtype in _LOW_PRECISION:  # squares of half-precision values overflow
             grad_out = grad_out.float()
             args = (args[0].float() if args[0].is_floating_point() else args[0], *args[1:])
+        rule = unit.rule
+        assert rule is not None  # attach() hooks only units with a rule to this path
         if torch.is_grad_enabled():
             with torch.no_grad():
-                sums = unit.rule(unit.module, args, grad_out, scale2, self._opts)
+                sums = rule(unit.module, args, grad_out, scale2, self._opts)
         else:
-            sums = unit.rule(unit.module, args, grad_out, scale2, self._opts)
+            sums = rule(unit.module, args, grad_out, scale2, self._opts)
         for k, s in sums.items():
             self._add(bw, unit.params[k], s, n)
 
@@ -464,7 +466,7 @@ class GradientMoments:
             else:
                 bw.done[p] = self._variance_from(entry[0], entry[1], grad)
 
-    def _add(self, bw: _Backward, p: nn.Parameter, s: Tensor, n: int) -> None:
+    def _add(self, bw: _Backward, p: nn.Parameter, s: Tensor | Gemm, n: int) -> None:
         if p in bw.sums:
             bw.shared.add(p)
         bw.sums[p] = (s, n)
@@ -487,12 +489,12 @@ class GradientMoments:
             return
         self._computing = True
         try:
-            for unit, args, kwargs, grads, n in bw.fallback:
+            for unit, args, kwargs, out_grads, n in bw.fallback:
                 params = {k: p.detach() for k, p in unit.params.items()}
                 scale = math.sqrt(self._scale2(n))
-                grads = [None if g is None else g * scale for g in grads]
+                scaled = [None if g is None else g * scale for g in out_grads]
                 try:
-                    sums = fallback_sumsq(unit.module, params, args, kwargs, grads, n,
+                    sums = fallback_sumsq(unit.module, params, args, kwargs, scaled, n,
                                           self._opts)
                 except RuntimeError as err:
                     raise RuntimeError(
@@ -542,8 +544,10 @@ class GradientMoments:
                     var = self._variance_from(*bw.sums[p], g)
                 if var.dtype != p.dtype:
                     var = var.to(p.dtype)
-                p.grad_var = var
-                p.grad_batch_size = n
+                # documented per-parameter attributes (BackPACK's convention), not in
+                # nn.Parameter's type
+                p.grad_var = var  # type: ignore[attr-defined]
+                p.grad_batch_size = n  # type: ignore[attr-defined]
                 variance[name] = var
                 grads[name] = g if self.reduction == "mean" else g / n
         # parameters without a gradient this time lost their stale attributes in _release
