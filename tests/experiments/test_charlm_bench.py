@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from steepest.experiments.charlm_bench import GPT, paired_interval, steps_to_reach, verdict
-from steepest.experiments.harness import registry, run_experiment
+from steepest.experiments.charlm_bench import GPT, PRESETS, paired_interval, steps_to_reach, verdict
+from steepest.experiments.harness import accepted_options, registry, run_experiment
 from steepest.recipes import detect_roles
 
 
@@ -60,3 +60,12 @@ def test_tiny_end_to_end_run(tmp_path):
         # paired differences to AdamW, by seed, from the finals themselves
         assert t["diffs"] == pytest.approx([a - b for a, b in zip(t["finals"], table["adamw"]["finals"])])
     assert len(list((tmp_path / "cache").glob("*.json"))) == 6  # 3 recipes x 2 seeds, reused on a rerun
+
+
+def test_options_are_declared_and_a_misspelled_one_is_refused_before_running(tmp_path):
+    # the module docstring: every preset setting (seeds via report_seeds) and the run's knobs
+    expected = (set(PRESETS["small-gpt"]) - {"seeds"}) | {"preset", "sweep", "report_seeds", "cache", "recipes"}
+    assert set(accepted_options(registry()["charlm-bench"]) or ()) == expected
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['widht'\].*width"):
+        run_experiment("charlm-bench", quick=True, out_dir=tmp_path, progress=False, options={"widht": 8}, echo=False)
+    assert not (tmp_path / "results.csv").exists()
