@@ -10,7 +10,7 @@ from torch import nn
 
 import steepest
 from steepest.advise import Advice, Candidate, advise
-from steepest.cli import main
+from steepest.cli import build_parser, main
 
 
 class Quadratic(nn.Module):
@@ -214,9 +214,6 @@ def test_cli_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["advise"]) == 2
     assert main(["advise", "no-such-problem"]) == 2
     assert "unknown problem" in capsys.readouterr().err
-    assert main(["advise", "quadratic", "--budget", "0"]) == 2
-    assert "--budget" in capsys.readouterr().err
-    assert main(["advise", "quadratic", "--steps", "0"]) == 2
     assert main(["advise", "quadratic", "--candidates", "adamw,nope"]) == 2
     assert "nope" in capsys.readouterr().err
     assert main(["advise", "quadratic", "--lrs", "a,b"]) == 2
@@ -227,6 +224,43 @@ def test_cli_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
                "--candidates", "sgd,adamw", "--no-explain"])
     out = capsys.readouterr().out
     assert rc == 0 and "advice (race)" in out and "% of a 40-step run" in out
+
+
+@pytest.mark.parametrize(("option", "bad", "accepted"), [
+    ("--steps", "0", "an integer >= 1"),
+    ("--steps", "1.5", "an integer >= 1"),
+    ("--budget", "0", "a finite number > 0"),
+    ("--budget", "nan", "a finite number > 0"),
+    ("--budget", "inf", "a finite number > 0"),
+    ("--seed", "-1", "an integer >= 0"),
+    ("--examples", "0", "an integer >= 1"),
+    ("--batch", "-1", "an integer >= 0"),
+    ("--eta", "1", "an integer >= 2"),
+    ("--dim", "1", "an integer >= 2"),
+    ("--lam-max", "-1", "a finite number > 0"),
+    ("--lam-max", "inf", "a finite number > 0"),
+    ("--theta", "1.5", "a finite number >= 0 and <= 1"),
+    ("--theta", "nan", "a finite number >= 0 and <= 1"),
+])
+def test_cli_refuses_bad_numbers_naming_the_option_and_range(
+    capsys: pytest.CaptureFixture[str], option: str, bad: str, accepted: str
+) -> None:
+    # argparse rejects the value before any problem is built: exit code 2, no traceback
+    with pytest.raises(SystemExit) as exc:
+        main(["advise", "quadratic", option, bad])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}: must be {accepted}, got {bad!r}" in err
+    assert "Traceback" not in err
+
+
+def test_cli_accepts_the_ends_of_each_range() -> None:
+    args = build_parser().parse_args(
+        ["advise", "quadratic", "--steps", "1", "--budget", "1e-9", "--seed", "0", "--examples",
+         "1", "--batch", "0", "--eta", "2", "--dim", "2", "--lam-max", "1e-9", "--theta", "1"])
+    assert (args.steps, args.seed, args.examples, args.batch, args.eta, args.dim) == (1, 0, 1, 0, 2, 2)
+    assert (args.budget, args.lam_max, args.theta) == (1e-9, 1e-9, 1.0)
+    assert build_parser().parse_args(["advise", "quadratic", "--theta", "0"]).theta == 0.0
 
 
 def test_validation_hit_is_within_one_percent_of_the_tuned_winner() -> None:

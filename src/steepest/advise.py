@@ -35,6 +35,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from steepest._cli_types import finite_float, int_at_least
+
 __all__ = ["Advice", "Candidate", "RaceEntry", "advise", "default_candidates", "plain_candidates"]
 
 Make = Callable[[nn.Module, float], torch.optim.Optimizer]
@@ -712,9 +714,9 @@ def add_arguments(parser: Any) -> None:
                              "[BPL20] App. D.2: --dim, --lam-max, --theta), module:function or "
                              "path/to/file.py:function returning (model, loss_fn, data)")
     parser.add_argument("--list", action="store_true", help="list the built-in problems and exit")
-    parser.add_argument("--steps", type=int, default=None,
+    parser.add_argument("--steps", type=int_at_least(1), default=None,
                         help="length of the training run to advise for (default: the problem's own)")
-    parser.add_argument("--budget", type=float, default=1.0,
+    parser.add_argument("--budget", type=finite_float(lo=0.0, lo_open=True), default=1.0,
                         help="steps the race may spend, as a share of --steps (default 1.0: the "
                              "built-in problems' runs are short; on a long run 0.1 is enough)")
     parser.add_argument("--method", choices=["race", "theory"], default="race",
@@ -725,16 +727,19 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--lrs", default=None,
                         help="comma-separated factors of each candidate's default lr "
                              "(default 1/3,1,3 = 0.3333,1,3)")
-    parser.add_argument("--seed", type=int, default=0, help="initialisation and data-order seed")
-    parser.add_argument("--examples", type=int, default=None,
+    parser.add_argument("--seed", type=int_at_least(0), default=0,
+                        help="initialisation and data-order seed")
+    parser.add_argument("--examples", type=int_at_least(1), default=None,
                         help="use the first N training examples (default: all)")
-    parser.add_argument("--batch", type=int, default=None,
+    parser.add_argument("--batch", type=int_at_least(0), default=None,
                         help="batch size (default: the problem's; 0 = full batch)")
-    parser.add_argument("--eta", type=int, default=4, help="successive halving keeps 1/eta per rung")
-    parser.add_argument("--dim", type=int, default=20, help="quadratic: dimension (default 20)")
-    parser.add_argument("--lam-max", type=float, default=100.0,
+    parser.add_argument("--eta", type=int_at_least(2), default=4,
+                        help="successive halving keeps 1/eta per rung")
+    parser.add_argument("--dim", type=int_at_least(2), default=20,
+                        help="quadratic: dimension (default 20)")
+    parser.add_argument("--lam-max", type=finite_float(lo=0.0, lo_open=True), default=100.0,
                         help="quadratic: outlier eigenvalue (default 100)")
-    parser.add_argument("--theta", type=float, default=0.3,
+    parser.add_argument("--theta", type=finite_float(0.0, 1.0), default=0.3,
                         help="quadratic: rotation in [0, 1] (default 0.3)")
     parser.add_argument("--no-explain", action="store_true",
                         help="skip the geometry explanation (a few hundred Hessian-vector products)")
