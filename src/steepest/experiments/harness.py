@@ -659,6 +659,19 @@ def preregistered(exp: Experiment, claims: list[Claim]) -> list[dict[str, Any]]:
     declared = {st.id: st for st in exp.statements}
     primaries: dict[str, Claim] = {}
     problems: list[str] = []
+    if not declared and any(c.kind == "paper" for c in claims):
+        # an experiment that declares nothing yet (another session's): each paper claim is its
+        # own statement, not pre-registered, so its record carries no criterion_fixed_at
+        print(f"warning: {exp.name} declares no statements (Experiment(statements=...)): its "
+              "paper claims are not pre-registered", file=sys.stderr)
+        for c in claims:
+            if c.kind == "paper":
+                c.statement = c.statement or c.id
+                c.reading = c.reading or "primary"
+        return [{"id": c.statement, "source": c.paper, "paper_key": paper_key(c.paper),
+                 "primary_claim": c.id, "verdict": c.verdict, "fixed_at": "",
+                 "declared": False} for c in claims if c.kind == "paper"
+                and c.reading == "primary"]
     for c in claims:
         if c.kind != "paper":
             continue
