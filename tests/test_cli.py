@@ -53,8 +53,10 @@ def test_demo_without_data_files_is_a_clear_error(capsys, monkeypatch, tmp_path)
     assert str(tmp_path) in err and "cifar-10-batches-py" in err
     assert main(["demo", "--data-dir", str(tmp_path / "missing")]) == 2
     assert "is not a folder" in capsys.readouterr().err
-    assert main(["demo", "--steps", "0"]) == 2
-    assert "--steps must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # numbers are checked by argparse: exit code 2
+        main(["demo", "--steps", "0"])
+    assert exc.value.code == 2
+    assert "argument --steps: must be an integer >= 1, got '0'" in capsys.readouterr().err
 
 
 def _table(out: str) -> list[str]:

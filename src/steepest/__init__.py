@@ -8,6 +8,7 @@ descent for GLMs (:mod:`steepest.fisher`), distributed sign compression
 """
 
 from steepest import fisher, norms
+from steepest.advise import advise  # the function (the module: sys.modules['steepest.advise'])
 from steepest.fisher import EmpiricalFisherDescent, NaturalGradientDescent
 from steepest.norms import L1, L2, BlockNorm, ColNorm, L1ToLinf, Linf, Lp, Norm, RowNorm, Spectral
 from steepest.optim import (
@@ -31,6 +32,7 @@ from steepest.optim import (
     StepOptimizer,
     layer_groups,
 )
+from steepest.recipes import create_optimizer
 
 __version__ = "0.1.0"
 
@@ -65,6 +67,8 @@ __all__ = [
     "Stacey",
     "SteepestDescent",
     "StepOptimizer",
+    "advise",
+    "create_optimizer",
     "fisher",
     "layer_groups",
     "norms",

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 import steepest
+from steepest._cli_types import int_at_least
 from steepest.problems import get_problem, list_problems
 
 # name -> (factory(params, lr), lr grid)
@@ -64,11 +65,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--problem", default="digits-mlp", choices=list_problems(), metavar="NAME",
                         help="the problem to train (default digits-mlp; `steepest geometry --list` "
                              "describes them): " + ", ".join(list_problems()))
-    parser.add_argument("--steps", type=int, default=300,
+    parser.add_argument("--steps", type=int_at_least(1), default=300,
                         help="optimizer steps per run (default 300)")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=int_at_least(0), default=0,
                         help="first seed: initialisation and data order (default 0)")
-    parser.add_argument("--seeds", type=int, default=3,
+    parser.add_argument("--seeds", type=int_at_least(1), default=3,
                         help="seeds seed .. seed+N-1; the table gives the median and the "
                              "min-max spread over them (default 3)")
     parser.add_argument("--data-dir", default=None, metavar="DIR",
@@ -89,10 +90,6 @@ def _fmt(values: list[float], spec: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    for opt, val in (("steps", args.steps), ("seeds", args.seeds)):
-        if val < 1:
-            print(f"steepest demo: --{opt} must be >= 1, got {val}", file=sys.stderr)
-            return 2
     if args.data_dir is not None:
         if not os.path.isdir(args.data_dir):
             print(f"steepest demo: --data-dir {args.data_dir!r} is not a folder", file=sys.stderr)

@@ -1,5 +1,5 @@
 """The Fisher, the "empirical Fisher", natural-gradient descent and EF-preconditioned descent
-for generalized linear models (seed 001: Balles, *Noise-Aware Stochastic Optimization*, Ch. 7 and
+for generalized linear models ([Bal21]: Balles, *Noise-Aware Stochastic Optimization*, Ch. 7 and
 App. D; Kunstner, Balles & Hennig 2019).
 
 A generalized linear model (GLM) here is ``p(y | x) = p(y | f)`` with ``f = f(x, theta)`` linear
@@ -50,12 +50,15 @@ defined.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+from torch.optim.optimizer import ParamsT
+
+from steepest.optim.base import STATE_TAG, StepOptimizer, check_group_lr, check_param_dtypes
 
 __all__ = [
     "CURVATURES",
@@ -167,7 +170,7 @@ class GLM:
         self.targets = targets
         self.likelihood = likelihood
         self.variance = float(variance)
-        self.num_classes = num_classes if likelihood == "categorical" else 1
+        self.num_classes = num_classes if likelihood == "categorical" and num_classes is not None else 1
         self.reduction = reduction
 
     # ------------------------------------------------------------------ shapes and helpers
@@ -530,7 +533,7 @@ def cosine_similarity(a: Tensor, b: Tensor) -> Tensor:
 
 # ---------------------------------------------------------------------- optimizers
 class FisherPreconditionedDescent(Optimizer):
-    """``theta <- theta - lr (M(theta) + damping I)^{-1} g`` (seed 001, Eq. D.31 / D.32) with
+    """``theta <- theta - lr (M(theta) + damping I)^{-1} g`` ([Bal21, Eq. D.31] / D.32) with
     ``M`` the Fisher (``curvature="fisher"``: natural-gradient descent) or the empirical Fisher
     (``curvature="empirical"``: EFGD) of ``model`` at the current parameters, and ``g`` the
     gradient in ``p.grad`` (from the user's ``backward``; for the full-batch method of the
@@ -542,13 +545,17 @@ class FisherPreconditionedDescent(Optimizer):
     :class:`GLM` for that step (e.g. the current mini-batch). ``solver="cg"`` solves
     matrix-free (conjugate gradients on the curvature-vector product).
 
-    Raises ``ValueError`` for invalid options, ``FloatingPointError`` for a NaN/inf gradient
-    (nothing is written), ``RuntimeError`` for sparse gradients.
+    Raises ``ValueError`` for invalid options (also an ``lr`` set on the group later) and for
+    non-floating parameters, ``FloatingPointError`` for a NaN/inf gradient or an update that is
+    not finite (the curvature can overflow at huge parameters; nothing is written),
+    ``RuntimeError`` for sparse gradients. State dicts carry the class name and load only into
+    the same class, as every ``steepest`` optimizer's; ``copy.deepcopy`` and pickle keep
+    ``model``.
     """
 
     def __init__(
         self,
-        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        params: ParamsT,
         model: GLM,
         lr: float = 1.0,
         damping: float = 1e-8,
@@ -581,18 +588,46 @@ class FisherPreconditionedDescent(Optimizer):
                              f"C = {model.num_classes})")
         self.model = model
 
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        check_param_dtypes(type(self).__name__, len(self.param_groups) - 1, self.param_groups[-1])
+
+    # ---- copies and checkpoints (issue 21): the same guarantees as StepOptimizer's
+    def __getstate__(self) -> dict[str, Any]:
+        # torch.optim.Optimizer pickles defaults, state and param groups only; the model is part
+        # of this optimizer (deepcopy and pickle lost it: AttributeError at the next step).
+        state = super().__getstate__()
+        state["model"] = self.model
+        return state
+
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        sd[STATE_TAG] = type(self).__name__  # checked by load_state_dict, here and in StepOptimizer
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # StepOptimizer's origin check reads only ``defaults`` and the class's signature, which
+        # this class has too: another optimizer's state dict (tagged, or with its option keys) is
+        # refused instead of copying its options here.
+        StepOptimizer._check_origin(self, state_dict)  # type: ignore[arg-type]
+        me = type(self).__name__
+        if isinstance(state_dict, dict) and any(state_dict.get("state", {}).values()):
+            raise ValueError(f"this state dict is not from {me}: it has per-parameter state, "
+                             f"which {me} does not keep")
+        super().load_state_dict({k: v for k, v in state_dict.items() if k != STATE_TAG})
+
     @torch.no_grad()
-    def step(self, closure: Callable[[], Tensor] | None = None,
-             model: GLM | None = None) -> Tensor | None:
+    def step(self, closure: Callable[[], Any] | None = None,
+             model: GLM | None = None) -> Any:
+        group = self.param_groups[0]
+        check_group_lr(type(self).__name__, 0, group)  # may have been set after construction
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        model = self.model if model is None else model
+        model = getattr(self, "model", None) if model is None else model
         if not isinstance(model, GLM):
             raise ValueError(f"model must be a steepest.fisher.GLM, got {type(model).__name__}")
-        group = self.param_groups[0]
-        _check_nonneg("lr", group["lr"])
         _check_nonneg("damping", group["damping"])
         params: list[Tensor] = group["params"]
         if all(p.grad is None for p in params):
@@ -613,20 +648,28 @@ class FisherPreconditionedDescent(Optimizer):
         direction = model.preconditioned_gradient(
             theta, group["damping"], group["curvature"], gradient=torch.cat(grads),
             solver=group["solver"], cg_max_iter=group["cg_max_iter"], cg_tol=group["cg_tol"])
+        # The update is written only if it is finite: the curvature can overflow at huge
+        # parameters (the EF of |theta| ~ 1e20 in float32), which no gradient check sees.
+        new_theta = theta.add(direction, alpha=-group["lr"])
+        if not bool(torch.isfinite(new_theta).all()):
+            raise FloatingPointError(
+                f"{type(self).__name__}: the update is not finite (NaN or inf; the {group['curvature']} "
+                f"curvature or the solve overflowed {theta.dtype} at these parameters, "
+                f"max |theta| = {float(theta.abs().max()):.3g}); nothing was written")
         offset = 0
         for p in params:
             k = p.numel()
-            p.add_(direction[offset:offset + k].view_as(p), alpha=-group["lr"])
+            p.copy_(new_theta[offset:offset + k].view_as(p))
             offset += k
         return loss
 
 
 class NaturalGradientDescent(FisherPreconditionedDescent):
-    """Natural-gradient descent, ``theta <- theta - lr (F + damping I)^{-1} g`` (seed 001,
+    """Natural-gradient descent, ``theta <- theta - lr (F + damping I)^{-1} g`` ([Bal21],
     Eq. D.31; ``F`` the Fisher of Eq. 7.2 by Prop. 7.1). On least squares with ``lr = 1``,
     ``damping = 0`` it is Gauss-Newton and Newton's method (one step to the minimum)."""
 
-    def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], model: GLM,
+    def __init__(self, params: ParamsT, model: GLM,
                  lr: float = 1.0, damping: float = 1e-8, **kwargs: Any) -> None:
         super().__init__(params, model, lr, damping, curvature="fisher", **kwargs)
 
@@ -636,6 +679,6 @@ class EmpiricalFisherDescent(FisherPreconditionedDescent):
     001, Eq. D.32; ``F~`` the empirical Fisher of Eq. 7.3). Ch. 7 shows why this is not an
     approximate natural gradient far from a well-specified optimum."""
 
-    def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], model: GLM,
+    def __init__(self, params: ParamsT, model: GLM,
                  lr: float = 1.0, damping: float = 1e-8, **kwargs: Any) -> None:
         super().__init__(params, model, lr, damping, curvature="empirical", **kwargs)

@@ -148,7 +148,7 @@ def _digits_images(seed: int):
     return xtr.reshape(-1, 1, 8, 8), ytr, xte.reshape(-1, 1, 8, 8), yte
 
 
-def _raw_digits():
+def _raw_digits() -> tuple[np.ndarray, np.ndarray]:
     import sklearn.datasets
 
     ds = sklearn.datasets.load_digits()
@@ -241,16 +241,16 @@ def describe() -> dict[str, Any]:
     return {n: p.description for n, p in sorted(_PROBLEMS.items())}
 
 
-# ------------------------------------------------------------------------------ seed 000 App. D.1
-# The CNNs of "The Geometry of Sign Gradient Descent" (seed 000, App. D.1), used by
+# ------------------------------------------------------------------------------ [BPL20, App. D.1]
+# The CNNs of "The Geometry of Sign Gradient Descent" [BPL20, App. D.1], used by
 # ``steepest reproduce adam-ablation``. Pooling is max-pooling over 3 (x 3) with stride 2
 # ("same" padding, so each pool halves the size, rounding up).
 def cnn_2c2d(in_shape: tuple[int, ...] = (1, 28, 28), classes: int = 10, *,
              channels: tuple[int, int] = (32, 64), hidden: int = 1024) -> nn.Module:
-    """Seed 000's Fashion-MNIST CNN: conv 5x5 (32) - pool - conv 5x5 (64) - pool - fc 1024 -
+    """[BPL20]'s Fashion-MNIST CNN: conv 5x5 (32) - pool - conv 5x5 (64) - pool - fc 1024 -
     fc ``classes``, ReLU, "same" convolutions. ``in_shape`` is ``(C, H, W)`` (2-d convolutions)
     or ``(C, L)`` (the same network with 1-d convolutions, for MNIST-1D). ``channels`` and
-    ``hidden`` narrow it (the CPU-sized counterparts of seed 001's experiments)."""
+    ``hidden`` narrow it (the CPU-sized counterparts of [Bal21]'s experiments)."""
     if len(in_shape) not in (2, 3):
         raise ValueError(f"in_shape must be (C, L) or (C, H, W), got {in_shape!r}")
     conv, pool = (nn.Conv1d, nn.MaxPool1d) if len(in_shape) == 2 else (nn.Conv2d, nn.MaxPool2d)
@@ -265,7 +265,7 @@ def cnn_2c2d(in_shape: tuple[int, ...] = (1, 28, 28), classes: int = 10, *,
 def cnn_3c3d(in_shape: tuple[int, int, int] = (3, 32, 32), classes: int = 10, *,
              channels: tuple[int, int, int] = (64, 96, 128),
              hidden: tuple[int, int] = (512, 256)) -> nn.Module:
-    """Seed 000's CIFAR-10 CNN (DeepOBS ``cifar10_3c3d``): conv 5x5 (64, valid) - pool - conv 3x3
+    """[BPL20]'s CIFAR-10 CNN (DeepOBS ``cifar10_3c3d``): conv 5x5 (64, valid) - pool - conv 3x3
     (96, valid) - pool - conv 3x3 (128, same) - pool - fc 512 - fc 256 - fc ``classes``, ReLU.
     The paper adds an l2 penalty 0.002 (on the weights); the training loop applies it.
     ``channels`` and ``hidden`` narrow it (CPU-sized counterparts)."""
@@ -315,22 +315,22 @@ def _data_dir_loader(kind: str) -> Callable[[int], tuple[Tensor, Tensor, Tensor,
 
 
 register_problem(Problem(
-    "digits-2c2d", "seed 000's Fashion-MNIST CNN (2 conv + 2 fc) on scikit-learn's 8x8 digits",
+    "digits-2c2d", "[BPL20]'s Fashion-MNIST CNN (2 conv + 2 fc) on scikit-learn's 8x8 digits",
     lambda: cnn_2c2d((1, 8, 8)), _digits_images, _ce, batch_size=64, steps=630,
     metric=accuracy, tags=("sklearn", "cnn", "seed000"),
 ))
 register_problem(Problem(
-    "mnist1d-2c2d", "seed 000's Fashion-MNIST CNN with 1-d convolutions on MNIST-1D",
+    "mnist1d-2c2d", "[BPL20]'s Fashion-MNIST CNN with 1-d convolutions on MNIST-1D",
     lambda: cnn_2c2d((1, 40)), _mnist1d_channels, _ce, batch_size=64, steps=940,
     metric=accuracy, tags=("mnist1d", "cnn", "seed000"),
 ))
 register_problem(Problem(
-    "fashion-mnist-2c2d", "seed 000's Fashion-MNIST CNN (needs the IDX files, $STEEPEST_DATA_DIR)",
+    "fashion-mnist-2c2d", "[BPL20]'s Fashion-MNIST CNN (needs the IDX files, $STEEPEST_DATA_DIR)",
     lambda: cnn_2c2d((1, 28, 28)), _data_dir_loader("fashion-mnist"), _ce, batch_size=64,
     steps=6 * 938, metric=accuracy, tags=("cnn", "seed000", "data-dir"),
 ))
 register_problem(Problem(
-    "cifar10-3c3d", "seed 000's CIFAR-10 CNN (needs the python batches, $STEEPEST_DATA_DIR)",
+    "cifar10-3c3d", "[BPL20]'s CIFAR-10 CNN (needs the python batches, $STEEPEST_DATA_DIR)",
     lambda: cnn_3c3d((3, 32, 32)), _data_dir_loader("cifar10"), _ce, batch_size=128,
     steps=10 * 391, metric=accuracy, tags=("cnn", "seed000", "data-dir"),
 ))
@@ -404,26 +404,26 @@ register_problem(Problem(
 ))
 
 
-# ------------------------------------------------------------------------------ seed 001, CPU-sized
-# CPU-sized counterparts of the problems of seed 001's experiments (Sec. 4.4.4, Sec. 5.6), used by
+# ------------------------------------------------------------------------------ [Bal21], CPU-sized
+# CPU-sized counterparts of the problems of [Bal21]'s experiments (Sec. 4.4.4, Sec. 5.6), used by
 # ``steepest reproduce dissecting-adam`` and ``steepest reproduce cabs``: the paper's 2c2d / 3c3d
 # architectures narrowed (same layer structure, fewer filters and units), and a two-layer
-# character-level LSTM (seed 001 App. B.1, P4) on English text that ships with Python.
-SMALL_2C2D = {"channels": (8, 16), "hidden": 64}
-SMALL_3C3D = {"channels": (16, 24, 32), "hidden": (128, 64)}
+# character-level LSTM ([Bal21, App. B.1], P4) on English text that ships with Python.
+SMALL_2C2D: dict[str, Any] = {"channels": (8, 16), "hidden": 64}
+SMALL_3C3D: dict[str, Any] = {"channels": (16, 24, 32), "hidden": (128, 64)}
 
 register_problem(Problem(
-    "digits-2c2d-small", "seed 000/001's 2c2d CNN narrowed to conv 8-16, fc 64, on the 8x8 digits",
+    "digits-2c2d-small", "[BPL20]/[Bal21]'s 2c2d CNN narrowed to conv 8-16, fc 64, on the 8x8 digits",
     lambda: cnn_2c2d((1, 8, 8), **SMALL_2C2D), _digits_images, _ce, batch_size=64, steps=400,
     metric=accuracy, tags=("sklearn", "cnn", "seed001"),
 ))
 register_problem(Problem(
-    "mnist1d-2c2d-small", "seed 000/001's 2c2d CNN (1-d) narrowed to conv 8-16, fc 64, on MNIST-1D",
+    "mnist1d-2c2d-small", "[BPL20]/[Bal21]'s 2c2d CNN (1-d) narrowed to conv 8-16, fc 64, on MNIST-1D",
     lambda: cnn_2c2d((1, 40), **SMALL_2C2D), _mnist1d_channels, _ce, batch_size=64, steps=600,
     metric=accuracy, tags=("mnist1d", "cnn", "seed001"),
 ))
 register_problem(Problem(
-    "cifar10-3c3d-small", "seed 001's 3c3d CNN narrowed to conv 16-24-32, fc 128-64 (needs the "
+    "cifar10-3c3d-small", "[Bal21]'s 3c3d CNN narrowed to conv 16-24-32, fc 128-64 (needs the "
     "CIFAR-10 python batches, $STEEPEST_DATA_DIR)",
     lambda: cnn_3c3d((3, 32, 32), **SMALL_3C3D), _data_dir_loader("cifar10"), _ce,
     batch_size=128, steps=1000, metric=accuracy, tags=("cnn", "seed001", "data-dir"),
@@ -433,7 +433,7 @@ register_problem(Problem(
 def pydoc_text() -> str:
     """English prose that ships with Python: the help topics of the language reference
     (``pydoc_data.topics``, ~465k characters in Python 3.11), topics in sorted order. It stands in
-    for seed 001's *War and Peace* (App. B.1, P4). The text differs between Python versions."""
+    for [Bal21]'s *War and Peace* (App. B.1, P4). The text differs between Python versions."""
     from pydoc_data.topics import topics
 
     return "\n".join(topics[k] for k in sorted(topics))
@@ -465,7 +465,7 @@ def char_lstm_data(seq_len: int = 50, test_fraction: float = 0.1
 
 
 class CharLSTM(nn.Module):
-    """Character-level language model of seed 001 App. B.1 (P4): an embedding, a two-layer LSTM
+    """Character-level language model of [Bal21, App. B.1] (P4): an embedding, a two-layer LSTM
     and a linear read-out; ``(N, T)`` codes -> ``(N, T, vocab)`` logits. The paper: 128 hidden
     units, 83 characters, sequence length 50, dropout; the CPU-sized default is 48 units, no
     dropout, every window starting from a zero state."""
@@ -492,7 +492,7 @@ def _char_lstm_vocab_size() -> int:
 
 register_problem(Problem(
     "pydoc-char-lstm", "2-layer character LSTM (48 units) on Python's pydoc help topics (English "
-    "prose shipped with Python; seed 001's P4 used War and Peace)",
+    "prose shipped with Python; [Bal21]'s P4 used War and Peace)",
     lambda: CharLSTM(_char_lstm_vocab_size()), lambda seed: char_lstm_data()[:4],
     sequence_cross_entropy, batch_size=32, steps=400, metric=accuracy, tags=("text", "lstm", "seed001"),
 ))

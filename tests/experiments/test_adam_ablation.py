@@ -96,10 +96,15 @@ def test_optimizers():
 def test_adam_ablation_quick(tmp_path):
     s = run_experiment("adam-ablation", quick=True, out_dir=tmp_path, progress=False, echo=False,
                        options={"datasets": ["digits"], "epochs": 1, "train_subset": 128})
-    assert s["total"] == 1 and s["claims"][0]["id"] == "digits/adam-variants-alike"
+    # digits is another reading of the statement (MNIST-1D is the primary one): not voted
+    assert s["total"] == 0 and s["readings_total"] == 1
+    c = s["claims"][0]
+    assert c["id"] == "digits/adam-variants-alike" and c["statement"] == "fig1-variants-alike"
+    assert c["reading"] == "other: digits" and c["verdict"] == "inconclusive"  # one seed
+    assert [st["verdict"] for st in s["statements"]] == ["not run"]
     info = s["settings"]["datasets"]["digits"]
     assert info["train_examples"] == 128 and info["tuned"] is False
-    assert s["claims"][0]["kind"] == "paper" and "ours" in s["claims"][0]["criterion"]
+    assert c["kind"] == "paper" and "ours" in c["criterion"] and c["criterion_fixed_at"]
     rows = (tmp_path / "results.csv").read_text().splitlines()
     assert rows[0] == "dataset,optimizer,lr,seed,epoch,step,train_loss,test_loss,test_acc"
     assert len(rows) == 1 + 2 * len(aa.OPTIMIZERS)  # two logs in one epoch per optimizer

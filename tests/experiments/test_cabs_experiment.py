@@ -102,6 +102,12 @@ def test_cabs_small_run(tmp_path):
             "mnist1d/cabs-best-test-accuracy", "digits/cabs-less-step-size-sensitive",
             "mnist1d/cabs-batch-size-grows", "digits/equal-example-budget",
             "all/benefit-grows-with-complexity"} <= ids
+    by_id = {c["id"]: c for c in s["claims"]}
+    assert by_id["mnist1d/cabs-lowest-training-loss"]["reading"] == "primary"
+    assert by_id["digits/cabs-outperformed-on-easiest"]["reading"] == "primary"
+    assert by_id["digits/cabs-less-step-size-sensitive"]["reading"] == "other: digits"
+    # seed 0 (reused from the tuning sweep) and seed 1: one pair, a t-interval of 1 dof
+    assert s["seed_list"] == [0, 1] and s["total"] == 5
     sanity = [c for c in s["claims"] if c["kind"] == "sanity"]
     assert sanity and all(c["holds"] for c in sanity)
     info = s["settings"]["problems"]["mnist1d"]

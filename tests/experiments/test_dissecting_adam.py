@@ -187,7 +187,14 @@ def test_dissecting_adam_small_run(tmp_path):
     assert {"digits/sign-methods-cluster-loss", "digits/sign-methods-cluster-acc",
             "digits/adam-like-m-sign-sgd", "digits/variance-adaptation-m-svag-vs-m-sgd",
             "digits/variance-adaptation-adam-vs-m-sign-sgd",
-            "digits/minibatch-variance-like-moving-average"} == ids
+            "digits/minibatch-variance-like-moving-average", "all/variance-adaptation-helps"} == ids
+    # digits is another reading (MNIST-1D is the primary one for P1); 'in all experiments' is
+    # the one primary reading of the variance-adaptation statement
+    by_id = {c["id"]: c for c in s["claims"]}
+    assert by_id["all/variance-adaptation-helps"]["reading"] == "primary"
+    assert by_id["digits/adam-like-m-sign-sgd"]["reading"] == "other: digits"
+    assert s["total"] == 1 and s["readings_total"] == 6
+    assert all(c["verdict"] in ("holds", "fails", "inconclusive") for c in s["claims"])
     info = s["settings"]["problems"]["digits"]
     assert info["steps"] == 6 and info["lr"]["M-SGD"] == da.SETUPS["digits"].lr["M-SGD"]
     rows = (tmp_path / "results.csv").read_text().splitlines()
@@ -234,3 +241,5 @@ def test_cifar10_runs_from_data_dir(tmp_path):
     assert info["train_examples"] == 40 and info["l2"] == 0.002
     kinds = {c["id"]: c["kind"] for c in s["claims"]}
     assert kinds["cifar10/svag-vs-m-svag"] == "paper"  # stated for P2 in App. B.3.3
+    reading = {c["id"]: c["reading"] for c in s["claims"]}
+    assert reading["cifar10/svag-vs-m-svag"] == "primary"

@@ -16,6 +16,7 @@ from steepest.experiments.harness import (
     Context,
     Experiment,
     Result,
+    Statement,
     _convert,
     log_grid_search,
     run_experiment,
@@ -40,11 +41,24 @@ def test_list_command_prints_them(capsys):
         assert name in out
 
 
+STATEMENTS = (
+    Statement("s1", "[BPL20, Fig. 1]", "words one", primary="data set one", criterion="c a",
+              criterion_source="ours", fixed_at="abc1234"),
+    Statement("s2", "[Liu25, abstract]", "words two", primary="data set one", criterion="c b",
+              criterion_source="paper", fixed_at="def5678", revised="fails (x < 1)"),
+)
+
+
 def _fake(ctx: Context) -> Result:
     steps = ctx.opt("steps", 3)
     rows = [{"seed": s, "step": k, "value": float(s + k)} for s in ctx.seed_list() for k in range(steps)]
-    claims = [Claim("a", "first", "paper a", "m a", True, criterion="c a"),
-              Claim("b", "second", "p b", "m b", 0, criterion="c b"),
+    claims = [Claim("a", "first", "[BPL20, Fig. 1]: 'paper a'", "m a", True, criterion="c a",
+                    statement="s1", reading="primary"),
+              Claim("b", "second", "[Liu25, abstract]: 'p b'", "m b", 0, criterion="c b",
+                    statement="s2", reading="primary"),
+              Claim("r", "first, another data set", "[BPL20, Fig. 1]: 'paper a'", "m r", True,
+                    verdict="inconclusive", criterion="c a", statement="s1",
+                    reading="other: data set two"),
               Claim("s", "identity", "eq 1", "m s", False, kind="sanity", criterion="c s"),
               Claim("g", "ours", "-", "m g", True, kind="diagnostic", criterion="c g")]
     return Result(rows=rows, claims=claims, settings={"steps": steps, "arr": torch.tensor(2.0)})
@@ -52,7 +66,8 @@ def _fake(ctx: Context) -> Result:
 
 @pytest.fixture
 def fake_registry(monkeypatch):
-    exp = Experiment("fake", "a fake experiment", "nowhere", _fake, default_seeds=2, quick_seeds=1)
+    exp = Experiment("fake", "a fake experiment", "[BPL20, Fig. 1]", _fake, default_seeds=2,
+                     quick_seeds=1, statements=STATEMENTS)
     monkeypatch.setattr(harness, "registry", lambda: {"fake": exp})
     monkeypatch.setattr(experiments_cli, "registry", lambda: {"fake": exp})
     return exp
@@ -60,24 +75,144 @@ def fake_registry(monkeypatch):
 
 def test_run_experiment_writes_tidy_outputs(tmp_path, fake_registry, capsys):
     summary = run_experiment("fake", out_dir=tmp_path, options={"steps": "4"}, progress=False)
-    # headline counts are paper claims only; sanity checks and diagnostics are counted apart
-    assert summary["seeds"] == 2 and summary["holds"] == 1 and summary["total"] == 2
+    # the headline counts statements (primary readings); other readings, sanity checks and
+    # diagnostics are counted apart
+    assert summary["seeds"] == 2 and summary["seed_list"] == [0, 1]
+    assert (summary["holds"], summary["fails"], summary["inconclusive"], summary["total"]) == \
+        (1, 1, 0, 2)
+    assert summary["readings_total"] == 1
     assert (summary["sanity_holds"], summary["sanity_total"]) == (0, 1)
     assert (summary["diagnostic_holds"], summary["diagnostic_total"]) == (1, 1)
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk["experiment"] == "fake"
-    keys = {"id", "claim", "paper", "measured", "holds", "kind", "criterion"}
-    assert [set(c) for c in on_disk["claims"]] == [keys] * 4
-    assert [c["kind"] for c in on_disk["claims"]] == ["paper", "paper", "sanity", "diagnostic"]
-    assert on_disk["claims"][1]["holds"] is False and on_disk["claims"][1]["criterion"] == "c b"
+    keys = {"id", "claim", "paper", "measured", "holds", "kind", "criterion", "statement",
+            "reading", "verdict", "criterion_fixed_at", "revised"}
+    assert [set(c) for c in on_disk["claims"]] == [keys] * 5
+    assert [c["kind"] for c in on_disk["claims"]] == ["paper", "paper", "paper", "sanity",
+                                                      "diagnostic"]
+    b = on_disk["claims"][1]
+    assert b["holds"] is False and b["verdict"] == "fails" and b["criterion"] == "c b"
+    # the declaration fixes the commit and the revision note
+    assert b["criterion_fixed_at"] == "def5678" and b["revised"] == "fails (x < 1)"
+    assert on_disk["claims"][2]["holds"] is False  # inconclusive is not 'holds'
+    st = {s["id"]: s for s in on_disk["statements"]}
+    assert st["s1"]["verdict"] == "holds" and st["s1"]["readings"] == ["r"]
+    assert st["s2"]["paper_key"] == "" and st["s1"]["paper_key"] == "[BPL20]"
     assert on_disk["settings"] == {"steps": 4, "arr": 2.0}
     lines = (tmp_path / "results.csv").read_text().splitlines()
     assert lines[0] == "seed,step,value" and len(lines) == 1 + 2 * 4
     out = capsys.readouterr().out
-    assert "1/2 paper claims hold (0/1 sanity, 1/1 diagnostic apart)" in out
-    assert "DOES NOT HOLD" in out and "criterion: c b" in out
-    # the sanity check is printed under its own heading, after the paper claims
-    assert out.index("[DOES NOT HOLD] b") < out.index("-- sanity") < out.index("] s: identity")
+    assert "2 statement(s): 1 hold, 1 fail, 0 inconclusive" in out
+    assert "(revised after a run; first verdict: fails (x < 1))" in out
+    # readings and sanity checks are printed under their own headings, after the statements
+    assert out.index(" b [s2, primary]") < out.index("-- other readings") < out.index("-- sanity")
+
+
+def test_a_paper_claim_must_name_a_declared_statement(tmp_path, monkeypatch):
+    def bad(kind: str) -> Experiment:
+        def run(ctx: Context) -> Result:
+            c = [Claim("a", "x", "[BPL20]", "m", True, criterion="c", statement="s1",
+                       reading="primary")]
+            if kind == "undeclared":
+                c = [Claim("a", "x", "[BPL20]", "m", True, criterion="c", statement="zz",
+                           reading="primary")]
+            elif kind == "two-primaries":
+                c.append(Claim("b", "x", "[BPL20]", "m", True, criterion="c", statement="s1",
+                               reading="primary"))
+            elif kind == "no-reading":
+                c[0].reading = ""
+            return Result(rows=[], claims=c)
+        return Experiment("bad", "d", "[BPL20]", run, statements=STATEMENTS)
+
+    for kind, msg in (("undeclared", "no declared statement"), ("two-primaries", "two primary"),
+                      ("no-reading", "no reading")):
+        monkeypatch.setattr(harness, "registry", lambda kind=kind: {"bad": bad(kind)})
+        with pytest.raises(ValueError, match=msg):
+            run_experiment("bad", out_dir=tmp_path, echo=False)
+    with pytest.raises(ValueError, match="reading must be"):
+        Claim("a", "x", "p", "m", True, criterion="c", reading="secondary")
+    with pytest.raises(ValueError, match="verdict must be"):
+        Claim("a", "x", "p", "m", True, criterion="c", verdict="maybe")
+    with pytest.raises(ValueError, match="fixed_at"):
+        Statement("s", "[BPL20]", "q", primary="p", criterion="c", criterion_source="ours",
+                  fixed_at="yesterday")
+    with pytest.raises(ValueError, match="criterion_source"):
+        Statement("s", "[BPL20]", "q", primary="p", criterion="c", criterion_source="mine",
+                  fixed_at="abc1234")
+
+
+def test_rule_two_verdicts_against_hand_computed_intervals():
+    # diffs 1, 2, 3: mean 2, s.d. 1, t(0.95, 2 dof) = 2.919986: half width 2.919986 / sqrt(3)
+    mean, lo, hi = harness.t_interval([1.0, 2.0, 3.0])
+    assert math.isclose(mean - lo, hi - mean)
+    assert mean == 2.0 and math.isclose(hi - mean, 2.919986 / math.sqrt(3), rel_tol=1e-5)
+    assert harness.verdict_direction([1.0, 2.0, 3.0])[0] == "holds"
+    assert harness.verdict_direction([-1.0, -2.0, -3.0])[0] == "fails"
+    assert harness.verdict_direction([-1.0, 2.0, 3.0])[0] == "inconclusive"  # lo < 0 < hi
+    assert harness.verdict_direction([5.0])[0] == "inconclusive"  # one seed: no spread to judge
+    assert harness.verdict_direction([0.5, 0.5, 0.5])[0] == "holds"  # no spread, all above 0
+    # "alike" within a tolerance: inside holds, outside fails, straddling is inconclusive
+    assert harness.verdict_within([0.10, 0.12, 0.09], 0.2)[0] == "holds"
+    assert harness.verdict_within([1.0, 1.1, 0.9], 0.2)[0] == "fails"
+    assert harness.verdict_within([0.1, 0.3, 0.2], 0.2)[0] == "inconclusive"
+    assert "90% t-interval" in harness.verdict_within([0.1, 0.3], 0.2)[1]
+    assert harness.combine("holds", "inconclusive") == "inconclusive"
+    assert harness.combine("inconclusive", "fails", "holds") == "fails"
+    assert harness.combine("holds", "holds") == "holds"
+
+
+def test_paper_keys():
+    assert harness.paper_key("[BPL20, Fig. 3]") == "[BPL20]"
+    assert harness.paper_key("[BPL20-TLDR]") == "[BPL20-TLDR]"
+    assert harness.paper_key("[ScaledSign, Ex. 5]: 'words'") == "[ScaledSign]"
+    assert harness.paper_key("[Liu25, abstract]") == ""  # outside the seeds
+    assert harness.paper_key("seed 000 Fig. 3") == ""
+
+
+def test_fresh_seeds_rerun_on_a_disjoint_range_and_compare(tmp_path, fake_registry, capsys):
+    run_experiment("fake", out_dir=tmp_path / "committed", echo=False, progress=False)
+    capsys.readouterr()
+    assert main(["reproduce", "fake", "--fresh-seeds", "--out", str(tmp_path / "fresh"),
+                 "--against", str(tmp_path / "committed"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    fresh = json.loads((tmp_path / "fresh" / "summary.json").read_text())
+    assert fresh["seed_list"] == [harness.FRESH_SEED_START, harness.FRESH_SEED_START + 1]
+    rows = (tmp_path / "fresh" / "results.csv").read_text().splitlines()[1:]
+    assert {int(r.split(",")[0]) for r in rows} == {1000, 1001}
+    report = json.loads((tmp_path / "fresh" / "fresh_seeds.json").read_text())
+    assert [(r["statement"], r["committed"], r["fresh"], r["agrees"]) for r in report] == [
+        ("s1", "holds", "holds", True), ("s2", "fails", "fails", True)]
+    assert "s1" in out and "agrees" in out
+
+
+def test_rejudge_applies_a_new_declaration_to_committed_rows(tmp_path, monkeypatch, capsys):
+    def judge(rows, settings, ctx):
+        up = sum(r["value"] for r in rows) > settings["bar"]
+        return [Claim("a", "x", "[BPL20]", "m", up, criterion="c", statement="s1",
+                      reading="primary"),
+                Claim("b", "y", "[Liu25]", "m", True, criterion="c", statement="s2",
+                      reading="primary")]
+
+    def run(ctx: Context) -> Result:
+        rows = [{"seed": s, "value": 1.0} for s in ctx.seed_list()]
+        settings = {"bar": 1.5}
+        return Result(rows=rows, claims=judge(rows, settings, ctx), settings=settings)
+
+    exp = Experiment("j", "d", "[BPL20]", run, default_seeds=2, statements=STATEMENTS,
+                     judge=judge)
+    monkeypatch.setattr(harness, "registry", lambda: {"j": exp})
+    monkeypatch.setattr(experiments_cli, "registry", lambda: {"j": exp})
+    run_experiment("j", out_dir=tmp_path, echo=False)
+    s = json.loads((tmp_path / "summary.json").read_text())
+    s["settings"]["bar"] = 5.0  # the declaration changes: judged again from the same rows
+    (tmp_path / "summary.json").write_text(json.dumps(s))
+    assert main(["reproduce", "j", "--rejudge", str(tmp_path)]) == 0
+    s = json.loads((tmp_path / "summary.json").read_text())
+    v = {c["id"]: c["verdict"] for c in s["claims"]}
+    assert v["a"] == "fails" and "rejudged" in s
+    # s2 was revised after a run: on that run's seeds it cannot become 'holds'
+    assert v["b"] == "inconclusive"
+    assert main(["reproduce", "nope", "--rejudge", str(tmp_path)]) == 2
 
 
 def test_claim_kind_is_validated():
@@ -204,39 +339,40 @@ def test_summarize_prints_markdown_tables(tmp_path, fake_registry, capsys):
     capsys.readouterr()
     assert main(["reproduce", "--summarize", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "**fake**" in out and "1/2 paper claims hold" in out
-    assert "| `a`: first | paper a | c a | m a | holds |" in out
-    assert "| `b`: second | p b | c b | m b | **does not hold** |" in out
-    assert "| `s`: identity | eq 1 | c s | m s | **does not hold** |" in out
-    assert out.index("*paper claims*") < out.index("`b`") < out.index("*sanity checks") < out.index("`s`")
-    assert "1/2 paper claims hold** (sanity checks apart: 0/1 pass; 1 diagnostic(s))" in out
+    assert "**fake**" in out and "2 statement(s): 1 hold, 1 fail, 0 inconclusive" in out
+    assert "| s1 / `a`: first | primary | [BPL20, Fig. 1]: 'paper a' | c a (abc1234) | m a | holds |" \
+        in out
+    assert "**fails (revised after a run; first verdict: fails (x < 1))**" in out
+    assert "| `s`: identity | eq 1 | c s | m s | **fails** |" in out
+    assert out.index("*paper statements") < out.index("`b`") < out.index("*other readings") \
+        < out.index("`r`") < out.index("*sanity checks") < out.index("`s`")
+    # per paper: [BPL20] 1 statement held (1 other reading); Liu25 counted outside the seeds
+    assert "| [BPL20] Balles, Pedregosa, Le Roux 2020, The Geometry of Sign Gradient Descent " \
+           "| 1 | 1 | 0 | 0 | 0 | 1 | 1 | 1 |" in out
+    assert "| outside the seeds (counted apart) | 1 | 0 | 1 | 0 | 1 | 0 | 0 | 0 |" in out
+    assert "no experiment of its own" in out
+    assert main(["reproduce", "--summarize", str(tmp_path), "--counts"]) == 0
+    assert "**fake**" not in capsys.readouterr().out
     assert main(["reproduce", "--summarize", str(tmp_path / "empty")]) == 2
     # a benchmark's summary.json in the same folder is skipped, not a crash
     (tmp_path / "bench").mkdir()
     (tmp_path / "bench" / "summary.json").write_text(json.dumps({"grid": [1, 2]}))
     assert main(["reproduce", "--summarize", str(tmp_path)]) == 0
     captured = capsys.readouterr()
-    assert "skipped" in captured.err and "**1 experiment(s), full runs: 1/2 paper claims hold**" in captured.out
+    assert "skipped" in captured.err
     # a second copy and a quick run of the same experiment are shown but not counted again
     run_experiment("fake", out_dir=tmp_path / "fake2", echo=False, progress=False)
     run_experiment("fake", out_dir=tmp_path / "fake3", quick=True, echo=False, progress=False)
     capsys.readouterr()
     assert main(["reproduce", "--summarize", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert out.count("**fake**") == 3
-    assert "**1 experiment(s), full runs: 1/2 paper claims hold**" in out
+    assert out.count("**fake**") == 1
+    assert "| **seed papers** | **1** | **1** | **0** | **0** |" in out
     assert "fake2 (another run of fake)" in out and "fake3 (quick run)" in out
-
-
-def test_claims_markdown_counts_old_summaries_as_paper_claims():
-    # summaries written before claims had a kind: every claim counts as a paper claim
-    summary = {"experiment": "x", "claims": [
-        {"id": "i", "claim": "c", "paper": "p", "measured": "m", "holds": True},
-        {"id": "j", "claim": "c", "paper": "p", "measured": "m", "holds": False}]}
-    assert "1/2 paper claims hold" in harness.claims_markdown(summary)
 
 
 def test_claims_markdown_escapes_pipes():
     summary = {"experiment": "x", "claims": [
-        {"id": "i", "claim": "||x||", "paper": "p", "measured": "m", "holds": True}]}
+        {"id": "i", "claim": "||x||", "paper": "p", "measured": "m", "holds": True,
+         "kind": "sanity"}]}
     assert "\\|\\|x\\|\\|" in harness.claims_markdown(summary)

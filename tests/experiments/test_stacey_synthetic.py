@@ -137,14 +137,28 @@ def _by_id(claims):
 
 
 def test_claims_hold_when_stacey_is_faster_and_most_on_n8():
-    prim = _primary({2.0: (400, 500, 600, 450), 4.0: (300, 350, None, 450),
+    prim = _primary({2.0: (400, 420, 600, 450), 4.0: (300, 350, None, 450),
                      8.0: (150, 200, None, 600)})
     got = _by_id(make_claims(prim, {}, steps=1000))
-    assert got == {"faster-N2": True, "faster-N4": True, "faster-N8": True,
+    assert got == {"faster-N2": True, "faster-N4": True, "faster-N8": True, "faster": True,
                    "especially-N8": True, "stable-larger-p": True, "lion-fluctuates": True}
     claims = make_claims(prim, {}, steps=1000, prefix="full-batch/")
     assert all(c.id.startswith("full-batch/") and c.criterion for c in claims)
     assert {c.kind for c in claims} == {"paper"}
+    # one primary reading per statement; the per-N_p records are readings, never voted
+    prim_ids = sorted(c.id for c in claims if c.reading == "primary")
+    assert prim_ids == ["full-batch/especially-N8", "full-batch/faster",
+                        "full-batch/lion-fluctuates", "full-batch/stable-larger-p"]
+
+
+def test_the_declared_variant_decides_not_the_better_of_two():
+    # STACEY(p,2) is faster than both baselines everywhere, STACEY(p,p) nowhere: before, the
+    # better of the two variants decided; now the declared STACEY(p,p) does
+    prim = _primary({2.0: (100, 700, 600, 450), 8.0: (100, 900, None, 600)})
+    got = _by_id(make_claims(prim, {}, steps=1000))
+    assert not got["faster"] and not got["faster-N2"] and not got["faster-N8"]
+    got = _by_id(make_claims(prim, {}, steps=1000, variant="STACEY(p,2)"))
+    assert got["faster"]
 
 
 def test_claims_fail_when_a_baseline_wins_or_stacey_never_arrives():
@@ -152,6 +166,7 @@ def test_claims_fail_when_a_baseline_wins_or_stacey_never_arrives():
                      8.0: (700, 650, None, 600)})
     got = _by_id(make_claims(prim, {}, steps=1000))
     assert got["faster-N2"] and not got["faster-N4"] and not got["faster-N8"]
+    assert not got["faster"]
     # Largest speed-up at N_2 (2.25x), not N_8 (< 1): the "especially" claim fails.
     assert not got["especially-N8"]
 
@@ -163,8 +178,10 @@ def test_a_diverged_variant_does_not_count_and_lion_must_really_fluctuate():
     # STACEY(p,2) "reaches" at 100 but diverged; STACEY(p,p) is slower than Lion.
     assert not got["faster-N2"] and not got["faster-N8"]
     assert "diverged" in next(c for c in claims if c.id == "faster-N8").measured
-    # a diverging STACEY start on the largest p: not "stable even with larger p"
-    assert not got["stable-larger-p"]
+    # a diverging STACEY(p,2) start does not decide: the declared STACEY(p,p) is stable
+    assert got["stable-larger-p"]
+    prim[8.0]["STACEY(p,p)"] = _fake("STACEY(p,p)", 8.0, 900, diverged=3)
+    assert not _by_id(make_claims(prim, {}, steps=1000))["stable-larger-p"]
     calm = make_claims(_primary({2.0: (100, 100, 600, 450)}, lion_rev=0.1), {}, steps=1000)
     assert not _by_id(calm)["lion-fluctuates"]
 
@@ -192,11 +209,13 @@ def test_end_to_end_small_run(tmp_path):
     summary = run_experiment("stacey-synthetic", quick=True, out_dir=tmp_path, progress=False,
                              options=opts, echo=False)
     ids = [c["id"] for c in summary["claims"]]
-    per = ["faster-N2", "faster-N8", "especially-N8", "stable-larger-p"]
+    per = ["faster-N2", "faster-N8", "faster", "especially-N8", "stable-larger-p"]
     assert ids == ([f"full-batch/{i}" for i in per] + ["full-batch/faster-some-alpha-tau",
                                                        "full-batch/lion-fluctuates"]
                    + [f"minibatch-8/{i}" for i in per] + ["minibatch-8/lion-fluctuates"])
-    assert summary["total"] == 10 and summary["diagnostic_total"] == 1
+    # four statements (the full batch); the per-N_p records and the minibatch are readings
+    assert summary["total"] == 4 and summary["readings_total"] == 8
+    assert summary["diagnostic_total"] == 1 and summary["seed_list"] == [100]
     s = summary["settings"]
     for key in ("gradient_noise_std", "stacey_alpha", "stacey_tau", "stacey_p", "lr", "sweep"):
         assert key in s

@@ -75,10 +75,15 @@ def test_errors(entry_file, capsys):
     assert "no callable" in capsys.readouterr().err
     assert main(["geometry", "nowhere.py:f", "--no-progress"]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert main(["geometry", "digits-logreg", "--examples", "0"]) == 2
-    assert "--examples must be >= 1" in capsys.readouterr().err
-    assert main(["geometry", "digits-logreg", "--exact-max", "100"]) == 2
-    assert "--exact-max must be <= 62" in capsys.readouterr().err
+    # numbers are checked by argparse (steepest._cli_types): exit code 2 and the range
+    with pytest.raises(SystemExit) as exc:
+        main(["geometry", "digits-logreg", "--examples", "0"])
+    assert exc.value.code == 2
+    assert "argument --examples: must be an integer >= 1, got '0'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["geometry", "digits-logreg", "--exact-max", "100"])
+    assert exc.value.code == 2
+    assert "argument --exact-max: must be an integer in [1, 62]" in capsys.readouterr().err
     assert main(["geometry"]) == 2  # no problem: the list and the usage, and a failing exit
     assert "usage: steepest geometry PROBLEM" in capsys.readouterr().err
 
@@ -134,8 +139,10 @@ def test_no_progress_bars_when_stderr_is_not_a_terminal(entry_file, capsys):
 
 
 def test_tighten_option(entry_file, capsys):
-    assert main(["geometry", f"{entry_file}:make", "--tighten", "0"]) == 2
-    assert "--tighten must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["geometry", f"{entry_file}:make", "--tighten", "0"])
+    assert exc.value.code == 2
+    assert "argument --tighten: must be an integer >= 1" in capsys.readouterr().err
     assert main(["geometry", f"{entry_file}:make", "--mode", "matrix-free", "--columns", "8",
                  "--probes", "2", "--tighten", "2"]) == 0
     assert "tighten=2" in capsys.readouterr().out

@@ -60,30 +60,31 @@ def test_scope_all_groups_makes_grouping_irrelevant():
     assert _max_diff(ref, joint) < 1e-5
 
 
-def test_scope_global_with_several_groups_warns_once_and_keeps_the_per_group_norm():
+def test_default_scope_with_several_groups_is_quiet_and_keeps_the_per_group_norm():
+    # Issue 21: a default never warns; the usual weight-decay split into two groups is a normal
+    # use, and the default scope ("global") is the norm over each group, as scope="group".
     a, b = _model(), _model()
-    with pytest.warns(UserWarning, match=r"scope='global' takes the norm over each of the 2 param groups"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         opt_a = ScaledSignSGD(_split(a), lr=0.05)
+        EFSignSGD(_split(_model()), lr=0.05)
+        SteepestDescent(_split(_model()), lr=0.05, norm=L2(), mode="normalized")
+        steepest.LpDescent(_split(_model()), lr=0.05, p=3.0, scaled=True)
+        steepest.CoordinateDescent(_split(_model()), lr=0.05)
     _train(a, opt_a)
     _train(b, ScaledSignSGD(_split(b), lr=0.05, scope="group"))
     assert _max_diff(a, b) == 0.0  # the same kernels on the same data
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        ScaledSignSGD(_model().parameters(), lr=0.05)  # one group: nothing to choose
-        ScaledSignSGD(_split(_model()), lr=0.05, scope="group")  # chosen
-        ScaledSignSGD(_split(_model()), lr=0.05, scope="per_tensor")
-        SignSGD(_split(_model()), lr=0.05)  # sign(g) does not depend on the scope
-        Lion(_split(_model()), lr=0.05)
-        steepest.BlockNormalizedSGD(_split(_model()), lr=0.05)  # g_B/||g_B||: scope-free
 
 
-def test_scope_warning_when_a_group_is_added_later():
+def test_default_scope_is_quiet_when_a_group_is_added_later():
     m = _model()
     w = [p for n, p in m.named_parameters() if n.endswith("weight")]
     b = [p for n, p in m.named_parameters() if n.endswith("bias")]
     opt = SteepestDescent(w, lr=0.1, norm=L2(), mode="normalized")
-    with pytest.warns(UserWarning, match="scope='all_groups'"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         opt.add_param_group({"params": b})
+    assert opt.param_groups[1]["scope"] == "global"
 
 
 def test_all_groups_against_the_definition_with_per_group_lr_and_weight_decay():

@@ -1,7 +1,7 @@
 """Distributed 1-bit training: majority-vote sign compression as a DDP communication hook.
 
 ``ddp.register_comm_hook(SignVoteState(...), sign_vote_hook)`` replaces DDP's gradient
-all-reduce by the vote ``sign(sum_m sign(g_m))`` (seed 004 Sec. IV; SPEC.md Sec. 5), optionally
+all-reduce by the vote ``sign(sum_m sign(g_m))`` ([Bernstein18]; [ScaledSign, Sec. IV]), optionally
 scaled by the mean l1 norm (Alg. 3) and with local momentum. The bit packing and vote are plain
 functions (:mod:`steepest.distributed.bits`) usable without processes. See docs/distributed.md.
 """

@@ -1,7 +1,7 @@
 """Bit packing and the majority vote on packed signs: the pure functions behind
 :func:`steepest.distributed.sign_vote_hook`, usable without any process group.
 
-Majority vote (seed 004 Alg. 3; SPEC.md Sec. 5): worker ``m`` sends ``sign(g_m)`` in one bit a
+Majority vote ([Bernstein18]; [ScaledSign, Alg. 3]): worker ``m`` sends ``sign(g_m)`` in one bit a
 coordinate, the update direction is ``sign(sum_m sign(g_m))`` with ``sign(0) = 0`` (a tie).
 
 Layout conventions, shared by every function here:

@@ -1,4 +1,4 @@
-"""Majority-vote sign compression as a DDP communication hook (seed 004 Sec. IV, Alg. 3).
+"""Majority-vote sign compression as a DDP communication hook [ScaledSign, Sec. IV, Alg. 3].
 
 Usage::
 
@@ -181,7 +181,7 @@ class SignVoteState:
     Args:
         process_group: the group to vote in (``None``: the default group).
         scaled: multiply the vote by ``M_k``, the mean over ranks of ``||u_m||_1`` over the
-            whole model (seed 004 Alg. 3, distributed scaled signSGD). Default: plain vote.
+            whole model ([ScaledSign, Alg. 3], distributed scaled signSGD). Default: plain vote.
         momentum: ``beta`` in ``[0, 1)`` of the local momentum ``u = beta u + (1-beta) g`` that
             is signed instead of ``g`` (Signum-style voting). 0 signs the raw gradient.
         transport: ``"auto"``, ``"allgather"``, ``"twophase"`` or ``"int8"`` (module docstring).
@@ -550,6 +550,8 @@ def _phase2_group(process_group: dist.ProcessGroup | None) -> dist.ProcessGroup:
     global so that no callback ever holds the last reference to a group.
     """
     parent = process_group or dist.group.WORLD
+    if parent is None:  # dist.group.WORLD before init_process_group
+        raise RuntimeError("the sign vote needs an initialized process group (dist.init_process_group)")
     key = parent.group_name
     # Groups registered with c10d; a destroyed and re-created world must not reuse a stale one.
     world = getattr(dist.distributed_c10d, "_world", None)
@@ -558,7 +560,9 @@ def _phase2_group(process_group: dist.ProcessGroup | None) -> dist.ProcessGroup:
     stale = cached is not None and live is not None and cached[1] not in live
     if cached is None or cached[0] is not parent or stale:
         ranks = dist.get_process_group_ranks(parent)
-        _PHASE2_GROUPS[key] = (parent, dist.new_group(ranks=ranks, use_local_synchronization=True))
+        group2 = dist.new_group(ranks=ranks, use_local_synchronization=True)
+        assert group2 is not None  # this rank is in `ranks`
+        _PHASE2_GROUPS[key] = (parent, group2)
     return _PHASE2_GROUPS[key][1]
 
 
@@ -567,7 +571,7 @@ _PHASE2_GROUPS: dict[str, tuple[dist.ProcessGroup, dist.ProcessGroup]] = {}
 
 def sign_vote_hook(state: SignVoteState, bucket: dist.GradBucket) -> Future:
     """DDP communication hook: fill the bucket with the majority vote of the ranks' signs
-    (``state.scaled``: times the global mean l1 norm, seed 004 Alg. 3). See the module
+    (``state.scaled``: times the global mean l1 norm, [ScaledSign, Alg. 3]). See the module
     docstring for the semantics and :class:`SignVoteState` for the options."""
     if not isinstance(state, SignVoteState):
         raise TypeError(f"sign_vote_hook expects a SignVoteState, got {type(state).__name__}")
@@ -740,7 +744,8 @@ def _vote_twophase(job: _Job, group: dist.ProcessGroup | None, group2: dist.Proc
     phase1 = dist.all_to_all_single(recv, send, group=group, async_op=True).get_future()
     # Phase 2 launches in bucket order: each waits for the previous bucket's launch.
     ctx = job.ctx
-    previous, launched = ctx.phase2_launched, Future()
+    previous = ctx.phase2_launched
+    launched: Future[None] = Future()
     ctx.phase2_launched = launched
     result: Future = Future()
     torch.futures.collect_all([phase1, previous]).then(

@@ -1,4 +1,4 @@
-"""Loaders for the standard image data sets of seed 000's Adam experiment (App. D.1), read from
+"""Loaders for the standard image data sets of [BPL20, Adam experiment (App. D.1)], read from
 files the user already has (nothing is downloaded):
 
 * **Fashion-MNIST** in the IDX format of the original distribution:

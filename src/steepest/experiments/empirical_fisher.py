@@ -1,4 +1,4 @@
-"""``empirical-fisher``: Fisher vs "empirical Fisher" (seed 001, Ch. 7 and App. D.3).
+"""``empirical-fisher``: Fisher vs "empirical Fisher" ([Bal21], Ch. 7 and App. D.3).
 
 Three parts, all full-batch and float64, built on :mod:`steepest.fisher`:
 
@@ -46,7 +46,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from steepest.experiments.harness import Claim, Context, Experiment, Result, torch_threads
+from steepest.experiments.harness import (
+    Claim,
+    Context,
+    Experiment,
+    Result,
+    Statement,
+    combine,
+    torch_threads,
+    verdict_direction,
+    verdict_within,
+)
 from steepest.fisher import GLM, cosine_similarity
 
 __all__ = [
@@ -83,6 +93,84 @@ FAR = 1.5  # "EF can be arbitrarily wrong": some generalized eigenvalue off by >
 FAR_WORSE = 10.0  # "far worse": >= 10x NGD's excess loss ...
 VISIBLE = 0.01  # ... and >= 1% of the initial excess loss (a visible gap, not 1e-12 vs 1e-14)
 ACC_TOL = 0.03  # paper's accuracies +- 3 points (2 binomial standard errors at N = 1000)
+
+# Pre-registration (issue 19). Primary readings: Fig. 7.1 at the paper's step 1e-4; Fig. 7.2 in
+# the authors'-code reading of Table D.1 (N(0, 2) as a standard deviation, covariance M^T M:
+# the code produced the paper's figure and numbers), the printed reading where the code has
+# none; Fig. 7.3 on raw features (as the authors' code). Fig. 7.2's statements were judged with
+# 'every reading' / 'any reading' rules before; under the one rule they are revised, so they are
+# judged on data sets drawn from seeds 200-204 (data seeds 300-304), which no earlier run used.
+NEW = "72cb663"  # the commit that declared these criteria, before their run
+STATEMENTS = (
+    Statement(
+        "fig7.1-distorted-field", "[Bal21, Fig. 7.1]",
+        "preconditioning with the empirical Fisher results in a distorted gradient field",
+        primary="the linear regression of Eq. D.29, cosines of the update with theta* - theta "
+                "over the grid",
+        criterion="EFGD's median cosine over the grid is below GD's (NGD's is 1)",
+        criterion_source="ours", fixed_at="2d68749", seeds="data seed 0 (deterministic)"),
+    Statement(
+        "sec7.1-worse-updates", "[Bal21, Sec. 7.1, Fig. 7.1]",
+        "the empirical Fisher distorts the gradient field in a way that lead to worse updates "
+        "than gradient descent",
+        primary="the paper's step size 1e-4, 50,000 steps, from the 4 starts; the authors' "
+                "code's 1e-3 is another reading (in the record, not voted)",
+        criterion="EFGD's final R - R* exceeds GD's from >= 3 of the 4 starts",
+        criterion_source="ours", fixed_at="2d68749", seeds="deterministic"),
+    Statement(
+        "fig7.2-correct-close", "[Bal21, Fig. 7.2]",
+        "The EF closely approximates the Fisher if the model captures the true data-generating "
+        "process",
+        primary="the correctly specified linear and logistic models, Table D.1 as the authors' "
+                "code reads it (printed where the code has no other reading), N = 1000",
+        criterion=f"per data set, the largest |log mu| of the generalized eigenvalues of (EF, F) "
+                  f"over those models; rule 2 on log({CLOSE[1]}) minus it (band "
+                  f"[{CLOSE[0]}, {CLOSE[1]}]: sampling error at N = 1000 is ~5-10%)",
+        criterion_source="ours", fixed_at=NEW, seeds="200-204 (fresh)",
+        revised="fails (every reading had to hold, criterion fixed at 2d68749: the printed "
+                "logistic reading reached 0.79 against 0.80, data seeds 100-104)"),
+    Statement(
+        "fig7.2-misspecified-far", "[Bal21, Fig. 7.2]",
+        "can be arbitrarily wrong if that assumption is violated, even though we are at the "
+        "exact minimum and use a very large number of data points",
+        primary="the misspecified linear and logistic models, the authors'-code reading as "
+                "above; 'can be': the farthest of them",
+        criterion=f"per data set, the largest log max(mu_max, 1/mu_min) over the misspecified "
+                  f"models; rule 2 on it minus log({FAR})",
+        criterion_source="ours", fixed_at=NEW, seeds="200-204 (fresh)",
+        revised="fails (every misspecified model and reading had to be >= 1.5x off, criterion "
+                "fixed at 2d68749; data seeds 100-104)"),
+    Statement(
+        "sec7.4.2-accuracies", "[Bal21, Sec. 7.4.2]",
+        "we achieve classification accuracies of >= 85% in the misspecified cases compared to "
+        "73% in the well-specified case",
+        primary="the logistic models, the authors'-code reading, training accuracy at the "
+                "minimum",
+        criterion=f"per data set: well-specified accuracy within {100 * ACC_TOL:.0f} points of "
+                  f"73% (rule 2, tolerance form) and the lower misspecified accuracy above "
+                  f"{100 * (0.85 - ACC_TOL):.0f}% (rule 2); both must hold",
+        criterion_source="paper", fixed_at=NEW, seeds="200-204 (fresh)",
+        revised="holds (any reading could match, criterion fixed at 2d68749: the code reading "
+                "matched, the printed one did not; data seeds 100-104)"),
+    Statement(
+        "fig7.3-efgd-unfavorable", "[Bal21, Sec. 7.4.3, Fig. 7.3]",
+        "EF-preconditioned gradient descent compares unfavorably to NGD even on simple linear "
+        "regression and classification tasks",
+        primary="raw features (as the authors' code), scikit-learn breast cancer, wine and "
+                "diabetes in place of a1a, BreastCancer and Boston, each method's best step "
+                "and damping on Table D.4's grid; standardized features are another reading",
+        criterion=f"on some data set EFGD's excess loss is >= {FAR_WORSE:g}x NGD's and >= "
+                  f"{100 * VISIBLE:g}% of the initial excess loss (the caption: 'not guaranteed')",
+        criterion_source="ours", fixed_at="2d68749", seeds="deterministic"),
+    Statement(
+        "fig7.3-opposite-directions", "[Bal21, Fig. 7.3]",
+        "the EF can lead to update directions that are opposite to the natural gradient (see "
+        "Boston)",
+        primary="raw features, cosine of the undamped EF and NGD directions along EFGD's path",
+        criterion="the cosine is < 0 somewhere on the path of at least one data set (weaker "
+                  "than the text's 'almost opposite'; the minimum is reported)",
+        criterion_source="ours", fixed_at="2d68749", seeds="deterministic"),
+)
 
 
 # ============================================================================ helpers
@@ -236,7 +324,7 @@ def field_claims(cos: dict[str, np.ndarray], final_gap: dict[str, dict[str, np.n
         id="fig7.1-ngd-points-at-minimum",
         claim="NGD's field points straight at the minimum everywhere (F is the Hessian of "
               "least squares)",
-        paper="Fig. 7.1: 'NGD successfully adapts to the curvature'",
+        paper="[Bal21, Fig. 7.1]: 'NGD successfully adapts to the curvature'",
         measured=f"min cosine(NGD update, theta* - theta) over the grid = {ngd_min:.6f}",
         holds=ngd_min > 0.999,
         kind="sanity",
@@ -248,13 +336,14 @@ def field_claims(cos: dict[str, np.ndarray], final_gap: dict[str, dict[str, np.n
         id="fig7.1-ef-distorts-field",
         claim="the EF-preconditioned field is distorted: its updates point less towards the "
               "minimum than the plain gradient's",
-        paper="Fig. 7.1: 'preconditioning with the empirical Fisher results in a distorted "
+        paper="[Bal21, Fig. 7.1]: 'preconditioning with the empirical Fisher results in a distorted "
               "gradient field'; Sec. 7.1: 'distorts the gradient field in a way that lead to "
               "worse updates than gradient descent'",
         measured=f"median cosine with theta* - theta over the grid: EFGD {med['EFGD']:.3f}, "
                  f"GD {med['GD']:.3f}, NGD {med['NGD']:.3f}; EFGD below GD at "
                  f"{100 * frac:.0f}% of the grid points",
         holds=med["EFGD"] < med["GD"],
+        statement="fig7.1-distorted-field", reading="primary",
         criterion="ours, fixed before the run: EFGD's median cosine over the grid is below "
                   "GD's (NGD's is 1)",
     ))
@@ -270,10 +359,11 @@ def field_claims(cos: dict[str, np.ndarray], final_gap: dict[str, dict[str, np.n
         id="fig7.1-efgd-worse-than-gd",
         claim="with the paper's step size and budget, EFGD ends farther from the minimum than "
               "GD",
-        paper="Sec. 7.1 (Fig. 7.1): 'the empirical Fisher distorts the gradient field in a way "
+        paper="[Bal21, Sec. 7.1, Fig. 7.1]: 'the empirical Fisher distorts the gradient field in a way "
               "that lead to worse updates than gradient descent'",
         measured="; ".join(parts),
         holds=ok,
+        statement="sec7.1-worse-updates", reading="primary",
         criterion=f"ours, fixed before the run: EFGD's final R - R* exceeds GD's from >= 3 of "
                   f"the 4 starting points, in the paper's reading ({paper_lr})",
     ))
@@ -352,79 +442,103 @@ def misspec_claims(rows: list[dict[str, Any]]) -> list[Claim]:
         lo, hi = min(r["ef_eig_min"] for r in rs), max(r["ef_eig_max"] for r in rs)
         return f"[{lo:.2f}, {hi:.2f}]"
 
-    keys = sorted({(r["model"], r["case"], r["reading"]) for r in rows})
-    close_parts, close_ok, far_parts, far_ok = [], True, [], True
-    for model, case, reading in keys:
-        rs = group(model, case, reading)
-        label = f"{model} {case} ({reading})"
-        if case == "correct":
-            ok = all(CLOSE[0] <= r["ef_eig_min"] and r["ef_eig_max"] <= CLOSE[1] for r in rs)
-            close_ok &= ok
-            close_parts.append(f"{label}: {span(rs)}")
-        else:
-            off = [max(r["ef_eig_max"], 1 / r["ef_eig_min"]) for r in rs]
-            ok = float(np.median(off)) >= FAR
-            far_ok &= ok
-            far_parts.append(f"{label}: {span(rs)}{'' if ok else ' (not far)'}")
     n_seeds = len({r["seed"] for r in rows})
-    claims = [
-        Claim(
-            id="fig7.2-correct-model-ef-close",
-            claim="at the minimum of a correctly specified model the EF is close to the Fisher",
-            paper="Fig. 7.2: 'The EF closely approximates the Fisher if the model captures the "
-                  "true data-generating process'; Eq. 7.20-7.21",
-            measured=f"range of the generalized eigenvalues of (EF, F) over {n_seeds} data "
-                     f"sets: " + "; ".join(close_parts),
-            holds=close_ok,
-            criterion=f"ours, fixed before the run: every eigenvalue in [{CLOSE[0]}, "
-                      f"{CLOSE[1]}] for every data set (sampling error at N = 1000 is ~5-10%)",
-        ),
-        Claim(
-            id="fig7.2-misspecified-ef-far",
-            claim="at the minimum of a misspecified model the EF can be far from the Fisher, "
-                  "for every misspecified model of Tables D.1-D.2",
-            paper="Fig. 7.2: the EF 'can be arbitrarily wrong if that assumption is violated, "
-                  "even though we are at the exact minimum and use a very large number of data "
-                  "points'",
-            measured="range of the generalized eigenvalues of (EF, F): " + "; ".join(far_parts),
-            holds=far_ok,
-            criterion=f"ours, fixed before the run: in the median over data sets some "
-                      f"eigenvalue is off by >= {FAR}x (mu >= {FAR} or mu <= 1/{FAR}), for "
-                      f"each misspecified model and reading",
-        ),
-    ]
+    seeds = sorted({r["seed"] for r in rows})
+    present = {(r["model"], r["case"], r["reading"]) for r in rows}
+    claims: list[Claim] = []
+    for label, pick in (("primary", "code"), ("other: Table D.1 as printed", "printed")):
+        # the models of this reading: the picked reading where it exists, else the printed one
+        avail: dict[tuple[str, str], set[str]] = {}
+        for m, c, rd in present:
+            avail.setdefault((m, c), set()).add(rd)
+        sel = sorted({(m, c, pick if pick in rds else "printed" if "printed" in rds
+                       else min(rds)) for (m, c), rds in avail.items()})
+        suffix = "" if label == "primary" else "-printed"
+
+        def per_seed(f: Any, cases: tuple[str, ...], sel: list = sel) -> list[float]:
+            return [max(f(r) for r in rows if r["seed"] == sd
+                        and (r["model"], r["case"], r["reading"]) in sel and r["case"] in cases)
+                    for sd in seeds]
+
+        close_parts = [f"{m} {c} ({rd}): {span(group(m, c, rd))}" for m, c, rd in sel
+                       if c == "correct"]
+        far_parts = [f"{m} {c} ({rd}): {span(group(m, c, rd))}" for m, c, rd in sel
+                     if c != "correct"]
+        dev = per_seed(lambda r: max(abs(math.log(r["ef_eig_min"])),
+                                     abs(math.log(r["ef_eig_max"]))), ("correct",))
+        close_v, close_txt = verdict_direction([math.log(CLOSE[1]) - x for x in dev],
+                                               f"log({CLOSE[1]}) - max |log mu|")
+        off = per_seed(lambda r: math.log(max(r["ef_eig_max"], 1 / r["ef_eig_min"])),
+                       ("misspecified-A", "misspecified-B"))
+        far_v, far_txt = verdict_direction([x - math.log(FAR) for x in off],
+                                           f"max log(off) - log({FAR})")
+        claims += [
+            Claim(
+                id=f"fig7.2-correct-model-ef-close{suffix}",
+                claim="at the minimum of a correctly specified model the EF is close to the "
+                      "Fisher",
+                paper="[Bal21, Fig. 7.2]: 'The EF closely approximates the Fisher if the model "
+                      "captures the true data-generating process'; Eq. 7.20-7.21",
+                measured=f"range of the generalized eigenvalues of (EF, F) over {n_seeds} data "
+                         f"sets: " + "; ".join(close_parts) + f"; {close_txt}",
+                holds=True, verdict=close_v, statement="fig7.2-correct-close", reading=label,
+                criterion=f"ours: per data set the largest |log mu| over the correctly "
+                          f"specified models of this reading below log({CLOSE[1]}) (band "
+                          f"[{CLOSE[0]}, {CLOSE[1]}]; sampling error at N = 1000 is ~5-10%); "
+                          "rule 2",
+            ),
+            Claim(
+                id=f"fig7.2-misspecified-ef-far{suffix}",
+                claim="at the minimum of a misspecified model the EF can be far from the Fisher",
+                paper="[Bal21, Fig. 7.2]: the EF 'can be arbitrarily wrong if that assumption is "
+                      "violated, even though we are at the exact minimum and use a very large "
+                      "number of data points'",
+                measured="range of the generalized eigenvalues of (EF, F): "
+                         + "; ".join(far_parts) + f"; {far_txt}",
+                holds=True, verdict=far_v, statement="fig7.2-misspecified-far", reading=label,
+                criterion=f"ours: per data set some eigenvalue of a misspecified model of this "
+                          f"reading is off by >= {FAR}x (mu >= {FAR} or mu <= 1/{FAR}): 'can "
+                          "be', so the farthest model; rule 2",
+            ),
+        ]
+        if not any(m == "logistic" for m, _, _ in sel):
+            continue
+        acc = {c: [float(np.mean([r["accuracy"] for r in rows if r["seed"] == sd
+                                  and r["model"] == "logistic" and r["case"] == c
+                                  and (r["model"], r["case"], r["reading"]) in sel]))
+                   for sd in seeds] for c in LINEAR_CASES}
+        v_ok, v_txt = verdict_within([a - 0.73 for a in acc["correct"]], ACC_TOL,
+                                     "well-specified accuracy - 73%")
+        m_ok, m_txt = verdict_direction(
+            [min(a, b) - (0.85 - ACC_TOL) for a, b in zip(acc["misspecified-A"],
+                                                          acc["misspecified-B"])],
+            f"lower misspecified accuracy - {100 * (0.85 - ACC_TOL):.0f}%")
+        claims.append(Claim(
+            id=f"fig7.2-accuracies{suffix}",
+            claim="training accuracy at the minimum: >= 85% on the misspecified logistic "
+                  "problems, 73% on the well-specified one",
+            paper="[Bal21, Sec. 7.4.2]: 'we achieve classification accuracies of >= 85% in the "
+                  "misspecified cases compared to 73% in the well-specified case'",
+            measured=f"correct {100 * np.mean(acc['correct']):.1f}%, A "
+                     f"{100 * np.mean(acc['misspecified-A']):.1f}%, B "
+                     f"{100 * np.mean(acc['misspecified-B']):.1f}% (mean over {n_seeds} data "
+                     f"sets); {v_txt}; {m_txt}",
+            holds=True, verdict=combine(v_ok, m_ok), statement="sec7.4.2-accuracies",
+            reading=label,
+            criterion=f"paper's numbers, with a tolerance of ours of {100 * ACC_TOL:.0f} points "
+                      "(2 binomial standard errors at N = 1000); rule 2 on each part",
+        ))
     worst = max(r["fisher_vs_hessian"] for r in rows)
     claims.append(Claim(
         id="fig7.2-fisher-is-hessian",
         claim="the Fisher equals the GGN and the Hessian at the minimum for all six models",
-        paper="Fig. 7.2: 'The true Fisher coincides with the GGN in all cases'; Prop. 7.1",
+        paper="[Bal21, Fig. 7.2]: 'The true Fisher coincides with the GGN in all cases'; "
+              "Prop. 7.1",
         measured=f"max |F - H| / max |H| (H by torch.func.hessian) = {worst:.1e}",
         holds=worst < 1e-10,
         kind="sanity",
         criterion="true by construction for canonical-link GLMs (Eq. D.18); < 1e-10 (float64 "
                   "kernels in different orders)",
-    ))
-    acc_parts, acc_ok = [], False
-    for reading in sorted({r["reading"] for r in rows if r["model"] == "logistic"}):
-        accs = {case: float(np.mean([r["accuracy"] for r in group("logistic", case, reading)]))
-                for case in LINEAR_CASES}
-        ok = (abs(accs["correct"] - 0.73) <= ACC_TOL
-              and min(accs["misspecified-A"], accs["misspecified-B"]) >= 0.85 - ACC_TOL)
-        acc_ok |= ok
-        acc_parts.append(f"{reading}: correct {100 * accs['correct']:.1f}%, A "
-                         f"{100 * accs['misspecified-A']:.1f}%, B "
-                         f"{100 * accs['misspecified-B']:.1f}%{' (matches)' if ok else ''}")
-    claims.append(Claim(
-        id="fig7.2-accuracies",
-        claim="training accuracy at the minimum: >= 85% on the misspecified logistic problems, "
-              "73% on the well-specified one",
-        paper="Sec. 7.4.2: 'we achieve classification accuracies of >= 85% in the misspecified "
-              "cases compared to 73% in the well-specified case'",
-        measured="; ".join(acc_parts) + f" (mean over {n_seeds} data sets)",
-        holds=acc_ok,
-        criterion=f"paper's numbers, with a tolerance of ours of {100 * ACC_TOL:.0f} points "
-                  f"(2 binomial standard errors at N = 1000); holds if one reading of Table D.1 "
-                  f"matches",
     ))
     return claims
 
@@ -584,12 +698,13 @@ def optim_claims(res: dict[str, dict[str, dict[str, Any]]], preps: list[str]) ->
             claim="with each method's best step size and damping, EFGD can end far worse than "
                   "NGD (on at least one of scikit-learn's breast cancer, wine and diabetes, used "
                   "in place of the paper's a1a, BreastCancer and Boston)",
-            paper="Sec. 7.4.3 / Fig. 7.3: 'EF-preconditioned gradient descent compares "
+            paper="[Bal21, Sec. 7.4.3, Fig. 7.3]: 'EF-preconditioned gradient descent compares "
                   "unfavorably to NGD even on simple linear regression and classification "
                   "tasks'; caption: the EF 'can be a good approximation for preconditioning on "
                   "some problems (e.g., a1a), it is not guaranteed to be'",
             measured=f"{prep} features: " + "; ".join(parts),
-            holds=any(far),
+            holds=any(far), statement="fig7.3-efgd-unfavorable",
+            reading="primary" if prep == "raw" else f"other: {prep} features",
             criterion=f"ours, fixed before the run: on some data set EFGD's excess loss over "
                       f"the minimum is >= {FAR_WORSE:g}x NGD's and >= {100 * VISIBLE:g}% of the "
                       f"initial excess loss",
@@ -609,13 +724,14 @@ def optim_claims(res: dict[str, dict[str, dict[str, Any]]], preps: list[str]) ->
             claim="along the EFGD path the undamped EF direction can point against the natural "
                   "gradient (negative cosine similarity; scikit-learn data in place of the "
                   "paper's)",
-            paper="Fig. 7.3: 'the EF can lead to update directions that are opposite to the "
+            paper="[Bal21, Fig. 7.3]: 'the EF can lead to update directions that are opposite to the "
                   "natural gradient (see Boston)'; Sec. 7.4.3: 'the two preconditioned updates "
                   "point in almost opposite directions'",
             measured=f"{prep} features, cosine(EF^+ g, F^+ g) along the path, up to the point "
                      f"where the excess loss falls below 1e-10 of its initial value: "
                      + "; ".join(cparts),
-            holds=opposite,
+            holds=opposite, statement="fig7.3-opposite-directions",
+            reading="primary" if prep == "raw" else f"other: {prep} features",
             criterion="ours, fixed before the run: the cosine is < 0 somewhere on the path of "
                       "at least one data set",
         ))
@@ -748,7 +864,7 @@ def _part_misspec(ctx: Context, n: int, rows: list[dict[str, Any]], figures: lis
             out.append(rec)
             rows.append({"part": "misspec", **{k: v for k, v in rec.items()
                                               if k != "theta_star"}})
-            if seed == 0:
+            if seed == ctx.seed_list()[0]:
                 plot_rows[(model, case, reading)] = {"m": m, **r}
     settings["misspec"] = {
         "n": n, "seeds": ctx.seeds,
@@ -913,8 +1029,10 @@ def _plot_optim(ctx: Context, res: dict[str, dict[str, Any]], prep: str) -> str:
 EXPERIMENT = Experiment(
     name="empirical-fisher",
     description="Fisher vs empirical Fisher: vector fields, misspecified models, NGD vs EFGD",
-    source="seed 001 Ch. 7, Fig. 7.1-7.3, App. D.3",
+    source="[Bal21, Ch. 7, Fig. 7.1-7.3, App. D.3]",
     run=run,
+    statements=STATEMENTS,
+    seed_start=200,
     default_seeds=5,
     quick_seeds=2,
 )

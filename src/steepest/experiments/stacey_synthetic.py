@@ -1,4 +1,4 @@
-"""STACEY on p-generalized Gaussians: seed 003, Sec. 5.1 and Fig. 1.
+"""STACEY on p-generalized Gaussians: [STACEY], Sec. 5.1 and Fig. 1.
 
 "We sample synthetic datasets from N_p([2,0]^T) distributions" and estimate the distribution:
 the default objective (``objective=data``) is the negative log-likelihood of a sample X of
@@ -52,7 +52,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from steepest.experiments.harness import Claim, Context, Experiment, Result, torch_threads
+from steepest.experiments.harness import (
+    Claim,
+    Context,
+    Experiment,
+    Result,
+    Statement,
+    torch_threads,
+)
 from steepest.optim.stacey import Stacey
 from steepest.optim.steepest import Lion
 
@@ -86,7 +93,7 @@ def neg_log_density_grad(x: torch.Tensor, mu: torch.Tensor, p: float) -> torch.T
 
 
 def sample_pgauss(n: int, p: float, mu: tuple[float, ...] = MU, seed: int = 0) -> torch.Tensor:
-    """``n`` draws from N_p(mu) (seed 003 Sec. 5.1: density ``prop. to exp(-||x - mu||_p^p / p)``,
+    """``n`` draws from N_p(mu) ([STACEY, Sec. 5.1]: density ``prop. to exp(-||x - mu||_p^p / p)``,
     independent coordinates): ``|x_i - mu_i|^p / p ~ Gamma(1/p, 1)`` with a random sign.
     float64, shape ``(n, len(mu))``."""
     if n < 1 or not p > 0:
@@ -269,6 +276,54 @@ def primary_configs(
 
 
 # --------------------------------------------------------------------------- claims
+# Pre-registration (issue 19). The primary reading of every statement: the full-batch data
+# likelihood (the paper samples a data set and estimates it) and STACEY(p,p), the variant whose
+# primal and dual maps are both the l_p map of N_p (Alg. 3); STACEY(p,2), the minibatch variant
+# (ours) and the density objective are other readings. Before, 'faster' took the better of the two
+# variants and 'stable' required both: the declared variant replaces both rules, after a run, so
+# every statement is judged on a data draw no earlier run used (seed 100: starts 1100, data 2100;
+# before: seed 0).
+PRIMARY_VARIANT = "STACEY(p,p)"
+NEW = "eb93d7a"  # the commit that declared these criteria, before their run
+_FAST = ("iterations until the mean distance to mu over the starts is < 0.1 (about 4% of the "
+         "initial 2.35; the paper fixes no metric)")
+STATEMENTS = (
+    Statement(
+        "fig1d-faster", "[STACEY, Sec. 5.1, Fig. 1d]",
+        "Results show that STACEY converges faster than AdamW and Lion",
+        primary="full-batch data likelihood, STACEY(p,p), N_2, N_4 and N_8, 100 starts",
+        criterion=f"STACEY(p,p) needs fewer {_FAST} than AdamW and than Lion on every N_p",
+        criterion_source="ours", fixed_at=NEW, seeds="100 (fresh data draw)",
+        revised="holds on N_4 and N_8, not N_2, so fails (the better of STACEY(p,2) and "
+                "STACEY(p,p), criterion fixed at 2d68749; seed 0)"),
+    Statement(
+        "fig1d-especially-n8", "[STACEY, Sec. 5.1]",
+        "STACEY converges faster than AdamW and Lion, especially on the highly non-Euclidean "
+        "N_8 distribution",
+        primary="as fig1d-faster: speed-up of STACEY(p,p) over the better baseline per N_p",
+        criterion="the speed-up is above 1 on N_8 and larger there than on every other N_p",
+        criterion_source="ours", fixed_at=NEW, seeds="100 (fresh data draw)",
+        revised="fails (better of two variants, fixed at 2d68749; seed 0: 0.83x / 1.28x / "
+                "1.05x)"),
+    Statement(
+        "fig1-stable-larger-p", "[STACEY, Sec. 5.1, Fig. 1a-c]",
+        "Results show that STACEY maintains stable convergence even with larger p values",
+        primary="full-batch data likelihood, STACEY(p,p) on N_8 (the largest p), 100 starts",
+        criterion="no diverging start (distance > 1e6 or a non-finite gradient)",
+        criterion_source="ours", fixed_at=NEW, seeds="100 (fresh data draw)",
+        revised="fails (both variants had to be stable, fixed at 2d68749; seed 0: "
+                "STACEY(8,2) diverged from 82 of 100 starts, STACEY(8,8) from none)"),
+    Statement(
+        "sec5.1-lion-fluctuates", "[STACEY, Sec. 5.1]",
+        "Lion (Chen et al., 2023) exhibits significant fluctuations",
+        primary="full-batch data likelihood, direction reversals of Lion against STACEY(p,p) "
+                "in the last fifth of the iterations, every N_p",
+        criterion="Lion reverses direction in > 25% of coordinate steps and more than twice as "
+                  "often as STACEY(p,p)",
+        criterion_source="ours", fixed_at=NEW, seeds="100 (fresh data draw)",
+        revised="holds (against every non-diverged STACEY variant, fixed at 1b89d2f; seed 0)"),
+)
+
 def _reach(s: int | None, threshold: float) -> str:
     return f"{s} iterations to < {threshold:g}" if s is not None else f"never < {threshold:g}"
 
@@ -294,6 +349,8 @@ def make_claims(
     prefix: str = "",
     tag: str = "",
     n_starts: int | None = None,
+    reading: str = "primary",
+    variant: str = PRIMARY_VARIANT,
 ) -> list[Claim]:
     """Put the paper's claims beside the measurements.
 
@@ -314,13 +371,15 @@ def make_claims(
     """
     claims: list[Claim] = []
     speedups: dict[float, float] = {}
+    faster: dict[float, bool] = {}
     metric = (f"iterations until the mean distance to mu over the starts is < {threshold:g} "
               f"(the paper fixes no metric; ours, fixed before the first run: {threshold:g} is "
               f"about 4% of the initial 2.35), the distance at t = {EARLY} beside it")
     for p in sorted(primary):
         runs = primary[p]
         stacey = [r for k, r in runs.items() if k.startswith("STACEY")]
-        best = min(stacey, key=lambda r: (r.diverged > 0, _speed(r.steps_to(threshold)), r.final))
+        # one rule for readings: the declared variant decides; the other is reported only
+        best = runs[variant]
         s_best = _speed(best.steps_to(threshold)) if not best.diverged else math.inf
         s_base = min(_speed(runs[b].steps_to(threshold)) for b in BASELINES)
         speedups[p] = (s_base / s_best) if math.isfinite(s_best) else 0.0
@@ -330,27 +389,39 @@ def make_claims(
         ref = [r for k, r in runs.items() if "tau=0" in k]
         if ref:
             parts.append(_describe(ref[0], threshold, steps) + " [reference, not STACEY]")
+        faster[p] = math.isfinite(s_best) and s_best < s_base
         claims.append(Claim(
             id=f"{prefix}faster-N{p:g}",
             claim=f"STACEY converges faster than AdamW and Lion on N_{p:g}",
-            paper="seed 003 Sec. 5.1, Fig. 1d: 'Results show that STACEY converges faster than "
+            paper="[STACEY, Sec. 5.1, Fig. 1d]: 'Results show that STACEY converges faster than "
                   "AdamW and Lion'",
             measured=tag + "; ".join(parts),
-            holds=math.isfinite(s_best) and s_best < s_base,
-            criterion="the better non-diverged STACEY variant needs fewer " + metric
-                      + " than both AdamW and Lion",
+            holds=faster[p], statement="fig1d-faster", reading=f"other: N_{p:g} alone",
+            criterion=f"{variant} (declared) needs fewer " + metric + " than both AdamW and Lion",
         ))
+    claims.append(Claim(
+        id=f"{prefix}faster",
+        claim=f"STACEY converges faster than AdamW and Lion on every N_p ({variant})",
+        paper="[STACEY, Sec. 5.1, Fig. 1d]: 'Results show that STACEY converges faster than "
+              "AdamW and Lion'",
+        measured=tag + ", ".join(f"N_{p:g}: {'faster' if v else 'not faster'}"
+                                 for p, v in sorted(faster.items())) + " (details: faster-N*)",
+        holds=all(faster.values()), statement="fig1d-faster", reading=reading,
+        criterion=f"{variant} (declared) needs fewer " + metric + " than both AdamW and Lion on "
+                  "every N_p of the figure",
+    ))
     if 8.0 in speedups:
         others = {p: s for p, s in speedups.items() if p != 8.0}
         txt = ", ".join(f"N_{p:g}: {s:.2f}x" for p, s in sorted(speedups.items()))
         claims.append(Claim(
             id=f"{prefix}especially-N8",
             claim="the advantage of STACEY is largest on N_8",
-            paper="seed 003 Sec. 5.1: 'STACEY converges faster than AdamW and Lion, especially on "
+            paper="[STACEY, Sec. 5.1]: 'STACEY converges faster than AdamW and Lion, especially on "
                   "the highly non-Euclidean N_8 distribution'",
-            measured=tag + f"speed-up {txt} (0 = STACEY never reached it)",
+            measured=tag + f"speed-up of {variant} {txt} (0 = STACEY never reached it)",
             holds=speedups[8.0] > 1.0 and all(speedups[8.0] > s for s in others.values()),
-            criterion="the speed-up of the better STACEY variant over the better baseline "
+            statement="fig1d-especially-n8", reading=reading,
+            criterion=f"the speed-up of {variant} (declared) over the better baseline "
                       "(ratio of the " + metric.split(" (")[0] + ") is above 1 on N_8 and larger "
                       "there than on every other N_p",
         ))
@@ -363,14 +434,16 @@ def make_claims(
     claims.append(Claim(
         id=f"{prefix}stable-larger-p",
         claim=f"STACEY converges stably even with larger p (no diverging start on N_{top:g})",
-        paper="seed 003 Sec. 5.1, Fig. 1a-c: 'Results show that STACEY maintains stable "
+        paper="[STACEY, Sec. 5.1, Fig. 1a-c]: 'Results show that STACEY maintains stable "
               "convergence even with larger p values'; caption: 'STACEY optimizer is more stable "
               "on highly non-Euclidean distributions'",
         measured=tag + "diverging starts"
                  + (f" of {n_starts}" if n_starts else "") + f" per optimizer: {div_txt}",
-        holds=all(r.diverged == 0 for r in stacey_top.values()),
-        criterion=f"ours, fixed before the run: both STACEY variants have 0 diverging starts "
-                  f"(distance > {DIVERGED:g} or a non-finite gradient) on N_{top:g}",
+        holds=stacey_top[variant].diverged == 0,
+        statement="fig1-stable-larger-p", reading=reading,
+        criterion=f"ours: {variant} (declared) has 0 diverging starts (distance > "
+                  f"{DIVERGED:g} or a non-finite gradient) on N_{top:g}; the other variant is "
+                  "reported, not voted",
     ))
     if sweep:
         parts, ok = [], True
@@ -408,7 +481,7 @@ def make_claims(
         runs = primary[p]
         lion = runs["Lion"]
         stacey = [r for k, r in runs.items() if k.startswith("STACEY") and not r.diverged]
-        s_max = max((r.reversal for r in stacey), default=0.0)
+        s_max = max((r.reversal for r in stacey if r.label == variant), default=0.0)
         lion_ok = lion_ok and lion.reversal > 0.25 and lion.reversal > 2 * s_max
         st = ", ".join(f"{r.label} {r.reversal:.1%} (step {r.late_step:.2g})" for r in stacey)
         parts.append(
@@ -418,12 +491,13 @@ def make_claims(
     claims.append(Claim(
         id=f"{prefix}lion-fluctuates",
         claim="Lion fluctuates (STACEY does not)",
-        paper="seed 003 Sec. 5.1: 'Lion (Chen et al., 2023) exhibits significant fluctuations'",
+        paper="[STACEY, Sec. 5.1]: 'Lion (Chen et al., 2023) exhibits significant fluctuations'",
         measured=tag + "direction reversals (mean step length): " + "; ".join(parts),
-        holds=lion_ok,
+        holds=lion_ok, statement="sec5.1-lion-fluctuates", reading=reading,
         criterion="ours, fixed before the first run: in the last fifth of the iterations Lion "
                   "reverses direction in > 25% of coordinate steps (a random walk: 50%) and "
-                  "more than twice as often as every non-diverged STACEY variant",
+                  f"more than twice as often as {variant} (declared; before: every non-diverged "
+                  "STACEY variant)",
     ))
     return claims
 
@@ -546,7 +620,7 @@ def run(ctx: Context) -> Result:
     x0 = torch.cat([
         torch.randn(n_starts, 2, generator=torch.Generator().manual_seed(1000 + s),
                     dtype=torch.float64)
-        for s in range(ctx.seeds)
+        for s in ctx.seed_list()
     ])
     group = torch.arange(ctx.seeds).repeat_interleave(n_starts)
     # variants: (name, minibatch size or None for the density reading)
@@ -559,7 +633,7 @@ def run(ctx: Context) -> Result:
     figures: list[str] = []
     for vname, batch in variants:
         data = {p: torch.stack([sample_pgauss(n_samples, p, MU, seed=2000 + s)
-                                for s in range(ctx.seeds)]) for p in ps} if batch is not None \
+                                for s in ctx.seed_list()]) for p in ps} if batch is not None \
             else {}
         jobs: list[tuple[str, float, str, MakeOpt, dict[str, Any]]] = []
         for p in ps:
@@ -592,8 +666,12 @@ def run(ctx: Context) -> Result:
                 rows.extend({"variant": vname, **row} for row in _rows(r, log_every, kind))
 
         tag = f"[{vname}] "
+        reading = ("primary" if vname == "full-batch" else
+                   f"other: {vname}" + (" (our variant, not in the paper)"
+                                        if vname.startswith("minibatch") else ""))
         claims += make_claims(primary, sweep, threshold=THRESHOLD, steps=steps,
-                              prefix=f"{vname}/", tag=tag, n_starts=int(x0.shape[0]))
+                              prefix=f"{vname}/", tag=tag, n_starts=int(x0.shape[0]),
+                              reading=reading)
         figs = [ctx.figure_path(f"stacey_synthetic_trajectories_{vname}"),
                 ctx.figure_path(f"stacey_synthetic_convergence_{vname}")]
         _plot_trajectories(str(figs[0]), primary, vname)
@@ -645,6 +723,8 @@ def run(ctx: Context) -> Result:
 EXPERIMENT = Experiment(
     name="stacey-synthetic",
     description="STACEY vs AdamW and Lion on p-generalized Gaussians N_2, N_4, N_8",
-    source="seed 003 Sec. 5.1, Fig. 1",
+    source="[STACEY, Sec. 5.1, Fig. 1]",
     run=run,
+    statements=STATEMENTS,
+    seed_start=100,
 )

@@ -1,7 +1,7 @@
 """Geometry diagnostics: does sign descent (or l_p / block-normalized descent) suit a problem?
 
 Dense matrices (:mod:`steepest.geometry.dense`): the exact l_inf smoothness
-``||H||_{inf,1}`` (seed 000, Eq. 19), its bounds (Prop. 4-7, Eq. 22-23, 80), ``L_sep`` (SDP),
+``||H||_{inf,1}`` [BPL20, Eq. 19], its bounds (Prop. 4-7, Eq. 22-23, 80), ``L_sep`` (SDP),
 gradient density and the predicted advantage of sign descent (Eq. 30-31), rotated quadratics
 (App. D.2). Real models (:mod:`steepest.geometry.models`): Hessian-vector products, top
 eigenvalues, Hutchinson estimates, certified lower bounds on ``||H||_{inf,1}``, and the

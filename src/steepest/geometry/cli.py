@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from steepest._cli_types import finite_float, int_at_least, int_in_range
+
 __all__ = ["add_arguments", "load_entry_point", "run"]
 
 _OPTIMIZERS = {
@@ -46,40 +48,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="built-in problem name (--list), module:function (importable or in "
                              "the current directory) or path/to/file.py:function")
     parser.add_argument("--list", action="store_true", help="list the built-in problems and exit")
-    parser.add_argument("--seed", type=int, default=0, help="model initialization seed (default 0)")
-    parser.add_argument("--examples", type=int, default=None,
+    parser.add_argument("--seed", type=int_at_least(0), default=0, help="model initialization seed (default 0)")
+    parser.add_argument("--examples", type=int_at_least(1), default=None,
                         help="use the first N training examples (default: all)")
-    parser.add_argument("--batch", type=int, default=1024,
+    parser.add_argument("--batch", type=int_at_least(1), default=1024,
                         help="examples per forward pass when averaging the loss (default 1024)")
     parser.add_argument("--mode", choices=["auto", "dense", "matrix-free"], default="auto",
                         help="dense Hessian or Hessian-vector products only (auto, the default: "
                              "times two Hessian-vector products and picks the cheaper, dense only "
                              "if d <= --dense-max)")
-    parser.add_argument("--dense-max", type=int, default=2000,
+    parser.add_argument("--dense-max", type=int_at_least(1), default=2000,
                         help="--mode auto never builds a dense Hessian above this many parameters "
                              "(default 2000); an explicit --mode dense does")
-    parser.add_argument("--tighten", type=int, default=1, metavar="K",
+    parser.add_argument("--tighten", type=int_at_least(1), default=1, metavar="K",
                         help="K times the effort on the L_inf bracket (sign-vector starts and "
                              "iterations, sampled columns, branch-and-bound time); costs about K "
                              "times the bracket search, printed in the report (default 1)")
-    parser.add_argument("--exact-max", type=int, default=62,
-                        help="try the exact L_inf (branch-and-bound) when d <= this (max 62)")
-    parser.add_argument("--exact-time", type=float, default=30.0,
+    parser.add_argument("--exact-max", type=int_in_range(1, 62), default=62,
+                        help="try the exact L_inf (branch-and-bound) when d <= this (1 to 62: the "
+                             "branch-and-bound's 64-bit sign masks; default 62)")
+    parser.add_argument("--exact-time", type=finite_float(0.0, lo_open=True), default=30.0,
                         help="seconds allowed for the exact L_inf (default 30)")
     parser.add_argument("--dtype", choices=["float64", "float32"], default="float64",
                         help="precision of the Hessian computations (default float64)")
-    parser.add_argument("--probes", type=int, default=8,
+    parser.add_argument("--probes", type=int_at_least(1), default=8,
                         help="random probes of the trace estimates (Hutchinson, Lanczos; default 8)")
-    parser.add_argument("--columns", type=int, default=128,
+    parser.add_argument("--columns", type=int_at_least(1), default=128,
                         help="sampled Hessian columns for rho_diag (matrix-free mode)")
-    parser.add_argument("--train-steps", type=int, default=0,
+    parser.add_argument("--train-steps", type=int_at_least(0), default=0,
                         help="train this many steps first, logging the gradient density")
     parser.add_argument("--optimizer", choices=sorted(_OPTIMIZERS), default="sgd",
                         help="optimizer for --train-steps (default sgd)")
-    parser.add_argument("--lr", type=float, default=None,
+    parser.add_argument("--lr", type=finite_float(0.0), default=None,
                         help="learning rate for --train-steps (default: sgd 0.1, adam 1e-3, "
                              "signsgd 1e-3)")
-    parser.add_argument("--density-every", type=int, default=50,
+    parser.add_argument("--density-every", type=int_at_least(1), default=50,
                         help="log the gradient density every N training steps (default 50)")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the numbers as JSON")
     parser.add_argument("--no-spectral", action="store_true",
@@ -180,22 +183,6 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 2
         return 0
-    for opt_name in ("examples", "batch", "dense_max", "exact_max", "probes", "columns",
-                     "density_every", "tighten"):
-        val = getattr(args, opt_name)
-        if val is not None and val < 1:
-            print(f"--{opt_name.replace('_', '-')} must be >= 1, got {val}", file=sys.stderr)
-            return 2
-    if args.exact_max > 62:
-        print(f"--exact-max must be <= 62 (the branch-and-bound's 64-bit sign masks), got "
-              f"{args.exact_max}", file=sys.stderr)
-        return 2
-    if not args.exact_time > 0:
-        print(f"--exact-time must be > 0, got {args.exact_time}", file=sys.stderr)
-        return 2
-    if args.train_steps < 0:
-        print(f"--train-steps must be >= 0, got {args.train_steps}", file=sys.stderr)
-        return 2
     try:
         name, model, loss_fn, data, train_batches = _setup(args)
     except (ValueError, ImportError) as exc:

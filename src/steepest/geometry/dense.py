@@ -1,6 +1,6 @@
 """Geometry of dense matrices: l_inf smoothness ``||H||_{inf,1}``, its bounds, and friends.
 
-Everything follows seed 000 (Balles, Pedregosa & Le Roux, *The Geometry of Sign Gradient
+Everything follows [BPL20] (Balles, Pedregosa & Le Roux, *The Geometry of Sign Gradient
 Descent*), Sec. 4-5 and App. A.2.2, B, D.2:
 
 * ``L_inf = ||H||_{inf,1} = max_{||x||_inf <= 1} ||H x||_1 = max_{s in {-1,1}^d} ||H s||_1``
@@ -26,7 +26,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 
@@ -136,7 +136,7 @@ def _check_psd(lam: np.ndarray, what: str) -> None:
 def l2_smoothness(H: Any) -> float:
     """``L_2 = ||H||_2``: the spectral norm, i.e. ``max_i |lambda_i|`` for symmetric H.
 
-    Smoothness w.r.t. the Euclidean norm of ``f(x) = x^T H x / 2`` (seed 000, Sec. 4.1; Prop. 3
+    Smoothness w.r.t. the Euclidean norm of ``f(x) = x^T H x / 2`` ([BPL20, Sec. 4.1; Prop. 3]
     with the l2 norm). For a non-symmetric matrix this is its largest singular value.
     """
     A = _matrix(H)
@@ -146,7 +146,7 @@ def l2_smoothness(H: Any) -> float:
 
 
 def rho_diag(H: Any) -> float:
-    """Diagonal concentration ``rho_diag(H) = sum_i |H_ii| / sum_ij |H_ij|`` (seed 000, Prop. 4).
+    """Diagonal concentration ``rho_diag(H) = sum_i |H_ii| / sum_ij |H_ij|`` [BPL20, Prop. 4].
 
     In ``[1/d, 1]`` for a PSD matrix; 1 iff H is diagonal. The zero matrix gives ``nan`` (0/0:
     a zero Hessian has no axis alignment to speak of).
@@ -304,6 +304,14 @@ def _start_vectors(A: np.ndarray, starts: int, rng: np.random.Generator) -> np.n
     return np.stack(cands)
 
 
+@overload
+def heuristic_norm_inf1(
+    H: Any, *, starts: int = ..., seed: int = ..., return_sign: Literal[False] = ...
+) -> float: ...
+@overload
+def heuristic_norm_inf1(
+    H: Any, *, starts: int = ..., seed: int = ..., return_sign: Literal[True]
+) -> tuple[float, np.ndarray]: ...
 def heuristic_norm_inf1(
     H: Any, *, starts: int = 8, seed: int = 0, return_sign: bool = False
 ) -> float | tuple[float, np.ndarray]:
@@ -453,9 +461,9 @@ def solve_norm_inf1(
     progress: bool = False,
     chunk: int = 1 << 14,
 ) -> Inf1Result:
-    """Compute ``||H||_{inf,1} = max_{s in {-1,1}^d} ||H s||_1`` (seed 000, Eq. 19), exactly.
+    """Compute ``||H||_{inf,1} = max_{s in {-1,1}^d} ||H s||_1`` [BPL20, Eq. 19], exactly.
 
-    Methods:
+    The ``method`` values:
 
     * ``"bnb"``: branch-and-bound. The symmetry ``||H(-s)||_1 = ||H s||_1`` halves the search.
       Columns are sorted by l1 norm (largest first) and the problems on the trailing ``k``
@@ -554,6 +562,16 @@ def solve_norm_inf1(
     return Inf1Result(val, val, s, True, method, nodes, time.perf_counter() - t0)
 
 
+@overload
+def norm_inf1(
+    H: Any, *, method: str = ..., return_sign: Literal[False] = ..., time_limit: float | None = ...,
+    progress: bool = ...,
+) -> float: ...
+@overload
+def norm_inf1(
+    H: Any, *, method: str = ..., return_sign: Literal[True], time_limit: float | None = ...,
+    progress: bool = ...,
+) -> tuple[float, np.ndarray]: ...
 def norm_inf1(
     H: Any,
     *,
@@ -562,7 +580,7 @@ def norm_inf1(
     time_limit: float | None = None,
     progress: bool = False,
 ) -> float | tuple[float, np.ndarray]:
-    """Exact ``L_inf = ||H||_{inf,1} = max_{s in {-1,1}^d} ||H s||_1`` (seed 000, Eq. 19).
+    """Exact ``L_inf = ||H||_{inf,1} = max_{s in {-1,1}^d} ||H s||_1`` [BPL20, Eq. 19].
 
     See :func:`solve_norm_inf1` for the algorithm (branch-and-bound with Russian-doll bounds;
     ``d = 30`` takes seconds to tens of seconds on a laptop core depending on the matrix).
@@ -638,11 +656,21 @@ def _diag_sdp(W: np.ndarray, solver: str | None, eps: float, max_dim: int, what:
     return l * scale
 
 
+@overload
+def sep_smoothness(
+    H: Any, *, solver: str | None = ..., return_weights: Literal[False] = ..., eps: float = ...,
+    max_dim: int = ...,
+) -> float: ...
+@overload
+def sep_smoothness(
+    H: Any, *, solver: str | None = ..., return_weights: Literal[True], eps: float = ...,
+    max_dim: int = ...,
+) -> tuple[float, np.ndarray]: ...
 def sep_smoothness(
     H: Any, *, solver: str | None = None, return_weights: bool = False, eps: float = 1e-9,
     max_dim: int = 80,
 ) -> float | tuple[float, np.ndarray]:
-    """``L_sep(H) = min sum_i l_i  s.t.  l_i >= 0,  H <= diag(l)`` (seed 000, Eq. 26), by SDP.
+    """``L_sep(H) = min sum_i l_i  s.t.  l_i >= 0,  H <= diag(l)`` [BPL20, Eq. 26], by SDP.
 
     For PSD H, Prop. 6 gives ``L_inf <= L_sep <= sum(lambda) / rho_diag`` (Eq. 27); it is also
     the classical SDP relaxation of ``max_s s^T H s`` and so at most ``pi/2 L_inf`` (Nesterov
@@ -770,7 +798,7 @@ def heuristic_norm_inf1_block(
     lam, V = np.linalg.eigh(0.5 * (A + A.T))
     starts_x = [V[:, i] for i in np.argsort(-np.abs(lam))[: max(1, starts // 2)]]
     while len(starts_x) < starts:
-        starts_x.append(rng.standard_normal(A.shape[0]))
+        starts_x.append(rng.standard_normal((A.shape[0],)))
     best = 0.0
     for x0 in starts_x:
         # x0 scaled to unit block-max norm is feasible too; from the top eigenvector it gives
@@ -806,7 +834,7 @@ def _vector(z: Any, name: str) -> np.ndarray:
 
 
 def density(z: Any) -> float:
-    """Gradient density ``phi(z) = ||z||_1^2 / (d ||z||_2^2)`` in ``[1/d, 1]`` (seed 000, Eq. 30).
+    """Gradient density ``phi(z) = ||z||_1^2 / (d ||z||_2^2)`` in ``[1/d, 1]`` [BPL20, Eq. 30].
 
     ``z`` may be an array, a tensor of any shape or a list of tensors (e.g. the gradients of a
     model's parameters, taken as one vector). 1 for a vector with all ``|z_i|`` equal, ``1/d``
@@ -822,7 +850,7 @@ def density(z: Any) -> float:
 
 
 def predicted_advantage(grad: Any, L2: float, Linf: float) -> float:
-    """``R(x) = I_signGD / I_GD = phi(grad) d L_2 / L_inf`` (seed 000, Eq. 31).
+    """``R(x) = I_signGD / I_GD = phi(grad) d L_2 / L_inf`` [BPL20, Eq. 31].
 
     The ratio of the guaranteed one-step improvements ``||g||_1^2 / L_inf`` (norm-scaled sign
     descent, Eq. 29) and ``||g||_2^2 / L_2`` (gradient descent, Eq. 28): above 1, sign descent's
@@ -840,7 +868,7 @@ def predicted_advantage(grad: Any, L2: float, Linf: float) -> float:
 # rotated quadratics (App. D.2)
 # --------------------------------------------------------------------------------------------
 def rotated_quadratic(d: int, lam_max: float, theta: float, seed: int | None = 0) -> np.ndarray:
-    """``H = R^theta Lambda (R^theta)^T``, ``Lambda = diag(1, ..., 1, lam_max)`` (seed 000, App. D.2).
+    """``H = R^theta Lambda (R^theta)^T``, ``Lambda = diag(1, ..., 1, lam_max)`` [BPL20, App. D.2].
 
     ``R`` is Haar-random in SO(d) (scipy's ``special_ortho_group``, seeded); the fractional
     power ``R^theta = U D^theta U^*`` comes from the (complex Schur = eigen-) decomposition of

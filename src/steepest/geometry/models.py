@@ -12,7 +12,7 @@ backward (Pearlmutter's trick); everything else is built on them:
 * :func:`top_eigenvalues` (scipy ``eigsh(which="LA")`` on a ``LinearOperator``), ``L_2``;
 * :func:`hutchinson_trace`, :func:`hutchinson_diagonal` (Rademacher probes) and
   :func:`slq_trace` (stochastic Lanczos quadrature for ``tr f(H)``, e.g. ``sum |lambda_i|``);
-* :func:`diagonal_concentration`: ``rho_diag`` (seed 000, Prop. 4) from sampled Hessian columns;
+* :func:`diagonal_concentration`: ``rho_diag`` [BPL20, Prop. 4] from sampled Hessian columns;
 * :func:`inf1_lower_bound`: a certified lower bound on ``||H||_{inf,1}`` (Eq. 19) from sign
   vectors, since ``||H s||_1 <= ||H||_{inf,1}`` for every ``s in {-1,1}^d``;
 * :func:`gradient_density` and :func:`density_along_training` (Eq. 30).
@@ -71,7 +71,7 @@ def _batches(data: Any) -> list[tuple[Any, Any]]:
     for b in batches:
         if not (isinstance(b, list | tuple) and len(b) == 2):
             raise ValueError("every batch must be a pair (inputs, targets)")
-    return [tuple(b) for b in batches]  # type: ignore[misc]
+    return [tuple(b) for b in batches]
 
 
 def _batch_size(x: Any) -> int:
@@ -182,7 +182,7 @@ class HessianOperator:
                 gouts = [outs[i].reshape(k, *self.shapes[i]) for i in live]
                 hb = torch.autograd.grad(gl, pl, grad_outputs=gouts, retain_graph=True,
                                          is_grads_batched=True, allow_unused=True)
-                return [[h[j] if h is not None else None for h in hb] for j in range(k)]  # type: ignore[misc]
+                return [[h[j] if h is not None else None for h in hb] for j in range(k)]
             except RuntimeError:  # an op without a batching rule: fall back to the loop
                 self._batched_ok = False
         res = []
@@ -376,7 +376,7 @@ def slq_trace(
     For each Rademacher probe ``v``, ``steps`` Lanczos iterations (full reorthogonalization)
     give a tridiagonal ``T = U diag(theta) U^T`` and ``v^T f(H) v ~ ||v||^2 sum_j U_0j^2 f(theta_j)``
     (Gauss quadrature; exact once ``steps`` reaches the number of distinct eigenvalues).
-    The default ``f = |.|`` gives ``sum_i |lambda_i|``, the ``d * lambda_bar`` of seed 000,
+    The default ``f = |.|`` gives ``sum_i |lambda_i|``, the ``d * lambda_bar`` of [BPL20],
     Eq. 24. Returns ``(estimate, standard error over probes)``.
     """
     _check_samples(num_probes)
@@ -425,7 +425,7 @@ def slq_trace(
 
 @dataclass
 class DiagonalConcentration:
-    """``rho_diag`` (seed 000, Prop. 4) from ``columns`` Hessian columns.
+    """``rho_diag`` [BPL20, Prop. 4] from ``columns`` Hessian columns.
 
     ``exact`` when every column was computed; otherwise a ratio estimate
     ``sum_{i in S} |H_ii| / sum_{i in S} ||H e_i||_1`` over a uniform sample ``S`` of columns,
@@ -516,7 +516,7 @@ def inf1_lower_bound(
     seed: int = 0,
     progress: bool = False,
 ) -> Inf1LowerBound:
-    """A certified lower bound on ``||H||_{inf,1} = max_s ||H s||_1`` (seed 000, Eq. 19).
+    """A certified lower bound on ``||H||_{inf,1} = max_s ||H s||_1`` [BPL20, Eq. 19].
 
     Every sign vector ``s in {-1,1}^d`` gives ``||H s||_1 <= ||H||_{inf,1}`` (``||s||_inf = 1``),
     so the maximum found is a valid lower bound, whatever the search. Starts: ``num_random``
@@ -568,7 +568,7 @@ def inf1_lower_bound(
 # gradient density
 # ------------------------------------------------------------------------------------------
 def gradient_density(model: nn.Module, loss_fn: LossFn, data: Any, params: Sequence[Tensor] | None = None) -> float:
-    """``phi(grad f)`` (seed 000, Eq. 30) of the full gradient of the average loss over ``data``."""
+    """``phi(grad f)`` [BPL20, Eq. 30] of the full gradient of the average loss over ``data``."""
     _, g = HessianOperator(model, loss_fn, data, params).gradient()
     return density(g)
 

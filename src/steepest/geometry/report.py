@@ -1,6 +1,6 @@
 """The sign-friendliness report: does sign descent (l_inf steepest descent) suit this problem?
 
-Seed 000 (Sec. 4-5) compares the guaranteed one-step progress of gradient descent,
+[BPL20] (Sec. 4-5) compares the guaranteed one-step progress of gradient descent,
 ``||g||_2^2 / L_2`` (Eq. 28), and norm-scaled sign descent, ``||g||_1^2 / L_inf`` (Eq. 29); their
 ratio is ``R = phi(g) d L_2 / L_inf`` (Eq. 31). Sign descent is favoured when the gradient is
 dense (``phi`` near 1) and ``L_inf << d L_2``, which needs outlier eigenvalues
@@ -65,7 +65,7 @@ class GeometryReport:
 
     @property
     def lambda_bar(self) -> float:
-        """Mean absolute eigenvalue ``(1/d) sum_i |lambda_i|`` (seed 000, Eq. 24)."""
+        """Mean absolute eigenvalue ``(1/d) sum_i |lambda_i|`` [BPL20, Eq. 24]."""
         return self.abs_trace / self.dim
 
     @property
@@ -184,7 +184,7 @@ class Recommendation:
     * ``"low"``: the bracket contains ``R = 1``; the choice is the side of 1 on which the
       bracket's geometric midpoint ``sqrt(R_lo R_hi)`` lies (an estimate, not a guarantee).
 
-    Learning rates are the steps of the one-step guarantees at the current parameters (seed 000,
+    Learning rates are the steps of the one-step guarantees at the current parameters ([BPL20],
     Eq. 28-29): ``1/L_2`` for gradient descent and ``1/L_inf`` for norm-scaled sign descent
     (``x -= lr ||g||_1 sign(g)``), with ``L_inf`` at the certified upper end (the safe step);
     ``signsgd_lr = ||g||_1 / L_inf`` is the same first step for unscaled ``SignSGD``. They describe
@@ -228,24 +228,25 @@ def _recommend(rep: GeometryReport) -> Recommendation:
     inv = lambda x: 1.0 / x if x > 0 else math.nan  # noqa: E731
     lr_gd, lr_s, lr_s_max = inv(rep.L2), inv(rep.linf_upper), inv(rep.linf_lower)
     g1 = math.sqrt(rep.density * rep.dim) * rep.grad_norm  # ||g||_1 from phi (Eq. 30)
-    common = dict(lr_gd=lr_gd, lr_scaled_sign=lr_s, lr_scaled_sign_max=lr_s_max,
+    # Any: the keyword dicts mix str and float fields of Recommendation
+    common: dict[str, Any] = dict(lr_gd=lr_gd, lr_scaled_sign=lr_s, lr_scaled_sign_max=lr_s_max,
                   signsgd_lr=g1 * lr_s)
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return Recommendation("none", "-", "-", math.nan, "-", "none",
                               "zero gradient or zero curvature: the guarantees say nothing here",
                               **common)
-    sign = dict(optimizer="steepest.ScaledSignSGD", norm="l_inf",
+    sign: dict[str, Any] = dict(optimizer="steepest.ScaledSignSGD", norm="l_inf",
                 lr=lr_s, lr_rule="1/L_inf at its certified upper end, Eq. 29"
                 if rep.linf_upper_certified else "1/L_inf at its estimated upper end, Eq. 29")
-    gd = dict(optimizer="torch.optim.SGD", norm="l_2", lr=lr_gd, lr_rule="1/L_2, Eq. 28")
+    gd: dict[str, Any] = dict(optimizer="torch.optim.SGD", norm="l_2", lr=lr_gd, lr_rule="1/L_2, Eq. 28")
     if lo > 1:
         conf = "high" if (rep.linf_upper_certified and lo >= 1.5) else "medium"
         why = (f"R >= {lo:.3g} over the whole L_inf bracket"
                + ("" if rep.linf_upper_certified else " (upper end estimated)"))
-        return Recommendation("sign", confidence=conf, reason=why, **sign, **common)  # type: ignore[arg-type]
+        return Recommendation("sign", confidence=conf, reason=why, **sign, **common)
     if hi < 1:
         conf = "high" if hi <= 2 / 3 else "medium"
-        return Recommendation("gd", confidence=conf,  # type: ignore[arg-type]
+        return Recommendation("gd", confidence=conf,
                               reason=f"R <= {hi:.3g} over the whole L_inf bracket (certified)",
                               **gd, **common)
     mid = math.sqrt(lo * hi)
@@ -254,8 +255,8 @@ def _recommend(rep: GeometryReport) -> Recommendation:
            + ("--tighten" if rep.mode.startswith("dense") else "--tighten or --mode dense")
            + " narrows the bracket)")
     if mid > 1:
-        return Recommendation("sign", confidence="low", reason=why, **sign, **common)  # type: ignore[arg-type]
-    return Recommendation("gd", confidence="low", reason=why, **gd, **common)  # type: ignore[arg-type]
+        return Recommendation("sign", confidence="low", reason=why, **sign, **common)
+    return Recommendation("gd", confidence="low", reason=why, **gd, **common)
 
 
 def _timed(fn: Any) -> float:

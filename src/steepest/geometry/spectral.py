@@ -1,12 +1,13 @@
-"""The spectral view of a model's gradient: which layers suit which norm (SPEC §7).
+"""The spectral view of a model's gradient: which layers suit which norm (operator norms:
+[BN24], [Pethick25]; see docs/operator_norms.md).
 
 For each parameter, viewed as a matrix ``G`` (``out x rest``, as :mod:`steepest.norms` does)
 with singular values ``s_1 >= ... >= s_r`` and entries ``g_i``:
 
 * ``stable_rank = ||G||_F^2 / ||G||_2^2``, in ``[1, rank]``;
 * ``nuclear / spectral = sum_i s_i / s_1``, in ``[1, rank]``;
-* ``phi_spectral = ||G||_nuc^2 / (min(m, n) ||G||_F^2)``, in ``(0, 1]``: the density of seed 000
-  Eq. 30, ``phi(z) = ||z||_1^2 / (d ||z||_2^2)``, applied to the singular values instead of the
+* ``phi_spectral = ||G||_nuc^2 / (min(m, n) ||G||_F^2)``, in ``(0, 1]``: the density of
+  [BPL20, Eq. 30], ``phi(z) = ||z||_1^2 / (d ||z||_2^2)``, applied to the singular values instead of the
   entries. Eq. 30-31 read: a norm whose dual is large relative to the Euclidean norm (a *dense*
   gradient in that norm's sense) gains from steepest descent under it, since the step
   ``||g||_*^2`` it buys exceeds GD's ``||g||_2^2`` by exactly that ratio (times the size);
@@ -88,7 +89,7 @@ def spectral_view(
 def format_spectral_view(layers: Sequence[LayerSpectrum]) -> str:
     """A table of :func:`spectral_view`'s rows."""
     head = f"{'parameter':<28} {'shape':<14} {'stable rank':>11} {'nuc/spec':>9} {'phi_spec':>9} {'phi_sign':>9}  suggest"
-    lines = ["spectral view of the gradient (per layer; phi = density, seed 000 Eq. 30)", head, "-" * len(head)]
+    lines = ["spectral view of the gradient (per layer; phi = density, [BPL20, Eq. 30])", head, "-" * len(head)]
     for r in layers:
         lines.append(
             f"{r.name[:28]:<28} {str(r.shape)[:14]:<14} {r.stable_rank:>11.2f} {r.nuclear_over_spectral:>9.2f} "

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.optim.optimizer import ParamsT
 
 from steepest.backend import ForeachOps, policy
 from steepest.backend import LoopOps as _Ops
@@ -41,7 +42,7 @@ class _AdamDecomposed(StepOptimizer):
 
     def __init__(
         self,
-        params: Any,
+        params: ParamsT,
         lr: float,
         betas: tuple[float, float],
         eps: float,
@@ -157,7 +158,7 @@ class AdamShuffled(_AdamDecomposed):
 
     def __init__(
         self,
-        params: Any,
+        params: ParamsT,
         lr: float = 3e-2,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
@@ -242,7 +243,7 @@ class AdamAveraged(_AdamDecomposed):
 
     def __init__(
         self,
-        params: Any,
+        params: ParamsT,
         lr: float = 3e-2,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+from torch.optim.optimizer import ParamsT
 
 from steepest.backend import Backend, compiling, select
 from steepest.norms import Norm, from_spec
@@ -47,7 +48,9 @@ __all__ = [
     "StepOptimizer",
     "apply_weight_decay",
     "check_choice",
+    "check_group_lr",
     "check_lr",
+    "check_param_dtypes",
     "check_range",
     "first_nonfinite",
     "scalar_dtype",
@@ -57,10 +60,11 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 # Dtypes whose tensors the step converts (float32 working copies, real views).
 _CONVERTED = frozenset({torch.float16, torch.bfloat16, torch.complex32, torch.complex64, torch.complex128})
 NONFINITE = (None, "raise", "skip", "ignore")
-# "global" (the default, kept for old code): the norm over all parameters of a param group, and a
-# warning when several groups meet a norm that couples tensors; "group": the same, chosen; "all_groups":
-# one norm over every group with this scope (the papers' R^d, however the parameters are grouped);
-# "per_tensor": each tensor on its own.
+# "global" (the default) and "group": the norm over all parameters of each param group (the papers'
+# R^d when the model is one group); splitting parameters into groups (e.g. no weight decay on
+# biases) is the user's usual, deliberate choice, so the default never warns about it (issue 21);
+# "all_groups": one norm over every group with this scope (R^d however the parameters are
+# grouped); "per_tensor": each tensor on its own.
 SCOPES = ("global", "group", "all_groups", "per_tensor")
 # Top-level key of a state dict naming the optimizer class that saved it.
 STATE_TAG = "steepest_optimizer"
@@ -73,8 +77,51 @@ def check_lr(lr: Any, name: str = "lr") -> None:
         if lr.numel() != 1:
             raise ValueError(f"{name} must be a scalar, got a tensor of shape {tuple(lr.shape)}")
         lr = float(lr)
-    if not isinstance(lr, (int, float)) or math.isnan(lr) or math.isinf(lr) or lr < 0:
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or math.isnan(lr) or math.isinf(lr) \
+            or lr < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {lr!r}")
+
+
+def check_param_dtypes(optimizer: str, group_index: int, group: dict[str, Any]) -> None:
+    """Refuse parameters that are neither floating point nor complex (issue 21), naming them:
+    an integer or bool parameter would silently truncate every update (or fail in a kernel)."""
+    names = group.get("param_names")
+    for i, p in enumerate(group["params"]):
+        if not (p.is_floating_point() or p.is_complex()):
+            who = f"parameter {names[i]!r}" if names is not None else f"parameter #{i}"
+            raise ValueError(
+                f"{optimizer}: {who} (shape {tuple(p.shape)}, dtype {p.dtype}) in param group "
+                f"{group_index} is not a floating-point tensor; optimizers update floating-point "
+                "(float16, bfloat16, float32, float64) or complex parameters: convert it "
+                "(e.g. .float()) or leave it out"
+            )
+
+
+def check_group_lr(optimizer: str, group_index: int, group: dict[str, Any]) -> None:
+    """Re-check a param group's ``lr`` at each step (issue 21): it may have been set after
+    construction (by hand or by a scheduler). Cheap: one comparison for a Python number; for a
+    tensor its shape, dtype and device, and its value only on the CPU (no host sync elsewhere,
+    nor while ``torch.compile`` traces the step)."""
+    lr = group["lr"]
+    if type(lr) is float or type(lr) is int:  # the usual case
+        if 0 <= lr < math.inf:  # False for NaN
+            return
+    elif isinstance(lr, Tensor):
+        params = group["params"]
+        device_ok = lr.device.type == "cpu" or not params or lr.device == params[0].device
+        if lr.numel() == 1 and lr.is_floating_point() and device_ok:
+            if lr.device.type != "cpu" or torch.compiler.is_compiling() or 0 <= float(lr) < math.inf:
+                return
+    elif not isinstance(lr, bool) and isinstance(_plain(lr), (int, float)):  # numpy scalars
+        group["lr"] = _plain(lr)
+        return check_group_lr(optimizer, group_index, group)
+    what = f"a tensor of shape {tuple(lr.shape)}, dtype {lr.dtype} on {lr.device}" \
+        if isinstance(lr, Tensor) else f"{lr!r} of type {type(lr).__name__}"
+    raise ValueError(
+        f"{optimizer}: param group {group_index} has lr = {what}; lr must be a finite number "
+        ">= 0, or a 1-element floating-point tensor holding one (on the CPU or the parameters' "
+        "device)"
+    )
 
 
 def check_range(
@@ -147,7 +194,7 @@ class StepOptimizer(Optimizer):
     # Group options holding a Norm; stored as plain dicts in state_dict (weights_only-safe).
     _norm_keys: tuple[str, ...] = ("norm",)
 
-    def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
+    def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
         defaults.setdefault("maximize", False)
         defaults.setdefault("foreach", None)
         defaults.setdefault("nonfinite", None)
@@ -183,30 +230,8 @@ class StepOptimizer(Optimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
+        check_param_dtypes(type(self).__name__, len(self.param_groups) - 1, self.param_groups[-1])
         self._validate_group(self.param_groups[-1])
-        self._warn_scope()
-
-    def _scope_couples(self, group: dict[str, Any]) -> bool:
-        """Whether the group's ``scope`` changes its update (a norm that couples tensors)."""
-        return "scope" in group
-
-    def _warn_scope(self) -> None:
-        """Warn (once) when scope='global', which was never an explicit choice between a norm per
-        group and one over all groups, meets several groups: splitting parameters into groups
-        (e.g. no weight decay on biases) then changes the update (issue 14)."""
-        if len(self.param_groups) < 2 or getattr(self, "_scope_warned", False):
-            return
-        if any(g.get("scope") == "global" and self._scope_couples(g) for g in self.param_groups):
-            self._scope_warned = True
-            warnings.warn(
-                f"{type(self).__name__}: scope='global' takes the norm over each of the "
-                f"{len(self.param_groups)} param groups separately, so how parameters are split into "
-                "groups changes the update; choose scope='group' (this behaviour), "
-                "scope='all_groups' (one norm over all groups, as with a single group) or "
-                "scope='per_tensor'",
-                UserWarning,
-                stacklevel=3,
-            )
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -401,6 +426,8 @@ class StepOptimizer(Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
+        for gi, group in enumerate(self.param_groups):
+            check_group_lr(type(self).__name__, gi, group)
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -504,8 +531,10 @@ _TORCH_OPTION_KEYS = frozenset({
 def _foreign_option_keys() -> set[str]:
     import inspect
 
+    from steepest.fisher import FisherPreconditionedDescent  # an Optimizer outside this tree
+
     keys = set(_TORCH_OPTION_KEYS)
-    todo = list(StepOptimizer.__subclasses__())
+    todo: list[type[Optimizer]] = [*StepOptimizer.__subclasses__(), FisherPreconditionedDescent]
     while todo:
         cls = todo.pop()
         todo.extend(cls.__subclasses__())

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.optim.optimizer import ParamsT
 
 from steepest.backend import Backend, LoopOps, is_dtensor
 from steepest.norms import (
@@ -106,7 +107,7 @@ class Modular(StepOptimizer):
 
     def __init__(
         self,
-        params: Any,
+        params: ParamsT,
         lr: float = 1e-3,
         norm: Norm | dict[str, Any] | str | None = None,
         mode: str = "unscaled",

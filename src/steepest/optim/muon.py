@@ -33,6 +33,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from torch.optim.optimizer import ParamsT
+
 from steepest.norms import NS_COEFFICIENTS, NS_EPS, NS_STEPS, Norm, Spectral
 from steepest.optim.base import check_choice
 from steepest.optim.layerwise import Modular
@@ -64,7 +66,7 @@ class Muon(Modular):
 
     def __init__(
         self,
-        params: Any,
+        params: ParamsT,
         lr: float = 1e-3,
         weight_decay: float = 0.1,
         momentum: float = 0.95,

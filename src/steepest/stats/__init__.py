@@ -1,10 +1,10 @@
 """Noise-aware training: per-example gradient statistics and adaptive batch sizes.
 
 * :class:`GradientMoments` / :func:`gradient_moments`: mini-batch gradient ``g``, elementwise
-  variance of the individual gradients ``s`` (seed 001 Eq. 3.30), ``tr(Sigma)``, ``||g||^2`` and
+  variance of the individual gradients ``s`` [Bal21, Eq. 3.30], ``tr(Sigma)``, ``||g||^2`` and
   the noise-to-signal ratio (Eq. 4.9), reduced inside the ordinary backward pass; writes
   ``p.grad_var`` and ``p.grad_batch_size`` for ``MSVAG(variance="minibatch")``.
-* :class:`CABS` (seed 001 Alg. 1, Eq. 4.20) and :class:`VarianceRatioBatchSize` (Eq. 4.18):
+* :class:`CABS` [Bal21, Alg. 1, Eq. 4.20] and :class:`VarianceRatioBatchSize` (Eq. 4.18):
   batch-size controllers; :class:`AdaptiveBatchSampler` / :func:`adaptive_loader` draw batches
   of the size they ask for.
 

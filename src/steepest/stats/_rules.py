@@ -14,20 +14,24 @@ convolution) the per-example gradient is a *sum over positions*, ``G_i = sum_t d
 whose square is not the sum of squares, so the rule forms ``G_i`` for a chunk of examples with a
 batched matmul, squares it and adds it up. Chunks are sized by ``chunk_numel`` (elements of
 per-example gradients alive at once) so that memory stays bounded and the work stays in cache.
+
+A rule may return a :class:`Gemm` instead of a tensor: the Linear weight's product left
+unevaluated, so that the caller forms it once the parameter's gradient ``g`` is known and the
+same GEMM also subtracts ``c g^2`` (its ``beta`` term), with no separate pass over the result.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-__all__ = ["RULES", "RuleOptions", "check_batched", "fallback_sumsq", "rule_for"]
+__all__ = ["RULES", "Gemm", "RuleOptions", "check_batched", "fallback_sumsq", "rule_for"]
 
 
 @dataclass(frozen=True)
@@ -37,7 +41,24 @@ class RuleOptions:
     chunk_numel: int = 2**19
 
 
-Rule = Callable[[nn.Module, tuple[Any, ...], Tensor, float, RuleOptions], dict[str, Tensor]]
+class Gemm:
+    """``alpha * (d2^T x^2)`` with ``d2 = delta^2`` of shape ``(N, out)`` and ``x`` of shape
+    ``(N, in)``: a Linear weight's scaled sum of squared per-example gradients, not yet formed."""
+
+    __slots__ = ("alpha", "d2", "x")  # made once per layer and backward: keep it light
+
+    def __init__(self, d2: Tensor, x: Tensor, alpha: float) -> None:
+        self.d2, self.x, self.alpha = d2, x, alpha
+
+    def minus_square(self, g: Tensor, c: float) -> Tensor:
+        """``alpha * d2^T x^2 - c g^2`` in a new tensor: one elementwise pass for ``g^2``, then
+        one GEMM whose epilogue adds it (beta = -c), instead of a GEMM and two passes."""
+        out = g.square()
+        return out.addmm_(self.d2.t(), self.x.square(), beta=-c, alpha=self.alpha)
+
+
+Rule = Callable[[nn.Module, tuple[Any, ...], Tensor, float, RuleOptions],
+                dict[str, "Tensor | Gemm"]]
 
 
 def _chunks(n: int, per_example: int, chunk_numel: int) -> list[tuple[int, int]]:
@@ -47,19 +68,17 @@ def _chunks(n: int, per_example: int, chunk_numel: int) -> list[tuple[int, int]]
 
 # ------------------------------------------------------------------ Linear
 def linear_sumsq(module: nn.Linear, args: tuple[Any, ...], grad_out: Tensor, scale2: float,
-                 opts: RuleOptions):
+                 opts: RuleOptions) -> dict[str, Tensor | Gemm]:
     """``nn.Linear``: inputs ``(N, in)`` or ``(N, *, in)`` (positions summed per example)."""
     x = args[0]
     n = x.shape[0]
-    out: dict[str, Tensor] = {}
+    out: dict[str, Tensor | Gemm] = {}
     if x.dim() == 2:
         d2 = grad_out.square()
-        if scale2 != 1.0:
-            d2.mul_(scale2)  # (N, out): smaller than the (out, in) result
         if module.weight.requires_grad:
-            out["weight"] = torch.mm(d2.t(), x.square())
+            out["weight"] = Gemm(d2, x, scale2)  # scale2 rides in the GEMM's alpha
         if module.bias is not None and module.bias.requires_grad:
-            out["bias"] = d2.sum(0)
+            out["bias"] = d2.sum(0).mul_(scale2)
         return out
     # (N, T..., in): per-example gradient G_i = sum_t delta_it x_it^T.
     x3 = x.reshape(n, -1, x.shape[-1])
@@ -104,7 +123,7 @@ def _patches(x: Tensor, kernel: tuple, dilation: tuple, stride: tuple) -> Tensor
 
 
 def conv_sumsq(module: nn.Conv1d | nn.Conv2d, args: tuple[Any, ...], grad_out: Tensor,
-               scale2: float, opts: RuleOptions):
+               scale2: float, opts: RuleOptions) -> dict[str, Tensor | Gemm]:
     """``nn.Conv1d``/``nn.Conv2d`` (any stride, padding, padding mode, dilation, groups).
 
     A convolution is a Linear layer applied to the input's patches (im2col), so the
@@ -117,7 +136,7 @@ def conv_sumsq(module: nn.Conv1d | nn.Conv2d, args: tuple[Any, ...], grad_out: T
     o = module.out_channels
     og = o // groups
     d = grad_out.reshape(n, o, -1)  # (N, O, P)
-    out: dict[str, Tensor] = {}
+    out: dict[str, Tensor | Gemm] = {}
     if module.weight.requires_grad:
         x4, kernel, dilation, stride = _padded_2d(module, x)
         kg = module.weight[0].numel()  # (C/groups) * prod(kernel)
@@ -137,7 +156,7 @@ def conv_sumsq(module: nn.Conv1d | nn.Conv2d, args: tuple[Any, ...], grad_out: T
 
 # ------------------------------------------------------------------ Embedding
 def embedding_sumsq(module: nn.Embedding, args: tuple[Any, ...], grad_out: Tensor,
-                    scale2: float, opts: RuleOptions):
+                    scale2: float, opts: RuleOptions) -> dict[str, Tensor | Gemm]:
     """``nn.Embedding``: the per-example gradient is a sparse scatter of output gradients
     into the rows an example looks up; rows repeated within an example add up first."""
     del opts  # no matmul, no per-example tensor beyond the looked-up rows
@@ -185,12 +204,24 @@ def _plain_forward(module: nn.Module, cls: type[nn.Module]) -> bool:
     return isinstance(module, cls) and type(module).forward is cls.forward
 
 
-RULES: dict[type[nn.Module], Rule] = {
-    nn.Linear: linear_sumsq,
-    nn.Conv1d: conv_sumsq,
-    nn.Conv2d: conv_sumsq,
-    nn.Embedding: embedding_sumsq,
-}
+_M = TypeVar("_M", bound=nn.Module)
+
+
+def _entry(
+    cls: type[_M],
+    rule: Callable[[_M, tuple[Any, ...], Tensor, float, RuleOptions], dict[str, Tensor | Gemm]],
+) -> tuple[type[nn.Module], Rule]:
+    """A ``RULES`` entry; the type variable checks that ``rule`` accepts ``cls``. Widening it to
+    :data:`Rule` is sound because :func:`rule_for` hands it only instances of ``cls``."""
+    return cls, cast(Rule, rule)
+
+
+RULES: dict[type[nn.Module], Rule] = dict([
+    _entry(nn.Linear, linear_sumsq),
+    _entry(nn.Conv1d, conv_sumsq),
+    _entry(nn.Conv2d, conv_sumsq),
+    _entry(nn.Embedding, embedding_sumsq),
+])
 
 
 def rule_for(module: nn.Module) -> Rule | None:
@@ -244,7 +275,7 @@ def fallback_sumsq(
     acc = {name: torch.zeros_like(p) for name, p in params.items()}
     size = sum(p.numel() for p in params.values())
     xs_all = [flat[i] for i in batched]
-    gs_all = [grads[j] for j in used]
+    gs_all = [g for g in grads if g is not None]  # grads[j] for j in used, narrowed
     for s, e in _chunks(n, size, opts.chunk_numel):
         pe = per_example(params, [x[s:e] for x in xs_all], [g[s:e] for g in gs_all])
         for name, g in pe.items():

@@ -1,6 +1,6 @@
-"""Adaptive batch sizes from gradient variance estimates (seed 001 Ch. 4).
+"""Adaptive batch sizes from gradient variance estimates [Bal21, Ch. 4].
 
-Both controllers follow seed 001 Alg. 1 ("SGD with Coupled Adaptive Batch Size"): after each
+Both controllers follow [Bal21, Alg. 1] ("SGD with Coupled Adaptive Batch Size"): after each
 step, exponential moving averages of the step's statistics, started at zero and *not* bias
 corrected, give the batch size of the *next* step, rounded to the nearest integer (halves round
 up) and clipped to ``[min_batch, max_batch]``. The first step uses ``min_batch``.
@@ -147,7 +147,7 @@ class BatchSizeController:
 
 
 class CABS(BatchSizeController):
-    """Coupled Adaptive Batch Size (seed 001 Alg. 1, Eq. 4.20): ``m = lr tr(Sigma) / f``.
+    """Coupled Adaptive Batch Size [Bal21, Alg. 1, Eq. 4.20]: ``m = lr tr(Sigma) / f``.
 
     After step ``t`` with loss ``f`` and variance estimate ``s`` (Eq. 3.30)::
 
@@ -181,7 +181,7 @@ class CABS(BatchSizeController):
 
 
 class VarianceRatioBatchSize(BatchSizeController):
-    """The "competitor" of seed 001 Sec. 4.4 (Eq. 4.18): ``m = tr(Sigma)/(theta^2 ||g||^2)``,
+    """The "competitor" of [Bal21, Sec. 4.4] (Eq. 4.18): ``m = tr(Sigma)/(theta^2 ||g||^2)``,
     with CABS's smoothing (EMAs of ``||s||_1`` and of ``||g||^2``), rounding and clipping.
 
     ``theta`` in ``(0, 1]`` is the noise tolerance of Eq. 4.17 (De et al. suggest 1.0; the

@@ -3,13 +3,13 @@
 For a loss that averages ``N`` per-example losses, ``L = 1/N sum_i l_i``, this module gives per
 parameter, from one forward and one backward pass,
 
-* the mini-batch gradient ``g = 1/N sum_i g_i`` (seed 001 Eq. 3.28), ``g_i = grad l_i``;
-* the elementwise variance of the individual gradients (seed 001 Eq. 3.30)::
+* the mini-batch gradient ``g = 1/N sum_i g_i`` [Bal21, Eq. 3.28], ``g_i = grad l_i``;
+* the elementwise variance of the individual gradients [Bal21, Eq. 3.30]::
 
       s = 1/(N-1) sum_i (g_i - g)^2
 
 and the scalars ``tr(Sigma) ~= sum ||s||_1``, ``||g||^2`` and the noise-to-signal ratio
-``tr(Sigma)/||g||^2`` (seed 001 Eq. 4.9).
+``tr(Sigma)/||g||^2`` [Bal21, Eq. 4.9].
 
 Scaling contract (BackPACK and Opacus differ here; ``steepest`` states its own):
 
@@ -19,7 +19,7 @@ Scaling contract (BackPACK and Opacus differ here; ``steepest`` states its own):
   ``Variance`` divides by ``N`` *and* refers to ``g_i/N`` for a mean loss, so
   ``s = N^3/(N-1) * backpack_variance``.
 * ``s`` estimates the per-example covariance diagonal ``diag(Sigma)``. The variance of the
-  mini-batch gradient itself is ``Sigma/N``, estimated by ``s/N``. (Seed 001 Eq. B.31 writes
+  mini-batch gradient itself is ``Sigma/N``, estimated by ``s/N``. ([Bal21, Eq. B.31] writes
   ``1/N (1/(N-1) sum_i g_i^2 - g^2)``, which is ``s/N + g^2/(N(N-1))``; the text calls it
   unbiased, which holds for ``s/N``. See docs/noise_aware.md.)
 * With ``reduction="sum"`` (``L = sum_i l_i``) ``p.grad`` is ``N g`` and the statistics still
@@ -29,6 +29,14 @@ The sum of squares is reduced inside backward by module hooks (see :mod:`._rules
 ``s = (sum_i g_i^2 - N g^2)/(N-1)`` uses the gradient autograd accumulates anyway, so no
 per-example gradient of a Linear layer is ever formed. The one-pass formula loses relative
 precision where ``s << g^2`` in float32; the result is clamped at zero.
+
+Cost (``benchmarks/gradient_moments.py``): for a Linear layer on ``(N, in)`` inputs the extra
+work is one GEMM the size of the weight gradient, ``(delta^2)^T (x^2)``, which also adds
+``-N g^2/(N-1)`` in its epilogue (``addmm_`` with ``beta``), and one clamp; it runs in the
+parameter's gradient hook, right after autograd made ``g``. The output gradient is taken by a
+pre-hook on the node that made the module's output, the cheapest hook autograd offers. The
+previous backward's statistics are dropped when the next one starts, so the allocator reuses
+their memory instead of mapping fresh pages every step.
 """
 
 from __future__ import annotations
@@ -43,7 +51,14 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten
 
-from steepest.stats._rules import Rule, RuleOptions, check_batched, fallback_sumsq, rule_for
+from steepest.stats._rules import (
+    Gemm,
+    Rule,
+    RuleOptions,
+    check_batched,
+    fallback_sumsq,
+    rule_for,
+)
 
 __all__ = ["GradientMoments", "GradientMomentsResult", "gradient_moments"]
 
@@ -60,7 +75,7 @@ class GradientMomentsResult:
     """Statistics of one mini-batch of ``batch_size`` examples (scaling: module docstring).
 
     ``grad`` and ``variance`` map parameter names (as in ``model.named_parameters()``) to
-    ``g`` and ``s`` of seed 001 Eq. 3.28/3.30.
+    ``g`` and ``s`` of [Bal21, Eq. 3.28/3.30].
     """
 
     loss: Tensor | None
@@ -86,7 +101,7 @@ class GradientMomentsResult:
 
     @property
     def noise_to_signal(self) -> float:
-        """``tr(Sigma)/||g||^2`` (seed 001 Eq. 4.9 with the mini-batch estimates).
+        """``tr(Sigma)/||g||^2`` ([Bal21, Eq. 4.9] with the mini-batch estimates).
 
         IEEE semantics for a zero gradient: ``inf`` if ``tr(Sigma) > 0``, ``nan`` if both are 0.
         """
@@ -125,7 +140,7 @@ class _Backward:
 
     def __init__(self, task: int) -> None:
         self.task = task
-        self.sums: dict[nn.Parameter, tuple[Tensor, int]] = {}
+        self.sums: dict[nn.Parameter, tuple[Tensor | Gemm, int]] = {}
         self.shared: set[nn.Parameter] = set()
         self.leaf: dict[nn.Parameter, Tensor | None] = {}
         self.done: dict[nn.Parameter, Tensor] = {}
@@ -145,7 +160,7 @@ class GradientMoments:
 
     After every backward pass each parameter ``p`` that received a gradient carries
 
-    * ``p.grad_var``: the elementwise variance ``s`` of seed 001 Eq. 3.30 (a tensor shaped and
+    * ``p.grad_var``: the elementwise variance ``s`` of [Bal21, Eq. 3.30] (a tensor shaped and
       typed like ``p``; variance of the *individual* gradients ``g_i``, divided by ``N - 1``);
     * ``p.grad_batch_size``: ``N`` (an ``int``), so ``p.grad_var / p.grad_batch_size``
       estimates the variance of the mini-batch gradient ``p.grad``.
@@ -191,6 +206,7 @@ class GradientMoments:
         self.enabled = True
         self._names = {p: n for n, p in model.named_parameters()}
         self._units = self._plan()
+        self._params = [p for unit in self._units for p in unit.params.values()]
         self._handles: list[Any] = []
         self._bw: _Backward | None = None
         self._computing = False
@@ -324,39 +340,75 @@ class GradientMoments:
         """The state of the backward pass now running (a new one starts a new state)."""
         task = torch._C._current_graph_task_id()
         if self._bw is None or self._bw.task != task:
+            self._release()
             self._bw = _Backward(task)
             torch.autograd.Variable._execution_engine.queue_callback(self._finalize)
         return self._bw
 
-    def _scale(self, n: int) -> float:
-        # Rules are quadratic in the output gradient: scaling it by n/sqrt(n-1) (mean loss)
-        # turns sum_i (dL/dtheta_i)^2 into sum_i g_i^2/(n-1) in one pass over activations.
+    def _release(self) -> None:
+        """Forget the previous backward's statistics as a new one starts.
+
+        Holding them (``p.grad_var``, and in ``self._grad`` the gradients that ``zero_grad``
+        let go) until this backward's replacements exist would keep two generations alive:
+        more peak memory, and the allocator maps fresh pages every step (~200 page faults per
+        step on the 784-512-512-10 MLP). Tensors the caller still holds stay valid.
+        """
+        self._grad, self._variance, self._result, self._batch_size = {}, {}, None, None
+        for p in self._params:
+            if hasattr(p, "grad_var"):
+                del p.grad_var
+                del p.grad_batch_size  # type: ignore[attr-defined]  # set with grad_var
+
+    def _scale2(self, n: int) -> float:
+        # Rules are quadratic in the output gradient: scaling their sums by n^2/(n-1) (mean
+        # loss) turns sum_i (dL/dtheta_i)^2 into sum_i g_i^2/(n-1); rules apply it to the
+        # smallest tensor (or a GEMM's alpha), and the fallback scales the output gradient by
+        # its square root.
         if n < 2:
             raise ValueError(
                 f"a batch of {n} example(s): the variance of Eq. 3.30 needs at least 2"
             )
-        return (n if self.reduction == "mean" else 1.0) / math.sqrt(n - 1)
+        return (n * n if self.reduction == "mean" else 1.0) / (n - 1)
 
     def _on_forward_rule(self, unit: _Unit, module: nn.Module, args: tuple, output: Any) -> None:
-        if not self._active() or not isinstance(output, Tensor) or not output.requires_grad:
+        # (the hooks below run once per layer and step: they test flags inline and skip
+        # no_grad() where autograd already runs without grad mode, as it does unless
+        # create_graph=True)
+        if (not self.enabled or self._computing or not isinstance(output, Tensor)
+                or not output.requires_grad):
             return
         if not args or not isinstance(args[0], Tensor):
             raise TypeError(f"module '{unit.name}' was called without a tensor input")
         check_batched(module, args[0])
-        x = args[0].detach()
-        output.register_hook(partial(self._on_output_grad, unit, (x, *args[1:])))
+        saved = (args[0].detach(), *args[1:])
+        fn = output.grad_fn
+        if fn is None:  # a leaf output (the module returned a parameter): no node to hook
+            output.register_hook(partial(self._on_output_grad, unit, saved))
+        else:
+            # A pre-hook on the node that made the output gets the same gradient as a tensor
+            # hook (also when an in-place op later rebases the output) at half the cost.
+            fn.register_prehook(partial(self._on_node_grads, unit, saved, output.output_nr))
+
+    def _on_node_grads(self, unit: _Unit, args: tuple, nr: int, grads: tuple) -> None:
+        if grads[nr] is not None:
+            self._on_output_grad(unit, args, grads[nr])
 
     def _on_output_grad(self, unit: _Unit, args: tuple, grad_out: Tensor) -> None:
-        if not self._active():
+        if not self.enabled or self._computing:
             return
         bw = self._begin()
         n = args[0].shape[0]
-        scale = self._scale(n)
-        with torch.no_grad():
-            if grad_out.dtype in _LOW_PRECISION:  # squares of half-precision values overflow
-                grad_out = grad_out.float()
-                args = (args[0].float() if args[0].is_floating_point() else args[0], *args[1:])
-            sums = unit.rule(unit.module, args, grad_out, scale * scale, self._opts)
+        scale2 = self._scale2(n)
+        if grad_out.dtype in _LOW_PRECISION:  # squares of half-precision values overflow
+            grad_out = grad_out.float()
+            args = (args[0].float() if args[0].is_floating_point() else args[0], *args[1:])
+        rule = unit.rule
+        assert rule is not None  # attach() hooks only units with a rule to this path
+        if torch.is_grad_enabled():
+            with torch.no_grad():
+                sums = rule(unit.module, args, grad_out, scale2, self._opts)
+        else:
+            sums = rule(unit.module, args, grad_out, scale2, self._opts)
         for k, s in sums.items():
             self._add(bw, unit.params[k], s, n)
 
@@ -392,7 +444,7 @@ class GradientMoments:
         grads[j] = grad_out
 
     def _on_leaf_grad(self, p: nn.Parameter, grad: Tensor) -> None:
-        if not self._active():
+        if not self.enabled or self._computing:
             return
         if grad.is_sparse:
             raise RuntimeError(
@@ -404,24 +456,32 @@ class GradientMoments:
         # otherwise AccumulateGrad hands this very tensor to p.grad (holding it would force a
         # copy), and _finalize reads p.grad.
         bw.leaf[p] = grad if p.grad is not None else None
-        if p in bw.sums and p not in bw.shared:
+        entry = bw.sums.get(p)
+        if entry is not None and p not in bw.shared:
             # AccumulateGrad runs after every use of p, so a fast rule's sum is complete:
             # finish p now, while its gradient is still in cache.
-            with torch.no_grad():
-                bw.done[p] = self._variance_from(*bw.sums[p], grad)
+            if torch.is_grad_enabled():
+                with torch.no_grad():
+                    bw.done[p] = self._variance_from(entry[0], entry[1], grad)
+            else:
+                bw.done[p] = self._variance_from(entry[0], entry[1], grad)
 
-    def _add(self, bw: _Backward, p: nn.Parameter, s: Tensor, n: int) -> None:
+    def _add(self, bw: _Backward, p: nn.Parameter, s: Tensor | Gemm, n: int) -> None:
         if p in bw.sums:
             bw.shared.add(p)
         bw.sums[p] = (s, n)
 
     # ------------------------------------------------------------------ finalize
-    def _variance_from(self, s: Tensor, n: int, g: Tensor) -> Tensor:
-        """``s`` holds ``sum_i g_i^2/(n-1)``; subtract ``n g^2/(n-1)`` (Eq. 3.30), in place."""
+    def _variance_from(self, s: Tensor | Gemm, n: int, g: Tensor) -> Tensor:
+        """``s`` holds ``sum_i g_i^2/(n-1)``; subtract ``n gbar^2/(n-1)`` (Eq. 3.30) and clamp at
+        0, ``gbar`` the mean gradient: ``g`` for a mean loss, ``g/n`` for a summed one (the
+        ``1/n^2`` is folded into ``c``, not a pass over ``g``). A new tensor for a
+        :class:`Gemm` (one GEMM adds the product to ``-c g^2``), else ``s`` in place."""
         gf = g.float() if g.dtype in _LOW_PRECISION else g
-        if self.reduction == "sum":
-            gf = gf / n
-        return s.addcmul_(gf, gf, value=-n / (n - 1)).clamp_min_(0)
+        c = n / (n - 1) if self.reduction == "mean" else 1.0 / (n * (n - 1))
+        if isinstance(s, Gemm):
+            return s.minus_square(gf, c).clamp_min_(0)
+        return s.addcmul_(gf, gf, value=-c).clamp_min_(0)
 
     def _finalize(self) -> None:
         bw, self._bw = self._bw, None
@@ -429,12 +489,12 @@ class GradientMoments:
             return
         self._computing = True
         try:
-            for unit, args, kwargs, grads, n in bw.fallback:
+            for unit, args, kwargs, out_grads, n in bw.fallback:
                 params = {k: p.detach() for k, p in unit.params.items()}
-                scale = self._scale(n)
-                grads = [None if g is None else g * scale for g in grads]
+                scale = math.sqrt(self._scale2(n))
+                scaled = [None if g is None else g * scale for g in out_grads]
                 try:
-                    sums = fallback_sumsq(unit.module, params, args, kwargs, grads, n,
+                    sums = fallback_sumsq(unit.module, params, args, kwargs, scaled, n,
                                           self._opts)
                 except RuntimeError as err:
                     raise RuntimeError(
@@ -484,15 +544,13 @@ class GradientMoments:
                     var = self._variance_from(*bw.sums[p], g)
                 if var.dtype != p.dtype:
                     var = var.to(p.dtype)
-                p.grad_var = var
-                p.grad_batch_size = n
+                # documented per-parameter attributes (BackPACK's convention), not in
+                # nn.Parameter's type
+                p.grad_var = var  # type: ignore[attr-defined]
+                p.grad_batch_size = n  # type: ignore[attr-defined]
                 variance[name] = var
                 grads[name] = g if self.reduction == "mean" else g / n
-        for unit in self._units:
-            for p in unit.params.values():
-                if p not in bw.leaf and hasattr(p, "grad_var"):
-                    del p.grad_var
-                    del p.grad_batch_size
+        # parameters without a gradient this time lost their stale attributes in _release
         self._variance, self._grad, self._batch_size = variance, grads, n_batch
         self._result = None
 
@@ -552,7 +610,7 @@ def gradient_moments(
     """One forward and backward pass with per-example statistics.
 
     Computes ``loss = loss_fn(model(inputs), targets)`` (``model(*inputs)`` for a tuple), runs
-    ``loss.backward()`` on cleared gradients, and returns the loss, ``g`` and ``s`` (seed 001
+    ``loss.backward()`` on cleared gradients, and returns the loss, ``g`` and ``s`` ([Bal21]
     Eq. 3.28/3.30) per parameter with ``tr(Sigma)``, ``||g||^2`` and ``tr(Sigma)/||g||^2``
     (Eq. 4.9). Afterwards ``p.grad`` is the mini-batch gradient of the loss as reduced and
     ``p.grad_var``/``p.grad_batch_size`` are set as by :class:`GradientMoments`, whose

@@ -1,4 +1,4 @@
-"""Batches whose size a controller sets while training runs (seed 001 Alg. 1, "draw a
+"""Batches whose size a controller sets while training runs ([Bal21, Alg. 1], "draw a
 mini-batch of size m"), for an ordinary ``torch.utils.data.DataLoader`` loop."""
 
 from __future__ import annotations
@@ -109,6 +109,9 @@ def adaptive_loader(
             "adaptive_loader with num_workers > 0: workers prefetch batches, so batch sizes "
             "lag the controller by the prefetch depth", RuntimeWarning, stacklevel=2
         )
+    if not isinstance(dataset, Sized):  # an IterableDataset: no indices to sample
+        raise ValueError(f"adaptive_loader needs a map-style dataset with a length, got "
+                         f"{type(dataset).__name__}")
     sampler = AdaptiveBatchSampler(dataset, controller, shuffle=shuffle, drop_last=drop_last,
                                    generator=generator)
     return DataLoader(dataset, batch_sampler=sampler, **loader_kwargs)

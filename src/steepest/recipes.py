@@ -1,0 +1,610 @@
+"""``create_optimizer``: one call that picks the update of every parameter by its role.
+
+A practitioner's question is "what do I put in place of AdamW, and at what lr?". The answer of
+this module is a *recipe*: parameters are sorted by what they do in the model (:func:`detect_roles`)
+
+* ``embedding``: a matrix that is *indexed* (``nn.Embedding``, ``__getitem__``, ``index_select``)
+  or *added / concatenated* to the activations without a matmul (a positional embedding held as a
+  plain ``nn.Parameter``, a ViT class token);
+* ``head``: the matrix whose output is the model's output (the logits), tied or not;
+* ``hidden`` / ``conv``: the other matrices / kernels, used in a matmul / convolution;
+* ``vector``: gains, biases, scalars (``ndim < 2``);
+
+and each role gets the update the recipe gives it (:data:`RECIPES`). Everything is one optimizer
+(:class:`RecipeOptimizer`): one ``step()``, one ``state_dict``, and ``param_groups`` that are the
+very group dicts of the optimizers inside, so ``torch.optim.lr_scheduler`` schedulers reach them.
+
+The recipes' default learning rates were measured on ``steepest reproduce charlm-bench --preset
+small-gpt`` (seed 0 sweep; docs/recipes.md gives the tables and their ratio to AdamW's best lr).
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
+
+import steepest.optim as _optim
+from steepest.optim import __all__ as _optim_all
+from steepest.optim.layerwise import RECIPES as MODULAR_RECIPES
+from steepest.optim.layerwise import Modular
+from steepest.optim.muon import Muon
+from steepest.optim.steepest import Lion, SignSGD
+
+__all__ = [
+    "RECIPES",
+    "ROLES",
+    "Recipe",
+    "RecipeOptimizer",
+    "RoleReport",
+    "create_optimizer",
+    "detect_roles",
+]
+
+ROLES = ("embedding", "hidden", "conv", "head", "vector")
+
+# ----------------------------------------------------------------------------- role detection
+# Ops that use a parameter as a linear map (matmul, convolution, attention projections).
+_MATMUL_NAMES = ("linear", "matmul", "mm", "bmm", "addmm", "baddbmm", "addbmm", "einsum", "bilinear",
+                 "tensordot", "inner", "mv", "chain_matmul", "multi_head_attention_forward", "lstm",
+                 "gru", "rnn_tanh", "rnn_relu")
+_CONV_PREFIX = "conv"
+# Ops that read rows of a parameter by index (an embedding lookup).
+_INDEX_NAMES = ("embedding", "embedding_bag", "__getitem__", "index_select", "take", "gather",
+                "take_along_dim", "narrow", "select")
+# Ops that put a parameter into the activations without a matmul (positional embeddings, class tokens).
+_ADD_NAMES = ("add", "__add__", "__radd__", "__iadd__", "add_", "sub", "__sub__", "__rsub__", "cat",
+              "concat", "concatenate", "stack", "where")
+# Ops that only reshape / view / move a tensor: their output *is* the parameter for our purposes.
+_VIEW_NAMES = ("t", "T", "mT", "transpose", "permute", "view", "reshape", "contiguous", "to", "float",
+               "half", "bfloat16", "double", "type", "type_as", "unsqueeze", "squeeze", "expand",
+               "expand_as", "flatten", "unflatten", "split", "chunk", "unbind", "view_as", "movedim",
+               "detach", "clone", "__get__")
+
+
+def _op_name(func: Any) -> str:
+    name = getattr(func, "__name__", None)
+    if name is None:  # property getters such as Tensor.T come as method-wrappers
+        name = getattr(getattr(func, "__self__", None), "__name__", None) or repr(func)
+    return str(name)
+
+
+@dataclass
+class RoleReport:
+    """Roles of a model's parameters and how they were found (see :func:`detect_roles`)."""
+
+    roles: dict[str, str]  # parameter name -> role
+    how: dict[str, str]  # parameter name -> why (e.g. "F.linear consumes it; the output comes from it")
+    method: str  # "forward pass" or "module types and names"
+    params: dict[str, nn.Parameter] = field(default_factory=dict)
+    tied: dict[str, str] = field(default_factory=dict)  # name -> a note when also used as the head
+
+
+class _Recorder(TorchFunctionMode):
+    """Records which op consumes each parameter and which parameters the outputs come from."""
+
+    def __init__(self, params: dict[int, str]) -> None:
+        super().__init__()
+        self.params = params  # id(param) -> name
+        self.alias: dict[int, int] = {}  # id(tensor) -> id(param) it is a view / reshape of
+        self.index_out: dict[int, int] = {}  # id(index-op output) -> id(param) it was read from
+        self.uses: dict[int, set[str]] = collections.defaultdict(set)
+        self.ops: dict[int, set[str]] = collections.defaultdict(set)
+        self.prov: dict[int, frozenset[int]] = {}  # id(tensor) -> params whose matmul made it
+        self.keep: list[Any] = []  # keeps outputs alive so their ids stay unique during the pass
+
+    def _source(self, t: Any) -> int | None:
+        if not isinstance(t, Tensor):
+            return None
+        if id(t) in self.params:
+            return id(t)
+        return self.alias.get(id(t))
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name = _op_name(func)
+        flat_in, _ = tree_flatten((args, kwargs))
+        flat_out, _ = tree_flatten(out)
+        self.keep.append(out)
+        srcs = [s for s in (self._source(t) for t in flat_in) if s is not None]
+        # A slice of a parameter that is then used as a matmul weight is a matmul use (fused qkv).
+        via_index = [self.index_out[id(t)] for t in flat_in if isinstance(t, Tensor) and id(t) in self.index_out]
+        lname = name.lower().lstrip("_")
+        is_matmul = any(lname == n or lname.startswith(n) for n in _MATMUL_NAMES) or name in ("__matmul__",
+                                                                                               "__rmatmul__")
+        is_conv = lname.startswith(_CONV_PREFIX)
+        made: frozenset[int] = frozenset()
+        if is_matmul or is_conv:
+            used = set(srcs) | set(via_index)
+            for s in used:
+                self.uses[s].add("conv" if is_conv else "matmul")
+                self.ops[s].add(name)
+            for t in flat_in:  # a matmul through an index op's output: not an embedding read
+                if isinstance(t, Tensor):
+                    self.index_out.pop(id(t), None)
+            made = frozenset(s for s in used if self._ndim(s) >= 2)
+        elif srcs and name in _VIEW_NAMES:
+            for t in flat_out:
+                if isinstance(t, Tensor):
+                    self.alias[id(t)] = srcs[0]
+        elif srcs and name in _INDEX_NAMES:
+            for s in srcs:
+                self.uses[s].add("index")
+                self.ops[s].add(name)
+            for t in flat_out:
+                if isinstance(t, Tensor):
+                    self.index_out[id(t)] = srcs[0]
+        elif srcs:
+            acts = [t for t in flat_in if isinstance(t, Tensor) and self._source(t) is None]
+            kind = "add" if name in _ADD_NAMES and acts else "other"
+            for s in srcs:
+                self.uses[s].add(kind)
+                self.ops[s].add(name)
+        if not made:
+            made = frozenset().union(*(self.prov.get(id(t), frozenset()) for t in flat_in if isinstance(t, Tensor)))
+        for t in flat_out:
+            if isinstance(t, Tensor) and made:
+                self.prov[id(t)] = made
+        return out
+
+    def _ndim(self, pid: int) -> int:
+        return self._by_id[pid].dim()
+
+    _by_id: dict[int, Tensor]
+
+
+def _fallback_role(name: str, p: Tensor, embed_ids: set[int], head_ids: set[int]) -> tuple[str, str]:
+    """Role from module types and names (no forward pass)."""
+    leaf = name.rsplit(".", 1)[-1].lower()
+    if p.dim() < 2:
+        return "vector", "ndim < 2"
+    if id(p) in embed_ids:
+        return "embedding", "weight of an nn.Embedding"
+    if id(p) in head_ids:
+        return "head", "weight of the last nn.Linear (the output layer, by module order)"
+    if any(k in leaf for k in ("pos", "embed", "wpe", "wte", "cls_token", "token")):
+        return "embedding", f"a plain parameter named {leaf!r} (an embedding by its name)"
+    if p.dim() > 2:
+        return "conv", "ndim > 2"
+    return "hidden", "a matrix (ndim == 2)"
+
+
+def detect_roles(
+    model: nn.Module,
+    example_input: Any = None,
+    roles: dict[str, str] | None = None,
+    head_module: str | None = None,
+) -> RoleReport:
+    """The role of every trainable parameter of ``model`` (tied parameters once).
+
+    With ``example_input`` (a tensor, a tuple of positional arguments, or a dict of keyword
+    arguments), one forward pass runs under a :class:`torch.overrides.TorchFunctionMode` that
+    records the op consuming each parameter (through views such as ``.T`` and ``reshape``) and
+    which parameters' matmuls the model's output comes from. The pass runs in eval mode without
+    gradients and leaves the model's mode, buffers and the CPU random state as they were.
+
+    * ``vector``: ``ndim < 2``;
+    * ``embedding``: read by an index op (``F.embedding``, ``__getitem__``, ``index_select``...,
+      unless the slice then goes into a matmul), or added / concatenated to activations with no
+      matmul (``x + self.pos``); a parameter both looked up and used as the output matrix is a
+      tied embedding (role ``embedding``, noted);
+    * ``head``: a matrix whose matmul produced the model's output (every floating tensor output);
+    * ``conv`` / ``hidden``: other parameters used by a convolution / a matmul.
+
+    Parameters the pass does not use, and every parameter without ``example_input``, fall back to
+    module types and names: ``nn.Embedding`` weights and plain matrices whose name contains
+    ``pos``, ``embed``, ``wpe``, ``wte`` or ``token`` are embeddings, the last registered
+    ``nn.Linear`` (or the module named ``head``, or ``head_module``) is the head. ``roles`` maps parameter names to
+    roles and wins over both.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    by_name = dict(named)
+    roles = dict(roles or {})
+    for n, r in roles.items():
+        if n not in by_name:
+            close = [k for k in by_name if n in k or k.endswith("." + n)]
+            hint = f" (did you mean {close[:3]}?)" if close else f"; the model's are {list(by_name)[:12]}"
+            raise ValueError(f"roles: {n!r} is not a trainable parameter name of the model{hint}")
+        if r not in ROLES:
+            raise ValueError(f"roles: the role of {n!r} must be one of {ROLES}, got {r!r}")
+    modules = dict(model.named_modules())
+    if head_module is not None and head_module not in modules:
+        raise ValueError(f"head_module must name a submodule of the model; {head_module!r} is not one")
+    embed_ids = {id(m.weight) for m in modules.values() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))}
+    if head_module is not None:
+        head_mod: nn.Module | None = modules[head_module]
+    else:
+        linears = [m for m in modules.values() if isinstance(m, nn.Linear)]
+        head_mod = modules.get("head") or (linears[-1] if linears else None)
+    head_ids = {id(p) for p in head_mod.parameters() if p.dim() >= 2} if head_mod is not None else set()
+
+    out: dict[str, str] = {}
+    how: dict[str, str] = {}
+    tied: dict[str, str] = {}
+    method = "module types and names"
+    if example_input is not None:
+        method = "forward pass"
+        rec = _Recorder({id(p): n for n, p in named})
+        rec._by_id = {id(p): p for _, p in named}
+        was_training = model.training
+        model.eval()  # no side effects: BatchNorm's running statistics stay, dropout draws nothing
+        try:
+            with torch.random.fork_rng(devices=[]), torch.no_grad(), rec:
+                if isinstance(example_input, dict):
+                    y = model(**example_input)
+                elif isinstance(example_input, (tuple, list)):
+                    y = model(*example_input)
+                else:
+                    y = model(example_input)
+        finally:
+            model.train(was_training)
+        outs = [t for t in tree_flatten(y)[0] if isinstance(t, Tensor) and t.is_floating_point()]
+        heads = frozenset().union(*(rec.prov.get(id(t), frozenset()) for t in outs))
+        leftover_index: collections.defaultdict[int, int] = collections.defaultdict(int)
+        for pid in rec.index_out.values():
+            leftover_index[pid] += 1
+        for n, p in named:
+            pid, uses = id(p), rec.uses.get(id(p), set())
+            ops = ", ".join(sorted(rec.ops.get(pid, set())))
+            indexed = "index" in uses and leftover_index.get(pid, 0) > 0
+            if p.dim() < 2:
+                out[n], how[n] = "vector", "ndim < 2"
+            elif indexed:
+                out[n], how[n] = "embedding", f"indexed ({ops})"
+                if pid in heads:
+                    tied[n] = "tied: also the output matrix"
+                    how[n] += "; also makes the model's output (tied head)"
+            elif pid in heads:
+                out[n], how[n] = "head", f"the model's output comes from its {ops}"
+            elif "conv" in uses:
+                out[n], how[n] = "conv", f"used by {ops}"
+            elif "matmul" in uses:
+                out[n], how[n] = ("conv" if p.dim() > 2 else "hidden"), f"used by {ops}"
+            elif "add" in uses:
+                out[n], how[n] = "embedding", f"added to the activations with no matmul ({ops})"
+            else:
+                r, why = _fallback_role(n, p, embed_ids, head_ids)
+                note = f"used by {ops}" if ops else "not used by the example forward pass"
+                out[n], how[n] = r, f"{note}; by module type / name: {why}"
+    else:
+        for n, p in named:
+            out[n], how[n] = _fallback_role(n, p, embed_ids, head_ids)
+    for n, r in roles.items():
+        out[n], how[n] = r, "set by roles="
+    return RoleReport(out, how, method, dict(named), tied)
+
+
+# ----------------------------------------------------------------------------- one optimizer of several
+class RecipeOptimizer(torch.optim.Optimizer):
+    """Several optimizers (one per kind of update) stepped, saved and scheduled as one.
+
+    ``param_groups`` are the group dicts of the optimizers inside (``children``), so a scheduler
+    that writes ``group["lr"]`` changes theirs. ``state_dict()`` is in torch's format (``state``
+    by parameter index, ``param_groups``) over all children in order, plus a ``recipe`` entry that
+    ``load_state_dict`` uses to split it back. ``print(opt)`` shows the groups (:meth:`summary`).
+    """
+
+    def __init__(self, children: list[torch.optim.Optimizer], name: str = "recipe", notes: Iterable[str] = ()) -> None:
+        if not children:
+            raise ValueError("RecipeOptimizer needs at least one optimizer")
+        params = [p for c in children for g in c.param_groups for p in g["params"]]
+        super().__init__(params, {})
+        self.children = list(children)
+        self.recipe = name
+        self.notes = list(notes)
+        self.param_groups = [g for c in self.children for g in c.param_groups]
+        self.defaults = {"lr": self.param_groups[0].get("lr")}
+        self.state = collections.ChainMap(*(c.state for c in self.children))  # type: ignore[assignment]
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if hasattr(self, "children"):
+            raise NotImplementedError(
+                "RecipeOptimizer: add parameters to one of opt.children (each has its own update), "
+                "or build a new optimizer with create_optimizer")
+        super().add_param_group(param_group)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for c in self.children:
+            c.step()
+        return loss
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[int, Any] = {}
+        groups: list[dict[str, Any]] = []
+        meta = []
+        offset = 0
+        for c in self.children:
+            sd = c.state_dict()
+            n = sum(len(g["params"]) for g in sd["param_groups"])
+            for g in sd["param_groups"]:
+                groups.append({**g, "params": [i + offset for i in g["params"]]})
+            for k, v in sd["state"].items():
+                state[int(k) + offset] = v
+            meta.append({"class": type(c).__name__, "groups": len(sd["param_groups"]), "params": n,
+                         "extra": {k: v for k, v in sd.items() if k not in ("state", "param_groups")}})
+            offset += n
+        return {"state": state, "param_groups": groups, "recipe": {"name": self.recipe, "children": meta}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        rec = state_dict.get("recipe") if isinstance(state_dict, dict) else None
+        if not isinstance(rec, dict) or "children" not in rec:
+            raise ValueError("this state dict was not saved by a RecipeOptimizer (no 'recipe' entry)")
+        metas = rec["children"]
+        mine = [type(c).__name__ for c in self.children]
+        if [m["class"] for m in metas] != mine:
+            raise ValueError(f"this state dict was saved by a recipe of {[m['class'] for m in metas]}, "
+                             f"this optimizer is made of {mine}")
+        gi, offset = 0, 0
+        for c, m in zip(self.children, metas):
+            groups = state_dict["param_groups"][gi : gi + m["groups"]]
+            n = m["params"]
+            sub = {
+                "state": {k - offset: v for k, v in state_dict["state"].items() if offset <= int(k) < offset + n},
+                "param_groups": [{**g, "params": [i - offset for i in g["params"]]} for g in groups],
+                **m["extra"],
+            }
+            c.load_state_dict(sub)
+            gi += m["groups"]
+            offset += n
+        # the children replaced their group dicts: point at the new ones
+        self.param_groups[:] = [g for c in self.children for g in c.param_groups]
+
+    def summary(self) -> str:
+        """One line per param group: role, update rule, lr, weight decay, parameters."""
+        lines = [f"RecipeOptimizer({self.recipe!r}): {len(self.param_groups)} param group(s)"]
+        for c in self.children:
+            for g in c.param_groups:
+                names = g.get("param_names") or [f"#{i}" for i in range(len(g["params"]))]
+                shown = ", ".join(names[:4]) + (f", ... ({len(names)} in all)" if len(names) > 4 else "")
+                count = sum(p.numel() for p in g["params"])
+                lines.append(f"  {g.get('role', '?'):9s} {g.get('rule', type(c).__name__):38s} "
+                             f"lr {g['lr']:.3g}  wd {g.get('weight_decay', 0.0):.3g}  "
+                             f"{len(g['params'])} tensors / {count:,} values: {shown}")
+        lines.extend(f"  note: {n}" for n in self.notes)
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return self.summary()
+
+
+# ----------------------------------------------------------------------------- recipes
+@dataclass(frozen=True)
+class Recipe:
+    """A recipe: its default lr and weight decay (measured, docs/recipes.md), what each role gets."""
+
+    name: str
+    lr: float
+    weight_decay: float
+    rules: dict[str, str]  # role -> the update, in words (for summaries and docs)
+    build: Callable[..., list[torch.optim.Optimizer]]
+
+
+def _groups(by_role: dict[str, list[tuple[str, nn.Parameter]]], roles: Iterable[str], rule: str,
+            lr: float, wd: float, overrides: dict[str, dict[str, Any]],
+            extra: Callable[[str], dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """One param group per role present: decoupled weight decay on hidden, conv and head matrices
+    only (not on embeddings, gains and biases), then the user's per-role ``overrides``."""
+    out = []
+    for role in roles:
+        named = by_role.get(role, [])
+        if not named:
+            continue
+        g: dict[str, Any] = {
+            "params": [p for _, p in named], "param_names": [n for n, _ in named], "role": role,
+            "lr": lr, "weight_decay": wd if role in ("hidden", "conv", "head") else 0.0,
+        }
+        if extra is not None:
+            g.update(extra(role))
+        g.update(overrides.get(role, {}))
+        g["rule"] = rule if "rule" not in overrides.get(role, {}) else g["rule"]
+        out.append(g)
+    return out
+
+
+def _strip_rule(groups: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[int, str]]:
+    rules = {k: g.pop("rule") for k, g in enumerate(groups)}
+    return groups, rules
+
+
+def _with_rules(opt: torch.optim.Optimizer, rules: dict[int, str]) -> torch.optim.Optimizer:
+    for k, g in enumerate(opt.param_groups):
+        g["rule"] = rules[k]
+    return opt
+
+
+def _adamw(groups: list[dict[str, Any]], options: dict[str, Any]) -> torch.optim.Optimizer:
+    groups, rules = _strip_rule(groups)
+    kw = {k: options[k] for k in ("betas", "eps") if k in options}
+    opt = torch.optim.AdamW(groups, **kw)
+    return _with_rules(opt, rules)
+
+
+def _build_muon(by_role: Any, lr: float, wd: float, ov: dict[str, Any], options: dict[str, Any]) -> list[Any]:
+    mats = _groups(by_role, ("hidden", "conv"), "Muon (match_rms_adamw, Nesterov 0.95)", lr, wd, ov)
+    rest = _groups(by_role, ("embedding", "head", "vector"), "AdamW (torch)", lr, wd, ov)
+    out: list[Any] = []
+    if mats:
+        mats, rules = _strip_rule(mats)
+        kw = {k: options[k] for k in ("momentum", "nesterov", "ns_steps") if k in options}
+        out.append(_with_rules(Muon(mats, lr=lr, weight_decay=wd, adjust_lr_fn="match_rms_adamw", **kw), rules))
+    if rest:
+        out.append(_adamw(rest, options))
+    return out
+
+
+def _modular_builder(which: str) -> Callable[..., list[Any]]:
+    rule = {"steepest": "Modular 'steepest' norm of the role", "scion": "Modular 'scion' LMO of the role"}[which]
+
+    def build(by_role: Any, lr: float, wd: float, ov: dict[str, Any], options: dict[str, Any]) -> list[Any]:
+        def extra(role: str) -> dict[str, Any]:
+            opts = dict(MODULAR_RECIPES[which][role])
+            opts["norm"] = opts["norm"]()
+            return opts
+
+        groups = _groups(by_role, ROLES, rule, lr, wd, ov, extra)
+        for g in groups:
+            g["rule"] = f"{type(g['norm']).__name__} ({which} {g['role']})"
+        groups, rules = _strip_rule(groups)
+        return [_with_rules(Modular(groups, lr=lr, **options), rules)]
+
+    return build
+
+
+def _single(cls: Callable[..., torch.optim.Optimizer], rule: str, **fixed: Any) -> Callable[..., list[Any]]:
+    def build(by_role: Any, lr: float, wd: float, ov: dict[str, Any], options: dict[str, Any]) -> list[Any]:
+        groups, rules = _strip_rule(_groups(by_role, ROLES, rule, lr, wd, ov))
+        return [_with_rules(cls(groups, lr=lr, **{**fixed, **options}), rules)]
+
+    return build
+
+
+def _build_adamw(by_role: Any, lr: float, wd: float, ov: dict[str, Any], options: dict[str, Any]) -> list[Any]:
+    return [_adamw(_groups(by_role, ROLES, "AdamW (torch)", lr, wd, ov), options)]
+
+
+_ADAM_WORDS = "AdamW (torch)"
+#: The recipes. Default lrs: the best of the seed-0 sweep (grid factor sqrt(10), bracketed) of
+#: ``steepest reproduce charlm-bench --preset small-gpt`` (docs/recipes.md,
+#: docs/results/charlm-bench): AdamW's best was 10^-1.5 ~ 0.032; muon, steepest and scion 1x that,
+#: lion 0.32x, signum 0.1x. Weight decay 0 by default for all (applied to matrices only).
+RECIPES: dict[str, Recipe] = {
+    "muon": Recipe("muon", 10**-1.5, 0.0, {
+        "hidden": "Muon (Newton-Schulz polar factor, Nesterov 0.95, lr adjusted 0.2 sqrt(max(m, n)))",
+        "conv": "Muon, kernels flattened to out x rest",
+        "embedding": _ADAM_WORDS, "head": _ADAM_WORDS, "vector": _ADAM_WORDS}, _build_muon),
+    "steepest": Recipe("steepest", 10**-1.5, 0.0, {
+        "hidden": "Modular: spectral (Muon's update, match_rms_adamw)", "conv": "Modular: spectral",
+        "embedding": "Modular: sign (l_inf), radius 0.2", "head": "Modular: sign (l_inf), radius 0.2",
+        "vector": "Modular: sign (l_inf), radius 0.2"}, _modular_builder("steepest")),
+    "scion": Recipe("scion", 10**-1.5, 0.0, {
+        "hidden": "Modular: LMO of the RMS->RMS spectral norm", "conv": "Modular: spectral LMO",
+        "embedding": "Modular: ColNorm LMO per token", "head": "Modular: sign/fan_in LMO, radius 60",
+        "vector": "Modular: RMS-normalized"}, _modular_builder("scion")),
+    "lion": Recipe("lion", 1e-2, 0.0, {r: "Lion (sign of interpolated momentum)" for r in ROLES},
+                   _single(Lion, "Lion")),
+    "signum": Recipe("signum", 10**-2.5, 0.0, {r: "Signum (sign of EMA momentum 0.9)" for r in ROLES},
+                     _single(SignSGD, "Signum (momentum 0.9)", momentum=0.9)),
+    "adamw": Recipe("adamw", 10**-1.5, 0.0, {r: _ADAM_WORDS for r in ROLES}, _build_adamw),
+}
+
+# _optim_all is imported by name: mypy cannot type `_optim.__all__` through the import cycle
+# optim.noise -> steepest -> recipes -> optim
+_PRESETS = tuple(n for n in _optim_all if n not in ("StepOptimizer", "layer_groups"))
+
+
+def create_optimizer(
+    model: nn.Module,
+    name: str,
+    lr: float | None = None,
+    *,
+    weight_decay: float | None = None,
+    roles: dict[str, str] | None = None,
+    example_input: Any = None,
+    head_module: str | None = None,
+    **options: Any,
+) -> RecipeOptimizer:
+    """One optimizer for ``model`` that gives each parameter the update of its role.
+
+    Args:
+        model: the model (its trainable parameters are optimized, tied ones once).
+        name: a recipe of :data:`RECIPES` (``"muon"``, ``"steepest"``, ``"scion"``, ``"lion"``,
+            ``"signum"``, ``"adamw"``) or an optimizer class of ``steepest.optim`` by its name
+            (``"Lion"``, ``"Stacey"``, ...: that class on every parameter, one group per role).
+        lr: the learning rate; ``None``: the recipe's default, measured (docs/recipes.md). For
+            ``"muon"`` it is the AdamW-scale lr of every group: Muon's steps are RMS-matched to
+            AdamW's (``adjust_lr_fn="match_rms_adamw"``), so one lr serves both.
+        weight_decay: decoupled weight decay on the hidden, conv and head matrices (never on
+            embeddings, gains or biases); ``None``: the recipe's default (0 for every recipe; note
+            the classes' own defaults differ: ``Muon`` 0.1 as torch's, ``Modular`` 0).
+        roles: ``{parameter name: role}`` overriding the detection (roles: ``embedding``,
+            ``hidden``, ``conv``, ``head``, ``vector``).
+        example_input: an input of the model (tensor, tuple of arguments or dict of keyword
+            arguments); with it, roles are found by a forward pass (:func:`detect_roles`),
+            without it by module types and names (the summary says which).
+        head_module: the qualified name of the output module, for the fallback detection.
+        **options: ``betas``/``eps`` (the AdamW parts), ``momentum``/``nesterov``/``ns_steps``
+            (Muon), a role name with a dict of group options for that role (``head={"lr": 1e-3}``),
+            or, for a class name, its constructor's keyword arguments.
+
+    Returns:
+        a :class:`RecipeOptimizer`: ``step()``, ``zero_grad()``, ``state_dict()``, schedulers,
+        and ``print(opt)`` / ``opt.summary()`` say which group got what.
+
+    Example::
+
+        opt = steepest.create_optimizer(model, "muon", example_input=x[:1])
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups], ...)
+        print(opt)
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a string, got {name!r}")
+    key = name.lower()
+    if lr is not None and (not isinstance(lr, (int, float)) or isinstance(lr, bool) or not math.isfinite(lr)
+                           or lr <= 0):
+        raise ValueError(f"lr must be a finite number > 0 (or None for the recipe's default), got {lr!r}")
+    if weight_decay is not None and (not isinstance(weight_decay, (int, float)) or isinstance(weight_decay, bool)
+                                     or not math.isfinite(weight_decay) or weight_decay < 0):
+        raise ValueError(f"weight_decay must be a finite number >= 0 (or None), got {weight_decay!r}")
+    overrides = {r: options.pop(r) for r in ROLES if r in options}
+    for r, o in overrides.items():
+        if not isinstance(o, dict):
+            raise ValueError(f"{r}= must be a dict of group options for the {r} role, got {o!r}")
+    report = detect_roles(model, example_input, roles, head_module)
+    by_role: dict[str, list[tuple[str, nn.Parameter]]] = {r: [] for r in ROLES}
+    for n, p in report.params.items():
+        by_role[report.roles[n]].append((n, p))
+    notes = [f"roles from {report.method}"
+             + ("" if example_input is not None else " (pass example_input= to detect them by a forward pass)")]
+    notes += [f"{n}: {why}" for n, why in report.how.items() if report.roles[n] == "embedding"
+              or report.roles[n] == "head"]
+    if key in RECIPES:
+        recipe = RECIPES[key]
+        allowed = {"muon": {"betas", "eps", "momentum", "nesterov", "ns_steps"},
+                   "adamw": {"betas", "eps"}, "lion": {"betas"}, "signum": {"momentum"},
+                   "steepest": {"momentum", "nesterov", "step", "mode"},
+                   "scion": {"momentum", "nesterov", "step", "mode"}}[key]
+        bad = sorted(set(options) - allowed)
+        if bad:
+            raise ValueError(f"create_optimizer({name!r}): unknown option(s) {bad}; this recipe takes "
+                             f"{sorted(allowed)} and per-role dicts {ROLES}")
+        the_lr = recipe.lr if lr is None else float(lr)
+        wd = recipe.weight_decay if weight_decay is None else float(weight_decay)
+        children = recipe.build(by_role, the_lr, wd, overrides, options)
+        notes.insert(0, f"lr {the_lr:g}" + (" (the recipe's default, measured on charlm-bench small-gpt)"
+                                            if lr is None else "") + f", weight decay {wd:g} on matrices")
+        return RecipeOptimizer(children, key, notes)
+    if name in _PRESETS:
+        cls = getattr(_optim, name)
+        if lr is None:
+            import inspect
+
+            default = inspect.signature(cls.__init__).parameters.get("lr")
+            if default is None or default.default is inspect.Parameter.empty:
+                raise ValueError(f"create_optimizer({name!r}): pass lr= ({name} has no default lr)")
+            the_lr = float(default.default)
+        else:
+            the_lr = float(lr)
+        wd = 0.0 if weight_decay is None else float(weight_decay)
+        groups, rules = _strip_rule(_groups(by_role, ROLES, name, the_lr, wd, overrides))
+        if wd == 0.0:
+            for g in groups:
+                g.pop("weight_decay")
+        opt = _with_rules(cls(groups, lr=the_lr, **options), rules)
+        return RecipeOptimizer([opt], name, notes)
+    raise ValueError(f"create_optimizer: unknown name {name!r}; recipes: {tuple(RECIPES)}; "
+                     f"optimizer classes: {_PRESETS}")
