@@ -794,7 +794,7 @@ def _problem(args: Any) -> tuple[str, Any, Any, Any, Any, int]:
                          f"{', '.join(list_problems())}, or an entry point module:function")
     import inspect
 
-    from steepest.geometry.cli import load_entry_point
+    from steepest.geometry.command import load_entry_point
 
     fn = load_entry_point(args.problem)
     kwargs = {"seed": args.seed} if "seed" in inspect.signature(fn).parameters else {}

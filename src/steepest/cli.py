@@ -19,7 +19,7 @@ from collections.abc import Sequence
 _SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("demo", "steepest.demo", "train a tiny model with several optimizers and compare"),
     ("reproduce", "steepest.experiments.cli", "rerun a paper's experiment, claims beside measurements"),
-    ("geometry", "steepest.geometry.cli", "report whether sign/l_p methods suit a problem"),
+    ("geometry", "steepest.geometry.command", "report whether sign/l_p methods suit a problem"),
     ("advise", "steepest.advise", "which recipe and learning rate: a short budgeted race + geometry"),
 ]
 

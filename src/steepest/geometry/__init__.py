@@ -5,7 +5,8 @@ Dense matrices (:mod:`steepest.geometry.dense`): the exact l_inf smoothness
 gradient density and the predicted advantage of sign descent (Eq. 30-31), rotated quadratics
 (App. D.2). Real models (:mod:`steepest.geometry.models`): Hessian-vector products, top
 eigenvalues, Hutchinson estimates, certified lower bounds on ``||H||_{inf,1}``, and the
-``steepest geometry`` report (:mod:`steepest.geometry.report`).
+``steepest geometry`` report (:mod:`steepest.geometry.report`; the command line itself:
+:mod:`steepest.geometry.command`).
 """
 
 from steepest.geometry.dense import (
