@@ -10,10 +10,15 @@ tensors. Tests check they agree in float64. Which one runs is decided in
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from typing import TypeGuard
+
+    from torch.distributed.tensor import DTensor
 
 
 def _compiling() -> bool:
@@ -538,7 +543,7 @@ class ForeachOps(LoopOps):
         torch._foreach_add_(steps, 1.0)
 
 
-def is_dtensor(x: Any) -> bool:
+def is_dtensor(x: Any) -> TypeGuard[DTensor]:
     """Whether ``x`` is a DTensor (an FSDP2/tensor-parallel parameter), without importing
     torch.distributed where it is not in use."""
     return type(x).__name__ == "DTensor" and hasattr(x, "to_local")
@@ -598,9 +603,14 @@ def l2_norm(x: Tensor, dim: int | None = None) -> Tensor:
     bad = (n < _l2_unsafe_below(n.dtype)) | torch.isinf(n)
     if not bool(bad.any()):
         return n
-    m = x.abs().amax(dim=dim, keepdim=dim is not None)
-    safe = torch.where(m > 0, m, torch.ones_like(m))
-    scaled = torch.linalg.vector_norm(x / safe, dim=dim) * (m.squeeze(dim) if dim is not None else m)
+    if dim is None:
+        m = x.abs().amax()
+        safe = torch.where(m > 0, m, torch.ones_like(m))
+        scaled = torch.linalg.vector_norm(x / safe) * m
+    else:
+        m = x.abs().amax(dim=dim, keepdim=True)
+        safe = torch.where(m > 0, m, torch.ones_like(m))
+        scaled = torch.linalg.vector_norm(x / safe, dim=dim) * m.squeeze(dim)
     return torch.where(bad, scaled, n)
 
 

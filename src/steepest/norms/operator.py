@@ -137,6 +137,7 @@ class OperatorNorm(Norm):
                 u = u.redistribute(x.device_mesh, x.placements)
             units.append(u)
             if need_dual:
+                assert d is not None  # _base_lmo returns the dual when asked for it
                 duals.append(d.to(x.dtype))
         return units, (_stack_scalars(duals, xs) if need_dual else None)
 

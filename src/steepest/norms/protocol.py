@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import torch
 from torch import Tensor
@@ -276,6 +276,18 @@ class Norm:
             return torch.zeros(())
         return self._factor(lst, ops_for(foreach), False).dual[0]
 
+    @overload
+    def direction(
+        self, xs: Tensor, mode: str = ..., *, beta: float = ..., per_tensor: bool = ...,
+        foreach: bool = ..., owned: bool = ...,
+    ) -> Tensor: ...
+
+    @overload
+    def direction(
+        self, xs: Sequence[Tensor], mode: str = ..., *, beta: float = ..., per_tensor: bool = ...,
+        foreach: bool = ..., owned: bool = ...,
+    ) -> list[Tensor]: ...
+
     def direction(
         self,
         xs: TensorOrList,
@@ -285,7 +297,7 @@ class Norm:
         per_tensor: bool = False,
         foreach: bool = False,
         owned: bool = False,
-    ) -> TensorOrList:
+    ) -> Tensor | list[Tensor]:
         """The steepest-descent direction of ``mode`` (see :meth:`Factored.coefficients`).
         ``owned``: ``xs`` are the caller's temporaries, which the direction may be built in."""
         lst, single = _as_list(xs)

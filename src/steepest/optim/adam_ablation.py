@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
-from steepest.backend import ForeachOps, policy
+from steepest.backend import Backend, ForeachOps, policy
 from steepest.backend import LoopOps as _Ops
 from steepest.backend import ops_for as _ops
 from steepest.optim.base import StepOptimizer, apply_weight_decay, check_betas, scalar_dtype
@@ -51,8 +51,8 @@ class _AdamDecomposed(StepOptimizer):
         foreach: bool | None,
         nonfinite: str | None,
     ) -> None:
-        betas = tuple(betas) if isinstance(betas, (tuple, list)) else betas
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+        pair: Any = tuple(betas) if isinstance(betas, (tuple, list)) else betas  # checked later
+        super().__init__(params, dict(lr=lr, betas=pair, eps=eps, weight_decay=weight_decay,
                                       maximize=maximize, foreach=foreach, nonfinite=nonfinite))
 
     def _streams(self, group: dict[str, Any]) -> bool:
@@ -89,7 +89,14 @@ class _AdamDecomposed(StepOptimizer):
         ``params[i] -= sign(m~) * rearranged(|m~ ss| / (sqrt(v~)/bc2 + eps))``."""
         raise NotImplementedError
 
-    def _update(self, group, params, grads, states, backend) -> None:  # type: ignore[no-untyped-def]
+    def _update(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        states: list[dict[str, Any]],
+        backend: Backend,
+    ) -> None:
         foreach = backend.foreach
         if policy.eager_fused_ok(params) and all(t.is_contiguous() for s in states for t in (s["exp_avg"], s["exp_avg_sq"])) \
                 and all(p.is_contiguous() for p in params):
@@ -183,15 +190,24 @@ class AdamShuffled(_AdamDecomposed):
             out.append(u.reshape(-1)[perm].view_as(u))
         return out
 
-    def _fused_step(self, ops, params, m_t, v_t, bc2, ss, eps) -> None:  # type: ignore[no-untyped-def]
+    def _fused_step(
+        self,
+        ops: type[_Ops],
+        params: list[Tensor],
+        m_t: list[Tensor],
+        v_t: list[Tensor],
+        bc2: list[float],
+        ss: list[float],
+        eps: float,
+    ) -> None:
         # Tensors within the loop path's stream chunk (small ones, whose temporaries the stream
         # allows): gamma for all of them with one kernel per op (_magnitudes_), then per tensor
         # one gather through the permutation. Larger ones: _shuffled_step_ (index + 3%).
         # The generator draws one permutation per tensor in parameter order either way.
         gen = getattr(self, "_generator", None)
         small = [i for i, m in enumerate(m_t) if m.numel() <= policy.stream_chunk()]
-        mags = dict(zip(small, _magnitudes_(ops, *(
-            [xs[i] for i in small] for xs in (m_t, v_t, bc2, ss)), eps)))
+        mags = dict(zip(small, _magnitudes_(ops, [m_t[i] for i in small], [v_t[i] for i in small],
+                                            [bc2[i] for i in small], [ss[i] for i in small], eps)))
         for i, (p, m, v, b, s) in enumerate(zip(params, m_t, v_t, bc2, ss)):
             if i not in mags:
                 _shuffled_step_(p, m, v, b, s, eps, gen)
@@ -262,7 +278,16 @@ class AdamAveraged(_AdamDecomposed):
             sums = [u.sum() for u in mags]
         return [s / max(u.numel(), 1) for s, u in zip(sums, mags)]
 
-    def _fused_step(self, ops, params, m_t, v_t, bc2, ss, eps) -> None:  # type: ignore[no-untyped-def]
+    def _fused_step(
+        self,
+        ops: type[_Ops],
+        params: list[Tensor],
+        m_t: list[Tensor],
+        v_t: list[Tensor],
+        bc2: list[float],
+        ss: list[float],
+        eps: float,
+    ) -> None:
         # 17 passes over N floats after the moments' 8 (25; 7 counted), in one temporary d:
         # torch's magnitudes 11 (_magnitudes_; torch's rounding: one-element tensors stay bitwise
         # torch.optim.Adam), their sum 1 (the mean), d <- sign(m~) 2, x -= mean d 3.

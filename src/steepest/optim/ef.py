@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.optim.optimizer import ParamsT
 
 from steepest.backend import Backend, BatchedOps, LoopOps, is_dtensor, policy
 from steepest.backend.ops import _stack
@@ -35,7 +36,7 @@ class EFSignSGD(StepOptimizer):
 
     def __init__(
         self,
-        params: Any,
+        params: ParamsT,
         lr: float = 1.0,
         scope: str = "global",
         weight_decay: float = 0.0,
@@ -88,11 +89,11 @@ class EFSignSGD(StepOptimizer):
         if is_dtensor(dual):
             # ||p||_1 / d with Python-number divisors (0 for an empty scope): a sharded (DTensor)
             # dual cannot be divided by a plain host tensor.
-            coefs = [du / d if d else du * 0.0 for du, d in zip(dual.unbind(0), ds)]
+            coefs: list[Any] = [du / d if d else du * 0.0 for du, d in zip(dual.unbind(0), ds)]
         else:  # one vectorized division (1,000 scalar divisions cost ~3 ms a step)
-            coefs = _safe_div(dual, torch.tensor(ds, dtype=dual.dtype, device=dual.device))
+            quot = _safe_div(dual, torch.tensor(ds, dtype=dual.dtype, device=dual.device))
             # small tensors: Python floats (a free host read on CPU; no 0-d tensor per tensor)
-            coefs = coefs.tolist() if small else list(coefs.unbind(0))
+            coefs = quot.tolist() if small else list(quot.unbind(0))
         apply_weight_decay(ops, params, lr, wd)
         if small:  # a chunk's sign temporaries at a time (the loop path's streaming granularity)
             for sl in policy._small_chunks(params, foreach, 1):  # one temporary per tensor
@@ -100,7 +101,14 @@ class EFSignSGD(StepOptimizer):
             return
         _subtract_delta(ops, params, errs, coefs)
 
-    def _update_joint(self, groups, params, grads, states, backend) -> None:  # type: ignore[no-untyped-def]
+    def _update_joint(
+        self,
+        groups: list[dict[str, Any]],
+        params: list[list[Tensor]],
+        grads: list[list[Tensor]],
+        states: list[list[dict[str, Any]]],
+        backend: Backend,
+    ) -> None:
         """``scope="all_groups"``: ``d`` and ``||p_t||_1`` over every such group together; each
         group's own lr in ``p_t = lr g_t + e_t`` and in its weight decay."""
         ops = backend.ops

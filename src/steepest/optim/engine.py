@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.optim.optimizer import ParamsT
 
 from steepest.backend import Backend, BatchedOps, LoopOps, ops_for
 from steepest.norms import MODES, Norm, per_tensor_list
@@ -178,10 +179,11 @@ def _axpy_one_(p: Tensor, d: Tensor, lr: Any, den: Tensor | None, post: Tensor |
         if post is not None:
             d = d * post
         p.add_(d * -lr)
-    elif den is None and post is None:
-        p.add_(d, alpha=-lr)
     elif den is None:
-        p.addcmul_(d, post, value=-lr)
+        if post is None:
+            p.add_(d, alpha=-lr)
+        else:
+            p.addcmul_(d, post, value=-lr)
     elif post is None:
         p.addcdiv_(d, den, value=-lr)
     else:  # not made by the norms here (a plan with both pre and post); kept general
@@ -223,7 +225,7 @@ class SteepestDescent(StepOptimizer):
 
     def __init__(
         self,
-        params: Any,
+        params: ParamsT,
         lr: float = 0.3,
         norm: Norm | dict[str, Any] | str = "l2",
         mode: str = "scaled",
@@ -264,7 +266,8 @@ class SteepestDescent(StepOptimizer):
     @staticmethod
     def _betas(group: dict[str, Any]) -> tuple[float, float]:
         if "betas" in group:
-            return tuple(group["betas"])  # type: ignore[return-value]
+            b1, b2 = group["betas"]
+            return b1, b2
         m = group["momentum"]
         return m, m
 

@@ -55,15 +55,17 @@ import os
 import sys
 import warnings
 import weakref
+from types import FrameType
 from typing import Any
 
 import torch
 from torch import Tensor
+from torch.optim.optimizer import ParamsT
 
 import steepest
+from steepest.backend import Backend, policy
 from steepest.backend import LoopOps as _Ops
 from steepest.backend import ops_for as _ops
-from steepest.backend import policy
 from steepest.optim.base import (
     StepOptimizer,
     _real,
@@ -151,7 +153,7 @@ class _BetaIsMomentum(StepOptimizer):
     look for a ``momentum`` or ``betas`` option) cycle it. The constructors take ``beta``; a param
     group may give either ``beta`` or ``momentum``; checkpoints with ``beta`` still load."""
 
-    def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
+    def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
         defaults["momentum"] = defaults.pop("beta")
         super().__init__(params, defaults)
 
@@ -189,7 +191,7 @@ class MSGD(_BetaIsMomentum):
 
     def __init__(
         self,
-        params: Any,
+        params: ParamsT,
         lr: float = 1.0,
         beta: float = 0.9,
         weight_decay: float = 0.0,
@@ -213,7 +215,14 @@ class MSGD(_BetaIsMomentum):
         state["step"] = torch.tensor(0.0, dtype=scalar_dtype())
         state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
-    def _update(self, group, params, grads, states, backend) -> None:  # type: ignore[no-untyped-def]
+    def _update(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        states: list[dict[str, Any]],
+        backend: Backend,
+    ) -> None:
         foreach = backend.foreach
         # 6 passes over N floats (lerp_ 3, axpy 3) for the 5 the benchmark counts (torch's
         # SGD-momentum: 8); one kernel per op for a chunk of small CPU tensors (_kernels).
@@ -390,7 +399,7 @@ class SVAG(_VarianceAdapted):
 
     def __init__(
         self,
-        params: Any,
+        params: ParamsT,
         lr: float = 1.0,
         beta: float = 0.9,
         weight_decay: float = 0.0,
@@ -402,7 +411,14 @@ class SVAG(_VarianceAdapted):
         super().__init__(params, dict(lr=lr, beta=beta, weight_decay=weight_decay,
                                       maximize=maximize, foreach=foreach, nonfinite=nonfinite))
 
-    def _update(self, group, params, grads, states, backend) -> None:  # type: ignore[no-untyped-def]
+    def _update(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        states: list[dict[str, Any]],
+        backend: Backend,
+    ) -> None:
         foreach = backend.foreach
         if policy.eager_fused_ok(params):  # 24 passes (_adapted_step_)
             ops = policy.chunk_ops(foreach, params)
@@ -447,7 +463,7 @@ class AdamStar(_VarianceAdapted):
 
     def __init__(
         self,
-        params: Any,
+        params: ParamsT,
         lr: float = 1e-2,
         beta: float = 0.9,
         weight_decay: float = 0.0,
@@ -459,7 +475,14 @@ class AdamStar(_VarianceAdapted):
         super().__init__(params, dict(lr=lr, beta=beta, weight_decay=weight_decay,
                                       maximize=maximize, foreach=foreach, nonfinite=nonfinite))
 
-    def _update(self, group, params, grads, states, backend) -> None:  # type: ignore[no-untyped-def]
+    def _update(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        states: list[dict[str, Any]],
+        backend: Backend,
+    ) -> None:
         foreach = backend.foreach
         if policy.eager_fused_ok(params):
             self._fused_update(group, params, grads, states, foreach)
@@ -474,7 +497,14 @@ class AdamStar(_VarianceAdapted):
         apply_weight_decay(ops, params, lr, wd)
         ops.axpy_(params, upd, -lr)
 
-    def _fused_update(self, group, params, grads, states, foreach) -> None:  # type: ignore[no-untyped-def]
+    def _fused_update(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        states: list[dict[str, Any]],
+        foreach: bool,
+    ) -> None:
         """The eager step in 22 passes over N floats (moments 8; then, in one temporary,
         ``d = max(v~ - a m~^2, tiny)`` 3 + 2, ``d += m~^2/K`` 3, ``rsqrt_`` 2, and
         ``x -= lr/sqrt(K) m~ d`` 4; 7 are counted).
@@ -569,7 +599,7 @@ class MSVAG(_VarianceAdapted):
 
     def __init__(
         self,
-        params: Any,
+        params: ParamsT,
         lr: float = 1.0,
         beta: float = 0.9,
         variance: str = "moving_average",
@@ -650,7 +680,14 @@ class MSVAG(_VarianceAdapted):
         return False, f"grad_var of {self._named(gi, i, p)}"
 
     # ---- the step ------------------------------------------------------------------------------
-    def _update(self, group, params, grads, states, backend) -> None:  # type: ignore[no-untyped-def]
+    def _update(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        states: list[dict[str, Any]],
+        backend: Backend,
+    ) -> None:
         foreach = backend.foreach
         ops = _ops(foreach)
         lr, b, wd = group["lr"], group["momentum"], group["weight_decay"]
@@ -681,7 +718,15 @@ class MSVAG(_VarianceAdapted):
         apply_weight_decay(ops, params, lr, wd)
         ops.axpy_scalars_(params, upd, [-lr * ai for ai in a])
 
-    def _minibatch_step(self, group, params, grads, states, pending, ops) -> None:  # type: ignore[no-untyped-def]
+    def _minibatch_step(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        states: list[dict[str, Any]],
+        pending: list[tuple[Tensor, int, Tensor]],
+        ops: type[_Ops],
+    ) -> None:
         lr, b, wd = group["lr"], group["momentum"], group["weight_decay"]
         a, m_t, e = self._minibatch_denominators(b, grads, states, pending, ops)
         upd = ops.mul_(_gamma_(e, m_t, ops), m_t)  # gamma m~; gamma m = a gamma m~
@@ -720,7 +765,8 @@ _SKIP_DIRS = tuple(os.path.dirname(m.__file__) for m in (steepest, torch) if m._
 
 def _caller_level() -> int:
     """``stacklevel`` of the first frame outside steepest and torch (the user's ``opt.step()``)."""
-    frame, level = sys._getframe(1), 1
+    frame: FrameType | None = sys._getframe(1)
+    level = 1
     while frame is not None and frame.f_code.co_filename.startswith(_SKIP_DIRS):
         frame, level = frame.f_back, level + 1
     return level

@@ -18,7 +18,7 @@ Lion                   Linf, unscaled, betas=(0.9, 0.99)      Chen et al. 2023
 
 from __future__ import annotations
 
-from typing import Any
+from torch.optim.optimizer import ParamsT
 
 from steepest.norms import L1, BlockNorm, Linf, Lp
 from steepest.optim.base import StepOptimizer, check_betas
@@ -38,7 +38,7 @@ class SignSGD(SteepestDescent):
 
     def __init__(
         self,
-        params: Any,
+        params: ParamsT,
         lr: float = 3e-3,
         momentum: float = 0.0,
         weight_decay: float = 0.0,
@@ -68,7 +68,7 @@ class ScaledSignSGD(SteepestDescent):
 
     def __init__(
         self,
-        params: Any,
+        params: ParamsT,
         lr: float = 3e-5,
         scope: str = "global",
         momentum: float = 0.0,
@@ -98,7 +98,7 @@ class LpDescent(SteepestDescent):
 
     def __init__(
         self,
-        params: Any,
+        params: ParamsT,
         lr: float = 0.1,
         p: float = 3.0,
         eps: float = 0.0,
@@ -130,7 +130,7 @@ class CoordinateDescent(SteepestDescent):
 
     def __init__(
         self,
-        params: Any,
+        params: ParamsT,
         lr: float = 0.3,
         scope: str = "global",
         *,
@@ -157,7 +157,7 @@ class BlockNormalizedSGD(SteepestDescent):
 
     def __init__(
         self,
-        params: Any,
+        params: ParamsT,
         lr: float = 0.3,
         mode: str = "normalized",
         blocks: str = "tensor",
@@ -187,7 +187,7 @@ class Lion(SteepestDescent):
 
     def __init__(
         self,
-        params: Any,
+        params: ParamsT,
         lr: float = 1e-2,
         betas: tuple[float, float] = (0.9, 0.99),
         weight_decay: float = 0.0,

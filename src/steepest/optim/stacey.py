@@ -58,6 +58,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.optim.optimizer import ParamsT
 
 from steepest.backend import Backend, ForeachOps, LoopOps, is_dtensor, policy
 from steepest.norms import Lp
@@ -304,6 +305,12 @@ def _splittable(ts: tuple[Tensor, ...]) -> bool:
     return all(t.is_contiguous() for t in ts) and not is_dtensor(ts[0])
 
 
+def _quad(ts: tuple[Tensor, ...]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(x, g, m, z)`` as the fixed-length tuple the step functions take."""
+    x, g, m, z = ts
+    return x, g, m, z
+
+
 def _blocks(ts: tuple[Tensor, ...], size: int) -> list[tuple[Tensor, ...]]:
     """Aligned views of blocks of at most ``size`` elements of the same-shaped tensors ``ts``:
     flat blocks when all are contiguous, else blocks of rows along dim 0 (any layout)."""
@@ -422,7 +429,7 @@ class Stacey(StepOptimizer):
 
     def __init__(
         self,
-        params: Any,
+        params: ParamsT,
         lr: float = 0.3,
         alpha: float | None = None,
         tau: float = 1e-3,
@@ -496,10 +503,10 @@ class Stacey(StepOptimizer):
         # adds was 1/8 of the loop path's time on 1,000 small tensors.
         ForeachOps.increment_([s["step"] for s in states])
         k = _Cfg(group)
-        items = [(x, g, s["m"], s["z"]) for x, g, s in zip(params, grads, states)]
+        items: list[tuple[Tensor, ...]] = [(x, g, s["m"], s["z"]) for x, g, s in zip(params, grads, states)]
         if backend.compiling:  # inductor fuses the whole step: no blocks needed (nor wanted)
-            for ts in items:
-                _step_traced(*ts, k)
+            for x, g, m, z in items:
+                _step_traced(x, g, m, z, k)
             return
         # Peak memory (issue 12): k.temps temporaries of a block at a time, with blocks of at
         # most 1/k.temps of what a step may hold beyond the state: this chunk of tensors on the
@@ -510,14 +517,15 @@ class Stacey(StepOptimizer):
         if backend.foreach:
             total = sum(ts[0].numel() for ts in items)
             for piece in _pieces(items, max(1, total // k.temps)):
-                _step_foreach(*(list(t) for t in zip(*piece)), k)
+                xs, gs, ms, zs = (list(t) for t in zip(*piece))
+                _step_foreach(xs, gs, ms, zs, k)
             return
         chunk = policy.stream_chunk()
         for ts in items:
             n = ts[0].numel()
             if n * k.temps <= chunk:
                 if n:
-                    _step_single(*ts, k)
+                    _step_single(*_quad(ts), k)
                 continue
             for blk in _blocks(ts, min(chunk, n // k.temps)):
-                _step_single(*blk, k)
+                _step_single(*_quad(blk), k)
