@@ -44,6 +44,7 @@ class _AdamDecomposed(StepOptimizer):
         self,
         params: ParamsT,
         lr: float,
+        *,
         betas: tuple[float, float],
         eps: float,
         weight_decay: float,
@@ -167,11 +168,11 @@ class AdamShuffled(_AdamDecomposed):
         self,
         params: ParamsT,
         lr: float = 3e-2,
+        *,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
         generator: torch.Generator | None = None,
-        *,
         maximize: bool = False,
         foreach: bool | None = None,
         nonfinite: str | None = None,
@@ -179,7 +180,8 @@ class AdamShuffled(_AdamDecomposed):
         if generator is not None and not isinstance(generator, torch.Generator):
             raise ValueError(f"generator must be a torch.Generator or None, got {generator!r}")
         self._generator = generator
-        super().__init__(params, lr, betas, eps, weight_decay, maximize, foreach, nonfinite)
+        super().__init__(params, lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         maximize=maximize, foreach=foreach, nonfinite=nonfinite)
 
     def _rearrange(self, mags: list[Tensor], ops: type[_Ops]) -> list[Tensor]:
         gen = getattr(self, "_generator", None)
@@ -261,15 +263,16 @@ class AdamAveraged(_AdamDecomposed):
         self,
         params: ParamsT,
         lr: float = 3e-2,
+        *,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
-        *,
         maximize: bool = False,
         foreach: bool | None = None,
         nonfinite: str | None = None,
     ) -> None:
-        super().__init__(params, lr, betas, eps, weight_decay, maximize, foreach, nonfinite)
+        super().__init__(params, lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         maximize=maximize, foreach=foreach, nonfinite=nonfinite)
 
     def _rearrange(self, mags: list[Tensor], ops: type[_Ops]) -> list[Tensor]:
         if ops.foreach:  # magnitudes are >= 0: their l1 norms are their sums, in one kernel

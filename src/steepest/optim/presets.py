@@ -40,15 +40,16 @@ class SignSGD(SteepestDescent):
         self,
         params: ParamsT,
         lr: float = 3e-3,
+        *,
         momentum: float = 0.0,
         weight_decay: float = 0.0,
-        *,
         maximize: bool = False,
         foreach: bool | None = None,
         nonfinite: str | None = None,
     ) -> None:
         super().__init__(
-            params, lr, Linf(), "unscaled", 1.0, momentum, "global", weight_decay,
+            params, lr, norm=Linf(), mode="unscaled", beta=1.0, momentum=momentum, scope="global",
+            weight_decay=weight_decay,
             maximize=maximize, foreach=foreach, nonfinite=nonfinite,
         )
 
@@ -70,16 +71,17 @@ class ScaledSignSGD(SteepestDescent):
         self,
         params: ParamsT,
         lr: float = 3e-5,
+        *,
         scope: str = "global",
         momentum: float = 0.0,
         weight_decay: float = 0.0,
-        *,
         maximize: bool = False,
         foreach: bool | None = None,
         nonfinite: str | None = None,
     ) -> None:
         super().__init__(
-            params, lr, Linf(), "scaled", 1.0, momentum, scope, weight_decay,
+            params, lr, norm=Linf(), mode="scaled", beta=1.0, momentum=momentum, scope=scope,
+            weight_decay=weight_decay,
             maximize=maximize, foreach=foreach, nonfinite=nonfinite,
         )
 
@@ -100,13 +102,13 @@ class LpDescent(SteepestDescent):
         self,
         params: ParamsT,
         lr: float = 0.1,
+        *,
         p: float = 3.0,
         eps: float = 0.0,
         scaled: bool = False,
         scope: str = "global",
         momentum: float = 0.0,
         weight_decay: float = 0.0,
-        *,
         eps_mode: str = "paper",
         maximize: bool = False,
         foreach: bool | None = None,
@@ -115,8 +117,8 @@ class LpDescent(SteepestDescent):
         if not isinstance(scaled, bool):
             raise ValueError(f"scaled must be a bool, got {scaled!r}")
         super().__init__(
-            params, lr, Lp(p, eps, eps_mode), "scaled" if scaled else "unscaled", 1.0, momentum,
-            scope, weight_decay, maximize=maximize, foreach=foreach, nonfinite=nonfinite,
+            params, lr, norm=Lp(p, eps, eps_mode), mode="scaled" if scaled else "unscaled", beta=1.0,
+            momentum=momentum, scope=scope, weight_decay=weight_decay, maximize=maximize, foreach=foreach, nonfinite=nonfinite,
         )
 
 
@@ -132,14 +134,14 @@ class CoordinateDescent(SteepestDescent):
         self,
         params: ParamsT,
         lr: float = 0.3,
-        scope: str = "global",
         *,
+        scope: str = "global",
         maximize: bool = False,
         foreach: bool | None = None,
         nonfinite: str | None = None,
     ) -> None:
         super().__init__(
-            params, lr, L1(), "scaled", 1.0, 0.0, scope, 0.0,
+            params, lr, norm=L1(), mode="scaled", beta=1.0, momentum=0.0, scope=scope, weight_decay=0.0,
             maximize=maximize, foreach=foreach, nonfinite=nonfinite,
         )
 
@@ -159,18 +161,19 @@ class BlockNormalizedSGD(SteepestDescent):
         self,
         params: ParamsT,
         lr: float = 0.3,
+        *,
         mode: str = "normalized",
         blocks: str = "tensor",
         momentum: float = 0.0,
         weight_decay: float = 0.0,
         beta: float = 1.0,
-        *,
         maximize: bool = False,
         foreach: bool | None = None,
         nonfinite: str | None = None,
     ) -> None:
         super().__init__(
-            params, lr, BlockNorm(blocks), mode, beta, momentum, "global", weight_decay,
+            params, lr, norm=BlockNorm(blocks), mode=mode, beta=beta, momentum=momentum, scope="global",
+            weight_decay=weight_decay,
             maximize=maximize, foreach=foreach, nonfinite=nonfinite,
         )
 
@@ -189,9 +192,9 @@ class Lion(SteepestDescent):
         self,
         params: ParamsT,
         lr: float = 1e-2,
+        *,
         betas: tuple[float, float] = (0.9, 0.99),
         weight_decay: float = 0.0,
-        *,
         maximize: bool = False,
         foreach: bool | None = None,
         nonfinite: str | None = None,
