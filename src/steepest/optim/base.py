@@ -54,6 +54,7 @@ __all__ = [
     "check_range",
     "first_nonfinite",
     "scalar_dtype",
+    "update_is_finite",
 ]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -179,6 +180,38 @@ def first_nonfinite(tensors: list[Tensor]) -> int | None:
         if not bool(torch.isfinite(t).all()):
             return k
     return None
+
+
+def update_is_finite(
+    who: str, group: dict[str, Any], params: list[Tensor], scalars: list[Any], what: str
+) -> bool:
+    """Check the reductions an update is built from (its scale, e.g. ``||g||_1``), before the
+    update's first write to a parameter (issue 21): finite but huge gradients (|g| ~ 1e38 in
+    float32) can overflow them although the gradient check passed. The group's ``nonfinite``
+    policy decides as for a non-finite gradient: ``"raise"`` (the default on CPU) raises a
+    ``FloatingPointError`` naming ``what``, ``"skip"`` warns and returns ``False`` (the caller
+    writes nothing), ``"ignore"`` (the default elsewhere) checks nothing. Cheap: ``scalars`` are
+    a few entries per tensor, read once (the CPU's usual host read); momentum buffers updated
+    before the check keep their (finite) new values."""
+    policy = group["nonfinite"]
+    if policy is None:
+        policy = "ignore" if compiling() or any(p.device.type != "cpu" for p in params) else "raise"
+    if policy == "ignore":
+        return True
+    flat: list[Tensor] = []
+    for t in scalars:
+        flat.extend(t if isinstance(t, (list, tuple)) else [t] if isinstance(t, Tensor) else [])
+    if not flat or any(type(t).__name__ == "DTensor" for t in flat):
+        return True  # (a sharded step: its own reductions; the gradient check still ran)
+    if all(bool(torch.isfinite(t).all()) for t in flat):
+        return True
+    dtype = params[0].dtype if params else flat[0].dtype
+    msg = (f"{who}: the update is not finite: {what} overflowed {dtype} (the gradients are "
+           "finite but too large for this dtype); no parameter was written")
+    if policy == "raise":
+        raise FloatingPointError(msg + "; pass nonfinite='skip' to skip such steps with a warning")
+    warnings.warn(msg + "; step skipped", RuntimeWarning, stacklevel=4)
+    return False
 
 
 def apply_weight_decay(ops: Any, params: list[Tensor], lr: float, wd: float) -> None:

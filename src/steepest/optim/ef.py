@@ -26,9 +26,14 @@ class EFSignSGD(StepOptimizer):
 
     with ``d`` and ``||p_t||_1`` taken over the scope (``"group"``: all parameters of the group
     as one vector; ``"all_groups"``: all parameters of all such groups; ``"per_tensor"``: each
-    tensor; ``"global"``, the default, is ``"group"`` with a warning when there are several
-    groups, see :class:`steepest.optim.SteepestDescent`). ``delta_t`` is the l_inf sharp of ``p_t``
+    tensor; ``"global"``, the default, is ``"group"``, and never warns; see
+    :class:`steepest.optim.SteepestDescent`). ``delta_t`` is the l_inf sharp of ``p_t``
     divided by ``d``. The error ``e`` (initially 0) lives in ``state["error"]``.
+
+    Extreme gradients: the coefficient ``||p||_1/d`` is a mean, at most ``max|p|``, so it is finite
+    for finite ``p``; where the fast ``||p||_1`` overflows (float32 |p| near 1e38) it is recomputed
+    as ``max|p| * (sum(|p|/max|p|)/d)`` (checked on the CPU, where the read is free; the fast path
+    is unchanged). Parameters stay finite unless ``x - delta`` itself leaves the dtype's range.
 
     Default ``lr=1.0``: the step is lr ||g||_1/d per coordinate, an SGD-sized step; if you use
     AdamW at lr ``a``, start at about ``75 a`` (30-100 a in docs/defaults.md).
@@ -86,10 +91,16 @@ class EFSignSGD(StepOptimizer):
             dual = _combine_pow(ops.norms(errs, Linf().q), 1.0, per_tensor)
         sizes = [float(e.numel()) for e in errs]
         ds = sizes if per_tensor else [sum(sizes)] * len(errs)
-        if is_dtensor(dual):
+        if _overflowed(dual):
+            # ||p||_1 overflowed (float32 |p| near 1e38): the coefficient ||p||_1/d <= max|p| is
+            # finite, so recompute it overflow-safely (issue 21). Rare: the fast path is unchanged.
+            coefs: list[Any] = list(_mean_abs_safe(errs, per_tensor).unbind(0))
+            if small:
+                coefs = [float(c) for c in coefs]
+        elif is_dtensor(dual):
             # ||p||_1 / d with Python-number divisors (0 for an empty scope): a sharded (DTensor)
             # dual cannot be divided by a plain host tensor.
-            coefs: list[Any] = [du / d if d else du * 0.0 for du, d in zip(dual.unbind(0), ds)]
+            coefs = [du / d if d else du * 0.0 for du, d in zip(dual.unbind(0), ds)]
         else:  # one vectorized division (1,000 scalar divisions cost ~3 ms a step)
             quot = _safe_div(dual, torch.tensor(ds, dtype=dual.dtype, device=dual.device))
             # small tensors: Python floats (a free host read on CPU; no 0-d tensor per tensor)
@@ -118,10 +129,33 @@ class EFSignSGD(StepOptimizer):
         flat = [e for es in errs for e in es]
         dual = _combine_pow(ops.norms(flat, Linf().q), 1.0, False)
         d = torch.tensor([float(sum(e.numel() for e in flat))], dtype=dual.dtype, device=dual.device)
-        coef = _safe_div(dual[:1], d)[0]
+        coef = _mean_abs_safe(flat, False)[0] if _overflowed(dual) else _safe_div(dual[:1], d)[0]
         for g, ps, es in zip(groups, params, errs):
             apply_weight_decay(ops, ps, g["lr"], g["weight_decay"])
             _subtract_delta(ops, ps, es, [coef] * len(ps))
+
+
+def _overflowed(dual: Tensor) -> bool:
+    """Whether the l1 norms overflowed; checked on the CPU in eager mode only (where a host read
+    is free: the step already syncs), as :func:`steepest.backend.ops.l2_norm` checks its norms."""
+    if dual.device.type != "cpu" or policy.compiling() or is_dtensor(dual):
+        return False
+    return not bool(torch.isfinite(dual).all())
+
+
+def _mean_abs_safe(errs: list[Tensor], per_tensor: bool) -> Tensor:
+    """``||p||_1 / d`` over the scope (an entry per tensor) without overflow, for finite ``p``:
+    ``max|p| * (sum(|p| / max|p|) / d)``, every factor at most ``max|p|`` or ``d``."""
+    zero = errs[0].new_zeros(())
+    maxes = torch.stack([e.abs().amax() if e.numel() else zero for e in errs])
+    if not per_tensor:
+        maxes = maxes.max().expand(len(errs))
+    safe = torch.where(maxes > 0, maxes, torch.ones_like(maxes))
+    sums = torch.stack([(e.abs() / s).sum() if e.numel() else zero for e, s in zip(errs, safe)])
+    sizes = torch.tensor([float(e.numel()) for e in errs], dtype=sums.dtype)
+    if not per_tensor:
+        sums, sizes = sums.sum().expand(len(errs)), sizes.sum().expand(len(errs))
+    return maxes * _safe_div(sums, sizes)
 
 
 def _subtract_delta(ops: type[LoopOps], params: list[Tensor], errs: list[Tensor], coefs: list[Any]) -> None:

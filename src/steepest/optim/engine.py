@@ -36,6 +36,7 @@ from steepest.optim.base import (
     check_betas,
     check_choice,
     check_range,
+    update_is_finite,
 )
 
 __all__ = ["SteepestDescent", "apply_direction", "momentum_", "momentum_direction_input", "momentum_one_"]
@@ -52,6 +53,7 @@ def apply_direction(
     lr: float | None = None,
     beta: float = 1.0,
     owned: bool = False,
+    who: str = "SteepestDescent",
 ) -> None:
     """``x <- (1 - lr wd) x - lr direction(c)``, the shared last line of every steepest method.
 
@@ -81,6 +83,11 @@ def apply_direction(
         ops.axpy_(params, direction, -lr)
         return
     pre, post = plan
+    # The plan's scalars are the update's reductions, taken before its first write: a finite
+    # but huge gradient can overflow them (||g||_1 of float32 gradients near 1e38), which the
+    # gradient check cannot see. Checking them is free (a few numbers; issue 21).
+    if not update_is_finite(who, group, params, [pre, post], f"the {mode} step's scale under {norm!r}"):
+        return
     compiling = backend.compiling
     if norm.identity_map and pre is not None and backend.per_tensor(c):
         # map(z) = z: x / pre * post as one division inside the update (addcdiv_): no temporary.
@@ -206,8 +213,8 @@ class SteepestDescent(StepOptimizer):
             one vector; ``"all_groups"``: over all parameters of all groups with this scope (the
             papers' R^d, whatever the grouping: splitting biases into a no-decay group does not
             change the update); ``"per_tensor"``: over each tensor on its own. ``"global"``
-            (default) behaves as ``"group"`` and warns when several groups meet a norm that
-            couples tensors, since the grouping then changes the update.
+            (default) is ``"group"``: splitting the parameters into groups (weight-decay
+            splits) is the user's deliberate choice, so it does not warn (issue 21).
         weight_decay: decoupled weight decay, x -= lr wd x.
         maximize: ascend instead of descend.
         foreach: ``None`` (loop on CPU, foreach on CUDA), ``True`` or ``False``.
@@ -216,6 +223,14 @@ class SteepestDescent(StepOptimizer):
             :mod:`steepest.optim.base`).
 
     A zero gradient gives a zero step in every mode (no 0/0).
+
+    Finite but extreme gradients (issue 21): the scaled, normalized and soft steps are built from
+    reductions (``||g||_*``, ``||g||``) taken before the first write, and a gradient near the
+    dtype's range can overflow them (``||g||_1`` of float32 gradients near 1e38). Those scalars
+    are checked (free: a few numbers) under the ``nonfinite`` policy: ``"raise"`` (the CPU default)
+    raises a ``FloatingPointError`` with no parameter written, ``"skip"`` warns and skips the
+    step. (A momentum buffer has then already taken the gradient.) The unscaled (elementwise)
+    maps stay finite for finite gradients.
 
     Default ``lr=0.3`` suits the default norm (l2: gradient descent; best 0.3-1 in the sweep of
     docs/defaults.md, 10-100x AdamW's best lr there). With another norm start from the matching
@@ -297,13 +312,7 @@ class SteepestDescent(StepOptimizer):
             return
         c = momentum_direction_input(betas, grads, states, backend.foreach)
         apply_direction(group, params, c, group["norm"], group["mode"], backend, beta=group["beta"],
-                        owned=betas[0] != betas[1])
-
-    def _scope_couples(self, group: dict[str, Any]) -> bool:
-        # The scope matters only where the direction has a reduction over the scope: not for an
-        # elementwise map (sign, s(g)), nor for BlockNorm's normalized mode (each block moves
-        # along g_B/||g_B||, whatever the scope): the norm says (Norm.couples).
-        return bool(group["norm"].couples(group["mode"]))
+                        owned=betas[0] != betas[1], who=type(self).__name__)
 
     def _update_joint(
         self,

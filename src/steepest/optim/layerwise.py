@@ -40,7 +40,7 @@ from steepest.norms import (
     _as_matrix,
     from_spec,
 )
-from steepest.optim.base import StepOptimizer, check_choice, check_range
+from steepest.optim.base import StepOptimizer, check_choice, check_range, update_is_finite
 
 __all__ = ["ADJUST_LR_FNS", "RECIPES", "ROLES", "Modular", "adjust_lr", "classify", "layer_groups"]
 
@@ -257,6 +257,11 @@ class Modular(StepOptimizer):
                 # second remakes each input (Nesterov's lerp, bitwise the same) and moves: one
                 # tensor's temporaries at a time, not every tensor's direction.
                 pre, post = norm.plan_partials(partials, [params[k] for k in idx], mode, beta, False)
+                # The plan's reductions, before any write: a finite but huge gradient can
+                # overflow them (issue 21); checking them is free.
+                if not update_is_finite(type(self).__name__, group, [params[k] for k in idx],
+                                        [pre, post], f"the {mode} step's scale under {norm!r}"):
+                    continue
                 for i, k in enumerate(idx):
                     u, owned = direction_input(k, advance=False)
                     if pre is not None:

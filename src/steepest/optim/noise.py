@@ -185,6 +185,10 @@ class MSGD(_BetaIsMomentum):
 
     State: ``step`` (float32 0-d), ``exp_avg`` (m~).
 
+    Extreme gradients: the update ``lr m`` is a bias-corrected average of the gradients, finite
+    for finite ones; one pass, no reduction, nothing to overflow but ``x - lr m`` itself (which,
+    as with ``torch.optim.SGD``, then leaves the dtype's range).
+
     Default ``lr=1.0`` (an SGD step; best 1-3 in docs/defaults.md); if you use AdamW at lr
     ``a``, start at about ``40 a`` (30-100 a there).
     """
@@ -321,6 +325,8 @@ def _gamma_(e: list[Tensor], m_t: list[Tensor], ops: type[_Ops]) -> list[Tensor]
     is then ``+inf`` and gamma 0, also where ``m = v = 0`` (0/0, defined as 0: no update;
     Sec. 5.4.4); where ``s = 0`` (the first step, ``beta = 0``) gamma is exactly 1 for any
     ``m~^2`` above ``tiny/eps``. All terms are >= 0: no cancellation, a few ulp from the quotient."""
+    for x in e:  # v~ - a m~^2 is inf - inf (NaN) where both overflowed: gamma 0 there, as for
+        x.nan_to_num_(nan=math.inf, posinf=math.inf, neginf=-math.inf)  # v~ = inf (issue 21)
     ops.clamp_min_(e, _tiny(e))
     ops.add_(ops.div_(ops.div_(e, m_t), m_t), 1.0)
     return ops.reciprocal_(e)
@@ -344,14 +350,18 @@ def _adapted_step_(
 ) -> None:
     """``params[i] -= coef[i] * gamma * xs[i]`` with ``gamma = m~^2/(m~^2 + K (v~ - a m~^2)^+)``
     (SVAG: ``x = g``; M-SVAG: ``x = m~``, ``coef = lr a``), the eager form of :func:`_gamma_`
-    in one temporary and 16 passes over N floats (with the moments' 8: 24, of which 7 counted).
+    in one temporary and 18 passes over N floats (with the moments' 8: 26, of which 7 counted).
 
     ``1/gamma = 1 + K (q - a)^+ = K max(q + 1/K - a, 1/K)`` with ``q = v~/m~/m~``: the temporary
     holds ``r = q + (1/K - a)`` (``v~/m~`` 3 passes, ``/m~`` 3, ``+`` 2; dividing twice, ``m~^2``
-    cannot underflow), the clamp at ``1/K`` (2) is ``s >= 0`` (gamma <= 1), and the update is one
-    ``addcdiv_(x, r, -coef/K)`` (4). Where ``m~ = 0 < v~``, ``q = inf`` and gamma is exactly 0;
-    where ``m~ = v~ = 0`` (a coordinate that never had a gradient) ``q`` is 0/0, mapped to
-    ``+inf`` (2 passes): gamma 0 there too (0/0 := 0, Sec. 5.4.4). ``q >= a`` up to rounding, so
+    cannot underflow), the clamp at ``1/K`` (2) is ``s >= 0`` (gamma <= 1). Where ``m~ = 0 < v~``,
+    ``q = inf`` and gamma is exactly 0; where ``m~ = v~ = 0`` (a coordinate that never had a
+    gradient) ``q`` is 0/0, mapped to ``+inf`` (2 passes): gamma 0 there too (0/0 := 0, Sec.
+    5.4.4). The update is ``r <- x / r`` (3) and ``x -= coef/K r`` (3), not one ``addcdiv_`` (4),
+    which forms ``(coef/K) x`` first: that overflows where ``v~`` did (float32 |g| > ~1e19, then
+    ``r = inf``) and wrote NaN (issue 21); ``x / r`` is 0 there, as gamma. So the step stays finite
+    for any finite gradient unless ``lr m`` itself overflows (as with ``torch.optim.Adam``, a
+    ``v~ = inf`` stops the step). ``q >= a`` up to rounding, so
     no intermediate is subnormal (flooring ``v~ - a m~^2`` at ``tiny`` and dividing by ``m~^2``,
     as the reference form does, makes subnormals wherever the variance is 0 -- constant
     gradients -- and CPUs compute those ~10x slower). ``K = 0`` (t = 0, beta = 0: ``s = 0``,
@@ -366,9 +376,13 @@ def _adapted_step_(
         r = ops.div_(ops.div(vs, ms), ms)
         ops.add_scalars_(r, [1.0 / ki - ai for ki, ai in zip(k, a)])
         ops.clamp_min_(r, [1.0 / ki for ki in k])
-        for x in r:  # (no foreach form)
-            x.nan_to_num_(nan=math.inf, posinf=math.inf, neginf=-math.inf)
-        ops.addcdiv_scalars_(ps, xp, r, [-c / ki for c, ki in zip(coef, k)])
+        for x, ri in zip(xp, r):  # (no foreach form)
+            ri.nan_to_num_(nan=math.inf, posinf=math.inf, neginf=-math.inf)
+            # r <- x / r before the scalar, not addcdiv's (scalar x) / r: where v~ overflowed
+            # (|g| > ~1e19 in float32: v~ = inf, gamma = 0) (coef/K) x can overflow too, and
+            # inf/inf wrote NaN (issue 21); x / r is 0 there and |x / r| <= K |x| elsewhere.
+            torch.div(x, ri, out=ri)
+        ops.axpy_scalars_(ps, r, [-c / ki for c, ki in zip(coef, k)])
 
 
 class SVAG(_VarianceAdapted):
@@ -420,7 +434,7 @@ class SVAG(_VarianceAdapted):
         backend: Backend,
     ) -> None:
         foreach = backend.foreach
-        if policy.eager_fused_ok(params):  # 24 passes (_adapted_step_)
+        if policy.eager_fused_ok(params):  # 26 passes (_adapted_step_)
             ops = policy.chunk_ops(foreach, params)
             lr, b = _scalar_arg(group["lr"]), group["momentum"]
             ts, m_t, v_t = self._moments(b, grads, states, ops)
@@ -593,6 +607,12 @@ class MSVAG(_VarianceAdapted):
     State: ``step``, ``exp_avg`` (m~) and ``exp_avg_sq`` (v~, moving average) or ``exp_var``
     (r~, minibatch).
 
+    Extreme gradients: ``v~`` (an average of g^2) overflows float32 from |g| ~ 2e19, as Adam's
+    ``exp_avg_sq`` does; ``gamma`` is then 0 (no step on those coordinates, as Adam's step is 0
+    there). The one-pass update is written overflow-safely (``m~ / r`` before the scalar, see
+    :func:`_adapted_step_`; ``inf - inf`` in the reference form counts as ``v~ = inf``), so the
+    parameters stay finite for every finite gradient (before: NaN after two steps at 1e38).
+
     Default ``lr=1.0`` (an SGD step damped by gamma <= 1; best 1-10 in docs/defaults.md); if you
     use AdamW at lr ``a``, start at about ``100 a`` (30-300 a there).
     """
@@ -705,7 +725,7 @@ class MSVAG(_VarianceAdapted):
                     sl = slice(i, i + 1)
                     self._minibatch_step(group, params[sl], grads[sl], states[sl], pending[sl], ops)
             return
-        if policy.eager_fused_ok(params):  # 24 passes (_adapted_step_)
+        if policy.eager_fused_ok(params):  # 26 passes (_adapted_step_)
             ops = policy.chunk_ops(foreach, params)
             lr = _scalar_arg(lr)
             ts, m_t, v_t = self._moments(b, grads, states, ops)
