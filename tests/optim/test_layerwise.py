@@ -30,6 +30,60 @@ class TinyLM(nn.Module):
         return self.out(self.norm(torch.relu(self.mix(h))))
 
 
+class _PlainTables(nn.Module):
+    """A GPT-style model holding its tables as plain parameters: ``wte`` (indexed), ``pos``
+    (added), ``table`` (indexed, with a name that says nothing), and the output layer registered
+    before a hidden one (the last ``nn.Linear`` is not the head)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wte = nn.Parameter(torch.randn(11, 8))
+        self.pos = nn.Parameter(torch.randn(6, 8))
+        self.table = nn.Parameter(torch.randn(11, 8))
+        self.out = nn.Linear(8, 11)
+        self.mix = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.wte[x] + self.table[x] + self.pos[: x.shape[1]]
+        return self.out(torch.relu(self.mix(h)))
+
+
+def _names(groups: dict[str, list[tuple[str, nn.Parameter]]]) -> dict[str, list[str]]:
+    return {r: sorted(n for n, _ in v) for r, v in groups.items() if v}
+
+
+def test_classify_plain_embedding_names_without_example_input():
+    # Before: the plain 2-D ``pos`` and ``wte`` were "hidden" (orthogonalized as matrices).
+    roles = _names(classify(_PlainTables()))
+    assert roles["embedding"] == ["pos", "wte"]
+    assert "table" in roles["hidden"]  # a name that says nothing: by shape, without a forward pass
+    assert roles["head"] == ["mix.weight"]  # by module order (the last nn.Linear)
+    for name in ("embed_tokens", "token_table", "pos_emb"):
+        m = nn.Module()
+        m.register_parameter(name, nn.Parameter(torch.randn(3, 2)))
+        assert _names(classify(m)) == {"embedding": [name]}
+    m = nn.Module()
+    m.pos = nn.Parameter(torch.randn(4))  # a 1-D "pos" is a vector (gain/bias-like): ndim < 2
+    assert _names(classify(m)) == {"vector": ["pos"]}
+
+
+def test_classify_with_example_input_delegates_to_detect_roles():
+    from steepest.recipes import detect_roles
+
+    model, x = _PlainTables(), torch.randint(0, 11, (2, 6))
+    roles = _names(classify(model, example_input=x))
+    # By use: the indexed ``table`` is an embedding, the output's matmul is the head
+    assert roles == {"embedding": ["pos", "table", "wte"], "hidden": ["mix.weight"],
+                     "head": ["out.weight"], "vector": ["mix.bias", "out.bias"]}
+    report = detect_roles(model, x).roles
+    assert {n: r for r, ns in roles.items() for n in ns} == report
+    # layer_groups passes it on; head given as a module or its name reaches detect_roles
+    groups = {g["role"]: [n for n, _ in g["params"]] for g in layer_groups(model, example_input=x)}
+    assert sorted(groups["embedding"]) == ["pos", "table", "wte"]
+    assert _names(classify(model, head=model.mix, example_input=x)) == \
+        _names(classify(model, head="mix", example_input=x))
+
+
 def test_classify_by_layer_kind():
     roles = {r: [n for n, _ in v] for r, v in classify(TinyLM()).items()}
     assert roles == {

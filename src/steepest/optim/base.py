@@ -111,7 +111,7 @@ def check_group_lr(optimizer: str, group_index: int, group: dict[str, Any]) -> N
         params = group["params"]
         device_ok = lr.device.type == "cpu" or not params or lr.device == params[0].device
         if lr.numel() == 1 and lr.is_floating_point() and device_ok:
-            if lr.device.type != "cpu" or torch.compiler.is_compiling() or 0 <= float(lr) < math.inf:
+            if lr.device.type != "cpu" or compiling() or 0 <= float(lr) < math.inf:
                 return
     elif not isinstance(lr, bool) and isinstance(_plain(lr), (int, float)):  # numpy scalars
         group["lr"] = _plain(lr)
@@ -564,14 +564,20 @@ _TORCH_OPTION_KEYS = frozenset({
 def _foreign_option_keys() -> set[str]:
     import inspect
 
-    from steepest.fisher import FisherPreconditionedDescent  # an Optimizer outside this tree
-
+    # Every optimizer class of the package: StepOptimizer's subclasses and the others (Fisher's),
+    # found through torch's Optimizer (importing steepest.fisher here would make the two modules
+    # import each other; importing steepest.optim imports the package, and so steepest.fisher).
     keys = set(_TORCH_OPTION_KEYS)
-    todo: list[type[Optimizer]] = [*StepOptimizer.__subclasses__(), FisherPreconditionedDescent]
+    todo: list[type[Optimizer]] = list(Optimizer.__subclasses__())
+    seen: set[type[Optimizer]] = set()
     while todo:
         cls = todo.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
         todo.extend(cls.__subclasses__())
-        keys |= {n for n in inspect.signature(cls.__init__).parameters if n not in ("self", "params")}
+        if issubclass(cls, StepOptimizer) or cls.__module__ == "steepest.fisher":
+            keys |= {n for n in inspect.signature(cls.__init__).parameters if n not in ("self", "params")}
     return keys
 
 

@@ -86,7 +86,9 @@ def apply_direction(
     # The plan's scalars are the update's reductions, taken before its first write: a finite
     # but huge gradient can overflow them (||g||_1 of float32 gradients near 1e38), which the
     # gradient check cannot see. Checking them is free (a few numbers; issue 21).
-    if not update_is_finite(who, group, params, [pre, post], f"the {mode} step's scale under {norm!r}"):
+    # (``pre`` may be inf by design: a zero tensor's divisor, or an overflowed norm, whose map is
+    # then 0, a finite step; only ``post`` multiplies the update.)
+    if not update_is_finite(who, group, params, [post], f"the {mode} step's scale under {norm!r}"):
         return
     compiling = backend.compiling
     if norm.identity_map and pre is not None and backend.per_tensor(c):

@@ -41,6 +41,7 @@ from steepest.norms import (
     from_spec,
 )
 from steepest.optim.base import StepOptimizer, check_choice, check_range, update_is_finite
+from steepest.roles import detect_roles
 
 __all__ = ["ADJUST_LR_FNS", "RECIPES", "ROLES", "Modular", "adjust_lr", "classify", "layer_groups"]
 
@@ -260,7 +261,7 @@ class Modular(StepOptimizer):
                 # The plan's reductions, before any write: a finite but huge gradient can
                 # overflow them (issue 21); checking them is free.
                 if not update_is_finite(type(self).__name__, group, [params[k] for k in idx],
-                                        [pre, post], f"the {mode} step's scale under {norm!r}"):
+                                        [post], f"the {mode} step's scale under {norm!r}"):
                     continue
                 for i, k in enumerate(idx):
                     u, owned = direction_input(k, advance=False)
@@ -318,10 +319,19 @@ class Modular(StepOptimizer):
 
 
 # ------------------------------------------------------------------ building groups from a model
-def classify(model: nn.Module, head: str | nn.Module | None = None) -> dict[str, list[tuple[str, nn.Parameter]]]:
+def classify(
+    model: nn.Module, head: str | nn.Module | None = None, example_input: Any = None
+) -> dict[str, list[tuple[str, nn.Parameter]]]:
     """Sort a model's trainable parameters by layer kind (each parameter once, tied ones once).
 
-    * ``embedding``: weights of ``nn.Embedding`` / ``nn.EmbeddingBag``;
+    With ``example_input`` (a tensor, a tuple of positional arguments or a dict of keyword
+    arguments), the roles are those of :func:`steepest.roles.detect_roles` (one forward pass
+    records how each parameter is used: indexed or added without a matmul = embedding, the
+    matmul giving the output = head, ...). Without it, by module types and names:
+
+    * ``embedding``: weights of ``nn.Embedding`` / ``nn.EmbeddingBag``, and plain parameters with
+      ``ndim >= 2`` named ``pos*``, ``wpe``, ``wte``, ``embed*`` or ``token*`` (a positional
+      embedding held as an ``nn.Parameter``: orthogonalizing it as a hidden matrix is wrong);
     * ``head``: the weight of the output layer: ``head`` (a module, or its qualified name), by
       default the last ``nn.Linear`` registered in the model (skipped if it is tied to an embedding);
     * ``conv``: other parameters with ``ndim > 2`` (conv kernels);
@@ -329,6 +339,20 @@ def classify(model: nn.Module, head: str | nn.Module | None = None) -> dict[str,
     * ``vector``: biases, gains and scalars (``ndim < 2``).
     """
     modules = dict(model.named_modules())
+    if example_input is not None:
+        if isinstance(head, nn.Module):
+            names = [n for n, m in modules.items() if m is head]
+            if not names:
+                raise ValueError("head must be a submodule of the model")
+            head = names[0]
+        if head is not None and not isinstance(head, str):
+            raise ValueError(f"head must be a module, a module name or None, got {head!r}")
+        report = detect_roles(model, example_input, head_module=head)
+        by_name = dict(model.named_parameters())
+        found: dict[str, list[tuple[str, nn.Parameter]]] = {r: [] for r in ROLES}
+        for name, role in report.roles.items():
+            found[role].append((name, by_name[name]))
+        return found
     if isinstance(head, str):
         if head not in modules:
             raise ValueError(f"head must name a submodule of the model; {head!r} is not one")
@@ -348,7 +372,7 @@ def classify(model: nn.Module, head: str | nn.Module | None = None) -> dict[str,
     for name, p in model.named_parameters():  # named_parameters() yields a tied parameter once
         if not p.requires_grad:
             continue
-        if id(p) in embed_ids:
+        if id(p) in embed_ids or (p.dim() >= 2 and _embedding_name(name)):
             role = "embedding"
         elif id(p) in head_ids:
             role = "head"
@@ -360,6 +384,13 @@ def classify(model: nn.Module, head: str | nn.Module | None = None) -> dict[str,
             role = "vector"
         out[role].append((name, p))
     return out
+
+
+def _embedding_name(name: str) -> bool:
+    """A plain parameter named as an embedding (GPT-2's ``wpe``/``wte``, ``pos*``, ``embed*``,
+    ``token*``), by its own (last) name."""
+    leaf = name.rsplit(".", 1)[-1].lower()
+    return leaf in ("wpe", "wte") or leaf.startswith(("pos", "embed", "token"))
 
 
 def _spectral() -> Spectral:
@@ -400,8 +431,10 @@ def layer_groups(
     *,
     head: str | nn.Module | None = None,
     overrides: dict[str, dict[str, Any]] | None = None,
+    example_input: Any = None,
 ) -> list[dict[str, Any]]:
-    """Param groups for :class:`Modular`, one per layer kind present (:func:`classify`).
+    """Param groups for :class:`Modular`, one per layer kind present (:func:`classify`; with
+    ``example_input``, by one forward pass, :func:`steepest.roles.detect_roles`).
 
     ``recipe`` is a key of :data:`RECIPES`; ``overrides`` maps a role to group options that
     replace the recipe's (e.g. ``{"head": {"norm": ColNorm(), "radius": 10.0}}``). Each group
@@ -418,7 +451,7 @@ def layer_groups(
     if unknown:
         raise ValueError(f"overrides keys must be roles {ROLES}, got {sorted(unknown)}")
     groups = []
-    for role, named in classify(model, head).items():
+    for role, named in classify(model, head, example_input).items():
         if not named:
             continue
         opts = dict(RECIPES[recipe][role])
