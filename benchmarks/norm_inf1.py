@@ -2,7 +2,7 @@
 
 Methods, measured side by side in one run on the same matrices:
 
-* ``plain``: all 2^d sign vectors, ``|S H^T|`` summed per row in chunks (what seed 000 did,
+* ``plain``: all 2^d sign vectors, ``|S H^T|`` summed per row in chunks (what [BPL20] did,
   App. D.2): ``O(2^d d^2)``;
 * ``enumerate``: ``steepest``'s exhaustive search (s -> -s symmetry, meet-in-the-middle
   partial sums): ``O(2^(d-1) d)``;
@@ -31,7 +31,7 @@ from steepest.geometry import norm_inf1_bruteforce, rotated_quadratic, solve_nor
 
 def family(name: str, d: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed + 1000 * d)
-    if name == "rotated":  # seed 000, Fig. 3 / App. D.2
+    if name == "rotated":  # [BPL20, Fig. 3] / App. D.2
         return rotated_quadratic(d, 100.0, 0.5, seed=seed + d)
     if name == "wishart":
         B = rng.standard_normal((d, d))

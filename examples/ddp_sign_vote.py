@@ -7,7 +7,7 @@ Each process trains an MLP on its shard of scikit-learn's bundled 8x8 digits (no
 synthetic data if scikit-learn is missing). DDP's gradient all-reduce is replaced by
 ``steepest.distributed.sign_vote_hook``: every rank sends sign(u) (u: its gradient, or its local
 momentum with ``--momentum``), one bit a coordinate, and every rank applies the majority vote
-``sign(sum_m sign(u_m))`` with plain SGD (``--scaled``: times the mean l1 norm, seed 004
+``sign(sum_m sign(u_m))`` with plain SGD (``--scaled``: times the mean l1 norm, [ScaledSign]
 Alg. 3). Rank 0 prints loss, test accuracy and the bytes this rank put on the wire next to what
 DDP's fp32 all-reduce would have sent. ``--byzantine`` makes the last rank send negated
 gradients: the vote still trains (with 3 or more ranks).
@@ -51,7 +51,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32, help="per rank")
     ap.add_argument("--lr", type=float, default=None, help="default: 2e-3, or 1e-4 if --scaled")
     ap.add_argument("--momentum", type=float, default=0.9, help="local momentum before the sign")
-    ap.add_argument("--scaled", action="store_true", help="seed 004 Alg. 3 (scaled signSGD)")
+    ap.add_argument("--scaled", action="store_true", help="[ScaledSign, Alg. 3] (scaled signSGD)")
     ap.add_argument(
         "--transport", default="auto", choices=["auto", "allgather", "twophase", "int8"]
     )

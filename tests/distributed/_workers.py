@@ -1,6 +1,6 @@
 """Worker functions for the multi-process tests (run by ``_harness.run_workers``).
 
-Every check computes its reference from the definitions (seed 004 Alg. 3, SPEC.md Sec. 5) out
+Every check computes its reference from the definitions ([ScaledSign, Alg. 3]; [Bernstein18]) out
 of all ranks' local gradients, gathered with a plain ``all_gather``, and never from the hook's
 code. Workers return plain data; the assertions live in test_hook.py.
 """

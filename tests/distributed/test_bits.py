@@ -1,6 +1,6 @@
 """Bit packing, the packed majority vote and the byte model, without processes.
 
-References: ``numpy.packbits`` for the layout, brute-force counting for the vote (SPEC.md
+References: ``numpy.packbits`` for the layout, brute-force counting for the vote ([Bernstein18]
 Sec. 5: ``sign(sum_m sign(g_m))``, 0 on ties), the transports' costs as the issue derives them.
 """
 

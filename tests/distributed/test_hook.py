@@ -2,7 +2,7 @@
 
 One spawn per world size runs the whole grid (``_workers.suite``) and the tests below assert on
 its results; the fault tests need spawns of their own. Every check's reference comes from the
-definitions (seed 004 Alg. 3, SPEC.md Sec. 5) applied to all ranks' gradients.
+definitions ([ScaledSign, Alg. 3]; [Bernstein18]) applied to all ranks' gradients.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Norms against their definitions (seed 000, Sec. 3.1, Table 1, App. A.1, Lemma 4)."""
+"""Norms against their definitions [BPL20, Sec. 3.1, Table 1, App. A.1, Lemma 4]."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def tensor_lists(draw):
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(xs=tensor_lists())
 def test_lemma4_identities(norm, xs):
-    """<z, z#> = ||z#||^2 = ||z||_*^2 (seed 000, Lemma 4), and the dual against numpy."""
+    """<z, z#> = ||z#||^2 = ||z||_*^2 [BPL20, Lemma 4], and the dual against numpy."""
     s = norm.sharp(xs)
     d = float(norm.dual(xs))
     assert d == pytest.approx(dual_np(norm, xs), rel=1e-9, abs=1e-9)
@@ -121,7 +121,7 @@ def _numeric_sharp(norm, z: np.ndarray) -> float:
 @pytest.mark.parametrize("norm", [n for n in NORMS if not isinstance(n, BlockNorm)] + [BlockNorm()], ids=repr)
 @pytest.mark.parametrize("seed", range(3))
 def test_sharp_maximizes_the_defining_objective(norm, seed):
-    """z# attains max_x <z,x> - 1/2||x||^2 = 1/2 ||z||_*^2 (seed 000, Eq. 32), and no numerical
+    """z# attains max_x <z,x> - 1/2||x||^2 = 1/2 ||z||_*^2 [BPL20, Eq. 32], and no numerical
     optimizer finds a better x."""
     z = np.random.default_rng(seed).normal(size=3)
     zt = torch.from_numpy(z)

@@ -1,4 +1,4 @@
-"""Operator norms (SPEC §7): Spectral, ColNorm, RowNorm, L1ToLinf against their definitions.
+"""Operator norms (docs/operator_norms.md): Spectral, ColNorm, RowNorm, L1ToLinf against their definitions.
 
 References are computed independently with numpy (SVD, column/row norms) on the matrix view
 ``out x rest`` of each tensor; the group (``global``) norm is the modular one: max over tensors of
@@ -104,7 +104,7 @@ def tensor_lists(draw):
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(xs=tensor_lists())
 def test_lemma4_identities_global_scope(norm, xs):
-    """<z, z#> = ||z#||^2 = ||z||_*^2 (seed 000, Lemma 4) for the modular group norm, the dual and
+    """<z, z#> = ||z#||^2 = ||z||_*^2 [BPL20, Lemma 4] for the modular group norm, the dual and
     primal against numpy, and the LMO a unit vector attaining the dual."""
     d = float(norm.dual(xs))
     assert d == pytest.approx(dual_np(norm, xs), rel=1e-8, abs=1e-8)
@@ -199,7 +199,7 @@ def test_l1linf_is_linf_per_tensor_and_global(xs):
 
 def test_global_scope_is_the_modular_norm():
     """Spectral with scope global: max_i sigma_max(M_i); dual = sum of nuclear norms; each
-    matrix moves along D U_i V_i^T (the modular reading, Bernstein & Newhouse 2024)."""
+    matrix moves along D U_i V_i^T (the modular reading, [BN24])."""
     g = torch.Generator().manual_seed(1)
     xs = [torch.randn(4, 3, generator=g, dtype=torch.float64), torch.randn(2, 5, generator=g, dtype=torch.float64)]
     nuc = [torch.linalg.matrix_norm(x, "nuc") for x in xs]

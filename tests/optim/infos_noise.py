@@ -1,5 +1,5 @@
 """Conformance records for the noise-aware optimizers (issue 4): the variance-adapted methods of
-seed 001 Ch. 5 / App. B and the Adam ablation of seed 000 Sec. 2 / App. D.1."""
+[Bal21, Ch. 5] / App. B and the Adam ablation of [BPL20, Sec. 2] / App. D.1."""
 
 import math
 

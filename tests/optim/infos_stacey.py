@@ -1,4 +1,4 @@
-"""Conformance records for STACEY (seed 003, Alg. 2-4; issue 3).
+"""Conformance records for STACEY ([STACEY, Alg. 2-4]; issue 3).
 
 ``zero_grad_noop``: from a fresh state a zero gradient keeps c = m = 0, so y = x and the mirror
 step leaves z = x_0 = x; the coupling x = tau z + (1 - tau) y is then x again (bit-exact: it is

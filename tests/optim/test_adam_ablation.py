@@ -1,4 +1,4 @@
-"""AdamShuffled and AdamAveraged (seed 000 Sec. 2, Eq. 5/59, App. D.1) against torch.optim.Adam.
+"""AdamShuffled and AdamAveraged [BPL20, Sec. 2, Eq. 5/59, App. D.1] against torch.optim.Adam.
 
 Adam's moments do not depend on the parameters, so feeding Adam and a variant the same gradient
 sequence gives both the same m, v at every step: each step of the variant must then be Adam's

@@ -147,7 +147,7 @@ def test_recipe_norms_and_overrides():
 
 
 def test_constrained_step_is_scions_formula_and_stays_in_the_ball():
-    """x <- (1 - lr) x + lr * radius * lmo(m) (Pethick et al. 2025): with the exact (SVD) polar
+    """x <- (1 - lr) x + lr * radius * lmo(m) ([Pethick25]): with the exact (SVD) polar
     factor, a convex combination of two points of the spectral ball of the given radius stays in
     it, so an iterate started inside never leaves (tolerance: float64 rounding)."""
     g = torch.Generator().manual_seed(0)

@@ -1,4 +1,4 @@
-"""Muon against torch.optim.Muon and against the update written from its definition (SPEC §7)."""
+"""Muon against torch.optim.Muon and against the update written from its definition (docs/operator_norms.md)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def test_matches_torch_muon_bitwise_with_bfloat16_newton_schulz(adjust_lr_fn, ne
 
 
 def _reference_muon(params, grads_per_step, lr, wd, b, nesterov, adjust):
-    """The update from SPEC §7, written out in float64."""
+    """The update from docs/operator_norms.md, written out in float64."""
     xs = [p.detach().double().clone() for p in params]
     ms = [torch.zeros_like(x) for x in xs]
     for grads in grads_per_step:

@@ -1,4 +1,4 @@
-"""M-SGD, SVAG, M-SVAG (both variance estimates) and Adam* against seed 001 Ch. 5 / App. B.
+"""M-SGD, SVAG, M-SVAG (both variance estimates) and Adam* against [Bal21, Ch. 5] / App. B.
 
 The references below are written from the thesis' closed forms, not from the recursions the
 optimizers use: the bias-corrected averages as explicit convex combinations (Eq. B.23),

@@ -2,7 +2,7 @@
 
 The lean code paths (Newton-Schulz updating X in place by column blocks, the SVD polar written
 over one of its factors, directions built in the storage of an owned input, Modular's two-pass
-global scope) are checked against the plain formulas of SPEC §7 written out here, in float64,
+global scope) are checked against the plain formulas of docs/operator_norms.md written out here, in float64,
 and the step's peak memory against the buffers each path is documented to keep.
 """
 

@@ -88,7 +88,7 @@ def test_default_scope_is_quiet_when_a_group_is_added_later():
 
 
 def test_all_groups_against_the_definition_with_per_group_lr_and_weight_decay():
-    # seed 000 Eq. 11 over the concatenation of all groups: x -= lr_k (||g||_1 sign(g) + wd_k x)
+    # [BPL20, Eq. 11] over the concatenation of all groups: x -= lr_k (||g||_1 sign(g) + wd_k x)
     torch.manual_seed(3)
     ps = [torch.randn(4, 3, dtype=torch.float64, requires_grad=True) for _ in range(3)]
     gs = [torch.randn_like(p) for p in ps]
@@ -120,7 +120,7 @@ def test_all_groups_lr_zero_group_is_frozen_but_counts_in_the_norm():
 
 
 def test_all_groups_ef_signsgd_against_the_definition():
-    # seed 004 Eq. 12 with d and ||p||_1 over every group: p = lr_k g + e, delta = ||p||_1/d sign(p)
+    # [ScaledSign, Eq. 12] with d and ||p||_1 over every group: p = lr_k g + e, delta = ||p||_1/d sign(p)
     torch.manual_seed(5)
     ps = [torch.randn(3, 2, dtype=torch.float64, requires_grad=True) for _ in range(2)]
     opt = EFSignSGD([{"params": [ps[0]], "lr": 0.1}, {"params": [ps[1]], "lr": 0.3}], scope="all_groups")

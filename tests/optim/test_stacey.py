@@ -1,4 +1,4 @@
-"""STACEY against seed 003 written out by hand: Alg. 2-4, the first-step identity of Sec. 4,
+"""STACEY against [STACEY] written out by hand: Alg. 2-4, the first-step identity of Sec. 4,
 the reductions to Lion-K / momentum SGD, numerics at large p, and training a small CNN with
 the hyper-parameters of App. D."""
 

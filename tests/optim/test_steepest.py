@@ -50,7 +50,7 @@ def _clone(ts):
     return [t.clone().requires_grad_() for t in ts]
 
 
-def test_signsgd_is_x_minus_lr_sign_g():  # seed 000 Eq. 2
+def test_signsgd_is_x_minus_lr_sign_g():  # [BPL20, Eq. 2]
     x0 = _pair()
     ps = _clone(x0)
     _steps(SignSGD(ps, lr=0.1), ps, 1)
@@ -58,7 +58,7 @@ def test_signsgd_is_x_minus_lr_sign_g():  # seed 000 Eq. 2
         torch.testing.assert_close(p.detach(), x - 0.1 * torch.sign(g))
 
 
-def test_signum_momentum_and_weight_decay():  # seed 001 Alg. 3 (M-SIGN-SGD)
+def test_signum_momentum_and_weight_decay():  # [Bal21, Alg. 3] (M-SIGN-SGD)
     x = list(_pair())
     ps = _clone(x)
     _steps(SignSGD(ps, lr=0.1, momentum=0.9, weight_decay=0.5), ps, 3)
@@ -72,7 +72,7 @@ def test_signum_momentum_and_weight_decay():  # seed 001 Alg. 3 (M-SIGN-SGD)
 
 
 @pytest.mark.parametrize("scope", ["global", "per_tensor"])
-def test_scaled_signsgd_uses_l1_norm_over_scope(scope):  # seed 000 Eq. 11, seed 004 Alg. 1
+def test_scaled_signsgd_uses_l1_norm_over_scope(scope):  # [BPL20, Eq. 11], [ScaledSign, Alg. 1]
     x0 = _pair()
     ps = _clone(x0)
     _steps(ScaledSignSGD(ps, lr=0.01, scope=scope), ps, 1)
@@ -84,7 +84,7 @@ def test_scaled_signsgd_uses_l1_norm_over_scope(scope):  # seed 000 Eq. 11, seed
 
 
 @pytest.mark.parametrize("p", [2.0, 3.0, 4.5, 8.0])
-def test_lp_descent_unscaled_and_scaled(p):  # seed 003 Alg. 1 and its scaled form
+def test_lp_descent_unscaled_and_scaled(p):  # [STACEY, Alg. 1] and its scaled form
     x0 = _pair()
     gs = _grads(0)
     q = p / (p - 1)
@@ -124,7 +124,7 @@ def test_lp_descent_eps_smoothing(eps_mode):
         torch.testing.assert_close(prm.detach(), x - 0.01 * s)
 
 
-def test_coordinate_descent_moves_one_coordinate():  # seed 000 Eq. 33
+def test_coordinate_descent_moves_one_coordinate():  # [BPL20, Eq. 33]
     x0 = _pair()
     ps = _clone(x0)
     _steps(CoordinateDescent(ps, lr=0.5), ps, 1)
@@ -137,7 +137,7 @@ def test_coordinate_descent_moves_one_coordinate():  # seed 000 Eq. 33
     torch.testing.assert_close(moved, expected)
 
 
-def test_block_normalized_sgd():  # seed 000 App. A.2.2
+def test_block_normalized_sgd():  # [BPL20, App. A.2.2]
     x0 = _pair()
     gs = _grads(0)
     ps = _clone(x0)
@@ -153,7 +153,7 @@ def test_block_normalized_sgd():  # seed 000 App. A.2.2
 
 
 @pytest.mark.parametrize("norm", [L2(), Linf(), L1(), Lp(3), BlockNorm()], ids=repr)
-def test_steepest_descent_modes(norm):  # seed 000 Eq. 10, 49, 52/57
+def test_steepest_descent_modes(norm):  # [BPL20, Eq. 10, 49, 52/57]
     x0 = _pair()
     gs = list(_grads(0))
     sharp = norm.sharp(gs)
@@ -184,7 +184,7 @@ def test_steepest_descent_l2_with_momentum_is_ema_sgd():
 
 
 @pytest.mark.parametrize("scope", ["global", "per_tensor"])
-def test_ef_signsgd_matches_eq12(scope):  # seed 004 Eq. 12
+def test_ef_signsgd_matches_eq12(scope):  # [ScaledSign, Eq. 12]
     x = list(_pair())
     ps = _clone(x)
     _steps(EFSignSGD(ps, lr=0.1, scope=scope), ps, 4)

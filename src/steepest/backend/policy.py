@@ -39,7 +39,7 @@ def compiling() -> bool:
 
 
 def default_foreach(params: list[Tensor]) -> bool:
-    """``foreach=None``: on CPU the per-tensor loop is usually faster (DESIGN.md); foreach pays
+    """``foreach=None``: on CPU the per-tensor loop is usually faster (docs/design.md); foreach pays
     off on GPUs."""
     return bool(params) and all(p.device.type == "cuda" for p in params)
 

@@ -1,6 +1,6 @@
 """The elementwise (coordinate and block) norms: l_p (l2, l_inf), l1 and the block norm.
 
-See :mod:`steepest.norms` for the table of their duals, units and scales (seed 000, Table 1).
+See :mod:`steepest.norms` for the table of their duals, units and scales [BPL20, Table 1].
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ __all__ = ["L1", "L2", "BlockNorm", "Linf", "Lp"]
 class Lp(Norm):
     """The l_p norm for real ``p >= 2`` or ``p = math.inf``; its dual is l_q, q = p/(p-1).
 
-    Sharp (seed 003, Sec. 3, scaled form): ``z#_i = sign(z_i)|z_i|^(1/(p-1)) ||z||_q^((p-2)/(p-1))``.
+    Sharp ([STACEY, Sec. 3], scaled form): ``z#_i = sign(z_i)|z_i|^(1/(p-1)) ||z||_q^((p-2)/(p-1))``.
     The unscaled map ``s(z)_i = sign(z_i)|z_i|^(1/(p-1))`` is the step of stochastic l_p descent
-    (seed 003, Alg. 1). ``eps > 0`` replaces it by a smoothed map (Lemma 4 then holds only
+    [STACEY, Alg. 1]. ``eps > 0`` replaces it by a smoothed map (Lemma 4 then holds only
     approximately):
 
-    * ``eps_mode="paper"``: ``s_eps_i(z) = z_i / (|z_i|^((p-2)/(p-1)) + eps)`` (seed 003, Alg. 1-3);
+    * ``eps_mode="paper"``: ``s_eps_i(z) = z_i / (|z_i|^((p-2)/(p-1)) + eps)`` [STACEY, Alg. 1-3];
     * ``eps_mode="code"``:  ``s_eps_i(z) = z_i (|z_i| + eps)^(-(p-2)/(p-1))`` (the authors' code).
 
     ``p = 2`` is the Euclidean norm and ``p = inf`` the max norm (sign descent).
@@ -72,7 +72,7 @@ class Lp(Norm):
         return 1 if math.isinf(self.p) or self.p == 2.0 else 2  # sign, identity; |x|^a and sign(x)
 
     def map(self, x: Tensor) -> Tensor:
-        """``s(x)`` (seed 003, Alg. 1) or its eps-smoothed form; ``sign(x)`` for p = inf, ``x``
+        """``s(x)`` [STACEY, Alg. 1] or its eps-smoothed form; ``sign(x)`` for p = inf, ``x``
         for p = 2. The single-tensor form of :meth:`map_all` (the same ops, the same numbers)."""
         p = self.p
         if math.isinf(p):
@@ -195,7 +195,7 @@ class L2(Lp):
 
 @register_norm
 class Linf(Lp):
-    """The max norm: dual l1, ``z# = ||z||_1 sign(z)`` (sign descent, seed 000 Eq. 11)."""
+    """The max norm: dual l1, ``z# = ||z||_1 sign(z)`` (sign descent, [BPL20, Eq. 11])."""
 
     name = "linf"
 
@@ -209,7 +209,7 @@ class Linf(Lp):
 @register_norm
 class L1(Norm):
     """The l1 norm: dual l_inf, ``z# = |z_i*| sign(z_i*) e_i*`` with ``i* = argmax |z_i|``
-    (coordinate descent, seed 000 Eq. 33). Ties go to the first maximal coordinate in
+    (coordinate descent, [BPL20, Eq. 33]). Ties go to the first maximal coordinate in
     concatenation order, so exactly one coordinate (per scope) moves.
     """
 
@@ -322,7 +322,7 @@ def _sharded_coordinate(x: Any) -> Any:
 
 @register_norm
 class BlockNorm(Norm):
-    """``max_B ||x_B||_2``: l2 inside each block, l_inf across blocks (seed 000, App. A.2.2).
+    """``max_B ||x_B||_2``: l2 inside each block, l_inf across blocks [BPL20, App. A.2.2].
 
     Dual: ``sum_B ||z_B||_2``; sharp ``z#_B = (sum_B' ||z_B'||_2) z_B / ||z_B||_2`` (Eq. 37-38).
     Normalized steepest descent under it is block-normalized gradient descent.

@@ -1,4 +1,4 @@
-"""The operator (per-matrix) norms of SPEC §7: spectral (Muon), column and row norms (Scion),
+"""The operator (per-matrix) norms of spectral (Muon), column and row norms (Scion),
 and the l1 -> l_inf norm, with their shape-scaled forms (modula)."""
 
 from __future__ import annotations
@@ -309,8 +309,8 @@ def _l2_along(m: Tensor, dim: int) -> Tensor:
 
 @register_norm
 class Spectral(OperatorNorm):
-    """The spectral norm ``sigma_max(M)`` of each matrix (Bernstein & Newhouse 2024; modula;
-    SPEC §7): dual = nuclear norm ``sum_i sigma_i``, sharp = ``||M||_nuc U V^T``, LMO (unit
+    """The spectral norm ``sigma_max(M)`` of each matrix ([BN24]; modula;
+    docs/operator_norms.md): dual = nuclear norm ``sum_i sigma_i``, sharp = ``||M||_nuc U V^T``, LMO (unit
     direction) = ``U V^T`` for ``M = U S V^T``. Steepest descent under it with Nesterov momentum
     and the polar factor alone (``mode="unscaled"``) is Muon (:class:`steepest.Muon`).
 
@@ -414,7 +414,7 @@ class Spectral(OperatorNorm):
 
 @register_norm
 class ColNorm(OperatorNorm):
-    """``max_j ||M_:j||_2``, the l1 -> l2 operator norm (Pethick et al. 2025, Scion; SPEC §7).
+    """``max_j ||M_:j||_2``, the l1 -> l2 operator norm ([Pethick25], Scion).
 
     Dual ``sum_j ||M_:j||_2``; sharp: each column normalized, times the dual sum; LMO: each
     nonzero column ``M_:j / ||M_:j||_2``. ``scale="shape"`` gives the l1 -> RMS norm
@@ -475,7 +475,7 @@ class ColNorm(OperatorNorm):
 
 @register_norm
 class RowNorm(ColNorm):
-    """``max_i ||M_i:||_2``, the l2 -> l_inf operator norm (Scion; SPEC §7). Dual
+    """``max_i ||M_i:||_2``, the l2 -> l_inf operator norm (Scion). Dual
     ``sum_i ||M_i:||_2``; LMO: each nonzero row ``M_i: / ||M_i:||_2``. ``scale="shape"`` gives
     the RMS -> l_inf norm ``sqrt(fan_in) max_i ||M_i:||_2`` (LMO rows of l2 norm
     ``1/sqrt(fan_in)``: Scion's ``RowNorm(normalized=True)``). A vector is a column, so its rows

@@ -45,7 +45,7 @@ def newton_schulz(
     """Approximate polar factor ``U V^T`` of a matrix by the Newton-Schulz quintic iteration.
 
     ``X_0 = G / max(||G||_F, eps)``, then ``steps`` times ``A = X X^T``,
-    ``X <- a X + (b A + c A^2) X`` (SPEC §7; torch/optim/_muon.py, Jordan's Muon), on the wide
+    ``X <- a X + (b A + c A^2) X`` (torch/optim/_muon.py, Jordan's Muon), on the wide
     orientation (``X^T`` if rows > cols, which costs fewer flops). The same operations in the same
     order as ``torch.optim.Muon``, so with ``dtype=torch.bfloat16`` the result equals torch's.
     The default coefficients do not converge to ``U V^T`` but to ``U S' V^T`` with ``S'`` roughly

@@ -2,10 +2,10 @@
 
 Norms, their duals, sharp operators and LMOs: the one abstraction every optimizer is built on.
 
-Steepest descent w.r.t. a norm ``||.||`` with dual ``||.||_*`` (seed 000, Sec. 3.1, Table 1,
+Steepest descent w.r.t. a norm ``||.||`` with dual ``||.||_*`` ([BPL20, Sec. 3.1, Table 1],
 App. A.1) moves along the *sharp* of the gradient,
 
-    z# = argmax_x <z, x> - 1/2 ||x||^2                                    (seed 000, Eq. 32)
+    z# = argmax_x <z, x> - 1/2 ||x||^2                                    [BPL20, Eq. 32]
 
 which satisfies Lemma 4: ``<z, z#> = ||z#||^2 = ||z||_*^2``. The unit-norm direction (the linear
 minimization oracle up to sign, used by normalized steepest descent, Eq. 49) is ``z# / ||z||_*``.
@@ -21,7 +21,7 @@ norm        dual                 unit(z)                     scale(z)
 L2          l2                   z                           1
 Linf        l1                   sign(z)                     ||z||_1
 L1          l_inf                e_i* sign(z_i*)             ||z||_inf   (Eq. 33)
-Lp(p)       l_q, q = p/(p-1)     sign(z)|z|^(1/(p-1))        ||z||_q^((p-2)/(p-1))  (seed 003)
+Lp(p)       l_q, q = p/(p-1)     sign(z)|z|^(1/(p-1))        ||z||_q^((p-2)/(p-1))  [STACEY]
 BlockNorm   sum_B ||z_B||_2      z_B / ||z_B||_2             sum_B ||z_B||_2  (Eq. 37-38)
 ==========  ===================  ==========================  ===========================
 
@@ -85,10 +85,10 @@ class Factored:
     def coefficients(self, mode: str, beta: float = 1.0) -> Tensor:
         """The scalar multiplying ``unit`` in each steepest-descent mode.
 
-        * ``scaled``:     z#                       (seed 000, Eq. 10)
+        * ``scaled``:     z#                       [BPL20, Eq. 10]
         * ``normalized``: z# / ||z||_*             (Eq. 49)
         * ``soft``:       z# / (||z||_* + beta)    (Eq. 52, the general-norm form of Eq. 57)
-        * ``unscaled``:   unit(z)                  (seed 003 Alg. 1; sign(z) for Linf)
+        * ``unscaled``:   unit(z)                  ([STACEY, Alg. 1]; sign(z) for Linf)
         """
         if mode == "scaled":
             return self.scale
@@ -327,7 +327,7 @@ class Norm:
         return ops.mul_(_fresh(f.unit, xs), list(f.coefficients("normalized").unbind(0)))
 
     def sharp(self, xs: TensorOrList, *, foreach: bool = False) -> TensorOrList:
-        """``z# = argmax_x <z,x> - 1/2||x||^2`` (seed 000, Eq. 32)."""
+        """``z# = argmax_x <z,x> - 1/2||x||^2`` [BPL20, Eq. 32]."""
         return self.direction(xs, "scaled", foreach=foreach)
 
     def lmo(self, xs: TensorOrList, *, foreach: bool = False) -> TensorOrList:

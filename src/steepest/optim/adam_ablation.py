@@ -1,4 +1,4 @@
-"""The Adam ablation of "The Geometry of Sign Gradient Descent" (seed 000 Sec. 2, Fig. 1, App. D.1).
+"""The Adam ablation of "The Geometry of Sign Gradient Descent" [BPL20, Sec. 2, Fig. 1, App. D.1].
 
 Adam's direction, with ``eps`` and bias-corrected moments ``m``, ``v``, is written as (Eq. 59)
 
@@ -137,7 +137,7 @@ class _AdamDecomposed(StepOptimizer):
 
 
 class AdamShuffled(_AdamDecomposed):
-    """Adam with shuffled magnitudes (seed 000 Sec. 2, "Shuffled"; App. D.1, Eq. 59)::
+    """Adam with shuffled magnitudes ([BPL20, Sec. 2], "Shuffled"; App. D.1, Eq. 59)::
 
         x <- x - lr gamma~ * sign(m),    gamma = |m| / (sqrt(v) + eps),    gamma~ = gamma[pi]
 
@@ -239,7 +239,7 @@ class AdamShuffled(_AdamDecomposed):
 
 
 class AdamAveraged(_AdamDecomposed):
-    """Adam with averaged magnitudes (seed 000 Sec. 2, "Averaged"; App. D.1, Eq. 59)::
+    """Adam with averaged magnitudes ([BPL20, Sec. 2], "Averaged"; App. D.1, Eq. 59)::
 
         x <- x - lr mean(gamma) * sign(m),    gamma = |m| / (sqrt(v) + eps)
 

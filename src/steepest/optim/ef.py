@@ -1,4 +1,4 @@
-"""Error-feedback sign descent (seed 004, Eq. 12; Karimireddy et al. 2019)."""
+"""Error-feedback sign descent ([ScaledSign, Eq. 12]; [Karimireddy19])."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ __all__ = ["EFSignSGD"]
 
 
 class EFSignSGD(StepOptimizer):
-    """EF-signSGD (seed 004, Eq. 12)::
+    """EF-signSGD [ScaledSign, Eq. 12]::
 
         p_t     = lr g_t + e_t
         delta_t = (||p_t||_1 / d) sign(p_t)
@@ -159,7 +159,7 @@ def _mean_abs_safe(errs: list[Tensor], per_tensor: bool) -> Tensor:
 
 
 def _subtract_delta(ops: type[LoopOps], params: list[Tensor], errs: list[Tensor], coefs: list[Any]) -> None:
-    """``delta = coef * sign(e)``; ``x <- x - delta``, ``e <- e - delta`` (seed 004, Eq. 12).
+    """``delta = coef * sign(e)``; ``x <- x - delta``, ``e <- e - delta`` [ScaledSign, Eq. 12].
 
     One sign temporary per tensor, freed before the next (the loop path; and the foreach path on
     CPU, where ``_foreach_*`` is such a loop itself), with ``coef`` folded into both updates

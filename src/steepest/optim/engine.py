@@ -1,6 +1,6 @@
 """The engine: steepest descent under a norm, one update rule for every preset.
 
-One update rule (seed 000, Sec. 3; DESIGN.md):
+One update rule ([BPL20, Sec. 3]; docs/design.md):
 
     c_t = beta1 m_{t-1} + (1 - beta1) g_t              (momentum scheme; c_t = g_t without it)
     m_t = beta2 m_{t-1} + (1 - beta2) g_t
@@ -200,7 +200,7 @@ def _axpy_one_(p: Tensor, d: Tensor, lr: Any, den: Tensor | None, post: Tensor |
 
 
 class SteepestDescent(StepOptimizer):
-    """Steepest descent w.r.t. ``norm`` (seed 000, Sec. 3, Table 1).
+    """Steepest descent w.r.t. ``norm`` [BPL20, Sec. 3, Table 1].
 
     Args:
         params: parameters or param groups (each group may override every option).
@@ -208,7 +208,7 @@ class SteepestDescent(StepOptimizer):
         norm: a :class:`steepest.norms.Norm`, e.g. ``Lp(3)``, ``Linf()``, ``BlockNorm()``.
         mode: ``"scaled"`` x -= lr g# (Eq. 10); ``"normalized"`` x -= lr g#/||g||_* (Eq. 49);
             ``"soft"`` x -= lr g#/(||g||_* + beta) (Eq. 52/57); ``"unscaled"`` the norm's
-            elementwise map only (sign(g) for Linf, s(g) of seed 003 Alg. 1 for Lp).
+            elementwise map only (sign(g) for Linf, s(g) of [STACEY, Alg. 1] for Lp).
         beta: the ``beta > 0`` of ``soft`` mode.
         momentum: ``b in [0, 1)``; the direction is taken of m = b m + (1-b) g (m_0 = 0).
         scope: where the norm is taken. ``"group"``: over all parameters of each param group as
@@ -405,7 +405,7 @@ def momentum_direction_input(
 def momentum_one_(m: Tensor, g: Tensor, w1: float, w2: float) -> Tensor:
     """The momentum schemes of one tensor, written once (the list form is :func:`momentum_`):
     EMA (``w1 == w2``, Signum): ``m <- m + w (g - m)``, returns ``m``; Lion-style (``w1 != w2``,
-    Chen et al. 2023, Alg. 2): returns the fresh ``c = m + w1 (g - m)``, then
+    [Chen23], Alg. 2): returns the fresh ``c = m + w1 (g - m)``, then
     ``m <- m + w2 (g - m)``. (``w = 1 - beta``.)"""
     if w1 == w2:
         return m.lerp_(g, w1)

@@ -1,12 +1,12 @@
 """Per-layer geometry in one optimizer: each param group gets the norm that suits its layer.
 
 modula gives every module its own norm and dualizes the gradient module by module; Scion
-(Pethick et al. 2025, "Training Deep Learning Models with Norm-Constrained LMOs") does the same
+([Pethick25], "Training Deep Learning Models with Norm-Constrained LMOs") does the same
 with LMOs and per-layer radii; ``torch.optim.Muon`` is one such choice (spectral, for hidden
 matrices). Here all of them are one optimizer, :class:`Modular`, whose param groups carry a norm
 each, and :func:`layer_groups` builds those groups from a model by layer kind.
 
-The update of :class:`Modular`, per parameter (SPEC §7):
+The update of :class:`Modular`, per parameter (docs/operator_norms.md):
 
     m <- b m + (1 - b) g                          (EMA momentum; m_0 = 0)
     u  = lerp(g, m, b) if nesterov else m         (torch.optim.Muon's Nesterov form)
@@ -398,10 +398,10 @@ def _spectral() -> Spectral:
 
 
 #: Group options per layer kind. ``steepest`` (our defaults, following the anchors): Muon for
-#: hidden matrices and conv kernels (spectral, Nesterov, RMS matched to AdamW as Liu et al. 2025),
+#: hidden matrices and conv kernels (spectral, Nesterov, RMS matched to AdamW as [Liu25]),
 #: sign descent (l1->l_inf per entry) for embeddings, head, gains and biases, at radius 0.2 so
 #: that every update has entry RMS ~0.2 lr (the sign step has RMS 1; the "match_rms_adamw"
-#: spectral step 0.2, Liu et al. 2025 Sec. 2.2). ``scion``: Pethick et al. 2025's choices, LMOs
+#: spectral step 0.2, [Liu25] Sec. 2.2). ``scion``: [Pethick25]'s choices, LMOs
 #: (``mode="normalized"``) of shape-scaled norms: ColNorm on each token's embedding, spectral
 #: RMS->RMS for hidden matrices, sign/fan_in for the head at 60x the hidden radius (their GPT
 #: example), RMS-normalized vectors (BiasRMS); EMA momentum 0.9, no Nesterov.

@@ -1,6 +1,6 @@
-"""Muon: steepest descent under the spectral norm with Nesterov momentum (SPEC §7).
+"""Muon: steepest descent under the spectral norm with Nesterov momentum (docs/operator_norms.md).
 
-``torch.optim.Muon`` (torch/optim/_muon.py; Jordan's Muon; Liu et al. 2025) as a preset of
+``torch.optim.Muon`` (torch/optim/_muon.py; Jordan's Muon; [Liu25]) as a preset of
 :class:`steepest.optim.layerwise.Modular` with the :class:`steepest.norms.Spectral` norm:
 
     m <- b m + (1 - b) g;   u = lerp(g, m, b)  (Nesterov)  or  u = m

@@ -1,13 +1,13 @@
-"""Variance-adapted optimizers from "Dissecting Adam" (seed 001, Ch. 5 and App. B).
+"""Variance-adapted optimizers from "Dissecting Adam" [Bal21, Ch. 5 and App. B].
 
-Adam's update splits into a *sign* and a *variance adaptation* (seed 001 Eq. 5.5-5.7). Of the
+Adam's update splits into a *sign* and a *variance adaptation* [Bal21, Eq. 5.5-5.7]. Of the
 four recombinations (Fig. 5.1), M-SIGN-SGD is :class:`steepest.optim.SignSGD` with
 ``momentum=beta`` (Alg. 3); this module adds the other three and SVAG:
 
 ==========  ===========================================  =============================
 optimizer   update, elementwise                          source
 ==========  ===========================================  =============================
-MSGD        x -= lr m                                    seed 001 Alg. 3 (M-SGD)
+MSGD        x -= lr m                                    [Bal21, Alg. 3] (M-SGD)
 SVAG        x -= lr m^2/(m^2 + s) g                      Alg. 4 (Eq. 5.17)
 MSVAG       x -= lr m^2/(m^2 + rho s) m                  Alg. 2 (Eq. 5.19)
 MSVAG(mb)   x -= lr m^2/(m^2 + rho r) m                  Alg. 6 (App. B.4.1)
@@ -109,7 +109,7 @@ def _subset(idx: list[int], *lists: list[Any]) -> list[list[Any]]:
 
 # ------------------------------------------------------------------ rho(beta, t), Eq. 5.15
 def rho(beta: float, t: int | float) -> float:
-    """``rho(beta, t) = (1-beta)(1+beta^(t+1)) / ((1+beta)(1-beta^(t+1)))`` (seed 001 Eq. 5.15).
+    """``rho(beta, t) = (1-beta)(1+beta^(t+1)) / ((1+beta)(1-beta^(t+1)))`` [Bal21, Eq. 5.15].
 
     ``t`` is the thesis' 0-based iteration index (``t = state["step"] - 1``). ``rho`` is the sum of
     the squared weights of the bias-corrected EMA, ``sum_s c(beta, t, s)^2`` (Eq. B.26), i.e.
@@ -148,7 +148,7 @@ def _check_beta(group: dict[str, Any]) -> None:
 
 
 class _BetaIsMomentum(StepOptimizer):
-    """The one EMA constant ``beta`` of seed 001 is stored in the param groups under the key
+    """The one EMA constant ``beta`` of [Bal21] is stored in the param groups under the key
     ``"momentum"``, so that schedulers that cycle momentum (``OneCycleLR``, ``CyclicLR``: they
     look for a ``momentum`` or ``betas`` option) cycle it. The constructors take ``beta``; a param
     group may give either ``beta`` or ``momentum``; checkpoints with ``beta`` still load."""
@@ -166,7 +166,7 @@ class _BetaIsMomentum(StepOptimizer):
 
 # ------------------------------------------------------------------ M-SGD
 class MSGD(_BetaIsMomentum):
-    """M-SGD (seed 001 Alg. 3): SGD along the bias-corrected exponential moving average
+    """M-SGD [Bal21, Alg. 3]: SGD along the bias-corrected exponential moving average
 
         m~ <- beta m~ + (1 - beta) g,     m = m~ / (1 - beta^(t+1)),     x <- x - lr m
 
@@ -386,7 +386,7 @@ def _adapted_step_(
 
 
 class SVAG(_VarianceAdapted):
-    """SVAG, stochastic variance-adapted gradient (seed 001 Alg. 4, Eq. 5.11 and 5.17)::
+    """SVAG, stochastic variance-adapted gradient [Bal21, Alg. 4, Eq. 5.11 and 5.17]::
 
         m~, v~ as in Adam with beta1 = beta2 = beta;  m, v bias-corrected by 1 - beta^(t+1)
         s     = (v - m^2) / (1 - rho(beta, t))                 (Eq. 5.16; s = 0 at t = 0)
@@ -451,7 +451,7 @@ class SVAG(_VarianceAdapted):
 
 
 class AdamStar(_VarianceAdapted):
-    """Adam* (seed 001 Alg. 5, App. B.3.2): Adam with M-SVAG's variance estimate::
+    """Adam* [Bal21, Alg. 5, App. B.3.2]: Adam with M-SVAG's variance estimate::
 
         m, v, s as in M-SVAG (beta1 = beta2 = beta, Eq. 5.16; s = 0 at t = 0)
         gamma = sqrt(m^2 / (m^2 + rho(beta, t) s))
@@ -546,7 +546,7 @@ class AdamStar(_VarianceAdapted):
 
 
 class MSVAG(_VarianceAdapted):
-    """M-SVAG, momentum SGD with variance adaptation (seed 001 Alg. 2; Alg. 6 for minibatch
+    """M-SVAG, momentum SGD with variance adaptation ([Bal21, Alg. 2; Alg. 6] for minibatch
     variance).
 
     ``variance="moving_average"`` (default, Alg. 2)::

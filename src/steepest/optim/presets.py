@@ -1,16 +1,16 @@
 """The named steepest-descent methods: presets of :class:`steepest.optim.engine.SteepestDescent`
 (a norm, a mode, a momentum scheme), each a few lines, as optax's aliases.
 
-=====================  =====================================  ============================
+=====================  =====================================  ========================================
 optimizer              norm, mode                             source
-=====================  =====================================  ============================
-SignSGD                Linf, unscaled (sign); momentum=Signum seed 000 Eq. 2, 001 Alg. 3
-ScaledSignSGD          Linf, scaled (||g||_1 sign g)          seed 000 Eq. 11, 004 Alg. 1-2
-LpDescent              Lp(p, eps), unscaled or scaled         seed 003 Alg. 1
-CoordinateDescent      L1, scaled                             seed 000 Eq. 33
-BlockNormalizedSGD     BlockNorm, normalized (or any mode)    seed 000 App. A.2.2
-Lion                   Linf, unscaled, betas=(0.9, 0.99)      Chen et al. 2023
-=====================  =====================================  ============================
+=====================  =====================================  ========================================
+SignSGD                Linf, unscaled (sign); momentum=Signum [BPL20, Eq. 2], [Bal21, Alg. 3]
+ScaledSignSGD          Linf, scaled (||g||_1 sign g)          [BPL20, Eq. 11], [ScaledSign, Alg. 1-2]
+LpDescent              Lp(p, eps), unscaled or scaled         [STACEY, Alg. 1]
+CoordinateDescent      L1, scaled                             [BPL20, Eq. 33]
+BlockNormalizedSGD     BlockNorm, normalized (or any mode)    [BPL20, App. A.2.2]
+Lion                   Linf, unscaled, betas=(0.9, 0.99)      [Chen23]
+=====================  =====================================  ========================================
 
 ``Muon`` and ``Modular`` (per-layer norms, Scion's constrained step) are in
 :mod:`steepest.optim.muon` and :mod:`steepest.optim.layerwise`.
@@ -28,8 +28,8 @@ __all__ = ["BlockNormalizedSGD", "CoordinateDescent", "Lion", "LpDescent", "Scal
 
 
 class SignSGD(SteepestDescent):
-    """signSGD, x -= lr sign(g) (seed 000 Eq. 2; seed 004 Eq. 3); with ``momentum=b > 0`` it is
-    Signum / M-SIGN-SGD (seed 001 Alg. 3): m = b m + (1-b) g, x -= lr sign(m).
+    """signSGD, x -= lr sign(g) ([BPL20, Eq. 2]; [ScaledSign, Eq. 3]); with ``momentum=b > 0`` it is
+    Signum / M-SIGN-SGD [Bal21, Alg. 3]: m = b m + (1-b) g, x -= lr sign(m).
 
     Default ``lr=3e-3`` (best 3e-3..1e-2 on the four small problems of docs/defaults.md; with
     ``momentum=0.9`` start at 1e-2). If you use AdamW at lr ``a``, start at about ``0.2 a``
@@ -56,7 +56,7 @@ class SignSGD(SteepestDescent):
 
 class ScaledSignSGD(SteepestDescent):
     """Norm-scaled sign descent, x -= lr ||g||_1 sign(g): steepest descent w.r.t. l_inf
-    (seed 000 Eq. 11; seed 004 Alg. 1-2). ``scope`` picks the l1 norm over each param group
+    ([BPL20, Eq. 11]; [ScaledSign, Alg. 1-2]). ``scope`` picks the l1 norm over each param group
     (``"group"``), over all groups (``"all_groups"``: splitting parameters into groups, e.g. no
     weight decay on biases, leaves the update unchanged) or per tensor; see
     :class:`SteepestDescent`.
@@ -92,7 +92,7 @@ class ScaledSignSGD(SteepestDescent):
 
 
 class LpDescent(SteepestDescent):
-    """Stochastic l_p descent (seed 003, Alg. 1): x -= lr s(g), s_i(g) = sign(g_i)|g_i|^(1/(p-1)).
+    """Stochastic l_p descent [STACEY, Alg. 1]: x -= lr s(g), s_i(g) = sign(g_i)|g_i|^(1/(p-1)).
 
     ``eps > 0`` smooths the map: s_eps_i(g) = g_i / (|g_i|^((p-2)/(p-1)) + eps) (the paper's
     form; ``eps_mode="code"`` gives the authors' code's g_i (|g_i| + eps)^(-(p-2)/(p-1))).
@@ -128,7 +128,7 @@ class LpDescent(SteepestDescent):
 
 
 class CoordinateDescent(SteepestDescent):
-    """Greedy coordinate descent, steepest descent w.r.t. l1 (seed 000, Eq. 33): only the
+    """Greedy coordinate descent, steepest descent w.r.t. l1 [BPL20, Eq. 33]: only the
     coordinate with the largest |g_i| (over the group, or per tensor) moves, by lr g_i.
 
     Default ``lr=0.3``, about the largest stable step (docs/defaults.md); one coordinate moves
@@ -152,7 +152,7 @@ class CoordinateDescent(SteepestDescent):
 
 
 class BlockNormalizedSGD(SteepestDescent):
-    """Steepest descent w.r.t. the block norm max_B ||x_B||_2 (seed 000, App. A.2.2).
+    """Steepest descent w.r.t. the block norm max_B ||x_B||_2 [BPL20, App. A.2.2].
 
     ``mode="normalized"`` (default) moves every block by lr along g_B/||g_B||_2 (block-normalized
     gradient descent); ``"scaled"`` multiplies that by sum_B ||g_B||_2 (Eq. 37-38). Blocks are
@@ -184,7 +184,7 @@ class BlockNormalizedSGD(SteepestDescent):
 
 
 class Lion(SteepestDescent):
-    """Lion (Chen et al., 2023), the baseline of seed 003: c = b1 m + (1-b1) g;
+    """Lion (Chen et al., 2023), the baseline of [STACEY]: c = b1 m + (1-b1) g;
     x -= lr (sign(c) + wd x); m = b2 m + (1-b2) g. It is l_inf steepest descent (unscaled) on
     Lion's interpolated momentum.
 

@@ -1,6 +1,6 @@
-"""STACEY: stochastic l_p steepest descent accelerated by primal-dual interpolation (seed 003).
+"""STACEY: stochastic l_p steepest descent accelerated by primal-dual interpolation [STACEY].
 
-One step of every variant (seed 003, Alg. 2-4; z_0 = x_0 and m_0 = 0, SPEC.md Sec. 2)::
+One step of every variant ([STACEY, Alg. 2-4]; z_0 = x_0 and m_0 = 0; docs/stacey.md)::
 
     c_{t+1} = b1 m_t + (1 - b1) g_t                                   (Lion-style momentum)
     y_{t+1} = x_t - lr_t d(c_{t+1})                                   (steepest-descent step)
@@ -18,7 +18,7 @@ variant    descent step d(c)                      mirror step
 
 with ``phi(z) = |z|^{p-2} z`` (the gradient of the dgf ``||z||_p^p / p``) and its inverse
 ``phi^-1(w) = sign(w) |w|^{1/(p-1)}``. ``s_eps`` is the smoothed unscaled l_p map of Alg. 1-3 in
-one of two forms (SPEC.md Sec. 2; :class:`steepest.norms.Lp`):
+one of two forms (docs/stacey.md; :class:`steepest.norms.Lp`):
 
 * ``eps_mode="code"`` (default): ``s_eps_i(c) = c_i (|c_i| + eps)^{-(p-2)/(p-1)}``, the form of
   the authors' public code (github xinyuluo8561/Stacey), which produced the published numbers;
@@ -177,7 +177,7 @@ class _Cfg:
             self.descent = "sign"
         else:
             self.descent = "pow" if self.eps == 0.0 else "eps"
-        # The descent's map is Lp's (seed 003 Alg. 1: s(c), or s_eps(c) = c / den for eps > 0).
+        # The descent's map is Lp's ([STACEY, Alg. 1]: s(c), or s_eps(c) = c / den for eps > 0).
         self.norm = Lp(p, self.eps, group["eps_mode"]) if self.descent != "id" else None
         # x_{t+1} = tau z + (1 - tau) y' with y' = x - lr d(c) - lr wd x / (1 - tau), which is
         # x_{t+1} = tau z + (1 - tau)(x - lr d(c)) - lr wd x (tau = 1: z - lr wd x).
@@ -368,7 +368,7 @@ def _pieces(items: list[tuple[Tensor, ...]], limit: int) -> list[list[tuple[Tens
 
 
 def mirror_step(z: Tensor, c: Tensor, alpha: float, p: float) -> Tensor:
-    """The l_p mirror-descent step of seed 003 (Alg. 3 line 5, Alg. 4 line 5), out of place:
+    """The l_p mirror-descent step of [STACEY] (Alg. 3 line 5, Alg. 4 line 5), out of place:
     ``phi^-1(phi(z) - alpha c)`` with ``phi(z) = |z|^{p-2} z``, evaluated without overflow."""
     check_range("p", p, 2.0, math.inf)
     check_range("alpha", alpha, 0.0, math.inf)
@@ -380,7 +380,7 @@ def mirror_step(z: Tensor, c: Tensor, alpha: float, p: float) -> Tensor:
 
 
 class Stacey(StepOptimizer):
-    """STACEY(p,2), STACEY(p,p) and STACEY(2,p) (seed 003, Alg. 2, Alg. 3, App. C Alg. 4).
+    """STACEY(p,2), STACEY(p,p) and STACEY(2,p) ([STACEY, Alg. 2, Alg. 3, App. C] Alg. 4).
 
     The update is given in the module docstring (:mod:`steepest.optim.stacey`). Everything is
     elementwise: there is no norm reduction, so the result does not depend on how parameters
@@ -486,7 +486,7 @@ class Stacey(StepOptimizer):
 
     def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
         state["step"] = torch.tensor(0.0, dtype=scalar_dtype())
-        # z_0 = x_0 (SPEC.md Sec. 2): taken at the first step, so weights loaded after the
+        # z_0 = x_0 (docs/stacey.md): taken at the first step, so weights loaded after the
         # optimizer was built are the starting point.
         state["z"] = p.detach().clone(memory_format=torch.preserve_format)
         state["m"] = torch.zeros_like(p, memory_format=torch.preserve_format)
