@@ -464,7 +464,7 @@ def registry() -> dict[str, Experiment]:
 
     found: dict[str, Experiment] = {}
     for info in pkgutil.iter_modules(pkg.__path__):
-        if info.name in {"harness", "cli", "problems", "data"} or info.name.startswith("_"):
+        if info.name in {"harness", "reproduce", "problems", "data"} or info.name.startswith("_"):
             continue
         mod = importlib.import_module(f"steepest.experiments.{info.name}")
         exp = getattr(mod, "EXPERIMENT", None)
