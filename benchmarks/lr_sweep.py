@@ -67,8 +67,8 @@ OPTIMIZERS: dict[str, Factory] = {
     "SVAG": lambda p, lr: steepest.SVAG(p, lr=lr),
     "MSVAG": lambda p, lr: steepest.MSVAG(p, lr=lr),
     "AdamStar": lambda p, lr: steepest.AdamStar(p, lr=lr),
-    "AdamShuffled": lambda p, lr: steepest.AdamShuffled(p, lr=lr, generator=torch.Generator().manual_seed(0)),
-    "AdamAveraged": lambda p, lr: steepest.AdamAveraged(p, lr=lr),
+    "AdamShuffled": lambda p, lr: steepest.optim.AdamShuffled(p, lr=lr, generator=torch.Generator().manual_seed(0)),
+    "AdamAveraged": lambda p, lr: steepest.optim.AdamAveraged(p, lr=lr),
 }
 
 # Default learning rates before issue 14 (the starting points of the search, and the "before" of

@@ -78,8 +78,8 @@ CONFIGS: dict[str, tuple[Callable[..., torch.optim.Optimizer], int]] = {
                                                                   nonfinite=nf), 2),
     "SteepestDescent(l2)": (lambda ps, fe, nf=None: steepest.SteepestDescent(ps, lr=1e-3, foreach=fe,
                                                                           nonfinite=nf), 0),
-    "AdamShuffled": (lambda ps, fe, nf=None: steepest.AdamShuffled(ps, lr=1e-3, foreach=fe, nonfinite=nf), 2),
-    "AdamAveraged": (lambda ps, fe, nf=None: steepest.AdamAveraged(ps, lr=1e-3, foreach=fe, nonfinite=nf), 2),
+    "AdamShuffled": (lambda ps, fe, nf=None: steepest.optim.AdamShuffled(ps, lr=1e-3, foreach=fe, nonfinite=nf), 2),
+    "AdamAveraged": (lambda ps, fe, nf=None: steepest.optim.AdamAveraged(ps, lr=1e-3, foreach=fe, nonfinite=nf), 2),
 }
 # Not here: Muon and Modular (matrix parameters; their time is the polar factor's matmuls, not
 # bytes moved): benchmarks/spectral.py times them against torch.optim.Muon.

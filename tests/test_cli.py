@@ -110,7 +110,7 @@ def test_every_experiment_lists_its_options_before_running():
 
 
 def test_reproduce_hides_progress_bars_in_pipes(monkeypatch, tmp_path):
-    from steepest.experiments import cli as experiments_cli
+    from steepest.experiments import reproduce as reproduce_command
 
     seen = {}
 
@@ -118,7 +118,7 @@ def test_reproduce_hides_progress_bars_in_pipes(monkeypatch, tmp_path):
         seen.update(kw)
         return {"total": 0, "holds": 0}
 
-    monkeypatch.setattr(experiments_cli, "run_experiment", fake_run)
+    monkeypatch.setattr(reproduce_command, "run_experiment", fake_run)
     assert main(["reproduce", "quadratic-2d", "--quick", "--out", str(tmp_path)]) == 0
     assert seen["progress"] is False  # pytest's captured stderr is not a terminal
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 # (subcommand, module, help). Each module defines ``add_arguments(parser)`` and ``run(args)``.
 _SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("demo", "steepest.demo", "train a tiny model with several optimizers and compare"),
-    ("reproduce", "steepest.experiments.cli", "rerun a paper's experiment, claims beside measurements"),
+    ("reproduce", "steepest.experiments.reproduce", "rerun a paper's experiment, claims beside measurements"),
     ("geometry", "steepest.geometry.command", "report whether sign/l_p methods suit a problem"),
     ("advise", "steepest.advise", "which recipe and learning rate: a short budgeted race + geometry"),
 ]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from steepest.experiments import cabs as cx
+from steepest.experiments import cabs_experiment as cx
 from steepest.experiments.harness import run_experiment
 from steepest.stats import gradient_moments
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from steepest.cli import main
-from steepest.experiments import cli as experiments_cli
 from steepest.experiments import harness
+from steepest.experiments import reproduce as reproduce_command
 from steepest.experiments.harness import (
     Claim,
     Context,
@@ -69,7 +69,7 @@ def fake_registry(monkeypatch):
     exp = Experiment("fake", "a fake experiment", "[BPL20, Fig. 1]", _fake, default_seeds=2,
                      quick_seeds=1, statements=STATEMENTS)
     monkeypatch.setattr(harness, "registry", lambda: {"fake": exp})
-    monkeypatch.setattr(experiments_cli, "registry", lambda: {"fake": exp})
+    monkeypatch.setattr(reproduce_command, "registry", lambda: {"fake": exp})
     return exp
 
 
@@ -201,7 +201,7 @@ def test_rejudge_applies_a_new_declaration_to_committed_rows(tmp_path, monkeypat
     exp = Experiment("j", "d", "[BPL20]", run, default_seeds=2, statements=STATEMENTS,
                      judge=judge)
     monkeypatch.setattr(harness, "registry", lambda: {"j": exp})
-    monkeypatch.setattr(experiments_cli, "registry", lambda: {"j": exp})
+    monkeypatch.setattr(reproduce_command, "registry", lambda: {"j": exp})
     run_experiment("j", out_dir=tmp_path, echo=False)
     s = json.loads((tmp_path / "summary.json").read_text())
     s["settings"]["bar"] = 5.0  # the declaration changes: judged again from the same rows

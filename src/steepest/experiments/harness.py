@@ -464,7 +464,7 @@ def registry() -> dict[str, Experiment]:
 
     found: dict[str, Experiment] = {}
     for info in pkgutil.iter_modules(pkg.__path__):
-        if info.name in {"harness", "cli", "problems", "data"} or info.name.startswith("_"):
+        if info.name in {"harness", "reproduce", "problems", "data"} or info.name.startswith("_"):
             continue
         mod = importlib.import_module(f"steepest.experiments.{info.name}")
         exp = getattr(mod, "EXPERIMENT", None)
@@ -692,10 +692,10 @@ def preregistered(exp: Experiment, claims: list[Claim]) -> list[dict[str, Any]]:
         raise ValueError(f"experiment {exp.name!r}: " + "; ".join(problems))
     out = []
     for st in exp.statements:
-        c = primaries.get(st.id)
+        prim = primaries.get(st.id)
         rec = asdict(st)
-        rec.update(paper_key=paper_key(st.source), primary_claim=c.id if c else "",
-                   verdict=c.verdict if c else "not run",
+        rec.update(paper_key=paper_key(st.source), primary_claim=prim.id if prim else "",
+                   verdict=prim.verdict if prim else "not run",
                    readings=[x.id for x in claims if x.kind == "paper" and x.statement == st.id
                              and x.reading != "primary"])
         out.append(rec)

@@ -448,11 +448,11 @@ def make_claims(
     if sweep:
         parts, ok = [], True
         for p in sorted(sweep):
-            runs = [r for r in sweep[p] if not r.diverged]
+            stable = [r for r in sweep[p] if not r.diverged]
             n_div = sum(1 for r in sweep[p] if r.diverged)
             s_base = min(_speed(primary[p][b].steps_to(threshold)) for b in BASELINES)
-            if runs:
-                best = min(runs, key=lambda r: (_speed(r.steps_to(threshold)), r.final))
+            if stable:
+                best = min(stable, key=lambda r: (_speed(r.steps_to(threshold)), r.final))
                 s = _speed(best.steps_to(threshold))
                 c = best.config
                 parts.append(

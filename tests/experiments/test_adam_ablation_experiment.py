@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from steepest.experiments import adam_ablation as aa
+from steepest.experiments import adam_ablation_experiment as aa
 from steepest.experiments.harness import run_experiment
 from steepest.problems import cnn_2c2d, cnn_3c3d, get_problem
 

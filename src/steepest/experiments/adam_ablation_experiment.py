@@ -2,8 +2,8 @@
 ([BPL20, Sec. 2, Fig. 1, App. D.1]).
 
 Adam's step is ``gamma * sign(m)`` with ``gamma = |m| / (sqrt(v) + eps)`` (Eq. 59).
-:class:`steepest.AdamShuffled` permutes ``gamma`` randomly within each tensor at every step,
-:class:`steepest.AdamAveraged` replaces it by its mean over the tensor (App. D.1: "shuffling and
+:class:`steepest.optim.AdamShuffled` permutes ``gamma`` randomly within each tensor at every step,
+:class:`steepest.optim.AdamAveraged` replaces it by its mean over the tensor (App. D.1: "shuffling and
 averaging is done independently for each variable"); both use Adam's step size, as in the paper.
 M-SGD (:class:`steepest.MSGD`, EMA momentum 0.9) is the reference.
 
@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from steepest import MSGD, AdamAveraged, AdamShuffled
+from steepest import MSGD
 from steepest.experiments.data import evaluate, train_subset
 from steepest.experiments.harness import (
     Claim,
@@ -63,6 +63,7 @@ from steepest.experiments.harness import (
     torch_threads,
     verdict_within,
 )
+from steepest.optim import AdamAveraged, AdamShuffled
 from steepest.problems import get_problem
 
 OPTIMIZERS = ("Adam", "AdamShuffled", "AdamAveraged", "M-SGD")
