@@ -106,8 +106,10 @@ _SUBMODULE_EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _SUBMODULE_EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'steepest' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+if not TYPE_CHECKING:  # hidden from type checkers, so that `steepest.Typo` stays an error there
+
+    def __getattr__(name: str) -> Any:
+        module = _SUBMODULE_EXPORTS.get(name)
+        if module is None:
+            raise AttributeError(f"module 'steepest' has no attribute {name!r}")
+        return getattr(importlib.import_module(module), name)

@@ -144,9 +144,9 @@ def make_optimizer(name: str, params: list[Tensor], lr: float, seed: int) -> tor
     raise ValueError(f"unknown optimizer {name!r}")
 
 
-def l2_penalty(model: nn.Module, factor: float) -> Tensor:
+def l2_penalty(model: nn.Module, factor: float) -> Tensor | float:
     """``factor/2 * sum ||W||^2`` over weight matrices and filters (not biases), as DeepOBS's
-    ``l2_regularizer`` in the paper's CIFAR-10 set-up."""
+    ``l2_regularizer`` in the paper's CIFAR-10 set-up (``0.0`` for a model without any)."""
     return 0.5 * factor * sum((p * p).sum() for p in model.parameters() if p.dim() > 1)
 
 
@@ -200,7 +200,7 @@ def train(
 
 def load_data(
     name: str, setup: Setup, ctx: Context, subset: int, samples: int = 0
-) -> tuple[Tensor, ...]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     if samples:
         from steepest.problems import mnist1d
 
@@ -344,7 +344,8 @@ def _run(ctx: Context) -> Result:
             samples = samples_opt
         width = setup.width
         if width_opt != [-1]:
-            width = None if width_opt == [0] else tuple(width_opt)
+            # three sizes (checked above)
+            width = None if width_opt == [0] else (width_opt[0], width_opt[1], width_opt[2])
         data = load_data(name, setup, ctx, subset, samples)
         lrs = {"adam": setup.lr_adam, "msgd": setup.lr_msgd}
         tuning: dict = {}

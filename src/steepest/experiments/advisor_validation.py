@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -80,6 +81,11 @@ def _quad_loss(x: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
     return 0.5 * x @ H @ x
 
 
+def _squared_distance(model: nn.Module) -> float:
+    """``||x||^2`` of a :class:`_Quadratic`: its squared distance to the minimizer 0."""
+    return float((model.get_parameter("x").detach() ** 2).sum())
+
+
 def _case(model: nn.Module, loss_fn: Any, data: tuple[torch.Tensor, torch.Tensor],
           score: Callable[[nn.Module], float], steps: int, seed: int) -> dict[str, Any]:
     """The advisor's report at the start, then each optimizer tuned around its advised lr."""
@@ -119,7 +125,7 @@ def _case(model: nn.Module, loss_fn: Any, data: tuple[torch.Tensor, torch.Tensor
         c = centres[name]
         if not (math.isfinite(c) and c > 0):
             c = 1e-2
-        best_lr, tried = log_grid_search(lambda lr, m=make: run(m, lr), c, n_grid=5, factor=3.0,
+        best_lr, tried = log_grid_search(partial(run, make), c, n_grid=5, factor=3.0,
                                          max_extend=8)
         row[f"{name}_lr"] = best_lr
         row[f"{name}_advised_lr"] = c
@@ -145,7 +151,7 @@ def _quadratic_rows(ctx: Context, d: int, lams: list[float], thetas: list[float]
         x0 = torch.as_tensor(np.random.default_rng(1000 + s).standard_normal(d))
         model = _Quadratic(x0)
         row = _case(model, _quad_loss, (torch.zeros(1, dtype=torch.float64), H),
-                    lambda m: float((m.x.detach() ** 2).sum()), steps, s)
+                    _squared_distance, steps, s)
         lam_bar = (d - 1 + lam) / d
         rows.append({"case": f"quadratic lam_max={lam:g} theta={th:g} seed={s}",
                      "family": "quadratic", "lam_max": lam, "theta": th, "seed": s,

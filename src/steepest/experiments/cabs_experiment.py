@@ -402,9 +402,11 @@ def _run(ctx: Context) -> Result:
         # each method's best lr (the competitor: its best (theta, lr)), on seed 0
         methods: dict[str, tuple[str, Any, float]] = {}
         alt: dict[str, tuple[Any, float]] = {}
-        groups = {"CABS": [("cabs", None)], **{method_name("constant", b): [("constant", b)]
-                                                 for b in batches},
-                  "competitor": [("competitor", t) for t in thetas]}
+        groups: dict[str, list[tuple[str, Any]]] = {
+            "CABS": [("cabs", None)],
+            **{method_name("constant", b): [("constant", b)] for b in batches},
+            "competitor": [("competitor", t) for t in thetas],
+        }
         for label, members in groups.items():
             if not members:
                 continue
@@ -598,7 +600,7 @@ def problem_claims(name: str, res: dict[str, Any], lrs: list[float], family: lis
     if len(fam) >= 2:
         sweep = res["sweep"]
         theta = res["methods"]["competitor"][1] if "competitor" in res["methods"] else None
-        fams = {"CABS": ("cabs", None)}
+        fams: dict[str, tuple[str, Any]] = {"CABS": ("cabs", None)}
         if theta is not None:
             fams[f"competitor theta={theta:g}"] = ("competitor", theta)
         fams.update({method_name("constant", b): ("constant", b) for b in batches})
@@ -650,16 +652,16 @@ def problem_claims(name: str, res: dict[str, Any], lrs: list[float], family: lis
     if cabs_runs:
         b = np.array(cabs_runs[0].batches, dtype=float)
         k = max(1, len(b) // 10)
-        first, last = float(b[:k].mean()), float(b[-k:].mean())
+        first_mean, last_mean = float(b[:k].mean()), float(b[-k:].mean())
         claims.append(Claim(
             f"{name}/cabs-batch-size-grows",
             "the batch size CABS chooses grows during training",
             "[Bal21, Fig. 4.2, bottom panel]: the batch size chosen by CABS; the text says "
             "CABS 'seems to choose unnecessarily large batch sizes later on' (MNIST)",
             f"{tag} first seed, lr {res['methods']['CABS'][2]:g}: mean batch size at the first / "
-            f"last 10% of {len(b)} evaluations: {first:.1f} / {last:.1f} (range {int(b.min())}-"
+            f"last 10% of {len(b)} evaluations: {first_mean:.1f} / {last_mean:.1f} (range {int(b.min())}-"
             f"{int(b.max())})",
-            last > first, kind="diagnostic",
+            last_mean > first_mean, kind="diagnostic",
             criterion="ours: mean over the last 10% of the steps > mean over the first 10%",
         ))
     seen = [int(r.curve[-1]["examples"]) for runs in res["runs"].values() for r in runs
@@ -726,8 +728,8 @@ def plot(ctx: Context, results: dict[str, dict[str, Any]], settings: dict[str, A
             x = np.array([runs[0].curve[k]["examples"] for k in range(n)])
             kind, value, lr = res["methods"][lb]
             label = f"{lb} (lr {lr:g}" + (f", theta {value:g}" if kind == "competitor" else "") + ")"
-            for row, key, scale in ((0, "train_loss", 1.0), (1, "test_acc", 100.0)):
-                vals = np.array([[r.curve[k][key] for k in range(n)] for r in runs]) * scale
+            for row, metric, scale in ((0, "train_loss", 1.0), (1, "test_acc", 100.0)):
+                vals = np.array([[r.curve[k][metric] for k in range(n)] for r in runs]) * scale
                 mean = vals.mean(0)
                 axes[row, col].plot(x, mean, color=colors.get(lb, "C7"), label=label,
                                     lw=2 if lb == "CABS" else 1.2)
@@ -771,9 +773,9 @@ def plot(ctx: Context, results: dict[str, dict[str, Any]], settings: dict[str, A
                     key = ("constant", int(lb.split()[1]))
                 for i, lr in enumerate(fam):
                     r = res["sweep"][key][lr]
-                    x = [c["examples"] for c in r.curve]
-                    y = [c["train_loss"] for c in r.curve]
-                    ax.plot(x, y, color=cmap(i / max(1, len(fam) - 1)), label=f"lr {lr:g}")
+                    seen_x = [c["examples"] for c in r.curve]
+                    loss_y = [c["train_loss"] for c in r.curve]
+                    ax.plot(seen_x, loss_y, color=cmap(i / max(1, len(fam) - 1)), label=f"lr {lr:g}")
                 title = method_name(*key) if lb != "CABS" else "CABS"
                 spread = res.get("spreads", {}).get(title)
                 ax.set_title(f"{name}: {title}" + (f"\nspread {spread:.2f}" if spread is not None

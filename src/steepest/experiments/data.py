@@ -58,7 +58,7 @@ CIFAR_TEST = "test_batch"
 
 
 def _open(path: Path) -> io.BufferedIOBase:
-    return gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")  # type: ignore[return-value]
+    return gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
 
 
 def read_idx(path: str | Path) -> np.ndarray:

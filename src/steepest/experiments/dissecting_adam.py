@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -278,8 +279,8 @@ class Data:
     yte: Tensor
     xev: Tensor  # the fixed portion of the training set, as large as the test set
     yev: Tensor
-    make_model: Any
-    loss_fn: Any
+    make_model: Callable[[], nn.Module]
+    loss_fn: Callable[[Tensor, Tensor], Tensor]
 
 
 def load(name: str, setup: Setup, ctx: Context, subset: int, lstm_hidden: int) -> Data:
@@ -297,6 +298,8 @@ def load(name: str, setup: Setup, ctx: Context, subset: int, lstm_hidden: int) -
     # the training portion evaluated: fixed (seed-independent), as large as the test set
     n_eval = min(len(xte), len(xtr))
     ev = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(1))[:n_eval]
+    make_model: Callable[[], nn.Module]
+    loss_fn: Callable[[Tensor, Tensor], Tensor]
     if name == "char-lstm":
         vocab = int(max(ytr.max(), yte.max())) + 1
         make_model = lambda: CharLSTM(vocab, hidden=lstm_hidden)  # noqa: E731
@@ -349,7 +352,7 @@ def train(setup: Setup, data: Data, method: str, lr: float, seed: int, steps: in
     last row then has ``train_loss = inf``."""
     torch.manual_seed(seed)
     model = data.make_model()
-    params = list(model.parameters())
+    params: list[Tensor] = list(model.parameters())
     opt = make_optimizer(method, params, lr)
     moments = GradientMoments(model) if method == "M-SVAG-mb" else None
     weights = [p for p in params if p.dim() > 1]  # App. B.1: l2 on the weights, not the biases
@@ -388,6 +391,7 @@ def train(setup: Setup, data: Data, method: str, lr: float, seed: int, steps: in
         if setup.l2:  # the penalty's gradient, added outside the per-example statistics
             with torch.no_grad():
                 for p in weights:
+                    assert p.grad is not None  # every weight is in the loss's graph
                     p.grad.add_(p, alpha=setup.l2)
         opt.step()
         if step in eval_at:

@@ -40,7 +40,7 @@ Options (``--set``): ``parts`` (``field,misspec,optim``), ``field_steps`` (50000
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
@@ -200,13 +200,20 @@ def generalized_eigenvalues(E: Tensor, F: Tensor) -> np.ndarray:
     return torch.linalg.eigvalsh(Li @ E @ Li.T).numpy()
 
 
+def _targets(m: GLM) -> Tensor:
+    """``m.targets``, which every GLM of this experiment has (a GLM may be built without)."""
+    if m.targets is None:
+        raise ValueError("this experiment needs a GLM with targets")
+    return m.targets
+
+
 def fit(m: GLM, iters: int = 100) -> Tensor:
     """The minimizer of ``m.loss``: least squares exactly; otherwise Newton's method (the
     Fisher is the Hessian for these GLMs) with a tiny relative damping and a backtracking
     line search (plain Newton diverges from 0 on badly scaled data)."""
     X = m.features
     if m.likelihood == "gaussian":
-        return torch.linalg.lstsq(X, m.targets.unsqueeze(-1).to(X.dtype)).solution.squeeze(-1)
+        return torch.linalg.lstsq(X, _targets(m).unsqueeze(-1).to(X.dtype)).solution.squeeze(-1)
     theta = torch.zeros(m.num_params, dtype=X.dtype)
     loss = float(m.loss(theta))
     for _ in range(iters):
@@ -236,7 +243,7 @@ def linearly_separable(m: GLM) -> bool:
     from scipy.optimize import linprog
 
     X = m.features.numpy()
-    y = m.targets.numpy()
+    y = _targets(m).numpy()
     if m.likelihood == "bernoulli":
         A = -((2 * y - 1)[:, None] * X)
     elif m.likelihood == "categorical":
@@ -566,6 +573,17 @@ def real_problem(name: str, preprocessing: str) -> GLM:
     return GLM(torch.tensor(X, dtype=D64), yt, lik, reduction="mean")
 
 
+# The curves are there exactly when asked for (record=True).
+@overload
+def run_grid(m: GLM, method: str, lrs: np.ndarray, damping: float, iters: int,
+             record: Literal[False] = ...) -> tuple[np.ndarray, None]: ...
+
+
+@overload
+def run_grid(m: GLM, method: str, lrs: np.ndarray, damping: float, iters: int,
+             record: Literal[True]) -> tuple[np.ndarray, np.ndarray]: ...
+
+
 def run_grid(m: GLM, method: str, lrs: np.ndarray, damping: float, iters: int,
              record: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """Runs ``method`` from ``theta_0 = 0`` for ``iters`` iterations with every step size in
@@ -606,7 +624,7 @@ def search(m: GLM, method: str, iters: int, grid: str, progress: Any = None,
     the windows of half the previous stride around the ``keep`` best points so far that lie in
     different windows (the loss over the grid has several basins: one window can miss the
     best), so every grid point near a kept point is reachable."""
-    dampings = [None] if method == "GD" else list(range(len(DAMPINGS)))
+    dampings: list[int | None] = [None] if method == "GD" else list(range(len(DAMPINGS)))
     if method == "GD" or grid == "full":
         levels = [(1, 1)]
     elif grid == "coarse":
@@ -640,6 +658,8 @@ def search(m: GLM, method: str, iters: int, grid: str, progress: Any = None,
             for i0, j0 in sorted(scores, key=order):
                 if not math.isfinite(scores[(i0, j0)]) or len(centres) == keep:
                     break
+                # several levels only with a damping axis (GD's grid is one level, above)
+                assert j0 is not None
                 if all(abs(i0 - i) > w_lr or abs(j0 - j) > w_d for i, j in centres):
                     centres.append((i0, j0))
             for i0, j0 in centres:
@@ -947,7 +967,7 @@ def _plot_field(ctx: Context, m: GLM, star: Tensor, stats: dict[str, Any],
     plt = ctx.pyplot()
     fig, axes = plt.subplots(1, 4, figsize=(17, 4.2))
     x = m.features[:, 1].numpy()
-    axes[0].scatter(x, m.targets.numpy(), s=3, alpha=0.4)
+    axes[0].scatter(x, _targets(m).numpy(), s=3, alpha=0.4)
     xs = np.linspace(0, x.max(), 50)
     axes[0].plot(xs, float(star[0]) + float(star[1]) * xs, "k")
     axes[0].set(title="data (Eq. D.29)", xlabel="x", ylabel="y")

@@ -215,12 +215,12 @@ def run(ctx: Context) -> Result:
     axes[0].set_aspect("equal")
     axes[0].set_title(f"(a) contour x^T H x = 1, lambda = ({lam_show:g}, 1)", fontsize=10)
     axes[0].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.06))
-    deg = np.degrees(thetas)
+    thetas_deg = np.degrees(thetas)
     for i, lam in enumerate(lams):
         c = curves[lam]
-        axes[1].plot(deg, c["Linf"], color=f"C{i}", label=f"L_inf, lambda_max = {lam:g}")
-        axes[1].plot(deg[::5], c["closed"][::5], "x", color=f"C{i}", ms=4)
-        axes[1].plot(deg, c["L2"], color=f"C{i}", ls="--", lw=1)
+        axes[1].plot(thetas_deg, c["Linf"], color=f"C{i}", label=f"L_inf, lambda_max = {lam:g}")
+        axes[1].plot(thetas_deg[::5], c["closed"][::5], "x", color=f"C{i}", ms=4)
+        axes[1].plot(thetas_deg, c["L2"], color=f"C{i}", ls="--", lw=1)
     axes[1].set_yscale("log")
     axes[1].set_xlabel("angle theta (degrees)")
     axes[1].set_ylabel("smoothness constant")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import torch
@@ -52,6 +53,13 @@ OSCILLATING = ("signGD", "Signum")
 def ex4_f(x: Tensor) -> Tensor:
     """Seed 004, Ex. 4: f(x) = x^2 + 3 sin^2(x)."""
     return (x**2 + 3 * torch.sin(x) ** 2).sum()
+
+
+def _bind(
+    make: Callable[[list[Tensor], float, float], torch.optim.Optimizer], lr: float, beta: float
+) -> Callable[[list[Tensor]], torch.optim.Optimizer]:
+    """``make`` (a :data:`METHODS` entry) with its step size and momentum fixed."""
+    return lambda params: make(params, lr, beta)
 
 
 def run_optimizer(
@@ -161,7 +169,7 @@ def run(ctx: Context) -> Result:
     ex1_dev = 0.0
     ex1_traj = {}
     for a in EX1_STEPS:
-        xs, fs = run_optimizer(lambda p, a=a: SignSGD(p, lr=a), lambda x: (x**2).sum(),
+        xs, fs = run_optimizer(partial(SignSGD, lr=a), lambda x: (x**2).sum(),
                                np.array([a / 2, a / 2]), 20)
         k = np.arange(len(xs))
         eq4 = np.where(k % 2 == 0, a / 2, -a / 2)[:, None] * np.ones((1, 2))
@@ -197,8 +205,7 @@ def run(ctx: Context) -> Result:
         x0s.append(x0)
         for name in ctx.track(METHODS, desc=f"ex4 seed {seed}"):
             make = METHODS[name]
-            xs, fs = run_optimizer(lambda p, make=make: make(p, STEP, beta), ex4_f,
-                                   np.array([x0]), steps)
+            xs, fs = run_optimizer(_bind(make, STEP, beta), ex4_f, np.array([x0]), steps)
             stats[name].append(classify(fs, xs))
             curves[name].append(fs)
             xcurves[name].append(xs[:, 0])
@@ -286,9 +293,9 @@ def run(ctx: Context) -> Result:
         zeta = theorem1_zeta(mu, L, alpha)
         worst, means = 0.0, []
         for seed in ctx.seed_list():
-            x0 = np.random.default_rng(1000 + seed).standard_normal(thm_dim)
-            _, fs = run_optimizer(lambda p, alpha=alpha: ScaledSignSGD(p, lr=alpha),
-                                  lambda x: 0.5 * (H * x * x).sum(), x0, thm_steps)
+            x0_thm = np.random.default_rng(1000 + seed).standard_normal(thm_dim)
+            _, fs = run_optimizer(partial(ScaledSignSGD, lr=alpha),
+                                  lambda x: 0.5 * (H * x * x).sum(), x0_thm, thm_steps)
             r = contraction(fs)
             worst = max(worst, float(r.max()))
             means.append(float(np.exp(np.mean(np.log(np.maximum(r, 1e-300))))))
@@ -317,12 +324,14 @@ def run(ctx: Context) -> Result:
 
     fig, ax = plt.subplots(1, 2, figsize=(11, 4))
     for i, aL in enumerate(THM_ALPHAS):
-        fs = [r["f"] for r in rows if r["part"] == "thm1" and r["alpha_L"] == aL and r["seed"] == 0]
+        f_seed0 = [r["f"] for r in rows
+                   if r["part"] == "thm1" and r["alpha_L"] == aL and r["seed"] == 0]
         ks = [r["step"] for r in rows if r["part"] == "thm1" and r["alpha_L"] == aL
               and r["seed"] == 0]
         zeta = thm_rows[i][1]
-        ax[0].semilogy(ks, fs, color=f"C{i}", label=f"a L = {aL}")
-        ax[0].semilogy(ks, fs[0] * zeta ** np.asarray(ks, dtype=float), color=f"C{i}", ls=":")
+        ax[0].semilogy(ks, f_seed0, color=f"C{i}", label=f"a L = {aL}")
+        ax[0].semilogy(ks, f_seed0[0] * zeta ** np.asarray(ks, dtype=float), color=f"C{i}",
+                       ls=":")
     ax[0].set_xlabel("iteration k")
     ax[0].set_ylabel("f(x_k) - f*")
     ax[0].set_title("scaled signGD (solid) vs Theorem 1 bound zeta^k (dotted)")
