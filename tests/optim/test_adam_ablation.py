@@ -220,7 +220,14 @@ def test_eps0_no_update_where_m_and_v_vanish(cls, foreach):
         opt.step()
     assert torch.isfinite(p).all()
     assert torch.equal(p[:, 0], torch.zeros(4, dtype=D))
-    assert (p[:, 1:] != 0).all()
+    if cls is AdamAveraged:
+        # The mean magnitude is > 0, so every coordinate with m != 0 moves.
+        assert (p[:, 1:] != 0).all()
+    else:
+        # Shuffling hands the vanished coordinates' zero magnitudes to random others (that is
+        # the ablation), so a coordinate may draw 0 at every step (about 4% each over 3 steps,
+        # depending on the RNG state the test order leaves): only "some move" is a property.
+        assert (p[:, 1:] != 0).any()
 
 
 def test_eps0_on_scalars_is_signsgd_magnitude_lr():
