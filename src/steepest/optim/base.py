@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from steepest.backend import fused as _fused
 from steepest.norms import Norm, from_spec
 
 __all__ = [
@@ -158,6 +159,7 @@ class StepOptimizer(Optimizer):
     def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
         defaults.setdefault("maximize", False)
         defaults.setdefault("foreach", None)
+        defaults.setdefault("fused", None)
         defaults.setdefault("nonfinite", None)
         super().__init__(params, defaults)
 
@@ -170,6 +172,7 @@ class StepOptimizer(Optimizer):
         check_lr(group["lr"])
         check_choice("nonfinite", group["nonfinite"], NONFINITE)
         check_choice("foreach", group["foreach"], (None, True, False))
+        check_choice("fused", group.get("fused"), (None, True, False))
         if not isinstance(group["maximize"], bool):
             raise ValueError(f"maximize must be a bool, got {group['maximize']!r}")
         if "weight_decay" in group:
@@ -191,6 +194,14 @@ class StepOptimizer(Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
         self._validate_group(self.param_groups[-1])
+        group = self.param_groups[-1]
+        if group.get("fused"):  # after the subclass's checks (norms are Norm objects by now)
+            if group["foreach"]:
+                raise ValueError("fused=True and foreach=True are exclusive: pick one backend")
+            why = self._fused_unsupported(group)
+            if why:
+                raise ValueError(f"fused=True is not supported by {type(self).__name__} {why}; "
+                                 "use fused=None (the default)")
         self._warn_scope()
 
     def _scope_couples(self, group: dict[str, Any]) -> bool:
@@ -301,6 +312,18 @@ class StepOptimizer(Optimizer):
                     )
 
     # ---- hooks for subclasses ---------------------------------------------------------------
+    def _fused_unsupported(self, group: dict[str, Any]) -> str | None:
+        """Why ``fused=True`` cannot run this group (``None``: it can). An optimizer with fused
+        kernels (:mod:`steepest.optim.updates`) overrides this and hands off to them in
+        ``_update`` when ``group["fused"]``; it then gets raw tensors (module docstring)."""
+        return "(it has no fused kernels)"
+
+    def _fused_defers_check(self, group: dict[str, Any]) -> bool:
+        """Whether this fused group checks its gradients for NaN/inf itself, in a reduction
+        pass before its first write (raising ``steepest.backend.fused.NonFinite``), so that
+        ``step`` leaves it out of the scan (:mod:`steepest.backend.fused`)."""
+        return False
+
     def _streams(self, group: dict[str, Any]) -> bool:
         """Whether ``_update`` on one tensor at a time equals ``_update`` on the whole group (no
         reduction or state couples the tensors): then the loop path streams tensor by tensor."""
@@ -332,6 +355,20 @@ class StepOptimizer(Optimizer):
         raise NotImplementedError
 
     # ---- the step -----------------------------------------------------------------------------
+    def _refuse(self, policies: set[str], where: str, loss: Any) -> Any:
+        """The non-finite policy, before anything was written: raise, or skip with a warning."""
+        if "raise" in policies:
+            raise FloatingPointError(
+                f"{type(self).__name__}: non-finite (NaN or inf) gradient in {where}; "
+                "pass nonfinite='skip' to skip such steps with a warning"
+            )
+        warnings.warn(
+            f"{type(self).__name__}: non-finite gradient in {where}; step skipped",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return loss
+
     def _use_foreach(self, group: dict[str, Any], params: list[Tensor]) -> bool:
         if group["foreach"] is not None:
             return bool(group["foreach"])
@@ -420,22 +457,25 @@ class StepOptimizer(Optimizer):
         policies = set(resolved) - {"ignore"}
         # Only groups that check are scanned (empty lists keep the group indices).
         checked = [items if pol != "ignore" else [] for pol, items in zip(resolved, gathered)]
+        # A fused group whose reduction pass checks the gradients before its first write skips
+        # the scan and steps first, so that nothing is written when it refuses; one such group
+        # at most (a second could refuse after the first wrote). steepest.backend.fused says why.
+        deferred = next((gi for gi, (g, pol) in enumerate(zip(self.param_groups, resolved))
+                         if pol != "ignore" and g.get("fused") and g.get("scope") != "all_groups"
+                         and checked[gi] and self._fused_defers_check(g)), None)
+        if deferred is not None:
+            checked[deferred] = []
         ok, where = self._all_finite(checked) if policies else (True, "")
         if not ok:
-            if "raise" in policies:
-                raise FloatingPointError(
-                    f"{type(self).__name__}: non-finite (NaN or inf) gradient in {where}; "
-                    "pass nonfinite='skip' to skip such steps with a warning"
-                )
-            warnings.warn(
-                f"{type(self).__name__}: non-finite gradient in {where}; step skipped",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            return loss
+            return self._refuse(policies, where, loss)
 
         joint: list[tuple[dict[str, Any], list[Tensor], list[Tensor], list[dict[str, Any]], list[Any]]] = []
-        for group, items in zip(self.param_groups, gathered):
+        order = list(range(len(self.param_groups)))
+        if deferred is not None:
+            order.remove(deferred)
+            order.insert(0, deferred)
+        for gi in order:
+            group, items = self.param_groups[gi], gathered[gi]
             if not items:
                 continue
             ps = [p for _, p, _g in items]
@@ -447,6 +487,20 @@ class StepOptimizer(Optimizer):
                 joint.append((group, *self._working(group, items, states)))
                 continue
             foreach = self._use_foreach(group, ps)
+            if group.get("fused"):
+                # Fused kernels read and write the stored tensors themselves (half precision in
+                # float32 registers, maximize as a sign): no working copies, no chunks.
+                params = [_real(p) for p in ps]
+                grads = [_real(g) for _, _p, g in items]
+                wstates = [{k: _real(v) for k, v in st.items()} if any(
+                    isinstance(v, Tensor) and v.is_complex() for v in st.values()) else st
+                    for st in states]
+                try:
+                    self._update(group, params, grads, wstates, False)
+                except _fused.NonFinite as nf:
+                    i, p, _g = items[nf.index]
+                    return self._refuse({resolved[gi]}, self._named(gi, i, p), loss)
+                continue
             if self._streams(group):
                 # Elementwise updates, a chunk of tensors at a time on both paths: each chunk's
                 # temporaries (and its float32 working copies of half-precision tensors, or the

@@ -19,6 +19,7 @@ from steepest.norms import (
     _small_many,
 )
 from steepest.optim import base as _base
+from steepest.optim import updates as _updates
 from steepest.optim.base import StepOptimizer, apply_weight_decay
 
 __all__ = ["EFSignSGD"]
@@ -51,16 +52,23 @@ class EFSignSGD(StepOptimizer):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
         nonfinite: str | None = None,
     ) -> None:
         super().__init__(
             params,
             dict(lr=lr, scope=scope, weight_decay=weight_decay, maximize=maximize,
-                 foreach=foreach, nonfinite=nonfinite),
+                 foreach=foreach, fused=fused, nonfinite=nonfinite),
         )
 
     def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
         state["error"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    def _fused_unsupported(self, group: dict[str, Any]) -> str | None:
+        return "with scope='all_groups' (one norm over several groups)" if group["scope"] == "all_groups" else None
+
+    def _fused_defers_check(self, group: dict[str, Any]) -> bool:
+        return True  # ||lr g + e||_1 reads every gradient before the first write
 
     def _update(
         self,
@@ -70,6 +78,9 @@ class EFSignSGD(StepOptimizer):
         states: list[dict[str, Any]],
         foreach: bool,
     ) -> None:
+        if group.get("fused"):  # the fused backend (steepest.optim.updates)
+            _updates.fused_ef(group, params, grads, states)
+            return
         ops = _ops(foreach)
         lr, wd = group["lr"], group["weight_decay"]
         errs = [s["error"] for s in states]

@@ -71,6 +71,7 @@ from steepest.optim.base import (
     first_nonfinite,
     scalar_dtype,
 )
+from steepest.optim import updates as _updates
 from steepest.optim.steepest import momentum_direction_input
 
 __all__ = ["MSGD", "MSVAG", "SVAG", "AdamStar", "rho"]
@@ -217,10 +218,11 @@ class MSGD(_BetaIsMomentum):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
         nonfinite: str | None = None,
     ) -> None:
         defaults = dict(lr=lr, beta=beta, weight_decay=weight_decay, maximize=maximize,
-                        foreach=foreach, nonfinite=nonfinite)
+                        foreach=foreach, fused=fused, nonfinite=nonfinite)
         super().__init__(params, defaults)
 
     def _streams(self, group: dict[str, Any]) -> bool:
@@ -234,7 +236,13 @@ class MSGD(_BetaIsMomentum):
         state["step"] = torch.tensor(0.0, dtype=scalar_dtype())
         state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
+    def _fused_unsupported(self, group: dict[str, Any]) -> str | None:
+        return None
+
     def _update(self, group, params, grads, states, foreach) -> None:  # type: ignore[no-untyped-def]
+        if group.get("fused"):  # the fused backend (steepest.optim.updates)
+            _updates.fused_msgd(group, params, grads, states)
+            return
         # 6 passes over N floats (lerp_ 3, axpy 3) for the 5 the benchmark counts (torch's
         # SGD-momentum: 8); one kernel per op for a chunk of small CPU tensors (_kernels).
         fast = _fast(params)
@@ -417,10 +425,11 @@ class SVAG(_VarianceAdapted):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
         nonfinite: str | None = None,
     ) -> None:
         super().__init__(params, dict(lr=lr, beta=beta, weight_decay=weight_decay,
-                                      maximize=maximize, foreach=foreach, nonfinite=nonfinite))
+                                      maximize=maximize, foreach=foreach, fused=fused, nonfinite=nonfinite))
 
     def _update(self, group, params, grads, states, foreach) -> None:  # type: ignore[no-untyped-def]
         if _fast(params):  # 24 passes (_adapted_step_)
@@ -473,10 +482,11 @@ class AdamStar(_VarianceAdapted):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
         nonfinite: str | None = None,
     ) -> None:
         super().__init__(params, dict(lr=lr, beta=beta, weight_decay=weight_decay,
-                                      maximize=maximize, foreach=foreach, nonfinite=nonfinite))
+                                      maximize=maximize, foreach=foreach, fused=fused, nonfinite=nonfinite))
 
     def _update(self, group, params, grads, states, foreach) -> None:  # type: ignore[no-untyped-def]
         if _fast(params):
@@ -595,12 +605,13 @@ class MSVAG(_VarianceAdapted):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
         nonfinite: str | None = None,
     ) -> None:
         self._pending: dict[int, list[tuple[Tensor, int, Tensor]]] = {}
         super().__init__(params, dict(lr=lr, beta=beta, variance=variance,
                                       weight_decay=weight_decay, maximize=maximize,
-                                      foreach=foreach, nonfinite=nonfinite))
+                                      foreach=foreach, fused=fused, nonfinite=nonfinite))
 
     def _streams(self, group: dict[str, Any]) -> bool:
         return group["variance"] != "minibatch"  # that mode consumes per-group pending stats

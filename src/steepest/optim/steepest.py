@@ -49,6 +49,7 @@ from steepest.norms import (
     _small_many,
 )
 from steepest.optim import base as _base
+from steepest.optim import updates as _updates
 from steepest.optim.base import (
     StepOptimizer,
     apply_weight_decay,
@@ -289,6 +290,7 @@ class SteepestDescent(StepOptimizer):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
         nonfinite: str | None = None,
     ) -> None:
         defaults = dict(
@@ -300,7 +302,7 @@ class SteepestDescent(StepOptimizer):
             scope=scope,
             weight_decay=weight_decay,
             maximize=maximize,
-            foreach=foreach,
+            foreach=foreach, fused=fused,
             nonfinite=nonfinite,
         )
         super().__init__(params, defaults)
@@ -341,6 +343,9 @@ class SteepestDescent(StepOptimizer):
         foreach: bool,
     ) -> None:
         betas = self._betas(group)
+        if group.get("fused"):  # the fused backend (steepest.optim.updates)
+            _updates.fused_steepest(group, params, grads, states, betas)
+            return
         # On CPU the foreach path takes the loop path's code too: torch's _foreach_* ops are a
         # per-tensor loop there themselves, and all-at-once temporaries cost page faults.
         if (not foreach or _per_tensor_ok(params)) and self._streams(group) and _lean_ok(group["norm"]):
@@ -349,6 +354,15 @@ class SteepestDescent(StepOptimizer):
         c = momentum_direction_input(betas, grads, states, foreach)
         apply_direction(group, params, c, group["norm"], group["mode"], foreach, beta=group["beta"],
                         owned=betas[0] != betas[1])
+
+    def _fused_unsupported(self, group: dict[str, Any]) -> str | None:
+        if group.get("scope") == "all_groups":
+            return "with scope='all_groups' (one norm over several groups)"
+        return _updates.steepest_fusable(group["norm"], group["mode"])
+
+    def _fused_defers_check(self, group: dict[str, Any]) -> bool:
+        # A reduction pass reads every gradient before the first write (the check is free).
+        return not self._streams(group)
 
     def _scope_couples(self, group: dict[str, Any]) -> bool:
         # The scope matters only where the direction has a reduction over the scope: not for an
@@ -495,11 +509,12 @@ class SignSGD(SteepestDescent):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
         nonfinite: str | None = None,
     ) -> None:
         super().__init__(
             params, lr, Linf(), "unscaled", 1.0, momentum, "global", weight_decay,
-            maximize=maximize, foreach=foreach, nonfinite=nonfinite,
+            maximize=maximize, foreach=foreach, fused=fused, nonfinite=nonfinite,
         )
 
 
@@ -526,11 +541,12 @@ class ScaledSignSGD(SteepestDescent):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
         nonfinite: str | None = None,
     ) -> None:
         super().__init__(
             params, lr, Linf(), "scaled", 1.0, momentum, scope, weight_decay,
-            maximize=maximize, foreach=foreach, nonfinite=nonfinite,
+            maximize=maximize, foreach=foreach, fused=fused, nonfinite=nonfinite,
         )
 
 
@@ -560,13 +576,14 @@ class LpDescent(SteepestDescent):
         eps_mode: str = "paper",
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
         nonfinite: str | None = None,
     ) -> None:
         if not isinstance(scaled, bool):
             raise ValueError(f"scaled must be a bool, got {scaled!r}")
         super().__init__(
             params, lr, Lp(p, eps, eps_mode), "scaled" if scaled else "unscaled", 1.0, momentum,
-            scope, weight_decay, maximize=maximize, foreach=foreach, nonfinite=nonfinite,
+            scope, weight_decay, maximize=maximize, foreach=foreach, fused=fused, nonfinite=nonfinite,
         )
 
 
@@ -586,11 +603,12 @@ class CoordinateDescent(SteepestDescent):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
         nonfinite: str | None = None,
     ) -> None:
         super().__init__(
             params, lr, L1(), "scaled", 1.0, 0.0, scope, 0.0,
-            maximize=maximize, foreach=foreach, nonfinite=nonfinite,
+            maximize=maximize, foreach=foreach, fused=fused, nonfinite=nonfinite,
         )
 
 
@@ -617,11 +635,12 @@ class BlockNormalizedSGD(SteepestDescent):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
         nonfinite: str | None = None,
     ) -> None:
         super().__init__(
             params, lr, BlockNorm(blocks), mode, beta, momentum, "global", weight_decay,
-            maximize=maximize, foreach=foreach, nonfinite=nonfinite,
+            maximize=maximize, foreach=foreach, fused=fused, nonfinite=nonfinite,
         )
 
 
@@ -644,6 +663,7 @@ class Lion(SteepestDescent):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
         nonfinite: str | None = None,
     ) -> None:
         check_betas(betas)
@@ -652,7 +672,7 @@ class Lion(SteepestDescent):
             params,
             dict(
                 lr=lr, betas=tuple(betas), weight_decay=weight_decay, norm=Linf(),
-                mode="unscaled", beta=1.0, scope="global", maximize=maximize, foreach=foreach,
+                mode="unscaled", beta=1.0, scope="global", maximize=maximize, foreach=foreach, fused=fused,
                 nonfinite=nonfinite,
             ),
         )
