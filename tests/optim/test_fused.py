@@ -49,6 +49,10 @@ CASES = [
     ("Steepest-lp-normalized", so.SteepestDescent, dict(lr=0.1, norm={"name": "lp", "p": 3.0}, mode="normalized")),
     ("MSGD", so.MSGD, dict(lr=0.1, weight_decay=0.1)),
     ("MSGD-beta0", so.MSGD, dict(lr=0.1, beta=0.0)),
+    ("SVAG", so.SVAG, dict(lr=0.1, weight_decay=0.1)),
+    ("MSVAG", so.MSVAG, dict(lr=0.1)),
+    ("MSVAG-beta0", so.MSVAG, dict(lr=0.1, beta=0.0)),
+    ("AdamStar", so.AdamStar, dict(lr=0.1, beta=0.5)),
     ("EFSignSGD", so.EFSignSGD, dict(lr=0.1)),
     ("EFSignSGD-per_tensor", so.EFSignSGD, dict(lr=0.1, scope="per_tensor", weight_decay=0.1)),
 ]

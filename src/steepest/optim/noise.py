@@ -431,7 +431,13 @@ class SVAG(_VarianceAdapted):
         super().__init__(params, dict(lr=lr, beta=beta, weight_decay=weight_decay,
                                       maximize=maximize, foreach=foreach, fused=fused, nonfinite=nonfinite))
 
+    def _fused_unsupported(self, group: dict[str, Any]) -> str | None:
+        return None
+
     def _update(self, group, params, grads, states, foreach) -> None:  # type: ignore[no-untyped-def]
+        if group.get("fused"):  # the fused backend (steepest.optim.updates)
+            _updates.fused_variance_adapted(group, params, grads, states, "svag")
+            return
         if _fast(params):  # 24 passes (_adapted_step_)
             ops = _kernels(foreach, params)
             lr, b = _scalar_arg(group["lr"]), group["momentum"]
@@ -488,7 +494,13 @@ class AdamStar(_VarianceAdapted):
         super().__init__(params, dict(lr=lr, beta=beta, weight_decay=weight_decay,
                                       maximize=maximize, foreach=foreach, fused=fused, nonfinite=nonfinite))
 
+    def _fused_unsupported(self, group: dict[str, Any]) -> str | None:
+        return None
+
     def _update(self, group, params, grads, states, foreach) -> None:  # type: ignore[no-untyped-def]
+        if group.get("fused"):  # the fused backend (steepest.optim.updates)
+            _updates.fused_variance_adapted(group, params, grads, states, "adamstar")
+            return
         if _fast(params):
             self._fused_update(group, params, grads, states, foreach)
             return
@@ -679,7 +691,15 @@ class MSVAG(_VarianceAdapted):
         return False, f"grad_var of {self._named(gi, i, p)}"
 
     # ---- the step ------------------------------------------------------------------------------
+    def _fused_unsupported(self, group: dict[str, Any]) -> str | None:
+        if group["variance"] == "minibatch":
+            return "with variance='minibatch' (its per-example variance is not fused yet)"
+        return None
+
     def _update(self, group, params, grads, states, foreach) -> None:  # type: ignore[no-untyped-def]
+        if group.get("fused"):  # the fused backend (steepest.optim.updates)
+            _updates.fused_variance_adapted(group, params, grads, states, "msvag")
+            return
         ops = _ops(foreach)
         lr, b, wd = group["lr"], group["momentum"], group["weight_decay"]
         if group["variance"] == "minibatch":

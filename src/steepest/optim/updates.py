@@ -38,10 +38,12 @@ __all__ = [
     "fused_ef",
     "fused_msgd",
     "fused_steepest",
+    "fused_variance_adapted",
     "lp_map",
     "msgd_step",
     "steepest_reduce",
     "steepest_step",
+    "variance_adapted_step",
 ]
 
 # The maps of the l_p family (seed 003 Alg. 1; steepest.norms.Lp): which of them, a static option.
@@ -199,6 +201,62 @@ def ef_step(p: Tensor, g: Tensor, e: Tensor, coef: Tensor, lr: float, wd: float,
     e.copy_(pt - delta)
 
 
+def variance_adapted_step(
+    p: Tensor,
+    g: Tensor,
+    m: Tensor,
+    v: Tensor,
+    lr: float,
+    wd: float,
+    w: float,
+    b: float,
+    a: float,
+    k: float,
+    sgn: float,
+    *,
+    kind: str = "svag",
+    plain: bool = False,
+    hi: bool = False,
+) -> None:
+    """SVAG, M-SVAG and Adam* with the moving-average variance (``steepest.optim.noise``; seed 001
+    Alg. 2, 4, 5), one tensor::
+
+        m~ <- lerp(m~, g, w);  v~ <- b v~ + (1 - b) g^2         (w = 1 - b)
+        a = 1/(1 - b^(t+1)),  K = (rho(b,t) if M-SVAG/Adam* else 1) / ((1 - rho(b,t)) a)
+
+    then, with ``r = max(v~/m~/m~ + 1/K - a, 1/K)`` (0/0 -> inf: gamma = 0), the eager fast form
+    of ``noise._adapted_step_`` (no subnormal intermediates when the variance is 0)::
+
+        SVAG:   x <- (1 - lr wd) x - (lr / K) g / r
+        M-SVAG: x <- (1 - lr wd) x - (lr a / K) m~ / r
+        Adam*:  x <- (1 - lr wd) x - lr/sqrt(K) m~ rsqrt(max(v~ - a m~^2, tiny) + m~^2/K)
+
+    ``plain`` (K = 0: the first step, or b = 0): ``s = 0`` and gamma = 1, i.e. SVAG ``lr g``,
+    M-SVAG ``lr a m~``, Adam* ``lr sign(m~)``. Writes ``p``, ``m``, ``v``."""
+    ga = _acc(g) * sgn
+    mt = _lerp(_acc(m), ga, w, hi)
+    va = _acc(v)
+    vt = va * b + ga * ga * (1.0 - b)
+    m.copy_(mt)
+    v.copy_(vt)
+    pa = _acc(p) * (1.0 - lr * wd)
+    if kind == "adamstar":
+        if plain:
+            p.copy_(pa + torch.sign(mt) * (-lr))
+            return
+        tiny = torch.finfo(mt.dtype).tiny
+        d = torch.clamp_min(vt - mt * mt * a, tiny) + mt * mt * (1.0 / k)
+        p.copy_(pa + torch.rsqrt(d) * mt * (-lr / math.sqrt(k)))
+        return
+    x, coef = (ga, lr) if kind == "svag" else (mt, lr * a)
+    if plain:
+        p.copy_(pa + x * (-coef))
+        return
+    r = torch.clamp_min(vt / mt / mt + (1.0 / k - a), 1.0 / k)
+    r = torch.where(torch.isnan(r), math.inf, r)
+    p.copy_(pa + x / r * (-coef / k))
+
+
 # ------------------------------------------------------------------ drivers (per optimizer)
 # What each optimizer's ``_update`` hands off to when ``group["fused"]``: the reductions, the
 # norm's per-tensor scalars, the non-finite check of a deferred group, then one kernel call per
@@ -341,3 +399,21 @@ def fused_ef(group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
     for p, g, e, c in zip(params, grads, errs, coefs):
         if p.numel():
             _fused.run(ef_step, p, g, e, c, lr, wd, sgn)
+
+
+def fused_variance_adapted(group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                           states: list[dict[str, Any]], kind: str) -> None:
+    """``SVAG``/``MSVAG`` (moving average)/``AdamStar._update`` on the fused backend
+    (:func:`variance_adapted_step`; the scalars as ``noise._VarianceAdapted._scales``)."""
+    from steepest.optim.noise import _VarianceAdapted
+
+    lr, b, wd = _f(group["lr"]), group["momentum"], _f(group["weight_decay"])
+    sgn = -1.0 if group["maximize"] else 1.0
+    for p, g, st in zip(params, grads, states):
+        st["step"].add_(1.0)
+        t = float(st["step"]) - 1.0
+        (a,), (k,) = _VarianceAdapted._scales(b, [t], weight=kind != "svag")
+        if p.numel():
+            _fused.run(variance_adapted_step, p, g, st["exp_avg"], st["exp_avg_sq"], lr, wd,
+                       1.0 - b, b, a, k if k > 0.0 else 1.0, sgn, kind=kind, plain=not k > 0.0,
+                       hi=1.0 - b >= 0.5)
