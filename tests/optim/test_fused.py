@@ -128,7 +128,7 @@ def test_fused_maximize_and_complex(name, cls, kw):
         b = [x.clone() for x in a]
         o1 = cls(a, **kw, maximize=True, foreach=False)
         o2 = cls(b, **kw, maximize=True, fused=True)
-        for t in range(2):
+        for _t in range(2):
             for x, y in zip(a, b):
                 x.grad = torch.randn_like(x)
                 y.grad = x.grad.clone()

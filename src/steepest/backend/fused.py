@@ -68,7 +68,7 @@ _FAILED: list[BaseException] = []  # the first compile failure, if any (then: ea
 _RAN: set[Any] = set()  # kernels that ran once: a later exception is the caller's error, raised
 
 
-class NonFinite(Exception):  # noqa: N818 - a signal, caught by StepOptimizer.step
+class NonFinite(Exception):
     """Raised by a fused update before its first write when a gradient is NaN/inf; ``index`` is
     the position of that gradient in the list the update was given."""
 
@@ -131,7 +131,7 @@ def run(fn: Callable[..., Any], *args: Any, **static: Any) -> Any:
     if kernel is None:
         try:
             kernel = _compile(_specialized(fn, static))
-        except Exception as exc:  # noqa: BLE001 - any failure: eager, with one warning
+        except Exception as exc:
             _fail(exc)
             return fn(*args, **static)
         _KERNELS[key] = kernel
@@ -139,7 +139,7 @@ def run(fn: Callable[..., Any], *args: Any, **static: Any) -> Any:
         return kernel(*[_flat(a) for a in args])
     try:  # the first call compiles: its errors come before the kernel writes anything
         out = kernel(*[_flat(a) for a in args])
-    except Exception as exc:  # noqa: BLE001 - any compile failure: eager, with one warning
+    except Exception as exc:
         _fail(exc)
         return fn(*args, **static)
     _RAN.add(key)

@@ -62,6 +62,7 @@ from torch import Tensor
 
 import steepest
 from steepest._backend import _compiling, _ForeachOps, _Ops, _ops, is_dtensor
+from steepest.optim import updates as _updates
 from steepest.optim.base import (
     StepOptimizer,
     _real,
@@ -71,7 +72,6 @@ from steepest.optim.base import (
     first_nonfinite,
     scalar_dtype,
 )
-from steepest.optim import updates as _updates
 from steepest.optim.steepest import momentum_direction_input
 
 __all__ = ["MSGD", "MSVAG", "SVAG", "AdamStar", "rho"]
@@ -438,6 +438,9 @@ class SVAG(_VarianceAdapted):
         if group.get("fused"):  # the fused backend (steepest.optim.updates)
             _updates.fused_variance_adapted(group, params, grads, states, "svag")
             return
+        if _compiling():  # fused form traced: no subnormals (updates.py)
+            _updates.fused_variance_adapted(group, params, grads, states, "svag")
+            return
         if _fast(params):  # 24 passes (_adapted_step_)
             ops = _kernels(foreach, params)
             lr, b = _scalar_arg(group["lr"]), group["momentum"]
@@ -499,6 +502,9 @@ class AdamStar(_VarianceAdapted):
 
     def _update(self, group, params, grads, states, foreach) -> None:  # type: ignore[no-untyped-def]
         if group.get("fused"):  # the fused backend (steepest.optim.updates)
+            _updates.fused_variance_adapted(group, params, grads, states, "adamstar")
+            return
+        if _compiling():  # fused form traced: no subnormals (updates.py)
             _updates.fused_variance_adapted(group, params, grads, states, "adamstar")
             return
         if _fast(params):
@@ -698,6 +704,9 @@ class MSVAG(_VarianceAdapted):
 
     def _update(self, group, params, grads, states, foreach) -> None:  # type: ignore[no-untyped-def]
         if group.get("fused"):  # the fused backend (steepest.optim.updates)
+            _updates.fused_variance_adapted(group, params, grads, states, "msvag")
+            return
+        if _compiling() and group["variance"] != "minibatch":  # fused form traced: no subnormals (updates.py)
             _updates.fused_variance_adapted(group, params, grads, states, "msvag")
             return
         ops = _ops(foreach)
