@@ -158,10 +158,11 @@ def test_fused_inductor_equals_eager_loop(name, monkeypatch):
 
 
 def test_compile_failure_warns_once_and_stays_correct(monkeypatch):
-    def broken(fn):
+    def broken(fn, *args):
         raise RuntimeError("no compiler here")
 
     monkeypatch.setattr(F, "_compile", broken)
+    monkeypatch.setattr(F, "_compile_aot", broken)
     F.reset()
     try:
         with warnings.catch_warnings(record=True) as rec:
@@ -253,3 +254,25 @@ def test_fused_refused_clearly():
         so.ScaledSignSGD(p, scope="all_groups", fused=True)
     with pytest.raises(ValueError, match="fused=True is not supported by SteepestDescent"):
         so.SteepestDescent([torch.zeros(3, 3)], norm={"name": "block", "blocks": "row"}, fused=True)
+
+
+@pytest.mark.parametrize("name", ["Lion", "MSGD", "ScaledSignSGD", "EFSignSGD", "MSVAG", "AdamStar"])
+def test_fused_no_recompiles_after_warmup(name, monkeypatch):
+    """A changing lr and per-step bias corrections never recompile a kernel (they are symbolic
+    floats, or 0-d tensors where a symbolic float would be specialized), and shapes share one.
+    In "jit" mode, where dynamo checks guards at every call: this is what lets "aot" mode call
+    its kernels with the guard check off."""
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(F, "MODE", "jit")
+
+    _, cls, kw = next(c for c in CASES if c[0] == name)
+    ps = _params(torch.float32)
+    opt = cls(ps, **kw, fused=True)
+    graphs = []
+    for t in range(5):
+        _set_grads(ps, t)
+        opt.param_groups[0]["lr"] = kw["lr"] * (1.0 + 0.1 * t)
+        opt.step()
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[1:] == [graphs[1]] * 4, f"graphs compiled so far, per step: {graphs}"

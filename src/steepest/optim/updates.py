@@ -9,12 +9,16 @@ Conventions, so that one function serves every shape, dtype and step:
 * tensors are given as they are stored (float32, float64, bfloat16, float16; real views of
   complex ones); the math runs in ``acc`` (float32 for half precision, as the eager path's
   working copies) and results are written back with ``copy_``, which rounds to the stored dtype;
-* numbers that change from step to step (lr, bias corrections) are plain Python floats, which
-  ``torch.compile`` turns into symbolic inputs (no recompile when they change). They are never
-  passed as ``alpha=``/``value=``/``weight=`` arguments, which inductor freezes at the first
-  value (see :func:`steepest._backend._compiling`): only as factors of products;
-* options that change the program (the map, the momentum scheme, whether a scalar is present)
-  are keyword-only "static" arguments; the fused backend makes one kernel per combination;
+* positional arguments are what changes from step to step: tensors, the lr and bias-corrected
+  step sizes as Python floats (``torch.compile`` makes them symbolic: no recompile when they
+  change; each costs a ``torch.as_tensor`` per call, so there are few), and per-step scalars
+  that feed ``clamp``/``sqrt`` as 0-d tensors (a symbolic float there is specialized: one
+  recompile per step). Floats are never passed as ``alpha=``/``value=``/``weight=`` arguments,
+  which inductor freezes at the first value (see :func:`steepest._backend._compiling`);
+* keyword-only arguments are "static": hyper-parameters that stay fixed (betas, weight decay,
+  the sign of maximize, the map's exponent) and options that change the program (the map, the
+  momentum scheme); the fused backend makes one kernel per combination (a changed weight decay
+  compiles a new kernel once);
 * per-tensor scalars that come from a reduction (``pre``, ``post``) are 0-d tensors (or None);
 * a reduction pass never writes (so that the non-finite policy can still refuse the step with
   every parameter and state tensor untouched; see :mod:`steepest.backend.fused`).
@@ -97,9 +101,9 @@ def _momentum_input(g: Tensor, m: Tensor | None, b1: float, momentum: str, hi1: 
 def steepest_reduce(
     g: Tensor,
     m: Tensor | None,
-    b1: float,
-    sgn: float,
     *,
+    b1: float = 0.0,
+    sgn: float = 1.0,
     momentum: str = "none",
     hi1: bool = False,
     q: str = "1",
@@ -126,13 +130,13 @@ def steepest_step(
     pre: Tensor | None,
     post: Tensor | None,
     lr: float,
-    wd: float,
-    b1: float,
-    b2: float,
-    sgn: float,
-    a: float,
-    eps: float,
     *,
+    wd: float = 0.0,
+    b1: float = 0.0,
+    b2: float = 0.0,
+    sgn: float = 1.0,
+    a: float = 1.0,
+    eps: float = 0.0,
     momentum: str = "none",
     mapping: str = "sign",
     hi1: bool = False,
@@ -170,10 +174,10 @@ def msgd_step(
     m: Tensor,
     lr_hat: float,
     lr: float,
-    wd: float,
-    w: float,
-    sgn: float,
     *,
+    wd: float = 0.0,
+    w: float = 1.0,
+    sgn: float = 1.0,
     hi: bool = False,
 ) -> None:
     """M-SGD (``steepest.optim.noise.MSGD``; seed 001 Alg. 5.1): ``m~ <- lerp(m~, g, w)`` with
@@ -184,7 +188,7 @@ def msgd_step(
     p.copy_(_acc(p) * (1.0 - lr * wd) + mt * (-lr_hat))
 
 
-def ef_reduce(g: Tensor, e: Tensor, lr: float, sgn: float) -> Tensor:
+def ef_reduce(g: Tensor, e: Tensor, lr: float, *, sgn: float = 1.0) -> Tensor:
     """Pass 1 of EF-signSGD (``steepest.optim.ef``; seed 004 Eq. 12): ``||lr g + e||_1`` of this
     tensor, without writing ``e`` (pass 2 recomputes ``lr g + e``: the same 7 transfers for the
     5 counted as writing it here, and the step stays refusable until pass 2)."""
@@ -192,7 +196,8 @@ def ef_reduce(g: Tensor, e: Tensor, lr: float, sgn: float) -> Tensor:
     return pt.abs().sum()
 
 
-def ef_step(p: Tensor, g: Tensor, e: Tensor, coef: Tensor, lr: float, wd: float, sgn: float) -> None:
+def ef_step(p: Tensor, g: Tensor, e: Tensor, coef: Tensor, lr: float, *, wd: float = 0.0,
+            sgn: float = 1.0) -> None:
     """Pass 2 of EF-signSGD: ``p_t = lr g + e``; ``delta = coef sign(p_t)`` with
     ``coef = ||p_t||_1 / d`` over the scope; ``x <- (1 - lr wd) x - delta``, ``e <- p_t - delta``."""
     pt = _acc(e) + _acc(g) * sgn * lr
@@ -206,16 +211,15 @@ def variance_adapted_step(
     g: Tensor,
     m: Tensor,
     v: Tensor,
-    lr: float,
-    wd: float,
-    w: float,
-    b: float,
-    a: float,
-    k: float,
-    sgn: float,
+    lr: Any,
+    a: Tensor,
+    k: Tensor,
     *,
+    wd: Any = 0.0,
+    w: float = 0.1,
+    b: float = 0.9,
+    sgn: float = 1.0,
     kind: str = "svag",
-    plain: bool = False,
     hi: bool = False,
 ) -> None:
     """SVAG, M-SVAG and Adam* with the moving-average variance (``steepest.optim.noise``; seed 001
@@ -225,58 +229,17 @@ def variance_adapted_step(
         a = 1/(1 - b^(t+1)),  K = (rho(b,t) if M-SVAG/Adam* else 1) / ((1 - rho(b,t)) a)
 
     then, with ``r = max(v~/m~/m~ + 1/K - a, 1/K)`` (0/0 -> inf: gamma = 0), the eager fast form
-    of ``noise._adapted_step_`` (no subnormal intermediates when the variance is 0)::
+    of ``noise._adapted_step_`` (no subnormal intermediates when the variance is 0, which made
+    the compiled reference form 3-5x slower than eager)::
 
         SVAG:   x <- (1 - lr wd) x - (lr / K) g / r
         M-SVAG: x <- (1 - lr wd) x - (lr a / K) m~ / r
         Adam*:  x <- (1 - lr wd) x - lr/sqrt(K) m~ rsqrt(max(v~ - a m~^2, tiny) + m~^2/K)
 
-    ``plain`` (K = 0: the first step, or b = 0): ``s = 0`` and gamma = 1, i.e. SVAG ``lr g``,
-    M-SVAG ``lr a m~``, Adam* ``lr sign(m~)``. Writes ``p``, ``m``, ``v``."""
-    ga = _acc(g) * sgn
-    mt = _lerp(_acc(m), ga, w, hi)
-    va = _acc(v)
-    vt = va * b + ga * ga * (1.0 - b)
-    m.copy_(mt)
-    v.copy_(vt)
-    pa = _acc(p) * (1.0 - lr * wd)
-    if kind == "adamstar":
-        if plain:
-            p.copy_(pa + torch.sign(mt) * (-lr))
-            return
-        tiny = torch.finfo(mt.dtype).tiny
-        d = torch.clamp_min(vt - mt * mt * a, tiny) + mt * mt * (1.0 / k)
-        p.copy_(pa + torch.rsqrt(d) * mt * (-lr / math.sqrt(k)))
-        return
-    x, coef = (ga, lr) if kind == "svag" else (mt, lr * a)
-    if plain:
-        p.copy_(pa + x * (-coef))
-        return
-    r = torch.clamp_min(vt / mt / mt + (1.0 / k - a), 1.0 / k)
-    r = torch.where(torch.isnan(r), math.inf, r)
-    p.copy_(pa + x / r * (-coef / k))
-
-
-def variance_adapted_step_traced(
-    p: Tensor,
-    g: Tensor,
-    m: Tensor,
-    v: Tensor,
-    lr: Any,
-    wd: Any,
-    w: float,
-    b: float,
-    a: Tensor,
-    k: Tensor,
-    sgn: float,
-    *,
-    kind: str = "svag",
-    hi: bool = False,
-) -> None:
-    """:func:`variance_adapted_step` with ``a`` and ``K`` as 0-d tensors (the step counter's, as
-    ``torch.compile(opt.step)`` traces it: no graph break), the ``K = 0`` case a ``where``
-    instead of a branch. The same fast form (no subnormal intermediates under a zero variance,
-    which made the compiled step 3-5x slower than eager with the reference form)."""
+    and where ``K = 0`` (the first step, or b = 0: s = 0, gamma = 1) SVAG ``lr g``, M-SVAG
+    ``lr a m~``, Adam* ``lr sign(m~)``. ``a`` and ``K`` are 0-d tensors (they change every step:
+    as tensors they never recompile a kernel, and ``torch.compile(opt.step)`` traces the step
+    counter with no graph break), ``K = 0`` a ``where``. Writes ``p``, ``m``, ``v``."""
     ga = _acc(g) * sgn
     mt = _lerp(_acc(m), ga, w, hi)
     vt = _acc(v) * b + ga * ga * (1.0 - b)
@@ -382,8 +345,8 @@ def fused_steepest(group: dict[str, Any], params: list[Tensor], grads: list[Tens
     if block or not norm._is_elementwise(mode):
         # Pass 1 (reads g, m; writes nothing): the dual norm of c, then the norm's plan.
         q, qv = ("2", 2.0) if block else ("1", 1.0) if math.isinf(norm.p) else ("q", norm.q)
-        partials = _stack([_fused.run(steepest_reduce, g, m, b1, sgn, momentum=momentum, hi1=hi1,
-                                      q=q, qv=qv) if g.numel() else g.new_zeros((), dtype=torch.float32)
+        partials = _stack([_fused.run(steepest_reduce, g, m, b1=b1, sgn=sgn, momentum=momentum,
+                                      hi1=hi1, q=q, qv=qv) if g.numel() else g.new_zeros((), dtype=torch.float32)
                            for g, m in zip(grads, ms)], params[0])
         if _checks(group, params):
             _refuse_nonfinite(partials, grads)
@@ -402,8 +365,8 @@ def fused_steepest(group: dict[str, Any], params: list[Tensor], grads: list[Tens
         posts = list(post.unbind(0)) if post is not None else posts
     for p, g, m, pre_i, post_i in zip(params, grads, ms, pres, posts):
         if p.numel():
-            _fused.run(steepest_step, p, g, m, pre_i, post_i, lr, wd, b1, b2, sgn, a, eps,
-                       momentum=momentum, mapping=mapping, hi1=hi1, hi2=hi2)
+            _fused.run(steepest_step, p, g, m, pre_i, post_i, lr, wd=wd, b1=b1, b2=b2, sgn=sgn,
+                       a=a, eps=eps, momentum=momentum, mapping=mapping, hi1=hi1, hi2=hi2)
 
 
 def fused_msgd(group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
@@ -416,7 +379,8 @@ def fused_msgd(group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
         st["step"].add_(1.0)
         k = float(st["step"])
         if p.numel():
-            _fused.run(msgd_step, p, g, st["exp_avg"], lr / (1.0 - b**k), lr, wd, w, sgn, hi=w >= 0.5)
+            _fused.run(msgd_step, p, g, st["exp_avg"], lr / (1.0 - b**k), lr, wd=wd, w=w, sgn=sgn,
+                       hi=w >= 0.5)
 
 
 def fused_ef(group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
@@ -427,7 +391,7 @@ def fused_ef(group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
     lr, wd = _f(group["lr"]), _f(group["weight_decay"])
     sgn = -1.0 if group["maximize"] else 1.0
     errs = [st["error"] for st in states]
-    partials = _stack([_fused.run(ef_reduce, g, e, lr, sgn) if g.numel()
+    partials = _stack([_fused.run(ef_reduce, g, e, lr, sgn=sgn) if g.numel()
                        else g.new_zeros((), dtype=torch.float32) for g, e in zip(grads, errs)],
                       params[0])
     if _checks(group, params):
@@ -439,7 +403,7 @@ def fused_ef(group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
     coefs = _safe_div(dual, torch.tensor(ds, dtype=dual.dtype, device=dual.device)).unbind(0)
     for p, g, e, c in zip(params, grads, errs, coefs):
         if p.numel():
-            _fused.run(ef_step, p, g, e, c, lr, wd, sgn)
+            _fused.run(ef_step, p, g, e, c, lr, wd=wd, sgn=sgn)
 
 
 def fused_variance_adapted(group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
@@ -453,20 +417,22 @@ def fused_variance_adapted(group: dict[str, Any], params: list[Tensor], grads: l
         return
     lr, b, wd = _f(group["lr"]), group["momentum"], _f(group["weight_decay"])
     sgn = -1.0 if group["maximize"] else 1.0
+    scalars: dict[float, tuple[Tensor, Tensor]] = {}  # per step value (usually one): a, K
     for p, g, st in zip(params, grads, states):
         st["step"].add_(1.0)
         t = float(st["step"]) - 1.0
-        (a,), (k,) = _VarianceAdapted._scales(b, [t], weight=kind != "svag")
+        if t not in scalars:
+            (a,), (k,) = _VarianceAdapted._scales(b, [t], weight=kind != "svag")
+            scalars[t] = tuple(torch.tensor([a, k], dtype=torch.float64, device=p.device).unbind(0))  # type: ignore[assignment]
+        a_t, k_t = scalars[t]
         if p.numel():
-            _fused.run(variance_adapted_step, p, g, st["exp_avg"], st["exp_avg_sq"], lr, wd,
-                       1.0 - b, b, a, k if k > 0.0 else 1.0, sgn, kind=kind, plain=not k > 0.0,
-                       hi=1.0 - b >= 0.5)
-
+            _fused.run(variance_adapted_step, p, g, st["exp_avg"], st["exp_avg_sq"], lr, a_t, k_t,
+                       wd=wd, w=1.0 - b, b=b, sgn=sgn, kind=kind, hi=1.0 - b >= 0.5)
 
 def _traced_variance_adapted(group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                              states: list[dict[str, Any]], kind: str) -> None:
     """The compiled step of SVAG/M-SVAG/Adam* (``torch.compile(opt.step)``, not ``fused``): the
-    step counter stays a tensor (no graph break), the math is :func:`variance_adapted_step_traced`.
+    step counter stays a tensor (no graph break), the math is :func:`variance_adapted_step`.
     The fused backend's gradients are the stored ones (``sgn`` under maximize); the default
     backend's are the working gradients, already negated."""
     from steepest.optim.noise import _one_minus_rho, _safe_reciprocal, rho
@@ -480,5 +446,5 @@ def _traced_variance_adapted(group: dict[str, Any], params: list[Tensor], grads:
         k = (rho(b, t) if kind != "svag" else 1.0) * _safe_reciprocal(_one_minus_rho(b, t)) / a
         if not isinstance(k, Tensor):
             k = torch.zeros_like(t) + k
-        variance_adapted_step_traced(p, g, st["exp_avg"], st["exp_avg_sq"], lr, wd, 1.0 - b, b,
-                                     a, k, sgn, kind=kind, hi=1.0 - b >= 0.5)
+        variance_adapted_step(p, g, st["exp_avg"], st["exp_avg_sq"], lr, a, k, wd=wd, w=1.0 - b,
+                              b=b, sgn=sgn, kind=kind, hi=1.0 - b >= 0.5)
