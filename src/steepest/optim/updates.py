@@ -361,12 +361,14 @@ def fused_steepest(group: dict[str, Any], params: list[Tensor], grads: list[Tens
                 pre, post = torch.where(dual > 0, dual, math.inf), None
             else:
                 pre, post = None, Factored([], norm._scale(dual), dual).coefficients(mode, beta)
-        pres = list(pre.unbind(0)) if pre is not None else pres
-        posts = list(post.unbind(0)) if post is not None else posts
-    for p, g, m, pre_i, post_i in zip(params, grads, ms, pres, posts):
-        if p.numel():
-            _fused.run(steepest_step, p, g, m, pre_i, post_i, lr, wd=wd, b1=b1, b2=b2, sgn=sgn,
-                       a=a, eps=eps, momentum=momentum, mapping=mapping, hi1=hi1, hi2=hi2)
+        # One scalar object for the whole scope where it is one number (run_many packs then).
+        one = not per_tensor and not block
+        pres = ([pre[0]] * len(params) if one else list(pre.unbind(0))) if pre is not None else pres
+        posts = ([post[0]] * len(params) if one else list(post.unbind(0))) if post is not None else posts
+    _fused.run_many(steepest_step, [(p, g, m, pre_i, post_i, lr) for p, g, m, pre_i, post_i
+                                    in zip(params, grads, ms, pres, posts) if p.numel()],
+                    wd=wd, b1=b1, b2=b2, sgn=sgn, a=a, eps=eps, momentum=momentum,
+                    mapping=mapping, hi1=hi1, hi2=hi2)
 
 
 def fused_msgd(group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
@@ -375,12 +377,13 @@ def fused_msgd(group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
     lr, b, wd = _f(group["lr"]), group["momentum"], _f(group["weight_decay"])
     sgn = -1.0 if group["maximize"] else 1.0
     w = 1.0 - b
+    rows = []
     for p, g, st in zip(params, grads, states):
         st["step"].add_(1.0)
         k = float(st["step"])
         if p.numel():
-            _fused.run(msgd_step, p, g, st["exp_avg"], lr / (1.0 - b**k), lr, wd=wd, w=w, sgn=sgn,
-                       hi=w >= 0.5)
+            rows.append((p, g, st["exp_avg"], lr / (1.0 - b**k), lr))
+    _fused.run_many(msgd_step, rows, wd=wd, w=w, sgn=sgn, hi=w >= 0.5)
 
 
 def fused_ef(group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
@@ -400,10 +403,10 @@ def fused_ef(group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
     dual = _combine_pow(partials, 1.0, per_tensor)
     sizes = [float(e.numel()) for e in errs]
     ds = sizes if per_tensor else [sum(sizes)] * len(errs)
-    coefs = _safe_div(dual, torch.tensor(ds, dtype=dual.dtype, device=dual.device)).unbind(0)
-    for p, g, e, c in zip(params, grads, errs, coefs):
-        if p.numel():
-            _fused.run(ef_step, p, g, e, c, lr, wd=wd, sgn=sgn)
+    coefs = _safe_div(dual, torch.tensor(ds, dtype=dual.dtype, device=dual.device))
+    cs = list(coefs.unbind(0)) if per_tensor else [coefs[0]] * len(errs)  # one object: packable
+    _fused.run_many(ef_step, [(p, g, e, c, lr) for p, g, e, c in zip(params, grads, errs, cs)
+                              if p.numel()], wd=wd, sgn=sgn)
 
 
 def fused_variance_adapted(group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
@@ -418,6 +421,7 @@ def fused_variance_adapted(group: dict[str, Any], params: list[Tensor], grads: l
     lr, b, wd = _f(group["lr"]), group["momentum"], _f(group["weight_decay"])
     sgn = -1.0 if group["maximize"] else 1.0
     scalars: dict[float, tuple[Tensor, Tensor]] = {}  # per step value (usually one): a, K
+    rows = []
     for p, g, st in zip(params, grads, states):
         st["step"].add_(1.0)
         t = float(st["step"]) - 1.0
@@ -426,8 +430,9 @@ def fused_variance_adapted(group: dict[str, Any], params: list[Tensor], grads: l
             scalars[t] = tuple(torch.tensor([a, k], dtype=torch.float64, device=p.device).unbind(0))  # type: ignore[assignment]
         a_t, k_t = scalars[t]
         if p.numel():
-            _fused.run(variance_adapted_step, p, g, st["exp_avg"], st["exp_avg_sq"], lr, a_t, k_t,
-                       wd=wd, w=1.0 - b, b=b, sgn=sgn, kind=kind, hi=1.0 - b >= 0.5)
+            rows.append((p, g, st["exp_avg"], st["exp_avg_sq"], lr, a_t, k_t))
+    _fused.run_many(variance_adapted_step, rows, wd=wd, w=1.0 - b, b=b, sgn=sgn, kind=kind,
+                    hi=1.0 - b >= 0.5)
 
 def _traced_variance_adapted(group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                              states: list[dict[str, Any]], kind: str) -> None:
