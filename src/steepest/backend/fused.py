@@ -16,9 +16,13 @@ runs the same function eagerly), shapes are dynamic, and one compiled kernel exi
 ``(fn, static options, each argument's type, or dtype and device)`` -- each with a code object of
 its own, so that dynamo's per-code recompile limit and guard list never grow with the number of
 variants. A model's many shapes then share one kernel per dtype (tensors of one element, which
-dynamo would specialize, run eagerly). Inductor's on-disk caches (FX graph and AOT
-autograd caches, on by default; directory ``TORCHINDUCTOR_CACHE_DIR``) make a second process
-start warm: it still traces each kernel with dynamo (about 0.5-1 s each) but compiles no C++.
+dynamo would specialize, run eagerly). Warm start: in "aot" mode each compiled kernel is
+saved (``save_compiled_function``) under ``<inductor cache dir>/steepest-fused`` (or
+``STEEPEST_FUSED_CACHE``; "0" turns it off), named by a hash of the kernels' module source, the
+key, torch's version and the thread count; a second process loads it
+(``torch.compiler.load_compiled_function``): no dynamo tracing, no inductor, no C++ compile.
+In "jit" mode inductor's own FX-graph cache still saves the C++ compile (dynamo and AOT
+autograd trace again). Small tensors: :func:`run_many` packs them (below).
 
 Fallback: if compiling (or running a freshly compiled kernel) raises, one ``UserWarning`` is
 issued for the process and every kernel runs eagerly from then on: the same functions, so the
