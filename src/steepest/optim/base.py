@@ -8,7 +8,7 @@ A concrete optimizer subclasses :class:`StepOptimizer` and implements two hooks:
 
 ``_update`` is written once against lists, with the list ops of ``backend.ops``: the execution
 layer (:mod:`steepest.backend`) picks the backend once per group and step (:func:`steepest.
-backend.select`: the per-tensor loop, the ``torch._foreach_*`` kernels, or a registered fused
+backend.select`: the per-tensor loop, the multi-tensor (foreach) kernels, or a registered fused
 backend) and the chunks it runs on. The base class hands it
 
 * real views of complex parameters, gradients and state (a complex number is two reals, as

@@ -100,7 +100,7 @@ def _mirror_single_(z: Tensor, c: Tensor, alpha: float, p: float) -> None:
 
 
 def _mirror_foreach_(zs: list[Tensor], c: list[Tensor], alpha: float, p: float, fresh: bool) -> None:
-    """The multi-tensor (``torch._foreach_*``) version of :func:`_mirror_single_` (the same
+    """The multi-tensor (foreach) version of :func:`_mirror_single_` (the same
     numbers). There is no foreach copysign: signs are multiplied in, in a third temporary list
     (``c``'s own buffer when it is a fresh temporary, which this consumes)."""
     k = p - 1.0
