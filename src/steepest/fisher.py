@@ -558,8 +558,8 @@ class FisherPreconditionedDescent(Optimizer):
         params: ParamsT,
         model: GLM,
         lr: float = 1.0,
-        damping: float = 1e-8,
         *,
+        damping: float = 1e-8,
         curvature: str = "fisher",
         solver: str = "dense",
         cg_max_iter: int | None = None,
@@ -670,8 +670,8 @@ class NaturalGradientDescent(FisherPreconditionedDescent):
     ``damping = 0`` it is Gauss-Newton and Newton's method (one step to the minimum)."""
 
     def __init__(self, params: ParamsT, model: GLM,
-                 lr: float = 1.0, damping: float = 1e-8, **kwargs: Any) -> None:
-        super().__init__(params, model, lr, damping, curvature="fisher", **kwargs)
+                 lr: float = 1.0, *, damping: float = 1e-8, **kwargs: Any) -> None:
+        super().__init__(params, model, lr, damping=damping, curvature="fisher", **kwargs)
 
 
 class EmpiricalFisherDescent(FisherPreconditionedDescent):
@@ -680,5 +680,5 @@ class EmpiricalFisherDescent(FisherPreconditionedDescent):
     approximate natural gradient far from a well-specified optimum."""
 
     def __init__(self, params: ParamsT, model: GLM,
-                 lr: float = 1.0, damping: float = 1e-8, **kwargs: Any) -> None:
-        super().__init__(params, model, lr, damping, curvature="empirical", **kwargs)
+                 lr: float = 1.0, *, damping: float = 1e-8, **kwargs: Any) -> None:
+        super().__init__(params, model, lr, damping=damping, curvature="empirical", **kwargs)

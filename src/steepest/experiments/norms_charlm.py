@@ -1,6 +1,6 @@
 """norms-charlm: per-layer geometry on a small causal transformer, character-level text.
 
-The anchors (SPEC §7): Muon (Jordan; ``torch.optim.Muon``; Liu et al. 2025, "Muon is Scalable
+The anchors (see docs/operator_norms.md): Muon (Jordan; ``torch.optim.Muon``; Liu et al. 2025, "Muon is Scalable
 for LLM Training") trains hidden matrices by steepest descent under the spectral norm and the
 rest with AdamW; Scion (Pethick et al. 2025) gives every layer an LMO of its own. Here, on text
 that ships with Python (the sources of a fixed list of standard-library modules, ASCII only), a
@@ -413,7 +413,7 @@ def run(ctx: Context) -> Result:
 EXPERIMENT = Experiment(
     name="norms-charlm",
     description="AdamW, Lion, Signum, Muon(+AdamW), steepest per-layer and Scion-style on a char-level transformer",
-    source="SPEC §7; torch.optim.Muon; Liu et al. 2025; Pethick et al. 2025",
+    source="[Jordan24] (torch.optim.Muon); [Liu25]; [Pethick25]",
     run=run,
     default_seeds=3,
     quick_seeds=1,
