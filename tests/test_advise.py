@@ -289,3 +289,92 @@ def test_validation_tiny_run(tmp_path) -> None:  # type: ignore[no-untyped-def]
     # the race spends at most its budget: 5 x 20 steps
     assert 0 < summary["race_budget_used"]["5"] <= 5.0
     assert (tmp_path / "advise_hit_rates.png").stat().st_size > 0
+
+
+# ------------------------------------------------------------------------------------------
+# method="search": every configuration run for the judged horizon, lr searched until bracketed
+# ------------------------------------------------------------------------------------------
+def gd_final_loss(diag: list[float], lr: float, steps: int) -> float:
+    """Closed form of GD on 0.5 sum h_i x_i^2 from x0 = 1: x_i(T) = (1 - lr h_i)^T."""
+    return 0.5 * sum(h * (1 - lr * h) ** (2 * steps) for h in diag)
+
+
+def test_next_lr_follows_the_tuning_rule() -> None:
+    from steepest.advise import _next_lr
+
+    assert _next_lr({1.0: 5.0, 3.0: 4.0, 9.0: 3.0}, 3.0) == pytest.approx(27.0)  # past the top
+    assert _next_lr({1.0: 1.0, 3.0: 2.0, 9.0: 3.0}, 3.0) == pytest.approx(1 / 3)  # below
+    assert _next_lr({1.0: 2.0, 3.0: 1.0, 9.0: 3.0}, 3.0) is None  # bracketed
+    assert _next_lr({1.0: 0.0, 3.0: 2.0, 9.0: 3.0}, 3.0) is None  # 0: nothing left to gain
+    assert _next_lr({1.0: 1.0}, 1.0) is None  # one lr: no direction
+    # a tie goes to the lr nearest the centre (interior here: done), as log_grid_search does
+    assert _next_lr({1.0: 1.0, 3.0: 1.0, 9.0: 3.0}, 3.0) is None
+
+
+def test_search_scores_every_configuration_at_the_full_horizon() -> None:
+    diag, T = [1.0, 4.0], 30
+    model, data = quad_problem(diag)
+    adv = advise(model, quad_loss, data, steps_total=T, budget=20.0, method="search",
+                 candidates={"gd": sgd(0.05)}, explain=False)
+    assert adv.method == "search" and adv.rungs == [(len(adv.table), T)]
+    for e in adv.table:  # the final loss after T steps, against the closed form (float64)
+        assert e.steps == T and len(e.scores) == 1
+        assert e.score == pytest.approx(gd_final_loss(diag, e.lr, T), rel=1e-9, abs=1e-300)
+    best = min(adv.table, key=lambda e: e.score)
+    assert (adv.winner, adv.lr, adv.score) == ("gd", best.lr, best.score)
+    assert adv.steps_used == sum(e.steps for e in adv.table) <= 20 * T
+    assert "advice (search)" in str(adv) and "final loss" in str(adv)
+
+
+def test_search_tries_the_lrs_that_log_grid_search_tries() -> None:
+    from steepest.experiments.harness import log_grid_search
+
+    # the optimum constant step for T = 40 on h in {1, 2} lies far above the bracket around 1e-3
+    diag, T, centre = [1.0, 2.0], 40, 1e-3
+    model, data = quad_problem(diag)
+    adv = advise(model, quad_loss, data, steps_total=T, budget=50.0, method="search",
+                 candidates={"gd": sgd(centre)}, explain=False)
+    _, tried = log_grid_search(lambda lr: gd_final_loss(diag, lr, T), centre, n_grid=5,
+                               factor=3.0, max_extend=8)
+    assert sorted(e.lr for e in adv.table) == pytest.approx([lr for lr, _ in tried], rel=1e-9)
+    assert sum(e.extension for e in adv.table) == len(tried) - 5
+
+
+def test_search_extensions_stop_at_the_budget_and_take_turns() -> None:
+    model, data = quad_problem([1.0, 2.0])
+    T = 20
+    # 10 grid points + 2 extensions fit in budget 12: one each, in turn
+    adv = advise(model, quad_loss, data, steps_total=T, budget=12.0, method="search",
+                 candidates={"a": sgd(1e-4), "b": sgd(1e-4)}, explain=False)
+    assert adv.steps_used == 12 * T
+    assert [e.candidate for e in adv.table if e.extension] == ["a", "b"]
+    assert "edge of what was tried" in adv.note
+
+
+def test_search_shortens_the_horizon_when_the_budget_is_small() -> None:
+    model, data = quad_problem([1.0, 2.0])
+    adv = advise(model, quad_loss, data, steps_total=100, budget=2.0, method="search",
+                 candidates={"gd": sgd(0.1)}, explain=False)
+    # 5 grid points in 200 steps: 40 steps each, said in the note
+    assert adv.rungs[0][1] == 40 and all(e.steps == 40 for e in adv.table)
+    assert "40 of the 100 steps" in adv.note
+    with pytest.raises(ValueError, match=r"budget >= 0\.05"):
+        advise(model, quad_loss, data, steps_total=100, budget=0.04, method="search",
+               candidates={"gd": sgd(0.1)}, explain=False)
+
+
+def test_search_default_candidates_are_the_shortlist() -> None:
+    from steepest.advise import SEARCH_SHORTLIST
+
+    x, y = regression()
+    adv = advise(lambda: nn.Linear(5, 1), nn.functional.mse_loss, (x, y), steps_total=5,
+                 budget=10.0, method="search", explain=False, extend=0)
+    assert sorted({e.candidate for e in adv.table}) == sorted(SEARCH_SHORTLIST)
+    assert len(adv.table) == 5 * len(SEARCH_SHORTLIST)
+
+
+def test_cli_method_search(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["advise", "quadratic", "--dim", "4", "--steps", "10", "--budget", "12",
+               "--method", "search", "--no-explain"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "advice (search)" in out and "% of a 10-step run" in out

@@ -14,6 +14,15 @@ Sec. 4-5) is measured on a small sample as the explanation: diagonal concentrati
 advisor of :meth:`steepest.geometry.GeometryReport.recommend` stays available as
 ``method="theory"`` (no race; its validated hit rate is in ``docs/advise.md``).
 
+``method="search"`` spends the budget differently: no short rungs, every configuration is trained
+for the *horizon that is judged* (``steps_total`` when the budget allows, else the longest
+horizon it allows) and scored by its final loss there; each candidate's lr is searched on a x3
+grid of five values around its default, extended past an edge until the best is bracketed (as
+:func:`steepest.experiments.harness.log_grid_search` tunes). Its default shortlist is ``sgd`` and
+``muon`` (the l_2 geometry and Muon + AdamW). Why: on 100-step runs the race's short rungs
+ranked the eventual winner (SGD with momentum at a small lr, slow at first) 10th-30th of 63
+configurations (``docs/advise.md``).
+
 >>> import torch, steepest
 >>> from torch import nn
 >>> x, y = torch.randn(256, 10), torch.randint(0, 3, (256,))
@@ -37,7 +46,8 @@ from torch import nn
 
 from steepest._cli_types import finite_float, int_at_least
 
-__all__ = ["Advice", "Candidate", "RaceEntry", "advise", "default_candidates", "plain_candidates"]
+__all__ = ["SEARCH_SHORTLIST", "Advice", "Candidate", "RaceEntry", "advise", "default_candidates",
+           "plain_candidates"]
 
 Make = Callable[[nn.Module, float], torch.optim.Optimizer]
 LossFn = Callable[[Any, Any], torch.Tensor]
@@ -124,6 +134,23 @@ def default_candidates(example_input: Any = None) -> dict[str, Candidate]:
                            f"steepest.create_optimizer(model, {name!r})")
            for name, fam in _RECIPE_FAMILY.items() if name in RECIPES}
     out["sgd"] = plain_candidates()["sgd"]  # the l_2 geometry, which no recipe covers
+    return out
+
+
+# method="search"'s default candidates: the l_2 geometry and Muon + AdamW, the two whose tuned
+# lr won 29 of the 32 development cases of docs/advise.md (seeds 0/1 of the validation set)
+SEARCH_SHORTLIST = ("sgd", "muon")
+SEARCH_FACTORS = (1 / 9, 1 / 3, 1.0, 3.0, 9.0)  # five x3 steps around the default, as tuned
+SEARCH_EXTEND = 8
+
+
+def search_candidates(example_input: Any = None) -> dict[str, Candidate]:
+    """``method="search"``'s default candidates: :data:`SEARCH_SHORTLIST` out of
+    :func:`default_candidates` (``adamw`` where ``muon`` is not available)."""
+    every = default_candidates(example_input)
+    out = {n: every[n] for n in SEARCH_SHORTLIST if n in every}
+    if "muon" not in out and "adamw" in every:
+        out["adamw"] = every["adamw"]
     return out
 
 
@@ -221,7 +248,7 @@ class Advice:
         if self.theory is not None and self.theory.choice != "none":
             th = {"sign": "sign descent (l_inf)", "gd": "gradient descent (l_2)"}[self.theory.choice]
             lines.append(f"  theory alone would pick {th}, confidence {self.theory.confidence}")
-            if self.winner is not None and self.method == "race":
+            if self.winner is not None and self.method in ("race", "search"):
                 fam = self.candidates[self.winner].family
                 if fam in ("sign", "l2"):
                     agree = (fam == "sign") == (self.theory.choice == "sign")
@@ -237,13 +264,16 @@ class Advice:
                 + (f"{self.winner} at lr {self.lr:.3g}" if self.winner is not None
                    else f"none ({self.note})"))
         lines = [head]
-        if self.method == "race":
+        if self.method in ("race", "search"):
+            what = ("rungs (configs x steps): " if self.method == "race" else
+                    "configurations x horizon: ")
             lines.append(
                 f"  budget: {self.steps_used:,} steps = {100 * self.budget_used:.1f}% of a "
                 f"{self.steps_total:,}-step run (allowed {100 * self.budget:.1f}%), "
-                f"{self.seconds:.1f} s; rungs (configs x steps): "
+                f"{self.seconds:.1f} s; {what}"
                 + ", ".join(f"{n}x{s}" for n, s in self.rungs))
-            lines.append(f"  {'candidate':<12s} {'lr':>9s} {'steps':>6s}  loss after each rung")
+            lines.append(f"  {'candidate':<12s} {'lr':>9s} {'steps':>6s}  "
+                         + ("loss after each rung" if self.method == "race" else "final loss"))
             shown: list[RaceEntry] = []
             for e in self.ranking():  # every survivor of rung 0, else each candidate's best
                 if len(e.scores) > 1 or all(s.candidate != e.candidate for s in shown):
@@ -253,8 +283,9 @@ class Advice:
                 tag = "  <- winner" if (e.candidate == self.winner and e.lr == self.lr) else ""
                 lines.append(f"  {e.candidate:<12s} {e.lr:>9.3g} {e.steps:>6d}  {sc}{tag}")
             if len(shown) < len(self.table):
-                lines.append(f"  ({len(self.table) - len(shown)} more configurations stopped "
-                             "after the first rung)")
+                rest = ("stopped after the first rung" if self.method == "race" else
+                        "at other learning rates, each candidate's best shown")
+                lines.append(f"  ({len(self.table) - len(shown)} more configurations {rest})")
         elif self.theory is not None:
             lines += ["  " + s for s in self.theory.lines()[1:]]
         lines += self.geometry_lines()
@@ -383,10 +414,10 @@ def _check_lr(name: str, v: Any) -> float:
     return f
 
 
-def _brackets(cands: Mapping[str, Candidate | Make], lrs: Any, base: nn.Module
-              ) -> dict[str, list[float]]:
+def _brackets(cands: Mapping[str, Candidate | Make], lrs: Any, base: nn.Module,
+              default_factors: Sequence[float] = (1 / 3, 1.0, 3.0)) -> dict[str, list[float]]:
     """Each candidate's learning rates: absolute (a mapping), or factors of its default."""
-    factors: list[float] = [1 / 3, 1.0, 3.0]
+    factors: list[float] = list(default_factors)
     absolute: Mapping[str, Any] = {}
     if isinstance(lrs, Mapping):
         unknown = sorted(set(lrs) - set(cands))
@@ -442,7 +473,7 @@ def advise(
     method: str = "race",
     eval_data: Any = None,
     eta: int = 4,
-    extend: int = 2,
+    extend: int | None = None,
     min_steps: int = 1,
     explain: bool = True,
     geometry_examples: int = 256,
@@ -469,15 +500,20 @@ def advise(
         lrs: factors applied to each candidate's default lr (default ``(1/3, 1, 3)``), or a
             mapping name -> absolute learning rates.
         seed: the initialisation and data-order seed; the same seed gives the same advice.
-        method: ``"race"`` (measure) or ``"theory"`` (the geometry report's recommendation of
+        method: ``"race"`` (successive halving over short rungs), ``"search"`` (every
+            configuration trained for the judged horizon, ``steps_total`` if the budget allows,
+            and each candidate's lr searched until bracketed; default candidates
+            :data:`SEARCH_SHORTLIST`, lr factors :data:`SEARCH_FACTORS`, ``extend``
+            :data:`SEARCH_EXTEND`) or ``"theory"`` (the geometry report's recommendation of
             seed 000's Eq. 31, no training: ``torch.optim.SGD`` at ``1/L_2`` or
             ``steepest.ScaledSignSGD`` at ``1/L_inf``).
         eval_data: batches the race scores on (mean loss, ``model.eval()``); default: ``data``
             itself when it is one batch, else the first 4 batches of ``data``.
         eta: successive halving keeps the best ``1/eta`` of the configurations at each rung
             (``>= 2``; 4 leaves fewer rungs, so each is longer); the final rung has 2.
-        extend: in the first rung, a candidate whose best lr is at an edge of its bracket gets
-            up to ``extend`` more learning rates past that edge (spaced as the bracket).
+        extend: a candidate whose best lr is at an edge of its bracket gets up to ``extend``
+            more learning rates past that edge (spaced as the bracket): in the race's first
+            rung (default 2), or at the search's horizon while the budget lasts (default 8).
         min_steps: the fewest steps a configuration gets in the first rung.
         explain: measure the geometry on ``geometry_examples`` examples of the first batch
             (:func:`steepest.geometry.geometry_report`, a few hundred Hessian-vector products;
@@ -489,12 +525,13 @@ def advise(
         :class:`Advice`.
     """
     t0 = time.perf_counter()
-    if method not in ("race", "theory"):
-        raise ValueError(f"method must be 'race' or 'theory', got {method!r}")
+    if method not in ("race", "search", "theory"):
+        raise ValueError(f"method must be 'race', 'search' or 'theory', got {method!r}")
     steps_total = _check_positive_int("steps_total", steps_total)
     budget = _check_lr("budget", budget)
     eta = _check_positive_int("eta", eta, 2)
-    extend = _check_positive_int("extend", extend, 0)
+    extend = _check_positive_int("extend", (SEARCH_EXTEND if method == "search" else 2)
+                                 if extend is None else extend, 0)
     min_steps = _check_positive_int("min_steps", min_steps)
     geometry_examples = _check_positive_int("geometry_examples", geometry_examples)
     if isinstance(seed, bool) or not isinstance(seed, int):
@@ -540,7 +577,8 @@ def advise(
     if candidates is None:
         first = data if _is_batch(data) else _first(data, seed)
         x0 = first[0][:1] if isinstance(first[0], torch.Tensor) else None
-        candidates = default_candidates(example_input=x0)
+        candidates = (search_candidates if method == "search" else default_candidates)(
+            example_input=x0)
     cands: dict[str, Candidate | Make] = dict(candidates)
     if not cands:
         raise ValueError("candidates must name at least one optimizer")
@@ -548,9 +586,12 @@ def advise(
         if not isinstance(name, str) or not callable(c):
             raise ValueError(f"candidates must map names to make(model, lr) callables; "
                              f"{name!r} -> {type(c).__name__}")
-    grids = _brackets(cands, lrs, base)
+    grids = _brackets(cands, lrs, base, SEARCH_FACTORS if method == "search" else (1 / 3, 1, 3))
     as_cand = {n: c if isinstance(c, Candidate) else Candidate(c, grids[n][len(grids[n]) // 2])
                for n, c in cands.items()}
+    if method == "search":
+        return _search(base, loss_fn, data, evals, seed, as_cand, grids, steps_total, budget,
+                       extend, min_steps, progress, geometry, theory, g_seconds, t0)
 
     n_planned = sum(len(g) + (1 if extend else 0) for g in grids.values())
     sizes = _plan(n_planned, eta)
@@ -651,6 +692,97 @@ def advise(
                   geometry_seconds=g_seconds, note=note)
 
 
+def _next_lr(tried: Mapping[float, float], centre: float) -> float | None:
+    """The search's next lr for one candidate, or ``None`` when it is done: the rule of
+    :func:`steepest.experiments.harness.log_grid_search` (the best, ties to the one nearest the
+    centre; one step past the edge it lies on, spaced as that edge's neighbours), and also done
+    when the best loss is 0 (nothing left to gain) or fewer than two lrs were tried."""
+    if len(tried) < 2:
+        return None
+    g = sorted(tried)
+    best = min(g, key=lambda v: (tried[v], abs(math.log(v / centre))))
+    if tried[best] == 0.0 or g[0] < best < g[-1]:
+        return None
+    return best / (g[1] / g[0]) if best == g[0] else best * (g[-1] / g[-2])
+
+
+def _search(base: nn.Module, loss_fn: LossFn, data: Any, evals: list[Any], seed: int,
+            cands: dict[str, Candidate], grids: dict[str, list[float]], steps_total: int,
+            budget: float, extend: int, min_steps: int, progress: bool, geometry: Any,
+            theory: Any, g_seconds: float, t0: float) -> Advice:
+    """``method="search"``: every configuration trained for one horizon ``h`` (``steps_total``
+    when ``budget`` pays for every grid point at full length) and scored by its final loss;
+    extensions past a winning edge take turns over the candidates while the budget lasts."""
+    S = int(math.floor(budget * steps_total))
+    n0 = sum(len(g) for g in grids.values())
+    h = min(steps_total, S // n0)
+    if h < min_steps:
+        need = n0 * min_steps
+        raise ValueError(
+            f"budget={budget:g} of steps_total={steps_total} is {S} steps; searching {n0} "
+            f"configurations at >= {min_steps} step(s) each needs {need} (budget >= "
+            f"{need / steps_total:.3g}), or fewer candidates / learning rates")
+    spent = 0
+    table: list[RaceEntry] = []
+    tried: dict[str, dict[float, float]] = {n: {} for n in grids}
+
+    def run_config(name: str, lr: float, ext: bool) -> None:
+        nonlocal spent
+        entry = RaceEntry(name, lr, extension=ext)
+        table.append(entry)
+        model = copy.deepcopy(base)
+        try:
+            opt = cands[name](model, lr)
+        except Exception as exc:
+            raise ValueError(f"candidate {name!r} failed to build its optimizer at lr={lr:g}: "
+                             f"{exc}") from exc
+        t = _Trial(entry, model, opt, _Stream(data, seed), len(table))
+        spent += _train(t, loss_fn, h)
+        entry.scores.append(math.inf if t.dead else _evaluate(model, loss_fn, evals))
+        tried[name][lr] = entry.score
+
+    for name, grid in grids.items():
+        for lr in grid:
+            run_config(name, lr, False)
+    done: set[str] = set()
+    n_ext = dict.fromkeys(grids, 0)
+    while len(done) < len(grids) and S - spent >= h:
+        for name, grid in grids.items():
+            if name in done or S - spent < h:
+                continue
+            nxt = _next_lr(tried[name], grid[len(grid) // 2])
+            if nxt is None or n_ext[name] >= extend:
+                done.add(name)
+                continue
+            run_config(name, nxt, True)
+            n_ext[name] += 1
+    if progress:
+        print(f"advise: search, {len(table)} configurations x {h} steps ({spent} steps)")
+    initial = _evaluate(base, loss_fn, evals)
+    order = {id(e): i for i, e in enumerate(table)}
+    ok = [e for e in table if math.isfinite(e.score) and e.score < initial]
+    note = ""
+    if ok:
+        win = min(ok, key=lambda e: (e.score, order[id(e)]))
+        winner, lr, score = win.candidate, win.lr, win.score
+        g = sorted(tried[winner])
+        if win.lr in (g[0], g[-1]) and len(g) > 1 and win.score > 0:
+            note = (f"{winner}'s lr is at the edge of what was tried ({g[0]:.3g}..{g[-1]:.3g}); "
+                    "a larger budget or a wider lrs bracket may do better")
+        if h < steps_total:
+            note = (note + "; " if note else "") + (
+                f"each configuration ran {h} of the {steps_total} steps (the budget pays for "
+                f"{n0} full-length runs at budget >= {n0:g}): its lr is the best for {h} steps")
+    else:
+        winner, lr, score = None, math.nan, math.inf
+        note = ("every configuration diverged or ended above the initial loss "
+                f"{initial:.4g}; try smaller learning rates")
+    return Advice(method="search", winner=winner, lr=lr, score=score, steps_total=steps_total,
+                  budget=budget, steps_used=spent, table=table, rungs=[(len(table), h)],
+                  geometry=geometry, theory=theory, candidates=cands,
+                  seconds=time.perf_counter() - t0, geometry_seconds=g_seconds, note=note)
+
+
 def _first(data: Any, seed: int) -> Any:
     s = _Stream(data, seed)
     with torch.random.fork_rng(devices=[]):
@@ -719,14 +851,17 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--budget", type=finite_float(lo=0.0, lo_open=True), default=1.0,
                         help="steps the race may spend, as a share of --steps (default 1.0: the "
                              "built-in problems' runs are short; on a long run 0.1 is enough)")
-    parser.add_argument("--method", choices=["race", "theory"], default="race",
-                        help="race (measure, default) or theory (seed 000's Eq. 31 alone, no training)")
+    parser.add_argument("--method", choices=["race", "search", "theory"], default="race",
+                        help="race (successive halving, default), search (every configuration "
+                             "run for the whole --steps, lr searched until bracketed; default "
+                             "candidates sgd,muon; needs --budget >= 10 for full length) or "
+                             "theory (seed 000's Eq. 31 alone, no training)")
     parser.add_argument("--candidates", default=None,
                         help="comma-separated subset of the candidates (default all: "
                              "adamw, muon, scion, steepest, lion, signum, sgd)")
     parser.add_argument("--lrs", default=None,
                         help="comma-separated factors of each candidate's default lr "
-                             "(default 1/3,1,3 = 0.3333,1,3)")
+                             "(default 1/3,1,3; search: 1/9,1/3,1,3,9)")
     parser.add_argument("--seed", type=int_at_least(0), default=0,
                         help="initialisation and data-order seed")
     parser.add_argument("--examples", type=int_at_least(1), default=None,

@@ -85,10 +85,10 @@ TIE = 0.01
 ABS_FLOOR = 1e-12
 
 
-def _criterion_commit() -> tuple[str, bool]:
-    """The commit that added this module (where the criterion was fixed) and whether the
-    criterion block is unchanged since."""
-    here = Path(__file__).resolve()
+def _criterion_commit(module: Path | None = None) -> tuple[str, bool]:
+    """The commit that added ``module`` (default: this one; where its criterion was fixed) and
+    whether its criterion block is unchanged since."""
+    here = (module or Path(__file__)).resolve()
     try:
         root = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=here.parent,
                               capture_output=True, text=True, check=True).stdout.strip()
