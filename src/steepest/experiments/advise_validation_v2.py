@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import math
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -193,12 +194,21 @@ def run(ctx: Context) -> Result:
                                     for th in thetas for s in seeds]
     specs += [("problem", n, examples, PROBLEM_SEED) for n in names]
     recipes = list(default_candidates())
+    partial = ctx.out_dir / "partial_rows.jsonl"  # each finished case, for a run cut short
+    partial.unlink(missing_ok=True)
+
+    def keep(row: dict[str, Any]) -> dict[str, Any]:
+        with partial.open("a") as f:
+            f.write(json.dumps(row, default=str) + "\n")
+        return row
+
     if workers == 1:
-        rows = [_one(s, steps) for s in ctx.track(specs, desc="cases")]
+        rows = [keep(_one(s, steps)) for s in ctx.track(specs, desc="cases")]
     else:
         with ProcessPoolExecutor(workers) as pool:  # cases are independent; one thread each
-            rows = list(ctx.track(pool.map(_one, specs, [steps] * len(specs)), desc="cases",
-                                  total=len(specs)))
+            rows = [keep(r) for r in ctx.track(pool.map(_one, specs, [steps] * len(specs)),
+                                               desc="cases", total=len(specs))]
+    partial.unlink(missing_ok=True)
 
     fixed_at, unchanged = _criterion_commit(Path(__file__))
     h, n = _rate(rows, "search_hit")
