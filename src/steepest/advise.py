@@ -20,8 +20,8 @@ horizon it allows) and scored by its final loss there; each candidate's lr is se
 grid of five values around its default, extended past an edge until the best is bracketed (as
 :func:`steepest.experiments.harness.log_grid_search` tunes). Its default shortlist is ``sgd`` and
 ``muon`` (the l_2 geometry and Muon + AdamW). Why: on 100-step runs the race's short rungs
-ranked the eventual winner (SGD with momentum at a small lr, slow at first) 10th-30th of 63
-configurations (``docs/advise.md``).
+ranked the eventual winner (SGD with momentum at a small lr, slow at first) about 20th of 63
+configurations (median) after 3-12 steps (``docs/advise.md``).
 
 >>> import torch, steepest
 >>> from torch import nn

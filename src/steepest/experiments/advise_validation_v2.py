@@ -4,8 +4,9 @@ The first validation (:mod:`steepest.experiments.advise_validation`, criterion c
 748da5c) failed: the successive-halving race at budget 2.0 hit 2 of 32 cases. The diagnosis
 (``docs/advise.md``) is that on these 100-step runs the loss after a short rung does not rank
 the configurations as the loss after 100 steps does (the eventual winner, SGD with momentum at a
-small lr, ranked 10th-30th of 63 configurations after 3-12 steps), and that a hit needs the exact
-grid point of the tuned winner (one recipe at one lr is within 1% of ``L*`` in 19 of 32 cases).
+small lr, ranked about 20th of 63 configurations, median, after 3-12 steps), and that a hit
+needs the exact grid point of the tuned winner (one candidate alone, at its tuned lr, is within
+1% of ``L*`` in 22 of 32 cases).
 ``method="search"`` therefore trains every configuration for the judged horizon, scores it by
 the judged loss, and searches each candidate's lr with the tuning's own rule; it was designed on
 seeds 0/1 of the first validation's cases (the development set) and is judged here on seeds
