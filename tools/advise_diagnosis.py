@@ -9,7 +9,7 @@ tuning's extensions) for 100 steps, keeps the whole loss curve, and prints
 * hits of successive halving simulated on the curves (first rung at 6-50 steps, final rung at
   100, scored by the loss at the rung) and of the full-horizon search on ``sgd`` + ``muon``.
 
-``PYTHONPATH=src python tools/advise_diagnosis.py`` (about 2 minutes on one core).
+``PYTHONPATH=src python tools/advise_diagnosis.py`` (a few minutes on one core; 9 min at load ~12).
 """
 
 from __future__ import annotations
