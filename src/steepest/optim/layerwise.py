@@ -14,12 +14,13 @@ The update of :class:`Modular`, per parameter (docs/operator_norms.md):
     x <- (1 - lr wd) x - lr * adjust(shape) * radius * d                  (step="descent")
     x <- (1 - lr) x    - lr * adjust(shape) * radius * d                  (step="constrained")
 
-Modular is a preset of the engine (:class:`steepest.optim.engine.SteepestDescent`) with these
-defaults: the momentum schemes, directions and steps are the engine's.
 ``direction(u, "normalized") = -lmo(u)``, so ``step="constrained"`` with ``mode="normalized"`` is
 Scion's constrained step ``x <- (1 - lr) x + lr * radius * lmo(m)`` (a Frank-Wolfe step onto the
 norm ball of the given radius), and ``step="descent"`` its unconstrained one. One
 ``state_dict``, one scheduler, one ``step()`` for the whole model.
+
+:class:`Modular` is a preset of the engine, :class:`steepest.optim.engine.SteepestDescent`, with
+these defaults: the momentum schemes, directions and steps are the engine's (its step options).
 """
 
 from __future__ import annotations
