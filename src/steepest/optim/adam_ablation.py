@@ -32,7 +32,7 @@ from steepest.backend import Backend, ForeachOps, policy
 from steepest.backend import LoopOps as _Ops
 from steepest.backend import ops_for as _ops
 from steepest.optim.base import StepOptimizer, apply_weight_decay, check_betas, scalar_dtype
-from steepest.optim.noise import _scalar_arg, _tiny
+from steepest.optim.noise import _scalar_arg, _tiny, adam_moments_
 
 __all__ = ["AdamAveraged", "AdamShuffled"]
 
@@ -99,30 +99,19 @@ class _AdamDecomposed(StepOptimizer):
         backend: Backend,
     ) -> None:
         foreach = backend.foreach
-        if policy.eager_fused_ok(params) and all(t.is_contiguous() for s in states for t in (s["exp_avg"], s["exp_avg_sq"])) \
-                and all(p.is_contiguous() for p in params):
-            ops = policy.chunk_ops(foreach, params)
-            lr, (b1, b2), eps = _scalar_arg(group["lr"]), group["betas"], group["eps"]
-            ks = ops.count([s["step"] for s in states])
-            apply_weight_decay(ops, params, lr, group["weight_decay"])
-            m_t = [s["exp_avg"] for s in states]
-            v_t = [s["exp_avg_sq"] for s in states]
-            ops.lerp_(m_t, grads, 1.0 - b1)  # 3 passes
-            ops.mul_scalar_(v_t, b2)  # 2
-            ops.addcmul_(v_t, grads, grads, 1.0 - b2)  # 3
+        # The fused eager kernels; the reference form under torch.compile, for DTensor or
+        # non-contiguous parameters.
+        fused = policy.eager_fused_ok(params) and all(p.is_contiguous() for p in params) \
+            and all(t.is_contiguous() for s in states for t in (s["exp_avg"], s["exp_avg_sq"]))
+        ops = policy.chunk_ops(foreach, params) if fused else _ops(foreach)
+        (b1, b2), eps = group["betas"], group["eps"]
+        lr = _scalar_arg(group["lr"]) if fused else group["lr"]
+        ks, m_t, v_t = adam_moments_(ops, grads, states, b1, b2)  # 8 passes
+        apply_weight_decay(ops, params, lr, group["weight_decay"])  # decoupled, as torch.optim.AdamW
+        if fused:
             self._fused_step(ops, params, m_t, v_t, [(1.0 - b2**k) ** 0.5 for k in ks],
                              [lr / (1.0 - b1**k) for k in ks], eps)
             return
-        # The reference form: under torch.compile, for DTensor or non-contiguous parameters.
-        ops = _ops(foreach)
-        lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-        ks = ops.count([s["step"] for s in states])
-        apply_weight_decay(ops, params, lr, wd)  # decoupled, as torch.optim.AdamW
-        m_t = [s["exp_avg"] for s in states]
-        v_t = [s["exp_avg_sq"] for s in states]
-        ops.lerp_(m_t, grads, 1.0 - b1)
-        ops.mul_scalar_(v_t, b2)
-        ops.addcmul_(v_t, grads, grads, 1.0 - b2)
         # torch.optim.Adam's arithmetic: denom = sqrt(v~)/sqrt(1 - b2^k) + eps and the step
         # (m~ * lr/(1 - b1^k)) / denom, whose magnitude is lr * gamma of Eq. 59.
         denom = ops.sqrt(v_t)

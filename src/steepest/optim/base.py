@@ -226,6 +226,8 @@ class StepOptimizer(Optimizer):
 
     # Group options holding a Norm; stored as plain dicts in state_dict (weights_only-safe).
     _norm_keys: tuple[str, ...] = ("norm",)
+    # Those of them that may be None (no norm).
+    _optional_norm_keys: tuple[str, ...] = ()
 
     def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
         defaults.setdefault("maximize", False)
@@ -255,7 +257,7 @@ class StepOptimizer(Optimizer):
                 raise ValueError(f"scope='all_groups' is not supported by {type(self).__name__}; "
                                  "use 'group' or 'per_tensor'")
         for key in self._norm_keys:
-            if key in group:
+            if key in group and not (group[key] is None and key in self._optional_norm_keys):
                 _check_norm_spec(key, group[key])
                 group[key] = from_spec(group[key])
                 if not isinstance(group[key], Norm):  # pragma: no cover - from_spec guarantees
@@ -297,7 +299,7 @@ class StepOptimizer(Optimizer):
                 state["step"] = torch.tensor(float(state["step"]), dtype=scalar_dtype())
         for group in self.param_groups:
             for key in self._norm_keys:
-                if key in group and not isinstance(group[key], Norm):
+                if key in group and group[key] is not None and not isinstance(group[key], Norm):
                     group[key] = from_spec(group[key])
 
     def _check_origin(self, state_dict: dict[str, Any]) -> None:

@@ -1,21 +1,42 @@
 """The engine: steepest descent under a norm, one update rule for every preset.
 
-One update rule ([BPL20, Sec. 3]; docs/design.md):
+One update rule ([BPL20, Sec. 3]; docs/design.md, "The one engine"):
 
-    c_t = beta1 m_{t-1} + (1 - beta1) g_t              (momentum scheme; c_t = g_t without it)
-    m_t = beta2 m_{t-1} + (1 - beta2) g_t
-    x_{t+1} = (1 - lr wd) x_t - lr * direction(c_t)
+    c_t = momentum scheme of g_t                        (c_t = g_t without momentum)
+    d_t = direction(c_t)                                (the norm's, in one of four modes)
+    x_{t+1} = s x_t - lr' * d_t                         (the step)
 
-where ``direction`` is the norm's steepest-descent direction in one of four modes
-(:meth:`steepest.norms.Factored.coefficients`): ``scaled`` c# (Eq. 10), ``normalized``
-c#/||c||_* (Eq. 49), ``soft`` c#/(||c||_* + beta) (Eq. 52/57) or ``unscaled`` (the norm's
-elementwise map alone, e.g. sign(c)). With ``beta1 = beta2 = b`` this is the EMA momentum of
-Signum (c_t = m_t); with ``beta1 != beta2`` it is Lion's interpolation. The named optimizers
-(:mod:`steepest.optim.presets`) are configurations of it.
+**Momentum schemes** (state ``momentum_buffer`` m, m_0 = 0): EMA ``m <- b m + (1 - b) g``,
+``c = m`` (Signum; ``momentum=b``); Nesterov ``c = lerp(g, m, b)`` after the EMA
+(torch.optim.Muon's form; ``nesterov=True``); Lion-style ``c = b1 m + (1 - b1) g``, then
+``m <- b2 m + (1 - b2) g`` (``betas=(b1, b2)``, [Chen23]).
+
+**Directions** (:meth:`steepest.norms.Factored.coefficients`): ``scaled`` c# (Eq. 10),
+``normalized`` c#/||c||_* (Eq. 49; the negative LMO), ``soft`` c#/(||c||_* + beta) (Eq. 52/57) or
+``unscaled`` (the norm's map alone: sign(c), s(c), the polar factor), over a ``scope`` (the
+group, all groups, or each tensor); a group's ``nonmatrix_norm`` gives its parameters with
+``ndim < 2`` another norm (per-group norm: the modular norm of [Pethick25]).
+
+**Steps**: ``s = 1 - lr wd`` (decoupled decay), times ``1 - lr`` for Scion's constrained step
+(``step="constrained"``: with ``mode="normalized"`` it is ``x <- (1 - lr) x + lr radius lmo(c)``,
+[Pethick25]); ``lr' = adjust(lr radius, shape)`` (``radius``, ``adjust_lr_fn``: torch.optim.Muon's
+shape-adjusted lr, :func:`adjust_lr`).
+
+Every named optimizer is a preset of :class:`SteepestDescent` (a norm, a mode, a momentum
+scheme, a step): the elementwise ones in :mod:`steepest.optim.presets`, ``Modular`` (per-layer
+norms) in :mod:`steepest.optim.layerwise`, ``Muon`` in :mod:`steepest.optim.muon`.
+
+Two executions of the one rule: a group with the plain step (no step option) runs as lists
+(momentum of every tensor, the plan's reductions, then the update, with the backend's
+multi-tensor kernels; elementwise directions stream chunk by chunk); a group holding a step
+option (:data:`STEP_OPTIONS`; every ``Modular`` group) runs one parameter at a time
+(:meth:`SteepestDescent._update_per_parameter`: each parameter's own norm and lr, one matrix's
+temporaries alive). With neutral step options the two agree up to rounding (the last bits:
+a folded ``addcmul_`` against a scaled temporary).
 
 The engine knows a norm only through its public methods (:class:`steepest.norms.Norm`:
 ``plan``, ``map``, ``map_``, ``map_all``, ``identity_map``, ``coordinates``, ``elementwise``,
-``couples``), and the execution only through the backend it is handed
+``couples``, ``partial``), and the execution only through the backend it is handed
 (:mod:`steepest.backend`), so a norm written outside the package streams as a built-in one.
 """
 
@@ -28,8 +49,8 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
-from steepest.backend import Backend, BatchedOps, LoopOps, ops_for
-from steepest.norms import MODES, Norm, per_tensor_list
+from steepest.backend import Backend, BatchedOps, LoopOps, is_dtensor, ops_for
+from steepest.norms import MODES, Norm, _as_matrix, per_tensor_list
 from steepest.optim.base import (
     StepOptimizer,
     apply_weight_decay,
@@ -39,7 +60,45 @@ from steepest.optim.base import (
     update_is_finite,
 )
 
-__all__ = ["SteepestDescent", "apply_direction", "momentum_", "momentum_direction_input", "momentum_one_"]
+__all__ = [
+    "ADJUST_LR_FNS",
+    "STEPS",
+    "STEP_OPTIONS",
+    "SteepestDescent",
+    "adjust_lr",
+    "apply_direction",
+    "momentum_",
+    "momentum_direction_input",
+    "momentum_one_",
+]
+
+ADJUST_LR_FNS = (None, "original", "match_rms_adamw", "none")
+STEPS = ("descent", "constrained")
+#: The step options and their neutral values (the plain step). A group without one takes its
+#: neutral value; a group that sets one runs one parameter at a time.
+STEP_OPTIONS: dict[str, Any] = {
+    "nesterov": False, "adjust_lr_fn": None, "radius": 1.0, "step": "descent", "nonmatrix_norm": None,
+}
+
+
+def adjust_lr(lr: float, adjust_lr_fn: str | None, rows: int, cols: int) -> float:
+    """torch.optim.Muon's shape adjustment of the step size of a ``rows x cols`` matrix:
+    ``"original"`` (Jordan) ``lr sqrt(max(1, rows/cols))``; ``"match_rms_adamw"`` (Liu et al.
+    2025, "Muon is Scalable", Sec. 2.2) ``0.2 lr sqrt(max(rows, cols))``; ``None`` / ``"none"``:
+    ``lr`` unchanged. (torch's Muon treats ``None`` as ``"original"``; :class:`steepest.Muon`
+    passes ``"original"`` for it.)"""
+    if adjust_lr_fn == "original":
+        return lr * math.sqrt(max(1.0, rows / cols))
+    if adjust_lr_fn == "match_rms_adamw":
+        return lr * 0.2 * math.sqrt(max(rows, cols))
+    return lr
+
+
+def _per_parameter(group: dict[str, Any]) -> bool:
+    """Whether the group holds a step option (:data:`STEP_OPTIONS`; ``Modular``'s groups hold
+    all of them): then its step is taken one parameter at a time (each parameter's own norm,
+    lr and shape), as ``Modular`` always took it (its numbers are unchanged to the last bit)."""
+    return any(k in group for k in STEP_OPTIONS)
 
 
 def apply_direction(
@@ -200,12 +259,14 @@ def _axpy_one_(p: Tensor, d: Tensor, lr: Any, den: Tensor | None, post: Tensor |
 
 
 class SteepestDescent(StepOptimizer):
-    """Steepest descent w.r.t. ``norm`` [BPL20, Sec. 3, Table 1].
+    """Steepest descent w.r.t. ``norm`` [BPL20, Sec. 3, Table 1]: the engine of every preset (see
+    the module docstring).
 
     Args:
         params: parameters or param groups (each group may override every option).
         lr: step size ``>= 0``.
-        norm: a :class:`steepest.norms.Norm`, e.g. ``Lp(3)``, ``Linf()``, ``BlockNorm()``.
+        norm: a :class:`steepest.norms.Norm`, e.g. ``Lp(3)``, ``Linf()``, ``BlockNorm()``,
+            ``Spectral()``.
         mode: ``"scaled"`` x -= lr g# (Eq. 10); ``"normalized"`` x -= lr g#/||g||_* (Eq. 49);
             ``"soft"`` x -= lr g#/(||g||_* + beta) (Eq. 52/57); ``"unscaled"`` the norm's
             elementwise map only (sign(g) for Linf, s(g) of [STACEY, Alg. 1] for Lp).
@@ -218,11 +279,25 @@ class SteepestDescent(StepOptimizer):
             (default) is ``"group"``: splitting the parameters into groups (weight-decay
             splits) is the user's deliberate choice, so it does not warn (issue 21).
         weight_decay: decoupled weight decay, x -= lr wd x.
+        nesterov: take the direction of ``lerp(g, m, b)`` (torch.optim.Muon's Nesterov form)
+            instead of ``m``.
+        adjust_lr_fn: ``None``/``"none"``, ``"original"`` or ``"match_rms_adamw"``
+            (:func:`adjust_lr`): the lr of each parameter with ``ndim >= 2`` adjusted to its
+            matrix shape (the decay keeps the unadjusted lr, as torch's Muon).
+        radius: ``> 0``, multiplies the step (Scion's per-layer radius).
+        step: ``"descent"`` or ``"constrained"`` (Scion's ``x <- (1 - lr) x + lr radius lmo``).
+        nonmatrix_norm: the norm of the group's parameters with ``ndim < 2`` (e.g. ``Linf()``), or
+            ``None`` (the group's norm).
         maximize: ascend instead of descend.
         foreach: ``None`` (loop on CPU, foreach on CUDA), ``True`` or ``False``.
         nonfinite: ``None`` (default: ``"raise"`` on CPU, ``"ignore"`` elsewhere and when
             compiled), ``"raise"``, ``"skip"`` or ``"ignore"`` for NaN/inf gradients (see
             :mod:`steepest.optim.base`).
+
+    The step options (``nesterov``, ``adjust_lr_fn``, ``radius``, ``step``, ``nonmatrix_norm``)
+    enter the param groups only where given a value other than the neutral one
+    (:data:`STEP_OPTIONS`): a group holding one is stepped one parameter at a time, and cannot
+    have ``scope="all_groups"``.
 
     A zero gradient gives a zero step in every mode (no 0/0).
 
@@ -240,6 +315,13 @@ class SteepestDescent(StepOptimizer):
     unscaled Linf).
     """
 
+    _norm_keys = ("norm", "nonmatrix_norm")
+    _optional_norm_keys = ("nonmatrix_norm",)
+    #: Whether a norm defined on matrices only (:attr:`Norm.matrix_only`, e.g. the spectral norm)
+    #: refuses parameters with ``ndim < 2`` that no ``nonmatrix_norm`` covers (as torch.optim.Muon
+    #: refuses them); the engine itself views a vector as a column.
+    _vectors_need_a_norm = False
+
     def __init__(
         self,
         params: ParamsT,
@@ -251,6 +333,11 @@ class SteepestDescent(StepOptimizer):
         momentum: float = 0.0,
         scope: str = "global",
         weight_decay: float = 0.0,
+        nesterov: bool = False,
+        adjust_lr_fn: str | None = None,
+        radius: float = 1.0,
+        step: str = "descent",
+        nonmatrix_norm: Norm | dict[str, Any] | str | None = None,
         maximize: bool = False,
         foreach: bool | None = None,
         nonfinite: str | None = None,
@@ -267,18 +354,57 @@ class SteepestDescent(StepOptimizer):
             foreach=foreach,
             nonfinite=nonfinite,
         )
+        given = dict(nesterov=nesterov, adjust_lr_fn=adjust_lr_fn, radius=radius, step=step,
+                     nonmatrix_norm=nonmatrix_norm)
+        # Only the step options that are set: the presets' param groups (and checkpoints) keep
+        # their keys, and a group without one takes the plain step.
+        defaults.update({k: v for k, v in given.items() if v is not None and v != STEP_OPTIONS[k]})
         super().__init__(params, defaults)
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         super()._validate_group(group)
         check_choice("mode", group["mode"], MODES)
         b = group["beta"]
-        if not isinstance(b, (int, float)) or not math.isfinite(b) or b <= 0:
+        if not isinstance(b, (int, float)) or isinstance(b, bool) or not math.isfinite(b) or b <= 0:
             raise ValueError(f"beta must be a finite number > 0, got {b!r}")
         if "betas" in group:
             check_betas(group["betas"])
         else:
             check_range("momentum", group["momentum"], 0.0, 1.0)
+        if not isinstance(group.get("nesterov", False), bool):
+            raise ValueError(f"nesterov must be a bool, got {group['nesterov']!r}")
+        if group.get("nesterov") and "betas" in group:
+            raise ValueError("nesterov=True takes the EMA momentum (momentum=b), not betas (Lion-style "
+                             f"momentum is its own scheme); got betas={group['betas']!r}")
+        check_choice("adjust_lr_fn", group.get("adjust_lr_fn"), ADJUST_LR_FNS)
+        r = group.get("radius", 1.0)
+        if not isinstance(r, (int, float)) or isinstance(r, bool) or not math.isfinite(r) or r <= 0:
+            raise ValueError(f"radius must be a finite number > 0, got {r!r}")
+        check_choice("step", group.get("step", "descent"), STEPS)
+        if group.get("scope") == "all_groups" and _per_parameter(group):
+            raise ValueError(f"scope='all_groups' is not supported by {type(self).__name__}; use 'group' or "
+                             f"'per_tensor' (a group with step options {[k for k in STEP_OPTIONS if k in group]} "
+                             "is stepped one parameter at a time)")
+        self._check_matrices(group)
+
+    def _check_matrices(self, group: dict[str, Any]) -> None:
+        """Refuse parameters with ndim < 2 under a matrix norm with no ``nonmatrix_norm``."""
+        if not (self._vectors_need_a_norm and group["norm"].matrix_only) or group.get("nonmatrix_norm") is not None:
+            return
+        gi = next((k for k, g in enumerate(self.param_groups) if g is group), len(self.param_groups))
+        bad = [self._named(gi, i, p) for i, p in enumerate(group["params"]) if p.dim() < 2]
+        if bad:
+            raise ValueError(
+                f"{type(self).__name__} only supports matrix parameters (ndim >= 2) under the norm "
+                f"{group['norm']!r}; found {', '.join(bad)}. Give them a norm: nonmatrix_norm="
+                "steepest.norms.Linf() (sign descent) or a param group with its own norm, or "
+                "optimize them with another optimizer (e.g. AdamW) as torch.optim.Muon requires."
+            )
+
+    def _named(self, group_index: int, i: int, p: Tensor) -> str:
+        if group_index < len(self.param_groups):
+            return super()._named(group_index, i, p)
+        return f"parameter #{i} of size {p.size()} in the param group being added"
 
     @staticmethod
     def _betas(group: dict[str, Any]) -> tuple[float, float]:
@@ -295,7 +421,17 @@ class SteepestDescent(StepOptimizer):
     def _streams(self, group: dict[str, Any]) -> bool:
         # Nothing couples the tensors (sign(m), Lion, s(g), l2): the base class hands _update a
         # chunk of tensors at a time on both paths (temporaries of one chunk at a time).
-        return bool(group["norm"].elementwise(group["mode"]))
+        return not _per_parameter(group) and bool(group["norm"].elementwise(group["mode"]))
+
+    def _gather(self, gi: int, group: dict[str, Any]) -> list[tuple[int, Tensor, Tensor]]:
+        items = super()._gather(gi, group)
+        if _per_parameter(group):
+            # The parameters' own ndims (``_update`` may get real views of complex ones, with one
+            # more dimension): they pick each parameter's norm and lr.
+            if not hasattr(self, "_ndims"):
+                self._ndims: dict[int, list[int]] = {}
+            self._ndims[id(group)] = [p.dim() for _, p, _ in items]
+        return items
 
     def _update(
         self,
@@ -305,6 +441,9 @@ class SteepestDescent(StepOptimizer):
         states: list[dict[str, Any]],
         backend: Backend,
     ) -> None:
+        if _per_parameter(group):
+            self._update_per_parameter(group, params, grads, states)
+            return
         betas = self._betas(group)
         # On CPU the foreach path takes the loop path's code too: torch's _foreach_* ops are a
         # per-tensor loop there themselves, and all-at-once temporaries cost page faults. The
@@ -315,6 +454,88 @@ class SteepestDescent(StepOptimizer):
         c = momentum_direction_input(betas, grads, states, backend.foreach)
         apply_direction(group, params, c, group["norm"], group["mode"], backend, beta=group["beta"],
                         owned=betas[0] != betas[1], who=type(self).__name__)
+
+    def _update_per_parameter(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        states: list[dict[str, Any]],
+    ) -> None:
+        """The step of a group with step options, one parameter at a time (each temporary freed
+        before the next is made; an operator norm's direction is per matrix anyway)."""
+        b1, b2 = self._betas(group)
+        nesterov = group.get("nesterov", False)
+        mode, beta = group["mode"], group["beta"]
+        per_tensor = group["scope"] == "per_tensor"
+        nm = group.get("nonmatrix_norm")
+        ndims = getattr(self, "_ndims", {}).get(id(group), [p.dim() for p in params])
+        sets: dict[int, tuple[Norm, list[int]]] = {}  # which norm each parameter follows
+        for k, nd in enumerate(ndims):
+            norm = nm if (nm is not None and nd < 2) else group["norm"]
+            sets.setdefault(id(norm), (norm, []))[1].append(k)
+
+        def direction_input(k: int, advance: bool = True) -> tuple[Tensor, bool]:
+            """``(c, owned)``: the momentum scheme's direction input, and whether it is a temporary
+            of ours (``advance=False``: remake it without advancing the momentum again)."""
+            g = grads[k]
+            if b1 == 0.0 and b2 == 0.0:
+                return g, False
+            m = states[k]["momentum_buffer"]
+            if nesterov:
+                if advance:
+                    m.lerp_(g, 1 - b2)  # the same ops, in the same order, as torch.optim.Muon
+                return g.lerp(m, b2), True
+            if b1 == b2:
+                if advance:
+                    m.lerp_(g, 1 - b1)
+                return m, False
+            assert advance  # a Lion-style c needs the m before the step: not remade
+            return momentum_one_(m, g, 1.0 - b1, 1.0 - b2), True
+
+        for norm, idx in sets.values():
+            if per_tensor or not norm.couples(mode):
+                # Stream: one tensor at a time (the scope changes nothing here), each temporary
+                # freed before the next is made; an owned input (Nesterov's) becomes the direction.
+                for k in idx:
+                    u, owned = direction_input(k)
+                    d = norm.direction([u], mode, beta=beta, per_tensor=True, owned=owned)[0]
+                    del u
+                    _step_one_(group, params[k], d, ndims[k])
+                    del d
+                continue
+            remakes = nesterov or b1 == b2
+            partials = _partials(norm, idx, direction_input) if remakes else None
+            if partials is not None:
+                # A global plan made of per-tensor reductions (Norm.partial: an l_p norm's ||u||_q,
+                # a column/row norm's dual): a first pass advances the momentum and takes them, a
+                # second remakes each input (Nesterov's lerp, bitwise the same) and moves: one
+                # tensor's temporaries at a time, not every tensor's direction.
+                pre, post = norm.plan_partials(partials, [params[k] for k in idx], mode, beta, False)
+                # The plan's reductions, before any write: a finite but huge gradient can
+                # overflow them (issue 21); checking them is free.
+                if not update_is_finite(type(self).__name__, group, [params[k] for k in idx],
+                                        [post], f"the {mode} step's scale under {norm!r}"):
+                    continue
+                for i, k in enumerate(idx):
+                    u, owned = direction_input(k, advance=False)
+                    if pre is not None:
+                        u = u.div_(pre[i]) if owned else u / pre[i]
+                        owned = True
+                    d = norm.map_(u) if owned else norm.map(u)
+                    if d is u and not owned:
+                        d = d.clone()  # the momentum buffer itself: d is scaled in place below
+                    del u
+                    if post is not None:
+                        d.mul_(post[i])
+                    _step_one_(group, params[k], d, ndims[k])
+                    del d
+            else:
+                # The dual of every tensor before any moves (Spectral's <M, NS(M)>, l1 and block
+                # norms): all directions at once.
+                c = [direction_input(k)[0] for k in idx]
+                for k, d in zip(idx, norm.direction(c, mode, beta=beta)):
+                    _step_one_(group, params[k], d, ndims[k])
 
     def _update_joint(
         self,
@@ -421,3 +642,40 @@ def momentum_(ops: type[LoopOps], ms: list[Tensor], gs: list[Tensor], w1: float,
     c = ops.lerp(ms, gs, w1)
     ops.lerp_(ms, gs, w2)
     return c
+
+
+def _partials(norm: Norm, idx: list[int], direction_input: Any) -> Tensor | None:
+    """The norm's :meth:`Norm.partial` of every input (advancing the momentum), stacked; or
+    ``None`` (the momentum untouched) where the norm has none."""
+    if not idx or not norm.has_partial:
+        return None
+    partials = []
+    for k in idx:
+        u, owned = direction_input(k)
+        v = norm.partial(u, owned)
+        assert v is not None
+        partials.append(v)
+        del u
+    return torch.stack(partials)
+
+
+def _step_one_(group: dict[str, Any], p: Tensor, d: Tensor, ndim: int) -> None:
+    """The per-parameter step: ``x <- s x - lr' d`` with ``s = (1 - lr) (1 - lr wd)`` under
+    Scion's constrained step, else ``1 - lr wd``, and ``lr' = adjust(lr radius, shape)`` for
+    ``ndim >= 2`` (see the module docstring)."""
+    lr, wd = group["lr"], group.get("weight_decay", 0.0)
+    lr = float(lr) if isinstance(lr, Tensor) else lr
+    step_lr = lr * group.get("radius", 1.0)
+    if ndim >= 2:
+        rows, cols = _as_matrix(p).shape
+        step_lr = adjust_lr(step_lr, group.get("adjust_lr_fn"), rows, max(cols, 1))
+    if group.get("step") == "constrained":
+        p.mul_(1.0 - lr)
+    if wd:
+        p.mul_(1.0 - lr * wd)
+    if is_dtensor(p) and is_dtensor(d) and d.placements != p.placements:
+        # FSDP2: a matrix direction comes out replicated (matmuls); take this rank's shard.
+        d = d.redistribute(p.device_mesh, p.placements)
+    # Through the backend op: under torch.compile a scheduled lr given as ``alpha=`` would be
+    # frozen by inductor (see steepest.backend.ops._compiling).
+    LoopOps.axpy_([p], [d], -step_lr)

@@ -18,64 +18,29 @@ The update of :class:`Modular`, per parameter (docs/operator_norms.md):
 Scion's constrained step ``x <- (1 - lr) x + lr * radius * lmo(m)`` (a Frank-Wolfe step onto the
 norm ball of the given radius), and ``step="descent"`` its unconstrained one. One
 ``state_dict``, one scheduler, one ``step()`` for the whole model.
+
+:class:`Modular` is a preset of the engine, :class:`steepest.optim.engine.SteepestDescent`, with
+these defaults: the momentum schemes, directions and steps are the engine's (its step options).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.optim.optimizer import ParamsT
 
-from steepest.backend import Backend, LoopOps, is_dtensor
-from steepest.norms import (
-    MODES,
-    ColNorm,
-    L1ToLinf,
-    Linf,
-    Norm,
-    Spectral,
-    _as_matrix,
-    from_spec,
-)
-from steepest.optim.base import StepOptimizer, check_choice, check_range, update_is_finite
+from steepest.norms import ColNorm, L1ToLinf, Linf, Norm, Spectral
+from steepest.optim.base import StepOptimizer
+from steepest.optim.engine import ADJUST_LR_FNS, SteepestDescent, adjust_lr
 from steepest.roles import detect_roles
 
 __all__ = ["ADJUST_LR_FNS", "RECIPES", "ROLES", "Modular", "adjust_lr", "classify", "layer_groups"]
 
-ADJUST_LR_FNS = (None, "original", "match_rms_adamw", "none")
-STEPS = ("descent", "constrained")
 ROLES = ("embedding", "hidden", "conv", "head", "vector")
 
 
-def adjust_lr(lr: float, adjust_lr_fn: str | None, rows: int, cols: int) -> float:
-    """torch.optim.Muon's shape adjustment of the step size of a ``rows x cols`` matrix:
-    ``"original"`` (Jordan) ``lr sqrt(max(1, rows/cols))``; ``"match_rms_adamw"`` (Liu et al.
-    2025, "Muon is Scalable", Sec. 2.2) ``0.2 lr sqrt(max(rows, cols))``; ``None`` / ``"none"``:
-    ``lr`` unchanged. (torch's Muon treats ``None`` as ``"original"``; :class:`steepest.Muon`
-    passes ``"original"`` for it.)"""
-    if adjust_lr_fn == "original":
-        return lr * math.sqrt(max(1.0, rows / cols))
-    if adjust_lr_fn == "match_rms_adamw":
-        return lr * 0.2 * math.sqrt(max(rows, cols))
-    return lr
-
-
-def _direction_of(norm: Norm, u: Tensor, owned: bool, mode: str, beta: float) -> Tensor:
-    """The direction of one tensor; built in ``u``'s storage where ``u`` is ``owned`` (a
-    temporary of the caller's) and the norm can (operator norms; sign descent)."""
-    return norm.direction([u], mode, beta=beta, per_tensor=True, owned=owned)[0]
-
-
-def _matrix_only(norm: Norm) -> bool:
-    """The spectral norm (Muon's geometry) takes vectors only by explicit choice, as
-    torch.optim.Muon refuses them; the other operator norms define vectors as columns."""
-    return norm.matrix_only
-
-
-class Modular(StepOptimizer):
+class Modular(SteepestDescent):
     """Steepest descent with a norm per param group (modular geometry; see the module docstring).
 
     Args:
@@ -102,9 +67,12 @@ class Modular(StepOptimizer):
         step: ``"descent"`` or ``"constrained"`` (Scion's ``x <- (1 - lr) x + lr radius lmo``).
         maximize, foreach, nonfinite: as every ``steepest`` optimizer (``foreach`` has no fused
             path here: the direction is per matrix).
+
+    Every group holds every option (its checkpoints too), so the engine steps it one parameter
+    at a time.
     """
 
-    _NONMATRIX = "nonmatrix_norm"
+    _vectors_need_a_norm = True
 
     def __init__(
         self,
@@ -126,196 +94,12 @@ class Modular(StepOptimizer):
         foreach: bool | None = None,
         nonfinite: str | None = None,
     ) -> None:
-        defaults = dict(
-            lr=lr,
-            norm=Spectral("newton_schulz") if norm is None else norm,
-            mode=mode,
-            beta=beta,
-            momentum=momentum,
-            nesterov=nesterov,
-            scope=scope,
-            weight_decay=weight_decay,
-            adjust_lr_fn=adjust_lr_fn,
-            radius=radius,
-            step=step,
-            nonmatrix_norm=nonmatrix_norm,
-            maximize=maximize,
-            foreach=foreach,
-        )
-        if nonfinite is not None:  # else the base class's default policy
-            defaults["nonfinite"] = nonfinite
-        super().__init__(params, defaults)
-
-    # ---- validation ---------------------------------------------------------------------
-    def _validate_group(self, group: dict[str, Any]) -> None:
-        super()._validate_group(group)
-        check_choice("mode", group["mode"], MODES)
-        b = group["beta"]
-        if not isinstance(b, (int, float)) or isinstance(b, bool) or not math.isfinite(b) or b <= 0:
-            raise ValueError(f"beta must be a finite number > 0, got {b!r}")
-        check_range("momentum", group["momentum"], 0.0, 1.0)
-        if not isinstance(group["nesterov"], bool):
-            raise ValueError(f"nesterov must be a bool, got {group['nesterov']!r}")
-        check_choice("adjust_lr_fn", group["adjust_lr_fn"], ADJUST_LR_FNS)
-        r = group["radius"]
-        if not isinstance(r, (int, float)) or isinstance(r, bool) or not math.isfinite(r) or r <= 0:
-            raise ValueError(f"radius must be a finite number > 0, got {r!r}")
-        check_choice("step", group["step"], STEPS)
-        if group.get(self._NONMATRIX) is not None:
-            group[self._NONMATRIX] = from_spec(group[self._NONMATRIX])
-        self._check_matrices(group)
-
-    def _check_matrices(self, group: dict[str, Any]) -> None:
-        """Refuse parameters with ndim < 2 under a matrix norm with no ``nonmatrix_norm``."""
-        if not _matrix_only(group["norm"]) or group.get(self._NONMATRIX) is not None:
-            return
-        gi = next((k for k, g in enumerate(self.param_groups) if g is group), len(self.param_groups))
-        bad = [self._named(gi, i, p) for i, p in enumerate(group["params"]) if p.dim() < 2]
-        if bad:
-            raise ValueError(
-                f"{type(self).__name__} only supports matrix parameters (ndim >= 2) under the norm "
-                f"{group['norm']!r}; found {', '.join(bad)}. Give them a norm: nonmatrix_norm="
-                "steepest.norms.Linf() (sign descent) or a param group with its own norm, or "
-                "optimize them with another optimizer (e.g. AdamW) as torch.optim.Muon requires."
-            )
-
-    def _named(self, group_index: int, i: int, p: Tensor) -> str:
-        if group_index < len(self.param_groups):
-            return super()._named(group_index, i, p)
-        return f"parameter #{i} of size {p.size()} in the param group being added"
-
-    # ---- checkpoints: nonmatrix_norm travels as a plain dict, like norm ---------------------
-    def state_dict(self) -> dict[str, Any]:
-        sd = super().state_dict()
-        for g in sd["param_groups"]:
-            if isinstance(g.get(self._NONMATRIX), Norm):
-                g[self._NONMATRIX] = g[self._NONMATRIX].to_spec()
-        return sd
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        for group in self.param_groups:
-            if group.get(self._NONMATRIX) is not None and not isinstance(group[self._NONMATRIX], Norm):
-                group[self._NONMATRIX] = from_spec(group[self._NONMATRIX])
-
-    # ---- the update ---------------------------------------------------------------------
-    def _gather(self, gi: int, group: dict[str, Any]) -> list[tuple[int, Tensor, Tensor]]:
-        items = super()._gather(gi, group)
-        if not hasattr(self, "_ndims"):
-            self._ndims: dict[int, list[int]] = {}
-        self._ndims[id(group)] = [p.dim() for _, p, _ in items]
-        return items
-
-    def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
-        if group["momentum"] > 0:
-            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-
-    def _update(
-        self,
-        group: dict[str, Any],
-        params: list[Tensor],
-        grads: list[Tensor],
-        states: list[dict[str, Any]],
-        backend: Backend,
-    ) -> None:
-        b, nesterov = group["momentum"], group["nesterov"]
-        mode, beta = group["mode"], group["beta"]
-        per_tensor = group["scope"] == "per_tensor"
-        nm = group.get(self._NONMATRIX)
-        # Which norm each parameter follows, by the parameter's own ndim (``params`` may be real
-        # views of complex ones, with one more dimension; _gather recorded the true ndims).
-        ndims = getattr(self, "_ndims", {}).get(id(group), [p.dim() for p in params])
-        sets: dict[int, tuple[Norm, list[int]]] = {}
-        for k, nd in enumerate(ndims):
-            norm = nm if (nm is not None and nd < 2) else group["norm"]
-            sets.setdefault(id(norm), (norm, []))[1].append(k)
-
-        def direction_input(k: int, advance: bool = True) -> tuple[Tensor, bool]:
-            """``(u, owned)``: the direction's input, and whether it is a temporary of ours."""
-            g = grads[k]
-            if b == 0:
-                return g, False
-            buf = states[k]["momentum_buffer"]
-            if advance:
-                buf.lerp_(g, 1 - b)  # the same ops, in the same order, as torch.optim.Muon
-            return (g.lerp(buf, b), True) if nesterov else (buf, False)
-
-        for norm, idx in sets.values():
-            if per_tensor or not norm.couples(mode):
-                # Stream: one tensor at a time (the scope changes nothing here), each temporary
-                # freed before the next is made; an owned input (Nesterov's) becomes the direction.
-                for k in idx:
-                    u, owned = direction_input(k)
-                    d = _direction_of(norm, u, owned, mode, beta)
-                    del u
-                    self._apply(group, params[k], d, ndims[k])
-                    del d
-                continue
-            partials = self._partials(norm, idx, direction_input)
-            if partials is not None:
-                # A global plan made of per-tensor reductions (Norm.partial: an l_p norm's ||u||_q,
-                # a column/row norm's dual): a first pass advances the momentum and takes them, a
-                # second remakes each input (Nesterov's lerp, bitwise the same) and moves: one
-                # tensor's temporaries at a time, not every tensor's direction.
-                pre, post = norm.plan_partials(partials, [params[k] for k in idx], mode, beta, False)
-                # The plan's reductions, before any write: a finite but huge gradient can
-                # overflow them (issue 21); checking them is free.
-                if not update_is_finite(type(self).__name__, group, [params[k] for k in idx],
-                                        [post], f"the {mode} step's scale under {norm!r}"):
-                    continue
-                for i, k in enumerate(idx):
-                    u, owned = direction_input(k, advance=False)
-                    if pre is not None:
-                        u = u.div_(pre[i]) if owned else u / pre[i]
-                        owned = True
-                    d = norm.map_(u) if owned else norm.map(u)
-                    if d is u and not owned:
-                        d = d.clone()  # the momentum buffer itself: d is scaled in place below
-                    del u
-                    if post is not None:
-                        d.mul_(post[i])
-                    self._apply(group, params[k], d, ndims[k])
-                    del d
-            else:
-                # The dual of every tensor before any moves (Spectral's <M, NS(M)>, l1 and block
-                # norms): all directions at once.
-                c = [direction_input(k)[0] for k in idx]
-                for k, d in zip(idx, norm.direction(c, mode, beta=beta)):
-                    self._apply(group, params[k], d, ndims[k])
-
-    @staticmethod
-    def _partials(norm: Norm, idx: list[int], direction_input: Any) -> Tensor | None:
-        """The norm's :meth:`Norm.partial` of every input (advancing the momentum), stacked; or
-        ``None`` (the momentum untouched) where the norm has none."""
-        if not idx or not norm.has_partial:
-            return None
-        partials = []
-        for k in idx:
-            u, owned = direction_input(k)
-            v = norm.partial(u, owned)
-            assert v is not None
-            partials.append(v)
-            del u
-        return torch.stack(partials)
-
-    @staticmethod
-    def _apply(group: dict[str, Any], p: Tensor, d: Tensor, ndim: int) -> None:
-        lr, wd = group["lr"], group["weight_decay"]
-        lr = float(lr) if isinstance(lr, Tensor) else lr
-        step_lr = lr * group["radius"]
-        if ndim >= 2:
-            rows, cols = _as_matrix(p).shape
-            step_lr = adjust_lr(step_lr, group["adjust_lr_fn"], rows, max(cols, 1))
-        if group["step"] == "constrained":
-            p.mul_(1.0 - lr)
-        if wd:
-            p.mul_(1.0 - lr * wd)
-        if is_dtensor(p) and is_dtensor(d) and d.placements != p.placements:
-            # FSDP2: a matrix direction comes out replicated (matmuls); take this rank's shard.
-            d = d.redistribute(p.device_mesh, p.placements)
-        # Through the backend op: under torch.compile a scheduled lr given as ``alpha=`` would be
-        # frozen by inductor (see steepest.backend.ops._compiling).
-        LoopOps.axpy_([p], [d], -step_lr)
+        norm = Spectral("newton_schulz") if norm is None else norm
+        StepOptimizer.__init__(self, params, dict(
+            lr=lr, norm=norm, mode=mode, beta=beta, momentum=momentum, nesterov=nesterov, scope=scope,
+            weight_decay=weight_decay, adjust_lr_fn=adjust_lr_fn, radius=radius, step=step,
+            nonmatrix_norm=nonmatrix_norm, maximize=maximize, foreach=foreach, nonfinite=nonfinite,
+        ))
 
 
 # ------------------------------------------------------------------ building groups from a model

@@ -107,6 +107,22 @@ def _subset(idx: list[int], *lists: list[Any]) -> list[list[Any]]:
     return [[xs[i] for i in idx] for xs in lists]
 
 
+def adam_moments_(
+    ops: type[_Ops], grads: list[Tensor], states: list[dict[str, Any]], b1: float, b2: float
+) -> tuple[list[float], list[Tensor], list[Tensor]]:
+    """Count the step (state ``step``) and update Adam's moments in place (8 passes): m~ <-
+    lerp(m~, g, 1 - b1) (``exp_avg``; ``lerp_``, 3), v~ <- b2 v~ + (1 - b2) g^2 (``exp_avg_sq``;
+    ``mul_`` 2 + ``addcmul_`` 3), as torch.optim.Adam. Returns the counted steps, m~ and v~. The
+    one moments implementation of the noise family (``b1 = b2 = beta``) and the Adam ablations."""
+    ks = ops.count([s["step"] for s in states])
+    m_t = [s["exp_avg"] for s in states]
+    v_t = [s["exp_avg_sq"] for s in states]
+    ops.lerp_(m_t, grads, 1.0 - b1)
+    ops.mul_scalar_(v_t, b2)
+    ops.addcmul_(v_t, grads, grads, 1.0 - b2)
+    return ks, m_t, v_t
+
+
 # ------------------------------------------------------------------ rho(beta, t), Eq. 5.15
 def rho(beta: float, t: int | float) -> float:
     """``rho(beta, t) = (1-beta)(1+beta^(t+1)) / ((1+beta)(1-beta^(t+1)))`` [Bal21, Eq. 5.15].
@@ -267,13 +283,8 @@ class _VarianceAdapted(_BetaIsMomentum):
     ) -> tuple[list[float], list[Tensor], list[Tensor]]:
         """Count the step and update m~ (lerp_, 3 passes) and v~ (mul_ + addcmul_, 5 passes) in
         place; return the thesis' ``t = state["step"] - 1``, m~ and v~."""
-        ts = [k - 1.0 for k in ops.count([s["step"] for s in states])]
-        m_t = [s["exp_avg"] for s in states]
-        v_t = [s["exp_avg_sq"] for s in states]
-        ops.lerp_(m_t, grads, 1.0 - b)
-        ops.mul_scalar_(v_t, b)
-        ops.addcmul_(v_t, grads, grads, 1.0 - b)
-        return ts, m_t, v_t
+        ks, m_t, v_t = adam_moments_(ops, grads, states, b, b)
+        return [k - 1.0 for k in ks], m_t, v_t
 
     @staticmethod
     def _scales(b: float, ts: list[float], weight: bool) -> tuple[list[float], list[float]]:

@@ -12,8 +12,9 @@ BlockNormalizedSGD     BlockNorm, normalized (or any mode)    [BPL20, App. A.2.2
 Lion                   Linf, unscaled, betas=(0.9, 0.99)      [Chen23]
 =====================  =====================================  ========================================
 
-``Muon`` and ``Modular`` (per-layer norms, Scion's constrained step) are in
-:mod:`steepest.optim.muon` and :mod:`steepest.optim.layerwise`.
+``Modular`` (per-layer norms, Nesterov, Scion's constrained step, shape-adjusted lr) and
+``Muon`` are presets of the same engine, in :mod:`steepest.optim.layerwise` and
+:mod:`steepest.optim.muon`.
 """
 
 from __future__ import annotations
