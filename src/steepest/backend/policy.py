@@ -40,7 +40,10 @@ _IS_CPU = attrgetter("is_cpu")
 
 
 def _all_cpu(xs: list[Tensor]) -> bool:
-    """Whether every tensor of ``xs`` is on the CPU (one C-level pass)."""
+    """Whether every tensor of ``xs`` is on the CPU (eager: one C-level pass; traced by
+    torch.compile, which cannot call an attrgetter without a graph break: a generator)."""
+    if torch.compiler.is_compiling():
+        return all(x.is_cpu for x in xs)
     return all(map(_IS_CPU, xs))
 
 
@@ -76,7 +79,7 @@ def _chunk_limit(params: list[Tensor], foreach: bool) -> int:
         return _STREAM_CHUNK
     # A group's tensors share a device (foreach kernels need that): the first one tells.
     floor = _FOREACH_CHUNK if not params or params[0].device.type == "cpu" else _FOREACH_CHUNK_ACCELERATOR
-    return max(floor, max(map(Tensor.numel, params), default=0))
+    return max([floor] + [p.numel() for p in params])
 
 
 def _chunks(params: list[Tensor], limit: int) -> list[slice]:
