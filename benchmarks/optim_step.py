@@ -36,21 +36,38 @@ from steepest.norms import Norm, combine_lq
 
 
 class UserLinf(Norm):
-    """l_inf as a user writes it outside the package, with the public methods only (map, duals,
-    primals): its step time beside the built-in Linf's (SignSGD, ScaledSignSGD) shows whether a
-    user's norm gets the streaming path (issue 18: within 1.2x)."""
+    """l_inf as a user writes it outside the package, with the public API only (map, duals,
+    primals; the reductions with ``tensor_norms``): its step time beside the built-in Linf's
+    (SignSGD, ScaledSignSGD) shows whether a user's norm gets the streaming path (issue 18:
+    within 1.2x)."""
 
     name = "user_linf"
 
     def map(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sign(x)
 
+    # (tensor_norms imported here: the code before issue 18 has none, and its runs time the
+    # other rows with this file)
     def duals(self, xs: list[torch.Tensor], per_tensor: bool = False) -> torch.Tensor:
-        return combine_lq(torch.stack([x.abs().sum() for x in xs]), 1.0, per_tensor)
+        from steepest.norms import tensor_norms
+
+        return combine_lq(tensor_norms(xs, 1.0), 1.0, per_tensor)
 
     def primals(self, xs: list[torch.Tensor], per_tensor: bool = False) -> torch.Tensor:
-        m = torch.stack([x.abs().amax() if x.numel() else x.new_zeros(()) for x in xs])
+        from steepest.norms import tensor_norms
+
+        m = tensor_norms(xs, float("inf"))
         return m if per_tensor else m.max().expand(len(xs))
+
+
+class UserLinfPythonDuals(UserLinf):
+    """The same norm with its dual summed tensor by tensor in Python (two ops and a temporary
+    per tensor): what that costs on 1,000 small tensors."""
+
+    name = "user_linf_python_duals"
+
+    def duals(self, xs: list[torch.Tensor], per_tensor: bool = False) -> torch.Tensor:
+        return combine_lq(torch.stack([x.abs().sum() for x in xs]), 1.0, per_tensor)
 
 
 # name -> (factory(params, foreach), number of parameter-sized state tensors)
@@ -64,6 +81,8 @@ CONFIGS: dict[str, tuple[Callable[..., torch.optim.Optimizer], int]] = {
         ps, lr=1e-3, norm=UserLinf(), mode="unscaled", foreach=fe, nonfinite=nf), 0),
     "ScaledSignSGD(user l_inf)": (lambda ps, fe, nf=None: steepest.SteepestDescent(
         ps, lr=1e-9, norm=UserLinf(), mode="scaled", foreach=fe, nonfinite=nf), 0),
+    "ScaledSignSGD(user l_inf, Python duals)": (lambda ps, fe, nf=None: steepest.SteepestDescent(
+        ps, lr=1e-9, norm=UserLinfPythonDuals(), mode="scaled", foreach=fe, nonfinite=nf), 0),
     "LpDescent(p=3)": (lambda ps, fe, nf=None: steepest.LpDescent(ps, lr=1e-3, p=3.0, foreach=fe, nonfinite=nf), 0),
     "CoordinateDescent": (lambda ps, fe, nf=None: steepest.CoordinateDescent(ps, lr=1e-3, foreach=fe, nonfinite=nf), 0),
     "BlockNormalizedSGD": (lambda ps, fe, nf=None: steepest.BlockNormalizedSGD(ps, lr=1e-3, foreach=fe, nonfinite=nf), 0),
@@ -157,7 +176,7 @@ def copy_bandwidth(repeats: int) -> float:
 
 
 def run(layout: str, repeats: int, steps: int, names: list[str], scale: float = 1.0,
-        guards: tuple[str, ...] = ("default", "ignore")) -> list[dict]:
+        guards: tuple[str, ...] = ("default", "ignore"), paths: tuple[str, ...] = ("loop", "foreach")) -> list[dict]:
     """Every optimizer in ``names`` on both paths; ours once per non-finite setting in ``guards``
     (``default``: the CPU default, the NaN/inf check before the step; ``ignore``: no check, as
     torch.optim's optimizers), interleaved with torch's SGD-momentum, the per-byte reference."""
@@ -165,7 +184,7 @@ def run(layout: str, repeats: int, steps: int, names: list[str], scale: float = 
     n = int(n * scale)
     bw = copy_bandwidth(repeats)
     rows = []
-    for fe in (False, True):
+    for fe in [p == "foreach" for p in paths]:
         ps = make_params(n, k)
         opts: dict[tuple[str, str], Callable[[], object]] = {}
         for name in names:
@@ -279,10 +298,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0,
                     help="intra-op threads (0: torch's default); 1 is steadier on a loaded machine, "
                          "where spinning OpenMP threads make transcendental ops 10-100x slower")
-    ap.add_argument("--only", default="", help="optimizer names or parts of names, separated by , or ; (default: all)")
+    ap.add_argument("--only", default="", help="optimizer names or parts of names, separated by , or ; (default: all); "
+                    "=Name: that name only")
     ap.add_argument("--guards", default="default,ignore",
                     help="non-finite settings of ours to time: default (the CPU default: check for "
                          "NaN/inf first), ignore (no check, as torch.optim), or both")
+    ap.add_argument("--paths", default="loop,foreach", help="eager paths to time: loop, foreach or both")
     ap.add_argument("--device", default="cpu",
                     help="cpu (default) or cuda: on a GPU the floor is its copy bandwidth, and the "
                          "paths are the same (foreach is the default there)")
@@ -297,7 +318,9 @@ def main() -> None:
     # Names hold commas ("Stacey(p2, p=3)"): --only splits on ";" when it has one, and matches
     # substrings ("--only Stacey" selects every STACEY row).
     tokens = [t.strip() for t in args.only.split(";" if ";" in args.only else ",") if t.strip()]
-    names = [n for n in CONFIGS if not tokens or any(t in n for t in tokens) or n.startswith("SGD")]
+    # ("=Name" matches that name only: "=ScaledSignSGD" leaves out "ScaledSignSGD(user l_inf)".)
+    names = [n for n in CONFIGS if not tokens or n.startswith("SGD")
+             or any(n == t[1:] if t.startswith("=") else t in n for t in tokens)]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"torch {torch.__version__} on {DEVICE}, {torch.get_num_threads()} threads, load average {load:.1f} "
           f"at start, median of {args.repeats}", flush=True)
@@ -305,12 +328,13 @@ def main() -> None:
           f"{'x SGD/B':>8s}  why")
     rows = []
     for layout in args.layouts.split(","):
-        rows += run(layout, args.repeats, args.steps, names, args.scale, tuple(args.guards.split(",")))
+        rows += run(layout, args.repeats, args.steps, names, args.scale, tuple(args.guards.split(",")),
+                    tuple(args.paths.split(",")))
         if args.compiled:
             rows += run_compiled(layout, args.repeats, names, args.scale)
     if args.json:
         meta = {"scale": args.scale, "torch": torch.__version__, "threads": torch.get_num_threads(), "load_avg_1min": load,
-                "repeats": args.repeats, "steps": args.steps, "guards": args.guards,
+                "repeats": args.repeats, "steps": args.steps, "guards": args.guards, "paths": args.paths,
                 "compiled": args.compiled, "device": str(DEVICE),
                 "device_name": torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "cpu"}
         with open(args.json, "w") as f:

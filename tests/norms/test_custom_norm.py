@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from steepest import SteepestDescent
-from steepest.norms import Factored, Linf, Norm, combine_lq, register_norm
+from steepest.norms import Factored, Linf, Norm, combine_lq, register_norm, tensor_norms
 
 
 @register_norm
@@ -80,6 +80,20 @@ class UserLinf(Norm):
         return m if per_tensor else m.max().expand(len(xs))
 
 
+class UserLinfTensorNorms(UserLinf):
+    """The same norm with its reductions through the public ``tensor_norms`` (the built-in
+    norms' kernels: one multi-tensor kernel for many small tensors) instead of a Python loop."""
+
+    name = "user_linf_tensor_norms"
+
+    def duals(self, xs, per_tensor=False):
+        return combine_lq(tensor_norms(xs, 1.0), 1.0, per_tensor)
+
+    def primals(self, xs, per_tensor=False):
+        m = tensor_norms(xs, math.inf)
+        return m if per_tensor else m.max().expand(len(xs))
+
+
 SHAPES = [(64, 64), (4096,), (32, 16), (100,)]
 
 
@@ -99,9 +113,10 @@ def _run(norm: Norm, mode: str, momentum: float, measure: bool = False):
     return peak, [p.detach().clone() for p in params]
 
 
+@pytest.mark.parametrize("user", [UserLinf, UserLinfTensorNorms])
 @pytest.mark.parametrize("mode", ["unscaled", "scaled", "normalized", "soft"])
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
-def test_user_linf_matches_builtin_in_value_and_peak_memory(mode, momentum, monkeypatch):
+def test_user_linf_matches_builtin_in_value_and_peak_memory(user, mode, momentum, monkeypatch):
     """A norm written outside the package gets the streaming path: the same direction as the
     built-in ``Linf`` (tolerance 1e-12: the l1 reductions may run different kernels, a foreach
     sum against a loop one, on chunks of small tensors, a few ulp apart; the scaled step
@@ -111,7 +126,7 @@ def test_user_linf_matches_builtin_in_value_and_peak_memory(mode, momentum, monk
     import steepest.backend.policy as policy
 
     monkeypatch.setattr(policy, "_STREAM_CHUNK", 1024)  # the large tensors above one chunk
-    peak_user, got = _run(UserLinf(), mode, momentum)
+    peak_user, got = _run(user(), mode, momentum)
     peak_builtin, ref = _run(Linf(), mode, momentum)
     for a, b in zip(got, ref):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
@@ -144,3 +159,23 @@ def test_a_norm_without_the_public_methods_says_what_is_missing():
 
     with pytest.raises(NotImplementedError, match="map"):
         Empty().direction(torch.ones(3), "scaled")
+
+
+@pytest.mark.parametrize("q", [1.0, 2.0, 3.0, math.inf])
+@pytest.mark.parametrize("layout", ["many_small", "few_large"])
+def test_tensor_norms_are_the_definitions(q, layout):
+    """``tensor_norms`` against ``torch.linalg.vector_norm`` per tensor, on both routes of the
+    execution layer (many small tensors: one multi-tensor kernel; large ones: the per-tensor
+    loop), an empty tensor giving 0. Tolerance 1e-12 relative in float64: the multi-tensor
+    kernels sum in another order than vector_norm."""
+    g = torch.Generator().manual_seed(1)
+    shapes = [(10,)] * 20 + [(0,), (3, 4)] if layout == "many_small" else [(300, 200), (0,), (70_000,)]
+    xs = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
+    want = torch.stack([torch.linalg.vector_norm(x, q) if x.numel() else x.new_zeros(()) for x in xs])
+    torch.testing.assert_close(tensor_norms(xs, q), want, rtol=1e-12, atol=0.0)
+    assert tensor_norms([], q).shape == (0,)
+
+
+def test_tensor_norms_rejects_q_below_one():
+    with pytest.raises(ValueError, match="q must be a number >= 1"):
+        tensor_norms([torch.ones(3)], 0.5)

@@ -11,11 +11,12 @@ The figures behind the constants are in docs/performance.md (issue 12).
 from __future__ import annotations
 
 import math
+from operator import attrgetter
 
 import torch
 from torch import Tensor
 
-from steepest.backend.ops import BatchedOps, ForeachOps, LoopOps, _stack, is_dtensor
+from steepest.backend.ops import BatchedOps, ForeachOps, LoopOps, _stack, any_dtensor
 
 # Elements per chunk when the loop path streams an elementwise update (StepOptimizer._streams):
 # 64K float32 = 256 KiB of temporaries per chunk beyond one large tensor's own.
@@ -31,6 +32,22 @@ _FOREACH_CHUNK_ACCELERATOR = 1 << 24
 # time: per-op Python/dispatch overhead (~3-5 us per op and tensor) then outweighs the work
 # (1,000 tensors of 1,000 elements: the per-tensor loop was ~2x torch's SGD per byte).
 _SMALL = 1 << 14
+
+
+# Per-tensor predicates as C-level passes (map of an attrgetter): with 1,000 small tensors a
+# Python generator over the list costs ~50-100 us a pass, several passes a step.
+_IS_CPU = attrgetter("is_cpu")
+
+
+def _all_cpu(xs: list[Tensor]) -> bool:
+    """Whether every tensor of ``xs`` is on the CPU (eager: one C-level pass; traced by
+    torch.compile, which cannot call an attrgetter without a graph break: a generator)."""
+    if torch.compiler.is_compiling():
+        return all(x.is_cpu for x in xs)
+    return all(map(_IS_CPU, xs))
+
+
+_any_dtensor = any_dtensor
 
 
 def compiling() -> bool:
@@ -67,6 +84,8 @@ def _chunk_limit(params: list[Tensor], foreach: bool) -> int:
 
 def _chunks(params: list[Tensor], limit: int) -> list[slice]:
     """Consecutive slices of ``params`` of at most ``limit`` elements each (a larger tensor alone)."""
+    if sum(map(Tensor.numel, params)) <= limit:  # one chunk: no Python pass over the tensors
+        return [slice(0, len(params))] if params else []
     out, start, size = [], 0, 0
     for k, p in enumerate(params):
         n = p.numel()
@@ -90,14 +109,13 @@ def _per_tensor_ok(xs: list[Tensor]) -> bool:
     """Whether a per-tensor loop costs the foreach path nothing: on CPU the ``_foreach_*`` ops
     are such a loop themselves, and one tensor is one kernel either way. On accelerators a
     loop would launch a kernel per tensor, so there the fused ops (and their temporaries) stay."""
-    return len(xs) <= 1 or all(x.is_cpu for x in xs)
+    return len(xs) <= 1 or _all_cpu(xs)
 
 
 def _small_many(xs: list[Tensor]) -> bool:
     """Whether ``xs`` are many small plain CPU tensors, in eager mode (see ``_SMALL``)."""
     return (len(xs) > 1 and sum(map(Tensor.numel, xs)) < _SMALL * len(xs)
-            and not torch.compiler.is_compiling()
-            and all(x.is_cpu for x in xs) and not any(map(is_dtensor, xs)))
+            and not torch.compiler.is_compiling() and _all_cpu(xs) and not _any_dtensor(xs))
 
 
 def _loop_each(xs: list[Tensor], ops: type[LoopOps]) -> bool:
@@ -117,9 +135,7 @@ def eager_fused_ok(params: list[Tensor]) -> bool:
     ``out=`` arguments need the generic ops)."""
     if torch.compiler.is_compiling():
         return False
-    # (The distinct types first: one C-level pass over a chunk of 1,000 small tensors.)
-    return not any(t.__name__ == "DTensor" for t in set(map(type, params))) or not any(
-        is_dtensor(p) for p in params)
+    return not _any_dtensor(params)
 
 
 def chunk_ops(foreach: bool, xs: list[Tensor]) -> type[LoopOps]:
@@ -130,7 +146,7 @@ def chunk_ops(foreach: bool, xs: list[Tensor]) -> type[LoopOps]:
     kernels called in a C++ loop, so the numbers are bitwise the loop's (tests/optim/test_noise.py
     checks it), without the Python and dispatch overhead of ~3-5 us per op and tensor that
     dominates small tensors (1,000 tensors of 1K floats)."""
-    if foreach or (len(xs) > 1 and all(x.device.type == "cpu" for x in xs)):
+    if foreach or (len(xs) > 1 and _all_cpu(xs)):
         return ForeachOps
     return LoopOps
 
@@ -152,7 +168,7 @@ def absmax(xs: list[Tensor], ops: type[LoopOps]) -> Tensor:
     ~4-6x slower than a pass (measured on 100K-element float32 tensors). NaN propagates as in
     ``vector_norm``. Elsewhere (accelerators, DTensors, compiling) ``ops.norms`` as before."""
     if (not xs or torch.compiler.is_compiling() or (ops.foreach and not _per_tensor_ok(xs))
-            or any(x.device.type != "cpu" or is_dtensor(x) or x.is_complex() for x in xs)):
+            or not _all_cpu(xs) or _any_dtensor(xs) or any(map(Tensor.is_complex, xs))):
         return ops.norms(xs, math.inf)
     lo, hi = [], []
     for x in xs:
@@ -190,7 +206,7 @@ def div_into_(xs: list[Tensor], dens: list[Tensor], ops: type[LoopOps]) -> list[
 def on_host(xs: list[Tensor]) -> bool:
     """Whether a per-coordinate choice may read values back to the host: eager, CPU, no DTensor
     (elsewhere a host read is a device sync, and compiled a graph break with a guard on it)."""
-    return not torch.compiler.is_compiling() and all(x.device.type == "cpu" for x in xs)
+    return not torch.compiler.is_compiling() and _all_cpu(xs)
 
 
 __all__ = [

@@ -57,6 +57,7 @@ from steepest.norms.protocol import (
     from_spec,
     per_tensor_list,
     register_norm,
+    tensor_norms,
 )
 
 __all__ = [
@@ -89,4 +90,5 @@ __all__ = [
     "per_tensor_list",
     "polar_svd",
     "register_norm",
+    "tensor_norms",
 ]

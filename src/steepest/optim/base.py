@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterable
+from operator import attrgetter, itemgetter
 from typing import Any
 
 import torch
@@ -42,6 +43,7 @@ from torch.optim import Optimizer
 from torch.optim.optimizer import ParamsT
 
 from steepest.backend import Backend, compiling, select
+from steepest.backend.policy import _all_cpu
 from steepest.norms import Norm, from_spec
 
 __all__ = [
@@ -60,6 +62,10 @@ __all__ = [
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 # Dtypes whose tensors the step converts (float32 working copies, real views).
 _CONVERTED = frozenset({torch.float16, torch.bfloat16, torch.complex32, torch.complex64, torch.complex128})
+# Per-tensor tests of every step as C-level passes (map of an attrgetter), in eager mode: a
+# Python generator over 1,000 small tensors costs ~50-100 us a pass (docs/performance.md, issue
+# 18). torch.compile cannot call an attrgetter without a graph break: traced, generators.
+_DTYPE, _IS_META, _PARAM = attrgetter("dtype"), attrgetter("is_meta"), itemgetter(1)
 NONFINITE = (None, "raise", "skip", "ignore")
 # "global" (the default) and "group": the norm over all parameters of each param group (the papers'
 # R^d when the model is one group); splitting parameters into groups (e.g. no weight decay on
@@ -171,7 +177,10 @@ def first_nonfinite(tensors: list[Tensor]) -> int | None:
     finite values) is each tensor checked elementwise.
     """
     # Meta tensors hold no values: nothing to check (and .item() would raise on them).
-    nonempty = [(k, t) for k, t in enumerate(tensors) if t.numel() and t.device.type != "meta"]
+    if not compiling() and all(map(Tensor.numel, tensors)) and not any(map(_IS_META, tensors)):
+        nonempty = list(enumerate(tensors))  # the usual case, without a Python test per tensor
+    else:
+        nonempty = [(k, t) for k, t in enumerate(tensors) if t.numel() and t.device.type != "meta"]
     if not nonempty:
         return None
     if bool(torch.isfinite(torch.stack([t.sum() for _, t in nonempty])).all()):
@@ -195,7 +204,7 @@ def update_is_finite(
     before the check keep their (finite) new values."""
     policy = group["nonfinite"]
     if policy is None:
-        policy = "ignore" if compiling() or any(p.device.type != "cpu" for p in params) else "raise"
+        policy = "ignore" if compiling() or not _all_cpu(params) else "raise"
     if policy == "ignore":
         return True
     flat: list[Tensor] = []
@@ -424,7 +433,7 @@ class StepOptimizer(Optimizer):
         policy = group["nonfinite"]
         if policy is not None:
             return policy
-        if compiling() or any(p.device.type != "cpu" for _, p, _ in items):
+        if compiling() or not _all_cpu([p for _, p, _g in items]):
             return "ignore"
         return "raise"
 
@@ -438,7 +447,8 @@ class StepOptimizer(Optimizer):
         params = [p for _, p, _g in items]
         grads = [g for _, _p, g in items]
         maximize = group["maximize"]
-        if not maximize and not any(p.dtype in _CONVERTED for p in params):
+        if not maximize and (not any(p.dtype in _CONVERTED for p in params) if compiling()
+                             else _CONVERTED.isdisjoint(map(_DTYPE, params))):
             return params, grads, states, []  # the usual case: nothing to convert
         wps, wgs, wstates, writeback = [], [], [], []
         for p, g, state in zip(params, grads, states):
