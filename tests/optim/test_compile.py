@@ -219,3 +219,32 @@ def test_gamma_closed_form_and_no_scalar_isnan(backend):
     # 0.8 = 1/(1 + 1/2/2) and 0.25 = 1/(1 + 3) are rounded once or twice: 1 ulp
     torch.testing.assert_close(got, want, rtol=1.2e-7, atol=0.0)
     assert got[0] == 1.0 and got[6] == 1.0  # exactly
+
+
+@pytest.mark.parametrize("scope", ["global", "per_tensor"])
+def test_compiled_coordinate_descent_moves_the_first_maximal_coordinate(scope):
+    """Compiled, l1 steepest descent moves one coordinate (per scope) through an index tensor
+    (``L1._coordinates_on_device``: no one-hot unit tensors, no guard on the winner). By the
+    definition [BPL20, Eq. 33]: ``x_ij -= lr ||g||_inf sign(g_ij)`` at the first maximal |g_ij|
+    in concatenation order, ties included, under aot_eager (the graph inductor gets)."""
+    from steepest import CoordinateDescent
+
+    params = [torch.zeros(2, 3).requires_grad_(), torch.zeros(4).requires_grad_()]
+    opt = CoordinateDescent(params, lr=0.5, scope=scope)
+    step = torch.compile(opt.step, backend="aot_eager")
+    grads = [  # |g| = 3 three times: tensor 0 at flat index 1 and 4, tensor 1 at index 2
+        (torch.tensor([[1.0, -3.0, 2.0], [0.0, 3.0, -1.0]]), torch.tensor([1.0, 2.0, 3.0, -3.0])),
+        (torch.tensor([[0.5, 0.0, 0.0], [0.0, 0.0, 0.0]]), torch.tensor([0.0, -2.0, 0.0, 2.0])),
+    ]
+    want = [torch.zeros(2, 3), torch.zeros(4)]
+    for gs in grads:
+        for p, g in zip(params, gs):
+            p.grad = g.clone()
+        step()
+        gmax = [g.abs().max() for g in gs]
+        movers = range(2) if scope == "per_tensor" else [max(range(2), key=lambda i: (gmax[i], -i))]
+        for i in movers:
+            j = int(gs[i].abs().reshape(-1).argmax())  # first maximal
+            want[i].view(-1)[j] -= 0.5 * gmax[i] * gs[i].reshape(-1)[j].sign()
+        for p, w in zip(params, want):
+            torch.testing.assert_close(p.detach(), w, rtol=0, atol=0)  # one product: exact
