@@ -14,6 +14,8 @@ functionalized graph, the input inductor sees) and a small set under inductor it
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch._dynamo.utils import counters
@@ -127,3 +129,122 @@ def test_compiled_matches_eager_inductor_loop(info):
     """The loop path under inductor, with a scheduler: inductor froze changing Python floats
     passed as ``alpha=``/``value=``/lerp weights (SVAG/MSVAG diverged by 0.13 from step 3)."""
     _compare(info, False, "inductor")
+
+
+# ---------------------------------------------------------------- what inductor makes of a step
+# Issue 18: compiled MSGD/MSVAG steps ran 2.6x/5.5x slower than SGD's because of the C++ that
+# inductor wrote for them, not because of graph breaks. These tests read that C++.
+
+
+def _in_loops(code: str, token: str) -> list[str]:
+    """Lines of the C++ kernels in ``code`` (inductor's output module) that contain ``token``
+    inside a ``for`` loop (brace depth tracked line by line, as inductor formats its kernels)."""
+    hits: list[str] = []
+    for src in code.split('extern "C"')[1:]:
+        src = src.split("'''")[0]
+        depth, loops = 0, []  # loops: [depth at the `for`, entered]
+        for line in src.splitlines():
+            if loops and token in line:
+                hits.append(line.strip())
+            if "for(" in line or "for (" in line:
+                loops.append([depth, False])
+            depth += line.count("{") - line.count("}")
+            for loop in loops:
+                loop[1] = loop[1] or depth > loop[0]
+            while loops and loops[-1][1] and depth <= loops[-1][0]:
+                loops.pop()
+    return hits
+
+
+def test_in_loops_reads_inductor_cpp():
+    code = ('extern "C" void kernel(float* p)\n{\n    {\n        auto a = std::pow(2.0, 3.0);\n'
+            '        for(int64_t x0=0; x0<8; x0+=8)\n        {\n            auto b = std::pow(a, 2.0);\n'
+            '        }\n        auto c = std::pow(a, 4.0);\n    }\n}\n\'\'\'')
+    assert _in_loops(code, "pow(") == ["auto b = std::pow(a, 2.0);"]
+
+
+def test_step_scalars_are_computed_once_per_tensor_not_per_element():
+    """MSGD's bias-corrected step ``-lr / (1 - beta^k)`` is a 0-d tensor expression while
+    compiling (the step counter is a tensor). Inductor inlined it into the update loop, one
+    double ``pow`` per 8 floats (MSGD compiled: 2.6x slower than eager, issue 18); stacked by the
+    list ops (``steepest.backend.ops._once``) it is a buffer written once per tensor. (One
+    inductor compile of two small tensors: ~5-15 s on 2 cores.)"""
+    from torch._inductor.utils import run_and_get_code
+
+    from steepest import MSGD
+
+    params = [torch.randn(64).requires_grad_(), torch.randn(40).requires_grad_()]
+    ref = [p.detach().clone().requires_grad_() for p in params]
+    opt, eager = MSGD(params, lr=0.1), MSGD(ref, lr=0.1)
+    for p, q in zip(params, ref):
+        p.grad = torch.randn(p.shape)
+        q.grad = p.grad.clone()
+    opt.step(), eager.step()  # lazy state; the compiled step below sees step = 1 -> 2
+    _, code = run_and_get_code(torch.compile(opt.step))
+    eager.step()
+    text = "\n".join(code)
+    assert "pow(" in text  # the coefficient is computed in the graph ...
+    assert _in_loops(text, "pow(") == []  # ... but not per element
+    for p, q in zip(params, ref):  # float32; the same formula, fused: a few ulp
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("backend", ["eager", "aot_eager", "inductor"])
+def test_gamma_closed_form_and_no_scalar_isnan(backend):
+    """SVAG/M-SVAG's factor ``gamma = m^2/(m^2 + e)`` (:func:`steepest.optim.noise._gamma_`, the
+    compiled and DTensor form) at its edges, eager and compiled: 0/0 (m = v = 0) and the
+    overflow cases (e = NaN from inf - inf, e = inf) give 0, e = 0 gives exactly 1 also for
+    |m| > 1 (where flooring e at ``tiny`` made subnormals, ~15x slower on CPUs), and inductor's
+    C++ has no per-element ``isnan`` (a scalar loop per 8 floats: ~15x slower, issue 18)."""
+    from steepest.backend import LoopOps
+    from steepest.optim.noise import _gamma_
+
+    nan, inf = math.nan, math.inf
+    e = torch.tensor([0.0, 1.0, 0.0, nan, inf, 2.0, 0.0, 3.0])
+    m = torch.tensor([1.0, 2.0, 0.0, 5.0, 3.0, 0.0, -7.0, -1.0])
+    want = torch.tensor([1.0, 0.8, 0.0, 0.0, 0.0, 0.0, 1.0, 0.25])
+
+    def gamma(e: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        return _gamma_([e.clone()], [m], LoopOps)[0]
+
+    if backend == "inductor":
+        from torch._inductor.utils import run_and_get_code
+
+        got, code = run_and_get_code(torch.compile(gamma), e, m)
+        assert _in_loops("\n".join(code), "isnan") == []
+    elif backend == "eager":
+        got = gamma(e, m)
+    else:
+        got = torch.compile(gamma, backend=backend)(e, m)
+    # 0.8 = 1/(1 + 1/2/2) and 0.25 = 1/(1 + 3) are rounded once or twice: 1 ulp
+    torch.testing.assert_close(got, want, rtol=1.2e-7, atol=0.0)
+    assert got[0] == 1.0 and got[6] == 1.0  # exactly
+
+
+@pytest.mark.parametrize("scope", ["global", "per_tensor"])
+def test_compiled_coordinate_descent_moves_the_first_maximal_coordinate(scope):
+    """Compiled, l1 steepest descent moves one coordinate (per scope) through an index tensor
+    (``L1._coordinates_on_device``: no one-hot unit tensors, no guard on the winner). By the
+    definition [BPL20, Eq. 33]: ``x_ij -= lr ||g||_inf sign(g_ij)`` at the first maximal |g_ij|
+    in concatenation order, ties included, under aot_eager (the graph inductor gets)."""
+    from steepest import CoordinateDescent
+
+    params = [torch.zeros(2, 3).requires_grad_(), torch.zeros(4).requires_grad_()]
+    opt = CoordinateDescent(params, lr=0.5, scope=scope)
+    step = torch.compile(opt.step, backend="aot_eager")
+    grads = [  # |g| = 3 three times: tensor 0 at flat index 1 and 4, tensor 1 at index 2
+        (torch.tensor([[1.0, -3.0, 2.0], [0.0, 3.0, -1.0]]), torch.tensor([1.0, 2.0, 3.0, -3.0])),
+        (torch.tensor([[0.5, 0.0, 0.0], [0.0, 0.0, 0.0]]), torch.tensor([0.0, -2.0, 0.0, 2.0])),
+    ]
+    want = [torch.zeros(2, 3), torch.zeros(4)]
+    for gs in grads:
+        for p, g in zip(params, gs):
+            p.grad = g.clone()
+        step()
+        gmax = [g.abs().max() for g in gs]
+        movers = range(2) if scope == "per_tensor" else [max(range(2), key=lambda i: (gmax[i], -i))]
+        for i in movers:
+            j = int(gs[i].abs().reshape(-1).argmax())  # first maximal
+            want[i].view(-1)[j] -= 0.5 * gmax[i] * gs[i].reshape(-1)[j].sign()
+        for p, w in zip(params, want):
+            torch.testing.assert_close(p.detach(), w, rtol=0, atol=0)  # one product: exact

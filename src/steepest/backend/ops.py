@@ -31,6 +31,30 @@ def _compiling() -> bool:
     return torch.compiler.is_compiling()
 
 
+def _once(cs: list[Any], xs: list[Tensor]) -> list[Any]:
+    """Per-tensor scalars of an update while compiling, each computed once instead of once per
+    element (eager: ``cs`` as given).
+
+    Compiled, a step-dependent coefficient is a 0-d tensor expression (``-lr / (1 - beta**k)``,
+    see :meth:`LoopOps.count`), and inductor inlines a 0-d pointwise expression into every
+    kernel that reads it: the C++ kernel then evaluated it, a double-precision ``pow`` among
+    others, once per 8 floats, and compiled MSGD/MSVAG steps ran 2.6x/5.5x slower than SGD's
+    (issue 18). A stack of two or more tensors is a buffer on CPU (inductor's ``ConcatKernel``):
+    each coefficient is written once, and the update kernels load it. (A lone scalar is stacked
+    with itself, since a one-input stack is a copy that inductor inlines again.) Only scalars on
+    the tensors' device are stacked (a CPU step counter of a CUDA tensor stays as it is)."""
+    if not cs or not all(isinstance(c, Tensor) and c.dim() == 0 for c in cs):
+        return cs
+    if not xs or any(c.device != xs[0].device for c in cs):
+        return cs
+    return list(_stack(cs if len(cs) > 1 else [cs[0], cs[0]]).unbind(0))[: len(cs)]
+
+
+def _once1(c: Any, xs: list[Tensor]) -> Any:
+    """:func:`_once` of one scalar shared by all tensors."""
+    return _once([c], xs)[0] if isinstance(c, Tensor) else c
+
+
 class LoopOps:
     """The per-tensor loop (the reference backend's list ops)."""
 
@@ -102,6 +126,8 @@ class LoopOps:
 
     @staticmethod
     def mul_scalar_(xs: list[Tensor], c: float) -> list[Tensor]:
+        if _compiling():
+            c = _once1(c, xs)
         for x in xs:
             x.mul_(c)
         return xs
@@ -110,6 +136,7 @@ class LoopOps:
     def axpy_(xs: list[Tensor], ys: list[Tensor], alpha: float) -> list[Tensor]:
         """xs += alpha * ys."""
         if _compiling():
+            alpha = _once1(alpha, xs)
             for x, y in zip(xs, ys):
                 x.add_(y * alpha)
             return xs
@@ -121,6 +148,7 @@ class LoopOps:
     def lerp_(xs: list[Tensor], ys: list[Tensor], w: float) -> list[Tensor]:
         """xs <- xs + w (ys - xs) = (1 - w) xs + w ys."""
         if _compiling():
+            w = _once1(w, xs)
             for x, y in zip(xs, ys):
                 x.add_((y - x) * w)
             return xs
@@ -131,6 +159,7 @@ class LoopOps:
     @staticmethod
     def lerp(xs: list[Tensor], ys: list[Tensor], w: float) -> list[Tensor]:
         if _compiling():
+            w = _once1(w, xs)
             return [x + (y - x) * w for x, y in zip(xs, ys)]
         return [torch.lerp(x, y, w) for x, y in zip(xs, ys)]
 
@@ -148,6 +177,7 @@ class LoopOps:
     @staticmethod
     def addcmul_(xs: list[Tensor], ys: list[Tensor], zs: list[Tensor], value: float) -> list[Tensor]:
         if _compiling():
+            value = _once1(value, xs)
             for x, y, z in zip(xs, ys, zs):
                 x.add_(y * z * value)
             return xs
@@ -163,6 +193,8 @@ class LoopOps:
         ``value`` at its first value (a PyTorch bug: compiled ``torch.addcmul(v, v, v, value=t)
         * (t + 1)`` gives 12 instead of 16 at t = 3), so a compiled SVAG/MSVAG step would use
         the first step's bias correction forever. Same one temporary, same result in eager."""
+        if _compiling():
+            values = _once(values, xs)
         return [torch.mul(y, z).mul_(v).add_(x) for x, y, z, v in zip(xs, ys, zs, values)]
 
     @staticmethod
@@ -183,16 +215,22 @@ class LoopOps:
 
     @staticmethod
     def mul_scalars(xs: list[Tensor], cs: list[float]) -> list[Tensor]:
+        if _compiling():
+            cs = _once(cs, xs)
         return [x * c for x, c in zip(xs, cs)]
 
     @staticmethod
     def mul_scalars_(xs: list[Tensor], cs: list[float]) -> list[Tensor]:
+        if _compiling():
+            cs = _once(cs, xs)
         for x, c in zip(xs, cs):
             x.mul_(c)
         return xs
 
     @staticmethod
     def div_scalars_(xs: list[Tensor], cs: list[float]) -> list[Tensor]:
+        if _compiling():
+            cs = _once(cs, xs)
         for x, c in zip(xs, cs):
             x.div_(c)
         return xs
@@ -229,6 +267,7 @@ class LoopOps:
     def axpy_scalars_(xs: list[Tensor], ys: list[Tensor], alphas: list[float]) -> list[Tensor]:
         """xs[i] += alphas[i] * ys[i]."""
         if _compiling():
+            alphas = _once(alphas, xs)
             for x, y, a in zip(xs, ys, alphas):
                 x.add_(y * a)
             return xs
@@ -239,6 +278,8 @@ class LoopOps:
     @staticmethod
     def add_scalars_(xs: list[Tensor], cs: list[float]) -> list[Tensor]:
         """xs[i] += cs[i]."""
+        if _compiling():
+            cs = _once(cs, xs)
         for x, c in zip(xs, cs):
             x.add_(c)
         return xs
@@ -247,6 +288,7 @@ class LoopOps:
     def addcdiv_scalars_(xs: list[Tensor], ys: list[Tensor], zs: list[Tensor], cs: list[float]) -> list[Tensor]:
         """xs[i] += cs[i] * ys[i] / zs[i], one pass (compiled: the product form, see _compiling)."""
         if _compiling():
+            cs = _once(cs, xs)
             for x, y, z, c in zip(xs, ys, zs, cs):
                 x.add_(y / z * c)
             return xs
@@ -258,6 +300,7 @@ class LoopOps:
     def addcmul_scalars_(xs: list[Tensor], ys: list[Tensor], zs: list[Tensor], cs: list[float]) -> list[Tensor]:
         """xs[i] += cs[i] * ys[i] * zs[i], one pass (compiled: the product form, see _compiling)."""
         if _compiling():
+            cs = _once(cs, xs)
             for x, y, z, c in zip(xs, ys, zs, cs):
                 x.add_(y * z * c)
             return xs
@@ -275,6 +318,19 @@ class LoopOps:
     def reciprocal_(xs: list[Tensor]) -> list[Tensor]:
         for x in xs:
             x.reciprocal_()
+        return xs
+
+    @staticmethod
+    def nan_to_inf_(xs: list[Tensor]) -> list[Tensor]:
+        """NaN -> +inf in place (infinities kept). Compiled, as ``where(x != x)``: inductor's C++
+        code for ``isnan``/``nan_to_num`` is a scalar loop per 8 floats, which made a fused
+        SVAG/MSVAG step ~15x slower (issue 18); the self-comparison is one vector compare."""
+        if _compiling():
+            for x in xs:
+                x.masked_fill_(x != x, math.inf)
+            return xs
+        for x in xs:
+            x.nan_to_num_(nan=math.inf, posinf=math.inf, neginf=-math.inf)
         return xs
 
     @staticmethod
@@ -303,6 +359,7 @@ class LoopOps:
     def addcdiv_(xs: list[Tensor], ys: list[Tensor], zs: list[Tensor], value: float) -> list[Tensor]:
         """xs += value * ys / zs."""
         if _compiling():
+            value = _once1(value, xs)
             for x, y, z in zip(xs, ys, zs):
                 x.add_(y / z * value)
             return xs

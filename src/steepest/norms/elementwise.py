@@ -268,17 +268,43 @@ class L1(Norm):
 
     def coordinates(
         self, xs: list[Tensor], mode: str, beta: float, per_tensor: bool
-    ) -> list[tuple[int, int, Tensor]] | None:
+    ) -> list[tuple[int, int | Tensor, Tensor]] | None:
         """The one moving coordinate (per scope) with its value ``coefficient * sign(z_ij)``;
-        ``None`` while compiling (the winner's indices would be guarded on: a recompile per new
-        winner) or on DTensors (their argmax is global: :func:`_sharded_coordinate`)."""
-        if _policy.compiling() or any(is_dtensor(x) for x in xs):
+        ``None`` on DTensors (their argmax is global: :func:`_sharded_coordinate`). While
+        compiling, :meth:`_coordinates_on_device`: an index tensor per tensor, never read back."""
+        if any(is_dtensor(x) for x in xs):
             return None
+        if _policy.compiling():
+            return self._coordinates_on_device(xs, mode, beta, per_tensor)
         dual, coords = self._coordinates(xs, _policy.reduction_ops(xs), per_tensor)
         if not coords:
             return []
         coefs = Factored([], dual, dual).coefficients(mode, beta)
         return [(i, j, coefs[i] * sign) for i, j, sign in coords if sign is not None]
+
+    @staticmethod
+    def _coordinates_on_device(
+        xs: list[Tensor], mode: str, beta: float, per_tensor: bool
+    ) -> list[tuple[int, int | Tensor, Tensor]]:
+        """:meth:`coordinates` with no host read (torch.compile: the winner's indices as Python
+        ints would be guarded on, a recompile per new winner): every nonempty tensor's own first
+        argmax ``j`` as a 1-element index tensor, its value ``coefficient * sign(z_ij)`` times
+        whether the tensor is the winner (first maximal, as ``argmax``; the others move by 0).
+        Inductor fuses the max and argmax into one read of each tensor, and the update writes one
+        element per tensor, where the one-hot unit tensors of :meth:`_factor_on_device` cost a
+        zero fill and a full update pass per parameter (compiled: ~5x the eager step, issue 18)."""
+        maxes = _policy.absmax(xs, _policy.reduction_ops(xs))
+        dual = maxes if per_tensor else maxes.max().expand(len(xs))
+        coefs = Factored([], dual, dual).coefficients(mode, beta)
+        win = None if per_tensor else torch.argmax(maxes)
+        coords: list[tuple[int, int | Tensor, Tensor]] = []
+        for i, x in enumerate(xs):
+            if x.numel():
+                flat = x.reshape(-1)
+                j = torch.argmax(flat.abs()).reshape(1)
+                v = torch.sign(flat.gather(0, j)) * coefs[i]
+                coords.append((i, j, v if win is None else v * (win == i).to(v.dtype)))
+        return coords
 
     def _coordinates(
         self, xs: list[Tensor], ops: type[LoopOps], per_tensor: bool

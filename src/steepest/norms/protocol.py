@@ -215,10 +215,11 @@ class Norm:
 
     def coordinates(
         self, xs: list[Tensor], mode: str, beta: float, per_tensor: bool
-    ) -> list[tuple[int, int, Tensor]] | None:
+    ) -> list[tuple[int, int | Tensor, Tensor]] | None:
         """For a direction that is zero but for a few coordinates (l1): ``(i, j, value)`` with
         ``direction_i.view(-1)[j] = value``, every other entry 0, so that an optimizer moves
-        those coordinates alone. ``None`` (the default) if the direction is not of that form or
+        those coordinates alone (``j`` an int, or while compiling a 1-element index tensor and
+        ``value`` of shape (1,)). ``None`` (the default) if the direction is not of that form or
         the values cannot be read on the host here."""
         return None
 

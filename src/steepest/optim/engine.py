@@ -133,7 +133,10 @@ def apply_direction(
         # adding a whole all-zero direction (3 passes over every parameter saved).
         apply_weight_decay(ops, params, lr, wd)
         for i, j, value in coords:
-            params[i].view(-1)[j] -= lr * value
+            if isinstance(j, Tensor):  # compiled: an index tensor (L1._coordinates_on_device)
+                params[i].view(-1).index_add_(0, j, (value * -lr).to(params[i].dtype).reshape(1))
+            else:
+                params[i].view(-1)[j] -= lr * value
         return
     plan = norm.plan(c, mode, beta, per_tensor)
     if plan is None:

@@ -35,9 +35,8 @@ step has ``t = 0``, bias corrections ``1 - beta^1`` and ``rho(beta, 0) = 1``.
 * No ``eps``. Where ``m = v = 0`` the factor ``m^2/(m^2 + rho s)`` is 0/0; it is defined as 0 there,
   so that coordinate does not move. (In floating point: SVAG and M-SVAG compute the factor as
   ``1/(1 + rho s/m^2)``, where ``m = 0`` makes the quotient ``+inf`` and the factor exactly 0;
-  the 0/0 of ``m = v = 0`` is mapped to ``+inf`` too (eager steps, :func:`_adapted_step_`) or
-  avoided by flooring ``rho s`` at the dtype's smallest normal number (compiled steps,
-  :func:`_gamma_`). Adam* floors ``(v - m^2)/a`` at that number under its ``rsqrt``. This
+  the 0/0 of ``m = v = 0`` is mapped to ``+inf`` too (eager steps, :func:`_adapted_step_`;
+  compiled steps, :func:`_gamma_`). Adam* floors ``(v - m^2)/a`` at that number under its ``rsqrt``. This
   changes nothing else, and the one parameter-sized temporary of the step holds the factor,
   computed in place.)
 * ``v >= m^2`` holds exactly (Jensen: both are the same convex combination); rounding can make
@@ -332,15 +331,15 @@ class _VarianceAdapted(_BetaIsMomentum):
 def _gamma_(e: list[Tensor], m_t: list[Tensor], ops: type[_Ops]) -> list[Tensor]:
     """``e <- gamma = m~^2/(m~^2 + e) = 1/(1 + e/m~/m~)`` in place (no temporary for ``m~^2``).
 
-    ``e`` is floored at the dtype's smallest normal number first: where ``m~ = 0`` the quotient
-    is then ``+inf`` and gamma 0, also where ``m = v = 0`` (0/0, defined as 0: no update;
-    Sec. 5.4.4); where ``s = 0`` (the first step, ``beta = 0``) gamma is exactly 1 for any
-    ``m~^2`` above ``tiny/eps``. All terms are >= 0: no cancellation, a few ulp from the quotient."""
-    for x in e:  # v~ - a m~^2 is inf - inf (NaN) where both overflowed: gamma 0 there, as for
-        x.nan_to_num_(nan=math.inf, posinf=math.inf, neginf=-math.inf)  # v~ = inf (issue 21)
-    ops.clamp_min_(e, _tiny(e))
-    ops.add_(ops.div_(ops.div_(e, m_t), m_t), 1.0)
-    return ops.reciprocal_(e)
+    A NaN quotient counts as ``+inf`` (gamma 0): ``0/0`` where ``m = v = 0`` (defined as 0: no
+    update; Sec. 5.4.4), and ``inf - inf`` where ``v~`` and ``m~^2`` both overflowed (as for
+    ``v~ = inf``, issue 21); where ``m~ = 0 < e`` the quotient is ``+inf`` by itself. Where
+    ``s = 0`` (the first step, ``beta = 0``, constant gradients) ``e = 0`` and gamma is exactly 1.
+    (Not by flooring ``e`` at the dtype's smallest normal number first: ``tiny/m~^2`` is
+    subnormal wherever the variance is 0 and ``|m~| > 1``, and the CPU then computed a compiled
+    step ~15x slower, issue 18.) All terms are >= 0: no cancellation, a few ulp from the quotient."""
+    ops.nan_to_inf_(ops.div_(ops.div_(e, m_t), m_t))
+    return ops.reciprocal_(ops.add_(e, 1.0))
 
 
 def _safe_reciprocal(x: float) -> float:
@@ -373,9 +372,9 @@ def _adapted_step_(
     ``r = inf``) and wrote NaN (issue 21); ``x / r`` is 0 there, as gamma. So the step stays finite
     for any finite gradient unless ``lr m`` itself overflows (as with ``torch.optim.Adam``, a
     ``v~ = inf`` stops the step). ``q >= a`` up to rounding, so
-    no intermediate is subnormal (flooring ``v~ - a m~^2`` at ``tiny`` and dividing by ``m~^2``,
-    as the reference form does, makes subnormals wherever the variance is 0 -- constant
-    gradients -- and CPUs compute those ~10x slower). ``K = 0`` (t = 0, beta = 0: ``s = 0``,
+    no intermediate is subnormal (flooring ``v~ - a m~^2`` at ``tiny`` and dividing by ``m~^2``
+    would make subnormals wherever the variance is 0 -- constant gradients -- and CPUs compute
+    those ~10x slower). ``K = 0`` (t = 0, beta = 0: ``s = 0``,
     gamma = 1 wherever ``m~ != 0``) is the plain step ``coef x``."""
     pos = [i for i, ki in enumerate(k) if ki > 0.0]
     plain = [i for i, ki in enumerate(k) if not ki > 0.0]
