@@ -75,12 +75,15 @@ def _case(name: str):  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="module", autouse=True)
 def _aot_eager():
     """The broad matrix traces with aot_eager (module docstring); kernels are shared across the
-    module's tests (one per function, options and dtype)."""
-    old = F.BACKEND
+    module's tests (one per function, options and dtype). One intra-op thread: on a loaded 2-core
+    machine OpenMP's barriers made every op on these small tensors ~30x slower (ms, not us)."""
+    old, threads = F.BACKEND, torch.get_num_threads()
     F.BACKEND = "aot_eager"
+    torch.set_num_threads(1)
     F.reset()
     yield
     F.BACKEND = old
+    torch.set_num_threads(threads)
     F.reset()
 
 
