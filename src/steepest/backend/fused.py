@@ -5,7 +5,7 @@ per-tensor function in :mod:`steepest.optim.updates`, fused into one kernel by `
 :class:`FusedBackend` is registered as ``BACKENDS["fused"]``: :func:`steepest.backend.select` hands
 it a param group with ``fused=True``, ``StepOptimizer.step`` gives it the stored tensors (no
 working copies: :attr:`Backend.working_copies` is False, one chunk per group) and its
-:meth:`FusedBackend.run` calls the optimizer's ``_fused_step(group, params, grads, states,
+:meth:`FusedBackend.run` calls the optimizer's ``_fused_run(group, params, grads, states,
 backend)``, which calls the drivers of :mod:`steepest.optim.updates`; they call back:
 
 * :meth:`FusedBackend.kernel` ``(fn, *args, **static)`` (:func:`run`): ``fn(*args, **static)``
@@ -115,7 +115,7 @@ def reset() -> None:
 # map is traced in, e.g. ``math.isinf(self.p)``, which a symbolic float cannot answer); what
 # changes from step to step (lr, bias corrections) is passed as 0-d tensors. The key of a kernel
 # holds every static option, so a specialized float never goes stale (aot mode checks no guards).
-_DYNAMO = {"specialize_float": True}
+_DYNAMO: dict[str, Any] = {"specialize_float": True}
 
 
 def _compile(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -167,14 +167,15 @@ def _compile_aot(fn: Callable[..., Any], args: tuple[Any, ...], path: str | None
     if path and os.path.exists(path):
         try:
             with open(path, "rb") as f:
-                aot = torch.compiler.load_compiled_function(f, f_globals=fn.__globals__)
+                aot: Any = torch.compiler.load_compiled_function(f, f_globals=fn.__globals__)
             aot.disable_guard_check()
             STATS["loaded"] += 1
-            return aot  # type: ignore[no-any-return]
+            return aot
         except Exception:  # a stale or foreign file: compile anew
             pass
     with torch._dynamo.config.patch(**_DYNAMO):
-        aot = torch.compile(fn, backend=BACKEND, dynamic=True, fullgraph=True).aot_compile((args, {}))
+        compiled: Any = torch.compile(fn, backend=BACKEND, dynamic=True, fullgraph=True)
+        aot = compiled.aot_compile((args, {}))
     aot.disable_guard_check()
     STATS["compiled"] += 1
     if path:
@@ -183,7 +184,7 @@ def _compile_aot(fn: Callable[..., Any], args: tuple[Any, ...], path: str | None
             aot.save_compiled_function(path)
         except Exception:  # saving is an optimization only
             pass
-    return aot  # type: ignore[no-any-return]
+    return aot
 
 
 def _specialized(fn: Callable[..., Any], static: dict[str, Any]) -> Callable[..., Any]:
@@ -283,9 +284,10 @@ def run_many(fn: Callable[..., Any], rows: list[tuple[Any, ...]], **static: Any)
             run(fn, *group[0], **static)
             continue
         start, size = 0, 0
-        for k, row in enumerate([*group, None]):
-            n = 0 if row is None else next(a for a in row if isinstance(a, Tensor) and a.dim() > 0).numel()
-            if row is None or (size and size + n > PACK):
+        ends: list[tuple[Any, ...] | None] = [*group, None]
+        for k, end in enumerate(ends):
+            n = 0 if end is None else next(a for a in end if isinstance(a, Tensor) and a.dim() > 0).numel()
+            if end is None or (size and size + n > PACK):
                 _run_pack(fn, group[start:k], static)
                 start, size = k, 0
             size += n
@@ -312,7 +314,7 @@ class FusedBackend(Backend):
 
     It takes the stored tensors (:attr:`working_copies` False: the kernels read half precision
     into float32 registers and fold ``maximize`` in as a sign) as one chunk per group, and hands
-    them to the optimizer's ``_fused_step(group, params, grads, states, backend)``, whose
+    them to the optimizer's ``_fused_run(group, params, grads, states, backend)``, whose
     drivers call :meth:`kernel` and :meth:`kernel_many`. Optimizers without fused kernels refuse
     ``fused=True`` at construction (``StepOptimizer._fused_unsupported``)."""
 
@@ -344,7 +346,7 @@ class FusedBackend(Backend):
 
     def run(self, optimizer: Any, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
             states: list[dict[str, Any]]) -> None:
-        optimizer._fused_step(group, params, grads, states, self)
+        optimizer._fused_run(group, params, grads, states, self)
 
 
 BACKENDS["fused"] = FusedBackend()

@@ -365,7 +365,7 @@ class StepOptimizer(Optimizer):
     # ---- hooks for subclasses ---------------------------------------------------------------
     def _fused_unsupported(self, group: dict[str, Any]) -> str | None:
         """Why ``fused=True`` cannot run this group (``None``: it can). An optimizer with fused
-        kernels (:mod:`steepest.optim.updates`) overrides this and :meth:`_fused_step`."""
+        kernels (:mod:`steepest.optim.updates`) overrides this and :meth:`_fused_run`."""
         return "(it has no fused kernels)"
 
     def _fused_reduces_first(self, group: dict[str, Any]) -> bool:
@@ -374,7 +374,7 @@ class StepOptimizer(Optimizer):
         that ``step`` leaves the group out of its scan (:mod:`steepest.backend.fused`)."""
         return False
 
-    def _fused_step(
+    def _fused_run(
         self,
         group: dict[str, Any],
         params: list[Tensor],

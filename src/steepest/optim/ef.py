@@ -73,7 +73,7 @@ class EFSignSGD(StepOptimizer):
     def _fused_reduces_first(self, group: dict[str, Any]) -> bool:
         return True  # ||lr g + e||_1 reads every gradient before the first write
 
-    def _fused_step(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+    def _fused_run(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                     states: list[dict[str, Any]], backend: Any) -> None:
         _updates.fused_ef(group, params, grads, states, backend, _mean_abs_safe)
 

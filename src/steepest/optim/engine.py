@@ -335,7 +335,7 @@ class SteepestDescent(StepOptimizer):
         # A reduction pass (the norm's partials) reads every gradient before the first write.
         return not group["norm"].elementwise(group["mode"])
 
-    def _fused_step(
+    def _fused_run(
         self,
         group: dict[str, Any],
         params: list[Tensor],

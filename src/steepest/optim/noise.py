@@ -227,7 +227,7 @@ class MSGD(_BetaIsMomentum):
     def _fused_unsupported(self, group: dict[str, Any]) -> str | None:
         return None
 
-    def _fused_step(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+    def _fused_run(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                     states: list[dict[str, Any]], backend: Any) -> None:
         _updates.fused_msgd(group, params, grads, states, backend)
 
@@ -302,7 +302,8 @@ class _VarianceAdapted(_BetaIsMomentum):
     def _factors(b: float, t: Tensor, weight: bool) -> tuple[Tensor, Tensor]:
         """:meth:`_scales` of a tensor step index ``t`` (a compiled step: no graph break)."""
         a = 1.0 / (1.0 - b ** (t + 1.0))
-        k = (rho(b, t) if weight else 1.0) * _safe_reciprocal(_one_minus_rho(b, t)) / a
+        tt: Any = t  # rho and _one_minus_rho take a tensor step index too
+        k = (rho(b, tt) if weight else 1.0) * _safe_reciprocal(_one_minus_rho(b, tt)) / a
         if not isinstance(k, Tensor):
             k = torch.zeros_like(t) + k
         return a, k
@@ -312,7 +313,7 @@ class _VarianceAdapted(_BetaIsMomentum):
     def _fused_unsupported(self, group: dict[str, Any]) -> str | None:
         return None
 
-    def _fused_step(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+    def _fused_run(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                     states: list[dict[str, Any]], backend: Any) -> None:
         _updates.fused_variance_adapted(group, params, grads, states, self._kind, backend, self._scales)
 

@@ -3,7 +3,7 @@
 These are the kernels of the fused backend (:mod:`steepest.backend.fused` compiles each one
 with ``torch.compile``, shape-dynamic, once per function, static options and dtype). Each is
 also correct eager (the fallback when compiling is unavailable runs them as they are). The
-drivers at the end (``fused_*``) are what an optimizer's ``_fused_step`` calls: they make the
+drivers at the end (``fused_*``) are what an optimizer's ``_fused_run`` calls: they make the
 reductions and per-tensor scalars and call ``backend.kernel``/``backend.kernel_many``. A norm
 enters only through its public methods (:meth:`steepest.norms.Norm.map`, ``partial``,
 ``plan_partials``), so a norm written outside the package fuses as a built-in one.
@@ -245,7 +245,7 @@ def variance_adapted_step(
 
 
 # ------------------------------------------------------------------ drivers (per optimizer)
-# What each optimizer's ``_fused_step`` hands off to: the reductions, the norm's per-tensor
+# What each optimizer's ``_fused_run`` hands off to: the reductions, the norm's per-tensor
 # scalars, the non-finite check of a deferred group, then the kernel calls. ``params``, ``grads``
 # and the state tensors are the stored ones (real views of complex ones), in any floating dtype;
 # maximize is the sign ``sgn``.
