@@ -217,9 +217,11 @@ def run(fn: Callable[..., Any], *args: Any, **static: Any) -> Any:
     """``fn(*args, **static)`` as one fused kernel (module docstring)."""
     tensors = [a for a in args if isinstance(a, Tensor)]
     lead = tensors[0]
-    # Tensors of one element are specialized by dynamo (and cost nothing eagerly); inside a
-    # user's torch.compile(opt.step) dynamo inlines the function into the surrounding graph.
-    if (compiling() or lead.numel() < 2 or not available()
+    # Under SMALL elements the compiled call's fixed cost (~0.1-0.5 ms on a 2-core CPU,
+    # benchmarks/fused_overhead.py) exceeds the eager ops' time: eager (run_many packs them
+    # first, so this is a reduction pass of a small tensor, or a small pack). Inside a user's
+    # torch.compile(opt.step) dynamo inlines the function into the surrounding graph.
+    if (compiling() or lead.numel() < SMALL or not available()
             or not all(t.is_contiguous() for t in tensors)):
         return fn(*args, **static)
     # What the kernel was compiled for, beyond shapes (aot mode checks no guards: this is it).
@@ -269,15 +271,22 @@ def run_many(fn: Callable[..., Any], rows: list[tuple[Any, ...]], **static: Any)
         for row in rows:
             fn(*row, **static)
         return
+    if not rows:
+        return
+    # The rows of one call share their layout (the driver builds them alike): which positions
+    # hold the per-element tensors, which the scalars (0-d tensors, numbers, None).
+    first = rows[0]
+    slots = [j for j, a in enumerate(first) if isinstance(a, Tensor) and a.dim() > 0]
+    others = [j for j in range(len(first)) if j not in slots]
+    lead_j = slots[0]
     packs: dict[Any, list[tuple[Any, ...]]] = {}
     for row in rows:
-        big = [a for a in row if isinstance(a, Tensor) and a.dim() > 0]
-        lead = big[0]
-        if lead.numel() >= SMALL or not all(t.is_contiguous() for t in big):
+        lead = row[lead_j]
+        if lead.numel() >= SMALL or not all(row[j].is_contiguous() for j in slots):
             run(fn, *row, **static)
             continue
-        key = tuple(("T", a.dtype, a.device) if isinstance(a, Tensor) and a.dim() > 0 else
-                    (id(a) if isinstance(a, Tensor) else a) for a in row)
+        key = (lead.dtype, lead.device, *(id(row[j]) if isinstance(row[j], Tensor) else row[j]
+                                          for j in others))
         packs.setdefault(key, []).append(row)
     for group in packs.values():
         if len(group) == 1:
@@ -286,20 +295,20 @@ def run_many(fn: Callable[..., Any], rows: list[tuple[Any, ...]], **static: Any)
         start, size = 0, 0
         ends: list[tuple[Any, ...] | None] = [*group, None]
         for k, end in enumerate(ends):
-            n = 0 if end is None else next(a for a in end if isinstance(a, Tensor) and a.dim() > 0).numel()
+            n = 0 if end is None else end[lead_j].numel()
             if end is None or (size and size + n > PACK):
-                _run_pack(fn, group[start:k], static)
+                _run_pack(fn, group[start:k], static, slots)
                 start, size = k, 0
             size += n
 
 
-def _run_pack(fn: Callable[..., Any], rows: list[tuple[Any, ...]], static: dict[str, Any]) -> None:
+def _run_pack(fn: Callable[..., Any], rows: list[tuple[Any, ...]], static: dict[str, Any],
+              slots: list[int]) -> None:
     if len(rows) == 1:
         run(fn, *rows[0], **static)
         return
     first = rows[0]
-    slots = [j for j, a in enumerate(first) if isinstance(a, Tensor) and a.dim() > 0]
-    flat = {j: torch.cat([r[j].reshape(-1) for r in rows]) for j in slots}
+    flat = {j: torch.cat([r[j].view(-1) for r in rows]) for j in slots}
     args = [flat[j] if j in flat else a for j, a in enumerate(first)]
     before = {j: flat[j]._version for j in slots}
     run(fn, *args, **static)
