@@ -140,9 +140,9 @@ def _source(module: str) -> str:
 def _cache_file(fn: Callable[..., Any], key: Any, static: dict[str, Any]) -> str | None:
     """Where the aot-compiled kernel of ``key`` is saved (``STEEPEST_FUSED_CACHE``, default a
     ``steepest-fused`` folder in inductor's cache directory; ``"0"`` turns it off). The name
-    hashes the kernel module's source and that of the classes of its static options (a norm
-    written elsewhere: its ``map`` is traced into the kernel), the key, torch's version, the
-    backend and the thread count (inductor's CPU kernels are generated for it)."""
+    hashes the kernel module's source, this module's, and that of the classes of its static
+    options (a norm written elsewhere: its ``map`` is traced into the kernel), the key, torch's
+    version, the backend and the thread count (inductor's CPU kernels are generated for it)."""
     root = os.environ.get("STEEPEST_FUSED_CACHE")
     if root == "0" or BACKEND != "inductor":
         return None
@@ -154,8 +154,9 @@ def _cache_file(fn: Callable[..., Any], key: Any, static: dict[str, Any]) -> str
     if not source:
         return None
     others = sorted({type(v).__module__ for v in static.values()} - {"builtins", fn.__module__})
-    text = repr((source, [_source(m) for m in others], fn.__qualname__, key[1:], torch.__version__,
-                 torch.get_num_threads()))
+    # (this module's source too: how arguments are flattened is part of the kernel's signature)
+    text = repr((source, _source(__name__), [_source(m) for m in others], fn.__qualname__, key[1:],
+                 torch.__version__, torch.get_num_threads()))
     return os.path.join(root, hashlib.sha256(text.encode()).hexdigest()[:32] + ".bin")
 
 
@@ -196,6 +197,9 @@ def _specialized(fn: Callable[..., Any], static: dict[str, Any]) -> Callable[...
 
 
 def _flat(x: Any) -> Any:
+    # 0-d scalars become (1,): aot_compile cannot restart dynamo's analysis when it turns a 0-d
+    # input into a scalar (TensorifyScalarRestartAnalysis). The drivers pass them in the compute
+    # dtype, so a (1,)-shaped one promotes nothing.
     return x.view(-1) if isinstance(x, Tensor) and x.dim() != 1 else x
 
 

@@ -254,8 +254,28 @@ def _f(x: Any) -> float:
 
 
 def _scalar(x: Any, like: Tensor) -> Tensor:
-    """A per-step scalar as the kernels take it: a 0-d float64 tensor on ``like``'s device."""
-    return torch.tensor(_f(x), dtype=torch.float64, device=like.device)
+    """A per-step scalar as the kernels take it: a 0-d tensor of ``like``'s compute dtype
+    (float32 for half precision, as eager's working copies; float64 for float64) and device.
+    (The backend passes it as a 1-element tensor, which would promote a float32 update if it
+    were float64; eager rounds a Python-number lr to float32 for float32 tensors too.)"""
+    dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+    return torch.tensor(_f(x), dtype=dtype, device=like.device)
+
+
+class _PerDtype:
+    """One scalar tensor per (compute dtype, device) of a group's tensors, made once per step
+    (one object per dtype: rows sharing it are packed together)."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+        self.made: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+
+    def __call__(self, like: Tensor) -> Tensor:
+        key = (like.dtype, like.device)
+        t = self.made.get(key)
+        if t is None:
+            t = self.made[key] = _scalar(self.value, like)
+        return t
 
 
 def _checks(group: dict[str, Any], params: list[Tensor]) -> bool:
@@ -321,7 +341,7 @@ def fused_steepest(group: dict[str, Any], params: list[Tensor], grads: list[Tens
     ``plan_partials``, :func:`steepest_step`)."""
     norm: Norm = group["norm"]
     mode, beta = group["mode"], group["beta"]
-    lr, wd = _scalar(group["lr"], params[0]), _f(group.get("weight_decay", 0.0))
+    lr, wd = _PerDtype(group["lr"]), _f(group.get("weight_decay", 0.0))
     b1, b2 = betas
     momentum = "none" if b1 == 0.0 and b2 == 0.0 else ("ema" if b1 == b2 else "lion")
     sgn = -1.0 if group["maximize"] else 1.0
@@ -345,7 +365,7 @@ def fused_steepest(group: dict[str, Any], params: list[Tensor], grads: list[Tens
         if not update_is_finite(who, group, params, [post], f"the {mode} step's scale under {norm!r}"):
             return
         pres, posts = _shared(pre, n, per_tensor), _shared(post, n, per_tensor)
-    backend.kernel_many(steepest_step, [(p, g, m, pre_i, post_i, lr) for p, g, m, pre_i, post_i
+    backend.kernel_many(steepest_step, [(p, g, m, pre_i, post_i, lr(p)) for p, g, m, pre_i, post_i
                                         in zip(params, grads, ms, pres, posts) if p.numel()],
                         norm=norm, wd=wd, b1=b1, b2=b2, sgn=sgn, momentum=momentum, hi1=hi1, hi2=hi2)
 
@@ -356,16 +376,16 @@ def fused_msgd(group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
     lr, b, wd = _f(group["lr"]), group["momentum"], _f(group["weight_decay"])
     sgn = -1.0 if group["maximize"] else 1.0
     w = 1.0 - b
-    lr_t = _scalar(lr, params[0])
-    hats: dict[float, Tensor] = {}  # per step count (usually one): one object, packable rows
+    lr_t = _PerDtype(lr)
+    hats: dict[float, _PerDtype] = {}  # per step count (usually one): one object, packable rows
     rows = []
     for p, g, st in zip(params, grads, states):
         st["step"].add_(1.0)
         k = float(st["step"])
         if k not in hats:
-            hats[k] = _scalar(lr / (1.0 - b**k), p)
+            hats[k] = _PerDtype(lr / (1.0 - b**k))
         if p.numel():
-            rows.append((p, g, st["exp_avg"], hats[k], lr_t))
+            rows.append((p, g, st["exp_avg"], hats[k](p), lr_t(p)))
     backend.kernel_many(msgd_step, rows, wd=wd, w=w, sgn=sgn, hi=w >= 0.5)
 
 
@@ -375,23 +395,23 @@ def fused_ef(group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
     """``EFSignSGD``'s step on the fused backend: pass 1 :func:`ef_reduce`, pass 2 :func:`ef_step`.
     ``safe_coefs(p_ts, per_tensor)``: the overflow-safe ``||p_t||_1 / d`` (the optimizer's), for
     the rare step whose ``||p_t||_1`` overflows with finite gradients."""
-    lr, wd = _scalar(group["lr"], params[0]), _f(group["weight_decay"])
+    lr, wd = _PerDtype(group["lr"]), _f(group["weight_decay"])
     sgn = -1.0 if group["maximize"] else 1.0
     errs = [st["error"] for st in states]
-    partials = _stack([backend.kernel(ef_reduce, g, e, lr, sgn=sgn) if g.numel()
+    partials = _stack([backend.kernel(ef_reduce, g, e, lr(g), sgn=sgn) if g.numel()
                        else g.new_zeros((), dtype=torch.float32) for g, e in zip(grads, errs)])
     if _checks(group, params):
         _refuse_nonfinite(partials, grads)
     per_tensor = group["scope"] == "per_tensor"
     dual = _combine_pow(partials, 1.0, per_tensor)
     if dual.device.type == "cpu" and not compiling() and not bool(torch.isfinite(dual).all()):
-        coefs = safe_coefs([ef_input(g, e, lr, sgn=sgn) for g, e in zip(grads, errs)], per_tensor)
+        coefs = safe_coefs([ef_input(g, e, lr(g), sgn=sgn) for g, e in zip(grads, errs)], per_tensor)
     else:
         sizes = [float(e.numel()) for e in errs]
         ds = sizes if per_tensor else [sum(sizes)] * len(errs)
         coefs = _safe_div(dual, torch.tensor(ds, dtype=dual.dtype, device=dual.device))
     cs = list(coefs.unbind(0)) if per_tensor else [coefs[0]] * len(errs)  # one object: packable
-    backend.kernel_many(ef_step, [(p, g, e, c, lr) for p, g, e, c in zip(params, grads, errs, cs)
+    backend.kernel_many(ef_step, [(p, g, e, c, lr(p)) for p, g, e, c in zip(params, grads, errs, cs)
                                   if p.numel()], wd=wd, sgn=sgn)
 
 
@@ -401,7 +421,7 @@ def fused_variance_adapted(group: dict[str, Any], params: list[Tensor], grads: l
                            ) -> None:
     """``SVAG``/``MSVAG`` (moving average)/``AdamStar``'s step on the fused backend
     (:func:`variance_adapted_step`); ``scales``: ``noise._VarianceAdapted._scales`` (a, K)."""
-    lr, b, wd = _scalar(group["lr"], params[0]), group["momentum"], _f(group["weight_decay"])
+    lr, b, wd = _PerDtype(group["lr"]), group["momentum"], _f(group["weight_decay"])
     sgn = -1.0 if group["maximize"] else 1.0
     per_step: dict[float, tuple[Tensor, Tensor]] = {}  # per step value (usually one): a, K
     rows = []
@@ -414,7 +434,7 @@ def fused_variance_adapted(group: dict[str, Any], params: list[Tensor], grads: l
             per_step[t] = (a_t, k_t)
         a_t, k_t = per_step[t]
         if p.numel():
-            rows.append((p, g, st["exp_avg"], st["exp_avg_sq"], lr, a_t, k_t))
+            rows.append((p, g, st["exp_avg"], st["exp_avg_sq"], lr(p), a_t, k_t))
     backend.kernel_many(variance_adapted_step, rows, wd=wd, w=1.0 - b, b=b, sgn=sgn, kind=kind,
                         hi=1.0 - b >= 0.5)
 
