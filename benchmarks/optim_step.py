@@ -1,6 +1,7 @@
 """Step time of every steepest optimizer per byte moved, against SGD-momentum and the copy floor.
 
     python benchmarks/optim_step.py [--layouts big,small] [--repeats 5] [--json out.json]
+    python benchmarks/optim_step.py --fused [--paths loop,fused]   # the fused backend too
 
 Layouts: ``big`` = 10M float32 parameters in 100 tensors, ``small`` = 1M in 1,000 tensors.
 For each optimizer, loop and foreach paths, ``opt.step()`` alone is timed (gradients fixed),
@@ -140,6 +141,15 @@ WHY = {
     "SteepestDescent(l2)": "the global l2 norm (one read of g) before the update divides by it",
 }
 
+# The fused path (one kernel per tensor and pass): where it stays above SGD-momentum per byte.
+FUSED_WHY = {
+    "ScaledSignSGD": "two passes (||g||_1 before the first write): floor 4/3 of the counted bytes",
+    "BlockNormalizedSGD": "two passes (each tensor's ||g|| before the first write): floor 4/3",
+    "EFSignSGD": "two passes (||lr g + e||_1 before the first write): floor 7/5",
+}
+FUSED_GUARD_WHY = ("the NaN/inf scan before a one-pass update reads g once more (floor "
+                   "(counted + 1)/counted; steepest.backend.fused says why it cannot be folded)")
+
 LAYOUTS = {"big": (10_000_000, 100), "small": (1_000_000, 1_000)}
 
 
@@ -175,8 +185,29 @@ def copy_bandwidth(repeats: int) -> float:
     return 8 * src.numel() / statistics.median(ts)
 
 
+def _fused(opt: torch.optim.Optimizer) -> bool:
+    """Switch ``opt`` to ``fused=True`` if it has fused kernels for all its groups."""
+    why = getattr(opt, "_fused_unsupported", None)
+    if why is None or any(why({**g, "fused": True}) for g in opt.param_groups):
+        return False
+    for g in opt.param_groups:
+        g["fused"] = True
+    return True
+
+
+# The fused path's references: torch's SGD-momentum on the loop path (the target's reference,
+# as in the other paths' rows) and torch's foreach AdamW (issue 18: fused <= 1.0x of it).
+FUSED_REFS = {
+    "SGD-momentum (torch)": lambda ps: torch.optim.SGD(ps, lr=1e-3, momentum=0.9, foreach=False),
+    "AdamW (torch)": lambda ps: torch.optim.AdamW(ps, lr=1e-3, foreach=True),
+    "AdamW fused (torch)": lambda ps: torch.optim.AdamW(ps, lr=1e-3, fused=True),
+}
+CONFIGS["AdamW fused (torch)"] = (FUSED_REFS["AdamW fused (torch)"], 2)
+
+
 def run(layout: str, repeats: int, steps: int, names: list[str], scale: float = 1.0,
-        guards: tuple[str, ...] = ("default", "ignore"), paths: tuple[str, ...] = ("loop", "foreach")) -> list[dict]:
+        guards: tuple[str, ...] = ("default", "ignore"),
+        paths: tuple[str, ...] = ("loop", "foreach")) -> list[dict]:
     """Every optimizer in ``names`` on both paths; ours once per non-finite setting in ``guards``
     (``default``: the CPU default, the NaN/inf check before the step; ``ignore``: no check, as
     torch.optim's optimizers), interleaved with torch's SGD-momentum, the per-byte reference."""
@@ -184,14 +215,31 @@ def run(layout: str, repeats: int, steps: int, names: list[str], scale: float = 
     n = int(n * scale)
     bw = copy_bandwidth(repeats)
     rows = []
-    for fe in [p == "foreach" for p in paths]:
+    for path in paths:
+        fe = path == "foreach"
         ps = make_params(n, k)
         opts: dict[tuple[str, str], Callable[[], object]] = {}
         for name in names:
             torch_ref = name.endswith("(torch)")
+            if path == "fused" and torch_ref:
+                if name in FUSED_REFS:
+                    opt = FUSED_REFS[name](ps)
+                    opt.step()
+                    opts[name, "ignore"] = opt.step
+                continue
+            if path != "fused" and name == "AdamW fused (torch)":
+                continue
             for guard in ("ignore",) if torch_ref else guards:
                 opt = CONFIGS[name][0](ps, fe, None if guard == "default" else guard)
-                opt.step()  # lazy state
+                if path == "fused" and not _fused(opt):
+                    break
+                t0 = time.perf_counter()
+                opt.step()  # lazy state (and the fused kernels' compile)
+                if path == "fused":
+                    opt.step()  # step-dependent kernel variants (e.g. M-SVAG's t > 0)
+                    if guard == guards[0]:
+                        print(f"  first two fused steps of {name} (compile): "
+                              f"{time.perf_counter() - t0:.1f} s", flush=True)
                 opts[name, guard] = opt.step
         times: dict[tuple[str, str], list[float]] = {key: [] for key in opts}
         for _ in range(repeats):
@@ -206,6 +254,8 @@ def run(layout: str, repeats: int, steps: int, names: list[str], scale: float = 
         ref = ("SGD-momentum (torch)", "ignore")
         ref_t = statistics.median(times[ref])
         ref_b = (3 + 2 * CONFIGS[ref[0]][1]) * 4 * n
+        adamw = times.get(("AdamW (torch)", "ignore"))
+        adamw_tb = statistics.median(adamw) / ((3 + 2 * 2) * 4 * n) if adamw else float("nan")
         for (name, guard), ts in times.items():
             t = statistics.median(ts)
             b = (3 + 2 * CONFIGS[name][1]) * 4 * n
@@ -214,13 +264,17 @@ def run(layout: str, repeats: int, steps: int, names: list[str], scale: float = 
             torch_ref = name.endswith("(torch)")
             rows.append({
                 "layout": layout, "params": n, "tensors": k,
-                "path": "foreach" if fe else "loop",
+                "path": path,
                 "optimizer": name, "nonfinite": "n/a" if torch_ref else guard,
                 "ms": 1e3 * t, "bytes": b, "floor_ms": 1e3 * b / bw,
                 "x_floor": t / (b / bw), "x_sgd_per_byte": ratio, "target": target,
+                "x_adamw_foreach_per_byte": (t / b) / adamw_tb,
                 "meets_target": ratio <= target,
-                "why": "" if ratio <= target else (GUARD_WHY if guard == "default" and _meets(
-                    times, name, t, b, ref_t, ref_b, target) else WHY.get(name, "unexplained")),
+                "why": "" if ratio <= target else (
+                    (FUSED_GUARD_WHY if guard == "default" and name not in FUSED_WHY else
+                     FUSED_WHY.get(name, "unexplained")) if path == "fused" else
+                    GUARD_WHY if guard == "default" and _meets(
+                        times, name, t, b, ref_t, ref_b, target) else WHY.get(name, "unexplained")),
                 "copy_GBps": bw / 1e9,
             })
             _print(rows[-1])
@@ -299,7 +353,8 @@ def _meets(times: dict, name: str, t: float, b: int, ref_t: float, ref_b: int, t
 
 def _print(r: dict) -> None:
     print(f"{r['layout']:6s} {r['path']:8s} {r['optimizer']:22s} {r['nonfinite']:8s} {r['ms']:8.1f} "
-          f"{r['x_floor']:8.2f} {r['x_sgd_per_byte']:8.2f}  {r['why']}", flush=True)
+          f"{r['x_floor']:8.2f} {r['x_sgd_per_byte']:8.2f} {r.get('x_adamw_foreach_per_byte', float('nan')):8.2f}"
+          f"  {r['why']}", flush=True)
 
 
 def main() -> None:
@@ -317,10 +372,13 @@ def main() -> None:
     ap.add_argument("--guards", default="default,ignore",
                     help="non-finite settings of ours to time: default (the CPU default: check for "
                          "NaN/inf first), ignore (no check, as torch.optim), or both")
-    ap.add_argument("--paths", default="loop,foreach", help="eager paths to time: loop, foreach or both")
     ap.add_argument("--device", default="cpu",
                     help="cpu (default) or cuda: on a GPU the floor is its copy bandwidth, and the "
                          "paths are the same (foreach is the default there)")
+    ap.add_argument("--fused", action="store_true",
+                    help="also time fused=True (the fused backend; its first step compiles, timed apart)")
+    ap.add_argument("--paths", default="",
+                    help="paths to time, of loop,foreach,fused (default: loop,foreach[,fused])")
     ap.add_argument("--compiled", action="store_true",
                     help="also time torch.compile(opt.step) (inductor; compiling takes 5-90 s per optimizer)")
     ap.add_argument("--compiled-only", action="store_true",
@@ -337,17 +395,20 @@ def main() -> None:
     tokens = [t.strip() for t in args.only.split(";" if ";" in args.only else ",") if t.strip()]
     # ("=Name" matches that name only: "=ScaledSignSGD" leaves out "ScaledSignSGD(user l_inf)".)
     names = [n for n in CONFIGS if not tokens or n.startswith("SGD")
-             or any(n == t[1:] if t.startswith("=") else t in n for t in tokens)]
+             or any(n == t[1:] if t.startswith("=") else t in n for t in tokens)
+             or ((args.fused or "fused" in args.paths) and n.startswith("AdamW"))]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"torch {torch.__version__} on {DEVICE}, {torch.get_num_threads()} threads, load average {load:.1f} "
           f"at start, median of {args.repeats}", flush=True)
     print(f"{'layout':6s} {'path':8s} {'optimizer':22s} {'nonfin.':8s} {'ms':>8s} {'x floor':>8s} "
-          f"{'x SGD/B':>8s}  why")
+          f"{'x SGD/B':>8s} {'xAdamW/B':>8s}  why")
     rows = []
     for layout in args.layouts.split(","):
+        paths = tuple(args.paths.split(",")) if args.paths else (
+            ("loop", "foreach", "fused") if args.fused else ("loop", "foreach"))
         if not args.compiled_only:
             rows += run(layout, args.repeats, args.steps, names, args.scale, tuple(args.guards.split(",")),
-                        tuple(args.paths.split(",")))
+                        paths)
         if args.compiled or args.compiled_only:
             rows += run_compiled(layout, args.repeats, names, args.scale)
     if args.json:

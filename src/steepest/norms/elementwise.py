@@ -386,6 +386,23 @@ class BlockNorm(Norm):
     def elementwise(self, mode: str) -> bool:
         return False  # every mode divides by the block norms
 
+    @property
+    def has_partial(self) -> bool:  # type: ignore[override]
+        return self.blocks == "tensor"  # a row block's norm is not one number per tensor
+
+    def partial(self, x: Tensor, owned: bool = False) -> Tensor | None:
+        # ||x||_2 of the tensor, the block's norm (blocks="tensor")
+        if self.blocks != "tensor":
+            return None
+        return l2_norm(x) if x.numel() else x.new_zeros(())
+
+    def plan_partials(
+        self, partials: Tensor, xs: list[Tensor], mode: str, beta: float, per_tensor: bool
+    ) -> tuple[Tensor | None, Tensor | None]:
+        # :meth:`plan` of blocks="tensor" from the block norms
+        dual = _combine_pow(partials, 1.0, per_tensor)
+        return torch.where(partials > 0, partials, math.inf), Factored([], dual, dual).coefficients(mode, beta)
+
     def couples(self, mode: str) -> bool:
         return mode != "normalized"  # each block moves along z_B / ||z_B||, whatever the scope
 

@@ -219,6 +219,8 @@ class OperatorNorm(Norm):
         except LookupError:
             return None
 
+    pointwise_map = False  # the map of a matrix (a polar factor, column scaling)
+
     def map(self, x: Tensor) -> Tensor:
         """The base LMO of one tensor as a matrix (the polar factor for Spectral): a per-tensor
         map, not an elementwise one (:meth:`elementwise` is False in every mode)."""

@@ -125,6 +125,10 @@ class Norm:
     matrix_only: bool = False
     #: Whether :meth:`partial` and :meth:`plan_partials` are defined.
     has_partial: bool = False
+    #: Whether :meth:`map` acts entry by entry (``map(x)_i`` depends on ``x_i`` alone), as its
+    #: contract says; operator norms, whose map is a per-matrix one, set it False. The fused
+    #: backend, which flattens and packs tensors, fuses a norm's map only where it is.
+    pointwise_map: bool = True
 
     # ---- the fast path: public, overridable --------------------------------------------------
     def map(self, x: Tensor) -> Tensor:

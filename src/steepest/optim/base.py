@@ -42,7 +42,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.optimizer import ParamsT
 
-from steepest.backend import Backend, compiling, select
+from steepest.backend import Backend, NonFinite, compiling, select
 from steepest.backend.policy import _all_cpu
 from steepest.norms import Norm, from_spec
 
@@ -241,6 +241,7 @@ class StepOptimizer(Optimizer):
     def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
         defaults.setdefault("maximize", False)
         defaults.setdefault("foreach", None)
+        defaults.setdefault("fused", None)
         defaults.setdefault("nonfinite", None)
         super().__init__(params, defaults)
 
@@ -276,6 +277,16 @@ class StepOptimizer(Optimizer):
         super().add_param_group(param_group)
         check_param_dtypes(type(self).__name__, len(self.param_groups) - 1, self.param_groups[-1])
         self._validate_group(self.param_groups[-1])
+        group = self.param_groups[-1]
+        if group.get("fused"):  # after the subclass's checks (norms are Norm objects by now)
+            me = type(self).__name__
+            if group["foreach"]:
+                raise ValueError(f"{me}: fused=True and foreach=True are exclusive (each picks the "
+                                 "backend that runs the step): pass one of them")
+            why = self._fused_unsupported(group)
+            if why:
+                raise ValueError(f"fused=True is not supported by {me} {why}; use fused=None "
+                                 "(the default: the eager loop or foreach backend)")
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -363,6 +374,30 @@ class StepOptimizer(Optimizer):
                     )
 
     # ---- hooks for subclasses ---------------------------------------------------------------
+    def _fused_unsupported(self, group: dict[str, Any]) -> str | None:
+        """Why ``fused=True`` cannot run this group (``None``: it can). An optimizer with fused
+        kernels (:mod:`steepest.optim.updates`) overrides this and :meth:`_fused_run`."""
+        return "(it has no fused kernels)"
+
+    def _fused_reduces_first(self, group: dict[str, Any]) -> bool:
+        """Whether this group's fused step makes a reduction over every gradient before its first
+        write and checks them for NaN/inf there (raising :class:`steepest.backend.NonFinite`), so
+        that ``step`` leaves the group out of its scan (:mod:`steepest.backend.fused`)."""
+        return False
+
+    def _fused_run(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        states: list[dict[str, Any]],
+        backend: Any,
+    ) -> None:
+        """One step of a ``fused=True`` group on the fused backend: the stored tensors (real
+        views of complex ones; half precision and ``maximize`` are the kernels' to handle), one
+        call per group; calls the drivers of :mod:`steepest.optim.updates`."""
+        raise NotImplementedError
+
     def _streams(self, group: dict[str, Any]) -> bool:
         """Whether ``_update`` on one tensor at a time equals ``_update`` on the whole group (no
         reduction or state couples the tensors): then the loop path streams tensor by tensor."""
@@ -394,6 +429,20 @@ class StepOptimizer(Optimizer):
         raise NotImplementedError
 
     # ---- the step -----------------------------------------------------------------------------
+    def _refuse(self, policies: set[str], where: str, loss: Any) -> Any:
+        """The non-finite policy, before anything was written: raise, or skip with a warning."""
+        if "raise" in policies:
+            raise FloatingPointError(
+                f"{type(self).__name__}: non-finite (NaN or inf) gradient in {where}; "
+                "pass nonfinite='skip' to skip such steps with a warning"
+            )
+        warnings.warn(
+            f"{type(self).__name__}: non-finite gradient in {where}; step skipped",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return loss
+
     def _use_foreach(self, group: dict[str, Any], params: list[Tensor]) -> bool:
         """Whether the group's step runs multi-tensor kernels (see :func:`steepest.backend.select`)."""
         return select(group, params).foreach
@@ -439,13 +488,21 @@ class StepOptimizer(Optimizer):
 
     @staticmethod
     def _working(
-        group: dict[str, Any], items: list[tuple[int, Tensor, Tensor]], states: list[dict[str, Any]]
+        group: dict[str, Any], items: list[tuple[int, Tensor, Tensor]], states: list[dict[str, Any]],
+        copies: bool = True,
     ) -> tuple[list[Tensor], list[Tensor], list[dict[str, Any]], list[Any]]:
         """The tensors ``_update`` works on (module docstring): real views of complex ones,
         float32 copies of half-precision ones, negated gradients under ``maximize``; and what
-        must be written back after the update. ``states`` are the items' ``self.state`` entries."""
+        must be written back after the update. ``states`` are the items' ``self.state`` entries.
+        ``copies=False`` (a backend that takes the stored tensors, :attr:`Backend.working_copies`):
+        only the real views."""
         params = [p for _, p, _g in items]
         grads = [g for _, _p, g in items]
+        if not copies:
+            if not any(p.is_complex() for p in params):
+                return params, grads, states, []
+            return ([_real(p) for p in params], [_real(g) for g in grads],
+                    [{k: _real(v) for k, v in st.items()} for st in states], [])
         maximize = group["maximize"]
         if not maximize and (not any(p.dtype in _CONVERTED for p in params) if compiling()
                              else _CONVERTED.isdisjoint(map(_DTYPE, params))):
@@ -483,22 +540,27 @@ class StepOptimizer(Optimizer):
         policies = set(resolved) - {"ignore"}
         # Only groups that check are scanned (empty lists keep the group indices).
         checked = [items if pol != "ignore" else [] for pol, items in zip(resolved, gathered)]
+        # The one place the path is decided (steepest.backend), once per group and step.
+        backends = [select(g, [p for _, p, _g in items]) if items and g.get("scope") != "all_groups"
+                    else None for g, items in zip(self.param_groups, gathered)]
+        # A group whose backend checks the gradients in a reduction made before its first write
+        # (the fused backend's two-pass updates) skips the scan and steps first, so that nothing
+        # is written when it refuses; one such group at most (a second could refuse after the
+        # first wrote). steepest.backend.fused says why.
+        deferred = next((gi for gi, (g, b) in enumerate(zip(self.param_groups, backends))
+                         if b is not None and checked[gi] and b.defers_check(self, g)), None)
+        if deferred is not None:
+            checked[deferred] = []
         ok, where = self._all_finite(checked) if policies else (True, "")
         if not ok:
-            if "raise" in policies:
-                raise FloatingPointError(
-                    f"{type(self).__name__}: non-finite (NaN or inf) gradient in {where}; "
-                    "pass nonfinite='skip' to skip such steps with a warning"
-                )
-            warnings.warn(
-                f"{type(self).__name__}: non-finite gradient in {where}; step skipped",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            return loss
+            return self._refuse(policies, where, loss)
 
         joint: list[tuple[dict[str, Any], list[Tensor], list[Tensor], list[dict[str, Any]], list[Any]]] = []
-        for group, items in zip(self.param_groups, gathered):
+        order = list(range(len(self.param_groups)))
+        if deferred is not None:
+            order.insert(0, order.pop(deferred))
+        for gi in order:
+            group, items = self.param_groups[gi], gathered[gi]
             if not items:
                 continue
             ps = [p for _, p, _g in items]
@@ -506,10 +568,21 @@ class StepOptimizer(Optimizer):
             for p, state in zip(ps, states):
                 if not state:
                     self._init_state(group, p, state)
-            if group.get("scope") == "all_groups":  # stepped below, with the other such groups
+            backend = backends[gi]
+            if backend is None:  # scope="all_groups": stepped below, with the other such groups
                 joint.append((group, *self._working(group, items, states)))
                 continue
-            backend = select(group, ps)  # the one place the path is decided (steepest.backend)
+            if not backend.working_copies:
+                # The backend reads and writes the stored tensors itself (the fused kernels:
+                # half precision in float32 registers, maximize as a sign), in its own chunks.
+                for sl in backend.chunks(ps):
+                    params, grads, wstates, _ = self._working(group, items[sl], states[sl], False)
+                    try:
+                        backend.run(self, group, params, grads, wstates)
+                    except NonFinite as nf:  # raised before the group's first write
+                        i, p, _g = items[sl][nf.index]
+                        return self._refuse({resolved[gi]}, self._named(gi, i, p), loss)
+                continue
             if self._streams(group):
                 # Elementwise updates, a chunk of tensors at a time on every backend: each
                 # chunk's temporaries (and its float32 working copies of half-precision tensors,

@@ -11,6 +11,7 @@ from torch.optim.optimizer import ParamsT
 from steepest.backend import Backend, BatchedOps, LoopOps, is_dtensor, policy
 from steepest.backend.ops import _stack
 from steepest.norms import Linf, _combine_pow, _safe_div
+from steepest.optim import updates as _updates
 from steepest.optim.base import StepOptimizer, apply_weight_decay
 
 __all__ = ["EFSignSGD"]
@@ -35,6 +36,10 @@ class EFSignSGD(StepOptimizer):
     as ``max|p| * (sum(|p|/max|p|)/d)`` (checked on the CPU, where the read is free; the fast path
     is unchanged). Parameters stay finite unless ``x - delta`` itself leaves the dtype's range.
 
+    ``fused=True`` runs the step on the fused backend (:mod:`steepest.backend.fused`): a
+    reduction pass for ``||p_t||_1`` (which also checks the gradients), then one kernel per
+    tensor updating ``x`` and ``e``; not with ``scope="all_groups"`` nor ``foreach=True``.
+
     Default ``lr=1.0``: the step is lr ||g||_1/d per coordinate, an SGD-sized step; if you use
     AdamW at lr ``a``, start at about ``75 a`` (30-100 a in docs/defaults.md).
     """
@@ -48,16 +53,29 @@ class EFSignSGD(StepOptimizer):
         weight_decay: float = 0.0,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
         nonfinite: str | None = None,
     ) -> None:
         super().__init__(
             params,
             dict(lr=lr, scope=scope, weight_decay=weight_decay, maximize=maximize,
-                 foreach=foreach, nonfinite=nonfinite),
+                 foreach=foreach, fused=fused, nonfinite=nonfinite),
         )
 
     def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
         state["error"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    def _fused_unsupported(self, group: dict[str, Any]) -> str | None:
+        if group["scope"] == "all_groups":
+            return "with scope='all_groups' (one norm over several groups)"
+        return None
+
+    def _fused_reduces_first(self, group: dict[str, Any]) -> bool:
+        return True  # ||lr g + e||_1 reads every gradient before the first write
+
+    def _fused_run(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                    states: list[dict[str, Any]], backend: Any) -> None:
+        _updates.fused_ef(group, params, grads, states, backend, _mean_abs_safe)
 
     def _update(
         self,

@@ -51,6 +51,7 @@ from torch.optim.optimizer import ParamsT
 
 from steepest.backend import Backend, BatchedOps, LoopOps, is_dtensor, ops_for
 from steepest.norms import MODES, Norm, _as_matrix, per_tensor_list
+from steepest.optim import updates as _updates
 from steepest.optim.base import (
     StepOptimizer,
     apply_weight_decay,
@@ -293,6 +294,13 @@ class SteepestDescent(StepOptimizer):
             ``None`` (the group's norm).
         maximize: ascend instead of descend.
         foreach: ``None`` (loop on CPU, foreach on CUDA), ``True`` or ``False``.
+        fused: ``True`` runs the step as compiled elementwise kernels (the fused backend,
+            :mod:`steepest.backend.fused`: momentum, map and update in one pass per tensor,
+            compiled once per dtype by ``torch.compile``; eager with one warning where compiling
+            fails). Needs a pointwise :meth:`~steepest.norms.Norm.map` and, for the modes with a
+            reduction, a per-tensor :meth:`~steepest.norms.Norm.partial` (the l_p norms and
+            ``BlockNorm(blocks="tensor")``; not ``scope="all_groups"``); refused with a
+            ``ValueError`` otherwise, and together with ``foreach=True``. ``None``/``False``: eager.
         nonfinite: ``None`` (default: ``"raise"`` on CPU, ``"ignore"`` elsewhere and when
             compiled), ``"raise"``, ``"skip"`` or ``"ignore"`` for NaN/inf gradients (see
             :mod:`steepest.optim.base`).
@@ -343,6 +351,7 @@ class SteepestDescent(StepOptimizer):
         nonmatrix_norm: Norm | dict[str, Any] | str | None = None,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
         nonfinite: str | None = None,
     ) -> None:
         defaults = dict(
@@ -355,6 +364,7 @@ class SteepestDescent(StepOptimizer):
             weight_decay=weight_decay,
             maximize=maximize,
             foreach=foreach,
+            fused=fused,
             nonfinite=nonfinite,
         )
         given = dict(nesterov=nesterov, adjust_lr_fn=adjust_lr_fn, radius=radius, step=step,
@@ -457,6 +467,29 @@ class SteepestDescent(StepOptimizer):
         c = momentum_direction_input(betas, grads, states, backend.foreach)
         apply_direction(group, params, c, group["norm"], group["mode"], backend, beta=group["beta"],
                         owned=betas[0] != betas[1], who=type(self).__name__)
+
+    def _fused_unsupported(self, group: dict[str, Any]) -> str | None:
+        if _per_parameter(group):
+            return ("with step options (nesterov, adjust_lr_fn, radius, step, nonmatrix_norm: "
+                    "the per-parameter step has no fused kernel)")
+        if group.get("scope") == "all_groups":
+            return "with scope='all_groups' (one norm over several groups)"
+        return _updates.steepest_fusable(group["norm"], group["mode"])
+
+    def _fused_reduces_first(self, group: dict[str, Any]) -> bool:
+        # A reduction pass (the norm's partials) reads every gradient before the first write.
+        return not group["norm"].elementwise(group["mode"])
+
+    def _fused_run(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        states: list[dict[str, Any]],
+        backend: Any,
+    ) -> None:
+        _updates.fused_steepest(group, params, grads, states, self._betas(group), backend,
+                                who=type(self).__name__)
 
     def _update_per_parameter(
         self,

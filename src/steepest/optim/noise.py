@@ -65,6 +65,7 @@ import steepest
 from steepest.backend import Backend, policy
 from steepest.backend import LoopOps as _Ops
 from steepest.backend import ops_for as _ops
+from steepest.optim import updates as _updates
 from steepest.optim.base import (
     StepOptimizer,
     _real,
@@ -197,6 +198,9 @@ class MSGD(_BetaIsMomentum):
         beta: EMA constant in ``[0, 1)``; ``beta = 0`` is plain SGD.
         weight_decay: decoupled, ``x <- (1 - lr wd) x`` before the step.
         maximize, foreach, nonfinite: see :class:`steepest.optim.base.StepOptimizer`.
+        fused: ``True`` runs the step as one compiled elementwise kernel per tensor and dtype
+            (the fused backend, :mod:`steepest.backend.fused`; eager with one warning where
+            compiling fails); not with ``foreach=True``. ``None``/``False``: eager.
 
     State: ``step`` (float32 0-d), ``exp_avg`` (m~).
 
@@ -217,10 +221,11 @@ class MSGD(_BetaIsMomentum):
         weight_decay: float = 0.0,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
         nonfinite: str | None = None,
     ) -> None:
         defaults = dict(lr=lr, beta=beta, weight_decay=weight_decay, maximize=maximize,
-                        foreach=foreach, nonfinite=nonfinite)
+                        foreach=foreach, fused=fused, nonfinite=nonfinite)
         super().__init__(params, defaults)
 
     def _streams(self, group: dict[str, Any]) -> bool:
@@ -233,6 +238,13 @@ class MSGD(_BetaIsMomentum):
     def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
         state["step"] = torch.tensor(0.0, dtype=scalar_dtype())
         state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    def _fused_unsupported(self, group: dict[str, Any]) -> str | None:
+        return None
+
+    def _fused_run(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                    states: list[dict[str, Any]], backend: Any) -> None:
+        _updates.fused_msgd(group, params, grads, states, backend)
 
     def _update(
         self,
@@ -295,6 +307,34 @@ class _VarianceAdapted(_BetaIsMomentum):
         k = [(rho(b, t) if weight else 1.0) * _safe_reciprocal(_one_minus_rho(b, t)) / ai
              for t, ai in zip(ts, a)]
         return a, k
+
+    @staticmethod
+    def _factors(b: float, t: Tensor, weight: bool) -> tuple[Tensor, Tensor]:
+        """:meth:`_scales` of a tensor step index ``t`` (a compiled step: no graph break)."""
+        a = 1.0 / (1.0 - b ** (t + 1.0))
+        tt: Any = t  # rho and _one_minus_rho take a tensor step index too
+        k = (rho(b, tt) if weight else 1.0) * _safe_reciprocal(_one_minus_rho(b, tt)) / a
+        if not isinstance(k, Tensor):
+            k = torch.zeros_like(t) + k
+        return a, k
+
+    _kind = "svag"  # the variance_adapted_step of the subclass
+
+    def _fused_unsupported(self, group: dict[str, Any]) -> str | None:
+        return None
+
+    def _fused_run(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                    states: list[dict[str, Any]], backend: Any) -> None:
+        _updates.fused_variance_adapted(group, params, grads, states, self._kind, backend, self._scales)
+
+    def _traced(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                states: list[dict[str, Any]], backend: Backend) -> bool:
+        """Under ``torch.compile(opt.step)``: the fused form traced into the user's graph
+        (:func:`steepest.optim.updates.traced_variance_adapted`); whether it ran."""
+        if not backend.compiling or group.get("variance", "moving_average") != "moving_average":
+            return False
+        _updates.traced_variance_adapted(group, params, grads, states, self._kind, self._factors)
+        return True
 
     @staticmethod
     def _denominators(
@@ -414,6 +454,9 @@ class SVAG(_VarianceAdapted):
         beta: the one EMA constant of both moments, in ``[0, 1)`` (0.9 in the thesis).
         weight_decay: decoupled, ``x <- (1 - lr wd) x``.
         maximize, foreach, nonfinite: see :class:`steepest.optim.base.StepOptimizer`.
+        fused: ``True`` runs the step as one compiled elementwise kernel per tensor and dtype
+            (the fused backend, :mod:`steepest.backend.fused`; eager with one warning where
+            compiling fails); not with ``foreach=True``. ``None``/``False``: eager.
 
     State: ``step``, ``exp_avg`` (m~), ``exp_avg_sq`` (v~).
 
@@ -430,10 +473,12 @@ class SVAG(_VarianceAdapted):
         weight_decay: float = 0.0,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
         nonfinite: str | None = None,
     ) -> None:
         super().__init__(params, dict(lr=lr, beta=beta, weight_decay=weight_decay,
-                                      maximize=maximize, foreach=foreach, nonfinite=nonfinite))
+                                      maximize=maximize, foreach=foreach, fused=fused,
+                                      nonfinite=nonfinite))
 
     def _update(
         self,
@@ -443,6 +488,8 @@ class SVAG(_VarianceAdapted):
         states: list[dict[str, Any]],
         backend: Backend,
     ) -> None:
+        if self._traced(group, params, grads, states, backend):
+            return
         foreach = backend.foreach
         if policy.eager_fused_ok(params):  # 26 passes (_adapted_step_)
             ops = policy.chunk_ops(foreach, params)
@@ -478,12 +525,17 @@ class AdamStar(_VarianceAdapted):
         beta: EMA constant in ``[0, 1)``.
         weight_decay: decoupled, ``x <- (1 - lr wd) x``.
         maximize, foreach, nonfinite: see :class:`steepest.optim.base.StepOptimizer`.
+        fused: ``True`` runs the step as one compiled elementwise kernel per tensor and dtype
+            (the fused backend, :mod:`steepest.backend.fused`; eager with one warning where
+            compiling fails); not with ``foreach=True``. ``None``/``False``: eager.
 
     State: ``step``, ``exp_avg`` (m~), ``exp_avg_sq`` (v~).
 
     Default ``lr=1e-2`` (a sign-sized step; best 3e-3..1e-2 in docs/defaults.md); if you use
     AdamW at lr ``a``, start at about ``0.25 a`` (0.1-0.3 a there).
     """
+
+    _kind = "adamstar"
 
     def __init__(
         self,
@@ -494,10 +546,12 @@ class AdamStar(_VarianceAdapted):
         weight_decay: float = 0.0,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
         nonfinite: str | None = None,
     ) -> None:
         super().__init__(params, dict(lr=lr, beta=beta, weight_decay=weight_decay,
-                                      maximize=maximize, foreach=foreach, nonfinite=nonfinite))
+                                      maximize=maximize, foreach=foreach, fused=fused,
+                                      nonfinite=nonfinite))
 
     def _update(
         self,
@@ -507,6 +561,8 @@ class AdamStar(_VarianceAdapted):
         states: list[dict[str, Any]],
         backend: Backend,
     ) -> None:
+        if self._traced(group, params, grads, states, backend):
+            return
         foreach = backend.foreach
         if policy.eager_fused_ok(params):
             self._fused_update(group, params, grads, states, foreach)
@@ -613,6 +669,9 @@ class MSVAG(_VarianceAdapted):
         variance: ``"moving_average"`` (Alg. 2) or ``"minibatch"`` (Alg. 6).
         weight_decay: decoupled, ``x <- (1 - lr wd) x``.
         maximize, foreach, nonfinite: see :class:`steepest.optim.base.StepOptimizer`.
+        fused: ``True`` runs the step as one compiled elementwise kernel per tensor and dtype
+            (the fused backend, :mod:`steepest.backend.fused`; eager with one warning where
+            compiling fails); not with ``foreach=True``. ``None``/``False``: eager.
 
     State: ``step``, ``exp_avg`` (m~) and ``exp_avg_sq`` (v~, moving average) or ``exp_var``
     (r~, minibatch).
@@ -627,6 +686,8 @@ class MSVAG(_VarianceAdapted):
     use AdamW at lr ``a``, start at about ``100 a`` (30-300 a there).
     """
 
+    _kind = "msvag"
+
     def __init__(
         self,
         params: ParamsT,
@@ -637,15 +698,21 @@ class MSVAG(_VarianceAdapted):
         weight_decay: float = 0.0,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
         nonfinite: str | None = None,
     ) -> None:
         self._pending: dict[int, list[tuple[Tensor, int, Tensor]]] = {}
         super().__init__(params, dict(lr=lr, beta=beta, variance=variance,
                                       weight_decay=weight_decay, maximize=maximize,
-                                      foreach=foreach, nonfinite=nonfinite))
+                                      foreach=foreach, fused=fused, nonfinite=nonfinite))
 
     def _streams(self, group: dict[str, Any]) -> bool:
         return group["variance"] != "minibatch"  # that mode consumes per-group pending stats
+
+    def _fused_unsupported(self, group: dict[str, Any]) -> str | None:
+        if group["variance"] == "minibatch":
+            return "with variance='minibatch' (its per-example variance has no fused kernel)"
+        return None
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         super()._validate_group(group)
@@ -718,6 +785,8 @@ class MSVAG(_VarianceAdapted):
         states: list[dict[str, Any]],
         backend: Backend,
     ) -> None:
+        if self._traced(group, params, grads, states, backend):
+            return
         foreach = backend.foreach
         ops = _ops(foreach)
         lr, b, wd = group["lr"], group["momentum"], group["weight_decay"]

@@ -35,6 +35,9 @@ class SignSGD(SteepestDescent):
     Default ``lr=3e-3`` (best 3e-3..1e-2 on the four small problems of docs/defaults.md; with
     ``momentum=0.9`` start at 1e-2). If you use AdamW at lr ``a``, start at about ``0.2 a``
     (0.1-0.3 a there).
+
+    ``foreach``, ``fused`` (``True``: the fused backend, one compiled elementwise kernel per
+    tensor and dtype), ``maximize``, ``nonfinite``: see :class:`SteepestDescent`.
     """
 
     def __init__(
@@ -46,12 +49,13 @@ class SignSGD(SteepestDescent):
         weight_decay: float = 0.0,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
         nonfinite: str | None = None,
     ) -> None:
         super().__init__(
             params, lr, norm=Linf(), mode="unscaled", beta=1.0, momentum=momentum, scope="global",
             weight_decay=weight_decay,
-            maximize=maximize, foreach=foreach, nonfinite=nonfinite,
+            maximize=maximize, foreach=foreach, fused=fused, nonfinite=nonfinite,
         )
 
 
@@ -71,6 +75,9 @@ class ScaledSignSGD(SteepestDescent):
     sum past ~3.4e38 (|g| near 1e38). That is an overflow of the scaled step itself, not of an
     intermediate one could avoid at no cost, so it is refused: the default ``nonfinite`` policy
     raises a ``FloatingPointError`` before any parameter is written (see :class:`SteepestDescent`).
+
+    ``foreach``, ``fused`` (``True``: the fused backend, one compiled elementwise kernel per
+    tensor and dtype), ``maximize``, ``nonfinite``: see :class:`SteepestDescent`.
     """
 
     def __init__(
@@ -83,12 +90,13 @@ class ScaledSignSGD(SteepestDescent):
         weight_decay: float = 0.0,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
         nonfinite: str | None = None,
     ) -> None:
         super().__init__(
             params, lr, norm=Linf(), mode="scaled", beta=1.0, momentum=momentum, scope=scope,
             weight_decay=weight_decay,
-            maximize=maximize, foreach=foreach, nonfinite=nonfinite,
+            maximize=maximize, foreach=foreach, fused=fused, nonfinite=nonfinite,
         )
 
 
@@ -102,6 +110,9 @@ class LpDescent(SteepestDescent):
 
     Default ``lr=0.1`` (p = 3, unscaled; best 0.1-1 in docs/defaults.md); if you use AdamW at lr
     ``a``, start at about ``10 a`` (3-30 a there).
+
+    ``foreach``, ``fused`` (``True``: the fused backend, one compiled elementwise kernel per
+    tensor and dtype), ``maximize``, ``nonfinite``: see :class:`SteepestDescent`.
     """
 
     def __init__(
@@ -118,13 +129,14 @@ class LpDescent(SteepestDescent):
         eps_mode: str = "paper",
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
         nonfinite: str | None = None,
     ) -> None:
         if not isinstance(scaled, bool):
             raise ValueError(f"scaled must be a bool, got {scaled!r}")
         super().__init__(
             params, lr, norm=Lp(p, eps, eps_mode), mode="scaled" if scaled else "unscaled", beta=1.0,
-            momentum=momentum, scope=scope, weight_decay=weight_decay, maximize=maximize, foreach=foreach, nonfinite=nonfinite,
+            momentum=momentum, scope=scope, weight_decay=weight_decay, maximize=maximize, foreach=foreach, fused=fused, nonfinite=nonfinite,
         )
 
 
@@ -134,6 +146,9 @@ class CoordinateDescent(SteepestDescent):
 
     Default ``lr=0.3``, about the largest stable step (docs/defaults.md); one coordinate moves
     per step, so it trains networks poorly at any lr.
+
+    ``fused=True`` is refused (``ValueError``): l1's direction moves one coordinate and has no
+    pointwise map to fuse; ``foreach``, ``fused``, ``maximize``, ``nonfinite``: see :class:`SteepestDescent`.
     """
 
     def __init__(
@@ -144,11 +159,12 @@ class CoordinateDescent(SteepestDescent):
         scope: str = "global",
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
         nonfinite: str | None = None,
     ) -> None:
         super().__init__(
             params, lr, norm=L1(), mode="scaled", beta=1.0, momentum=0.0, scope=scope, weight_decay=0.0,
-            maximize=maximize, foreach=foreach, nonfinite=nonfinite,
+            maximize=maximize, foreach=foreach, fused=fused, nonfinite=nonfinite,
         )
 
 
@@ -161,6 +177,9 @@ class BlockNormalizedSGD(SteepestDescent):
 
     Default ``lr=0.3`` (in normalized mode each block moves by lr; best 0.3-1 in
     docs/defaults.md); if you use AdamW at lr ``a``, start at about ``13 a`` (10-30 a there).
+
+    ``foreach``, ``fused`` (``True``: the fused backend, one compiled elementwise kernel per
+    tensor and dtype), ``maximize``, ``nonfinite``: see :class:`SteepestDescent`.
     """
 
     def __init__(
@@ -175,12 +194,13 @@ class BlockNormalizedSGD(SteepestDescent):
         beta: float = 1.0,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
         nonfinite: str | None = None,
     ) -> None:
         super().__init__(
             params, lr, norm=BlockNorm(blocks), mode=mode, beta=beta, momentum=momentum, scope="global",
             weight_decay=weight_decay,
-            maximize=maximize, foreach=foreach, nonfinite=nonfinite,
+            maximize=maximize, foreach=foreach, fused=fused, nonfinite=nonfinite,
         )
 
 
@@ -192,6 +212,9 @@ class Lion(SteepestDescent):
     Default ``lr=1e-2`` (best 1e-3..1e-2 on the small problems of docs/defaults.md, where
     AdamW's best is 1e-2..1e-1); if you use AdamW at lr ``a``, start at about ``0.2 a`` (0.1-0.3
     a there), in line with Chen et al.'s advice of a 3-10x smaller lr.
+
+    ``foreach``, ``fused`` (``True``: the fused backend, one compiled elementwise kernel per
+    tensor and dtype), ``maximize``, ``nonfinite``: see :class:`SteepestDescent`.
     """
 
     def __init__(
@@ -203,6 +226,7 @@ class Lion(SteepestDescent):
         weight_decay: float = 0.0,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
         nonfinite: str | None = None,
     ) -> None:
         check_betas(betas)
@@ -211,7 +235,7 @@ class Lion(SteepestDescent):
             params,
             dict(
                 lr=lr, betas=tuple(betas), weight_decay=weight_decay, norm=Linf(),
-                mode="unscaled", beta=1.0, scope="global", maximize=maximize, foreach=foreach,
+                mode="unscaled", beta=1.0, scope="global", maximize=maximize, foreach=foreach, fused=fused,
                 nonfinite=nonfinite,
             ),
         )

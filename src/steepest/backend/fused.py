@@ -1,0 +1,365 @@
+"""The fused backend (``fused=True``): each update's elementwise math, written once as a plain
+per-tensor function in :mod:`steepest.optim.updates`, fused into one kernel by ``torch.compile``
+(inductor: C++/OpenMP on CPU, Triton on GPU, from the same source).
+
+:class:`FusedBackend` is registered as ``BACKENDS["fused"]``: :func:`steepest.backend.select` hands
+it a param group with ``fused=True``, ``StepOptimizer.step`` gives it the stored tensors (no
+working copies: :attr:`Backend.working_copies` is False, one chunk per group) and its
+:meth:`FusedBackend.run` calls the optimizer's ``_fused_run(group, params, grads, states,
+backend)``, which calls the drivers of :mod:`steepest.optim.updates`; they call back:
+
+* :meth:`FusedBackend.kernel` ``(fn, *args, **static)`` (:func:`run`): ``fn(*args, **static)``
+  as a fused kernel. ``args`` are
+  tensors (the parameter, its gradient, its state; 0-d tensors for per-tensor and per-step
+  scalars such as the lr: changing them never recompiles; ``None`` for an absent one); ``static``
+  are the options that stay fixed (hyper-parameters, the norm, strings, bools), constants of the
+  kernel (a Python number passed positionally is one too). Returns what ``fn`` returns.
+* :meth:`FusedBackend.kernel_many` (:func:`run_many`): the same for many rows of tensors,
+  small ones packed (below).
+* :func:`available()`: whether kernels are compiled (False without dynamo).
+* :func:`reset()`: forget compiled kernels and past failures (tests).
+
+How kernels are shared: tensors are passed flattened (``view(-1)``; a non-contiguous tensor
+runs the same function eagerly), shapes are dynamic, and one compiled kernel exists per
+``(fn, static options, each argument's type, or dtype and device)`` -- each with a code object of
+its own, so that dynamo's per-code recompile limit and guard list never grow with the number of
+variants. A model's many shapes then share one kernel per dtype (tensors of one element, which
+dynamo would specialize, run eagerly). Warm start: in "aot" mode each compiled kernel is
+saved (``save_compiled_function``) under ``<inductor cache dir>/steepest-fused`` (or
+``STEEPEST_FUSED_CACHE``; "0" turns it off), named by a hash of the kernels' module source, the
+key, torch's version and the thread count; a second process loads it
+(``torch.compiler.load_compiled_function``): no dynamo tracing, no inductor, no C++ compile.
+In "jit" mode inductor's own FX-graph cache still saves the C++ compile (dynamo and AOT
+autograd trace again). Small tensors: :func:`run_many` packs them (below).
+
+Fallback: if compiling (or running a freshly compiled kernel) raises, one ``UserWarning`` is
+issued for the process and that kernel (its function, options and dtypes) runs eagerly from then
+on: the same function, so the step stays correct. A compile error happens before the kernel
+touches any tensor.
+
+Inside a user's ``torch.compile(opt.step)`` the functions are called directly (dynamo inlines
+them into the surrounding graph).
+
+The non-finite policy on the fused path (``nonfinite="raise"``/``"skip"``, the CPU default) --
+why the check is where it is:
+
+* ``"raise"`` must leave every parameter and state tensor bit-identical. An in-place update that
+  finds a non-finite gradient in tensor k has already written tensors 0..k-1, and their old
+  values are gone (no update here is exactly invertible in floating point). So a refusable step
+  must know that *every* gradient is finite before its *first* write; there is no one-pass,
+  in-place design that does (the alternatives are out-of-place double buffers, which cost a
+  parameter-sized buffer per tensor and cannot swap a user's parameter storage).
+* Updates that need a reduction before their first write anyway (ScaledSignSGD's ||g||_1, the
+  normalized/soft/scaled modes, block norms, EF's ||lr g + e||_1) get the check for free: their
+  reduction pass reads every gradient before anything is written, and a NaN/inf gradient makes
+  the reduction non-finite. Only then is each gradient checked exactly (a huge finite gradient
+  can overflow the reduction: such a step proceeds). ``StepOptimizer.step`` leaves such a group
+  out of its scan and runs it first (:func:`defer_check` decides), so nothing has been written
+  when it refuses.
+* One-pass updates keep the scan before the step: one read of the gradients more, so their floor
+  with the default check is (counted + 1)/counted transfers (4/3 for SignSGD, 6/5 for Lion,
+  8/7 for M-SVAG), still under torch SGD-momentum's eager 8/5; ``nonfinite="ignore"`` removes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import os
+import sys
+import types
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from steepest.backend.core import BACKENDS, Backend, NonFinite
+from steepest.backend.ops import LoopOps, is_dtensor
+from steepest.backend.policy import compiling
+
+__all__ = ["FusedBackend", "NonFinite", "available", "reset", "run", "run_many"]
+
+# The torch.compile backend of the kernels ("inductor"; tests use "aot_eager", which traces the
+# same graphs and compiles no C++).
+BACKEND = "inductor"
+# How a compiled kernel is called. "aot": dynamo's ahead-of-time compile of the first call
+# (``torch.compile(...).aot_compile``), called as a plain function, without dynamo's frame hooks
+# and with its guard check off (our cache key is the guard: function, options, and per
+# argument its type, or dtype, device and whether 0-d; shapes are dynamic; no kernel specializes
+# a float, which tests/optim/test_fused.py checks in "jit" mode by counting recompiles). It cuts
+# the per-call overhead several-fold (measured: ~180 us against ~1.4 ms per call under load 18 on
+# 2 cores). "jit": the ``torch.compile`` callable itself (dynamo checks guards on every call).
+# "aot" falls back to "jit" where aot_compile is missing or fails.
+MODE = "aot"
+# key -> compiled kernel, or None: compiling it failed, it runs eagerly (see _fail).
+_KERNELS: dict[Any, Callable[..., Any] | None] = {}
+# Kernels compiled and kernels loaded from the aot cache in this process (benchmarks, tests).
+STATS = {"compiled": 0, "loaded": 0, "failed": 0}
+_WARNED: list[BaseException] = []  # the first compile failure (one warning per process)
+
+
+def available() -> bool:
+    """Whether fused kernels can be compiled here at all (dynamo supports this Python)."""
+    return bool(torch._dynamo.is_dynamo_supported())
+
+
+def reset() -> None:
+    """Forget every compiled kernel and past failures (tests; a changed inductor config)."""
+    _KERNELS.clear()
+    _WARNED.clear()
+
+
+# Python floats are constants of a kernel (its static options, and the attributes of a norm whose
+# map is traced in, e.g. ``math.isinf(self.p)``, which a symbolic float cannot answer); what
+# changes from step to step (lr, bias corrections) is passed as 0-d tensors. The key of a kernel
+# holds every static option, so a specialized float never goes stale (aot mode checks no guards).
+_DYNAMO: dict[str, Any] = {"specialize_float": True}
+
+
+def _compile(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``torch.compile`` of one kernel: whole graph, shape-dynamic (tests replace this to simulate
+    a failure); its first call compiles (:data:`_DYNAMO` applies then and to recompiles)."""
+    compiled = torch.compile(fn, backend=BACKEND, dynamic=True, fullgraph=True)
+
+    def call(*args: Any) -> Any:
+        with torch._dynamo.config.patch(**_DYNAMO):
+            return compiled(*args)
+
+    return call
+
+
+def _source(module: str) -> str:
+    try:
+        return inspect.getsource(sys.modules[module])
+    except (OSError, TypeError, KeyError):
+        return ""
+
+
+def _cache_file(fn: Callable[..., Any], key: Any, static: dict[str, Any]) -> str | None:
+    """Where the aot-compiled kernel of ``key`` is saved (``STEEPEST_FUSED_CACHE``, default a
+    ``steepest-fused`` folder in inductor's cache directory; ``"0"`` turns it off). The name
+    hashes the kernel module's source, this module's, and that of the classes of its static
+    options (a norm written elsewhere: its ``map`` is traced into the kernel), the key, torch's
+    version, the backend and the thread count (inductor's CPU kernels are generated for it)."""
+    root = os.environ.get("STEEPEST_FUSED_CACHE")
+    if root == "0" or BACKEND != "inductor":
+        return None
+    if not root:
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+        root = os.path.join(cache_dir(), "steepest-fused")
+    source = _source(fn.__module__)
+    if not source:
+        return None
+    others = sorted({type(v).__module__ for v in static.values()} - {"builtins", fn.__module__})
+    # (this module's source too: how arguments are flattened is part of the kernel's signature)
+    text = repr((source, _source(__name__), [_source(m) for m in others], fn.__qualname__, key[1:],
+                 torch.__version__, torch.get_num_threads()))
+    return os.path.join(root, hashlib.sha256(text.encode()).hexdigest()[:32] + ".bin")
+
+
+def _compile_aot(fn: Callable[..., Any], args: tuple[Any, ...], path: str | None = None
+                 ) -> Callable[..., Any]:
+    """The ahead-of-time compiled kernel for these (flattened) example arguments (see MODE),
+    loaded from ``path`` if an earlier process saved it there (a warm start: no dynamo, no
+    inductor), else compiled and saved there."""
+    if path and os.path.exists(path):
+        try:
+            with open(path, "rb") as f:
+                aot: Any = torch.compiler.load_compiled_function(f, f_globals=fn.__globals__)
+            aot.disable_guard_check()
+            STATS["loaded"] += 1
+            return aot
+        except Exception:  # a stale or foreign file: compile anew
+            pass
+    with torch._dynamo.config.patch(**_DYNAMO):
+        compiled: Any = torch.compile(fn, backend=BACKEND, dynamic=True, fullgraph=True)
+        aot = compiled.aot_compile((args, {}))
+    aot.disable_guard_check()
+    STATS["compiled"] += 1
+    if path:
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            aot.save_compiled_function(path)
+        except Exception:  # saving is an optimization only
+            pass
+    return aot
+
+
+def _specialized(fn: Callable[..., Any], static: dict[str, Any]) -> Callable[..., Any]:
+    """``fn`` with ``static`` bound, under a code object of its own (see the module docstring)."""
+    clone = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__,
+                               fn.__closure__)
+    clone.__kwdefaults__ = {**(fn.__kwdefaults__ or {}), **static}
+    return clone
+
+
+def _flat(x: Any) -> Any:
+    # 0-d scalars become (1,): aot_compile cannot restart dynamo's analysis when it turns a 0-d
+    # input into a scalar (TensorifyScalarRestartAnalysis). The drivers pass them in the compute
+    # dtype, so a (1,)-shaped one promotes nothing.
+    return x.view(-1) if isinstance(x, Tensor) and x.dim() != 1 else x
+
+
+def _fail(key: Any, exc: BaseException) -> None:
+    """This kernel runs eagerly from now on; the first failure of the process warns."""
+    _KERNELS[key] = None
+    STATS["failed"] += 1
+    if not _WARNED:
+        _WARNED.append(exc)
+        warnings.warn(
+            f"steepest: fused=True could not compile a kernel ({type(exc).__name__}: {exc}); "
+            "such updates run the same functions eagerly from now on (correct, slower)",
+            UserWarning,
+            stacklevel=5,
+        )
+
+
+def run(fn: Callable[..., Any], *args: Any, **static: Any) -> Any:
+    """``fn(*args, **static)`` as one fused kernel (module docstring)."""
+    tensors = [a for a in args if isinstance(a, Tensor)]
+    lead = tensors[0]
+    # Under SMALL elements the compiled call's fixed cost (~0.1-0.5 ms on a 2-core CPU,
+    # benchmarks/fused_overhead.py) exceeds the eager ops' time: eager (run_many packs them
+    # first, so this is a reduction pass of a small tensor, or a small pack). Inside a user's
+    # torch.compile(opt.step) dynamo inlines the function into the surrounding graph.
+    if (compiling() or lead.numel() < SMALL or not available()
+            or not all(t.is_contiguous() for t in tensors)):
+        return fn(*args, **static)
+    # What the kernel was compiled for, beyond shapes (aot mode checks no guards: this is it).
+    # A positional Python number is a constant of the kernel (_DYNAMO): its value is in the key.
+    key = (fn, tuple(sorted(static.items())), MODE, BACKEND, tuple(
+        (a.dtype, a.device, a.dim() == 0) if isinstance(a, Tensor) else
+        (type(a), a) if isinstance(a, (int, float)) else type(a) for a in args))
+    flat = [_flat(a) for a in args]
+    if key in _KERNELS:
+        kernel = _KERNELS[key]
+        return fn(*args, **static) if kernel is None else kernel(*flat)
+    # The first call compiles: its errors come before the kernel writes anything.
+    spec = _specialized(fn, static)
+    kernel = None
+    if MODE == "aot":
+        try:
+            kernel = _compile_aot(spec, tuple(flat), _cache_file(fn, key, static))
+        except Exception:  # no aot_compile in this torch (or it failed): jit below
+            kernel = None
+    try:
+        if kernel is None:
+            kernel = _compile(spec)
+        out = kernel(*flat)
+    except Exception as exc:  # any compile failure: this kernel eagerly, with one warning
+        _fail(key, exc)
+        return fn(*args, **static)
+    _KERNELS[key] = kernel
+    return out
+
+
+# run_many: tensors under this many elements are packed (per call overhead dominates them), into
+# flat buffers of at most PACK elements (4 MiB of float32: a pack's copies stay in cache).
+SMALL = 1 << 15
+PACK = 1 << 20
+
+
+def run_many(fn: Callable[..., Any], rows: list[tuple[Any, ...]], **static: Any) -> None:
+    """``run(fn, *row, **static)`` for every row, for an update that returns nothing and whose
+    positional tensors of a row all have one shape (the parameter, gradient and state). Small
+    contiguous tensors whose other arguments (floats, 0-d tensors, None) are the same objects or
+    equal numbers are packed: their tensors are concatenated into flat buffers, the kernel runs
+    once on the pack, and the written buffers are copied back (``torch._foreach_copy_``). That
+    moves each small tensor twice more, within cache, instead of paying the compiled call's
+    fixed overhead (tens of microseconds) per tensor; the result is the same elementwise
+    arithmetic, so bitwise the per-tensor result."""
+    if compiling() or not available():
+        for row in rows:
+            fn(*row, **static)
+        return
+    if not rows:
+        return
+    # The rows of one call share their layout (the driver builds them alike): which positions
+    # hold the per-element tensors, which the scalars (0-d tensors, numbers, None).
+    first = rows[0]
+    slots = [j for j, a in enumerate(first) if isinstance(a, Tensor) and a.dim() > 0]
+    others = [j for j in range(len(first)) if j not in slots]
+    lead_j = slots[0]
+    packs: dict[Any, list[tuple[Any, ...]]] = {}
+    for row in rows:
+        lead = row[lead_j]
+        if lead.numel() >= SMALL or not all(row[j].is_contiguous() for j in slots):
+            run(fn, *row, **static)
+            continue
+        key = (lead.dtype, lead.device, *(id(row[j]) if isinstance(row[j], Tensor) else row[j]
+                                          for j in others))
+        packs.setdefault(key, []).append(row)
+    for group in packs.values():
+        if len(group) == 1:
+            run(fn, *group[0], **static)
+            continue
+        start, size = 0, 0
+        ends: list[tuple[Any, ...] | None] = [*group, None]
+        for k, end in enumerate(ends):
+            n = 0 if end is None else end[lead_j].numel()
+            if end is None or (size and size + n > PACK):
+                _run_pack(fn, group[start:k], static, slots)
+                start, size = k, 0
+            size += n
+
+
+def _run_pack(fn: Callable[..., Any], rows: list[tuple[Any, ...]], static: dict[str, Any],
+              slots: list[int]) -> None:
+    if len(rows) == 1:
+        run(fn, *rows[0], **static)
+        return
+    first = rows[0]
+    flat = {j: torch.cat([r[j].view(-1) for r in rows]) for j in slots}
+    args = [flat[j] if j in flat else a for j, a in enumerate(first)]
+    before = {j: flat[j]._version for j in slots}
+    run(fn, *args, **static)
+    sizes = [r[slots[0]].numel() for r in rows]
+    for j in slots:
+        if flat[j]._version != before[j]:  # written by the kernel: copy back
+            torch._foreach_copy_([r[j].view(-1) for r in rows], list(flat[j].split(sizes)))
+
+
+class FusedBackend(Backend):
+    """``fused=True``: the optimizer's update as compiled elementwise kernels (module docstring).
+
+    It takes the stored tensors (:attr:`working_copies` False: the kernels read half precision
+    into float32 registers and fold ``maximize`` in as a sign) as one chunk per group, and hands
+    them to the optimizer's ``_fused_run(group, params, grads, states, backend)``, whose
+    drivers call :meth:`kernel` and :meth:`kernel_many`. Optimizers without fused kernels refuse
+    ``fused=True`` at construction (``StepOptimizer._fused_unsupported``)."""
+
+    working_copies = False
+
+    def __init__(self, name: str = "fused", ops: type[LoopOps] = LoopOps) -> None:
+        super().__init__(name, ops)
+
+    def kernel(self, fn: Callable[..., Any], *args: Any, **static: Any) -> Any:
+        """``fn(*args, **static)`` as one fused kernel (:func:`run`)."""
+        return run(fn, *args, **static)
+
+    def kernel_many(self, fn: Callable[..., Any], rows: list[tuple[Any, ...]], **static: Any) -> None:
+        """:meth:`kernel` for every row, small tensors packed (:func:`run_many`)."""
+        run_many(fn, rows, **static)
+
+    def accepts(self, group: dict[str, Any], params: list[Tensor]) -> bool:
+        # DTensors (FSDP2) need their own reductions: the eager backends run them.
+        return not any(t.__name__ == "DTensor" for t in set(map(type, params))) or not any(
+            is_dtensor(p) for p in params)
+
+    def chunks(self, params: list[Tensor]) -> list[slice]:
+        # One chunk: the kernels make no parameter-sized temporaries to bound (and run_many
+        # packs small tensors itself).
+        return [slice(0, len(params))] if params else []
+
+    def defers_check(self, optimizer: Any, group: dict[str, Any]) -> bool:
+        return bool(optimizer._fused_reduces_first(group))
+
+    def run(self, optimizer: Any, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+            states: list[dict[str, Any]]) -> None:
+        optimizer._fused_run(group, params, grads, states, self)
+
+
+BACKENDS["fused"] = FusedBackend()

@@ -1,0 +1,455 @@
+"""The elementwise math of each update, written once as plain per-tensor tensor functions.
+
+These are the kernels of the fused backend (:mod:`steepest.backend.fused` compiles each one
+with ``torch.compile``, shape-dynamic, once per function, static options and dtype). Each is
+also correct eager (the fallback when compiling is unavailable runs them as they are). The
+drivers at the end (``fused_*``) are what an optimizer's ``_fused_run`` calls: they make the
+reductions and per-tensor scalars and call ``backend.kernel``/``backend.kernel_many``. A norm
+enters only through its public methods (:meth:`steepest.norms.Norm.map`, ``partial``,
+``plan_partials``), so a norm written outside the package fuses as a built-in one.
+
+Conventions, so that one function serves every shape, dtype and step:
+
+* tensors are given as they are stored (float32, float64, bfloat16, float16; real views of
+  complex ones); the math runs in ``acc`` (float32 for half precision, as the eager path's
+  working copies) and results are written back with ``copy_``, which rounds to the stored dtype;
+* positional arguments are what changes from step to step: tensors, and the lr, bias-corrected
+  step sizes and other per-step scalars as 0-d tensors (float64, on the parameters' device: a
+  0-d tensor does not change the dtype of the result; no recompile when its value changes;
+  Python floats are constants of a kernel, see :mod:`steepest.backend.fused`). Floats are never
+  passed as ``alpha=``/``value=``/``weight=`` arguments, which inductor freezes at the first
+  value (see :func:`steepest.backend.ops._compiling`);
+* keyword-only arguments are "static": hyper-parameters that stay fixed (betas, weight decay,
+  the sign of maximize, the norm whose ``map`` is traced in) and options that change the
+  program (the momentum scheme); the fused backend makes one kernel per combination (a changed weight decay
+  compiles a new kernel once);
+* per-tensor scalars that come from a reduction (``pre``, ``post``) are 0-d tensors (or None);
+* a reduction pass never writes (so that the non-finite policy can still refuse the step with
+  every parameter and state tensor untouched; see :mod:`steepest.backend.fused`).
+
+Each function documents the eager code it must equal (tests/optim/test_fused.py checks it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from steepest.backend import NonFinite, compiling
+from steepest.norms import Norm, _combine_pow, _safe_div, per_tensor_list
+from steepest.optim.base import first_nonfinite, update_is_finite
+
+__all__ = [
+    "ef_reduce",
+    "ef_step",
+    "fused_ef",
+    "fused_msgd",
+    "fused_steepest",
+    "fused_variance_adapted",
+    "msgd_step",
+    "steepest_fusable",
+    "steepest_partial",
+    "steepest_step",
+    "traced_variance_adapted",
+    "variance_adapted_step",
+]
+
+# Momentum schemes of SteepestDescent ([BPL20, Sec. 3]): none (c = g), EMA (c = m = b m + (1-b) g,
+# Signum), Lion (c = b1 m + (1-b1) g; m <- b2 m + (1-b2) g).
+MOMENTA = ("none", "ema", "lion")
+
+
+def _acc(x: Tensor) -> Tensor:
+    """``x`` in the compute dtype: float32 for half precision (as the eager working copies)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _lerp(a: Tensor, b: Tensor, w: float, hi: bool) -> Tensor:
+    """``torch.lerp(a, b, w)`` as ATen computes it (``w < 0.5``: ``a + w (b - a)``; else
+    ``b - (b - a)(1 - w)``), with ``hi = w >= 0.5`` decided outside (a static option: a branch on a
+    symbolic float would guard and recompile)."""
+    if hi:
+        return b - (b - a) * (1.0 - w)
+    return a + (b - a) * w
+
+
+def _momentum_input(g: Tensor, m: Tensor | None, b1: float, momentum: str, hi1: bool) -> Tensor:
+    if momentum == "none" or m is None:
+        return g
+    return _lerp(m, g, 1.0 - b1, hi1)
+
+
+def steepest_partial(
+    g: Tensor,
+    m: Tensor | None,
+    *,
+    norm: Norm,
+    b1: float = 0.0,
+    sgn: float = 1.0,
+    momentum: str = "none",
+    hi1: bool = False,
+) -> Tensor:
+    """Pass 1 of a steepest-descent step whose direction needs a reduction (scaled/normalized/
+    soft modes, block norms): the norm's :meth:`~steepest.norms.Norm.partial` (e.g. ``||c||_q``)
+    of this tensor's momentum input ``c = b1 m + (1 - b1) sgn g`` (``sgn = -1`` under
+    ``maximize``). Reads ``g`` (and ``m``), writes nothing."""
+    c = _momentum_input(_acc(g) * sgn, None if m is None else _acc(m), b1, momentum, hi1)
+    out = norm.partial(c, True)  # c is a fresh temporary (g * sgn at least)
+    assert out is not None
+    return out
+
+
+def steepest_step(
+    p: Tensor,
+    g: Tensor,
+    m: Tensor | None,
+    pre: Tensor | None,
+    post: Tensor | None,
+    lr: Tensor,
+    *,
+    norm: Norm,
+    wd: float = 0.0,
+    b1: float = 0.0,
+    b2: float = 0.0,
+    sgn: float = 1.0,
+    momentum: str = "none",
+    hi1: bool = False,
+    hi2: bool = False,
+) -> None:
+    """One steepest-descent step of one tensor (:mod:`steepest.optim.engine`; [BPL20, Sec. 3])::
+
+        c = b1 m + (1 - b1) g                (momentum "ema": c = m <- b m + (1-b) g;
+        m <- b2 m + (1 - b2) g                "lion": c a temporary; "none": c = g)
+        x <- (1 - lr wd) x - lr post * norm.map(c / pre)
+
+    ``pre``/``post``: the norm's plan scalars (0-d tensors or None = 1), from
+    :func:`steepest_partial` and ``norm.plan_partials``. Writes ``p`` and ``m``."""
+    ga = _acc(g) * sgn
+    ma = None if m is None else _acc(m)
+    if momentum == "ema" and ma is not None and m is not None:
+        c = _lerp(ma, ga, 1.0 - b1, hi1)
+        m.copy_(c)
+    elif momentum == "lion" and ma is not None and m is not None:
+        c = _lerp(ma, ga, 1.0 - b1, hi1)
+        m.copy_(_lerp(ma, ga, 1.0 - b2, hi2))
+    else:
+        c = ga
+    z = c if pre is None else c / pre
+    d = norm.map(z)
+    if post is not None:
+        d = d * post
+    p.copy_(_acc(p) * (1.0 - lr * wd) + d * (-lr))
+
+
+def msgd_step(
+    p: Tensor,
+    g: Tensor,
+    m: Tensor,
+    lr_hat: Tensor,
+    lr: Tensor,
+    *,
+    wd: float = 0.0,
+    w: float = 1.0,
+    sgn: float = 1.0,
+    hi: bool = False,
+) -> None:
+    """M-SGD ([Bal21, Alg. 3]; :class:`steepest.optim.MSGD`): ``m~ <- lerp(m~, g, w)`` with
+    ``w = 1 - beta``; ``x <- (1 - lr wd) x - lr_hat m~`` with ``lr_hat = lr / (1 - beta^k)``."""
+    ga = _acc(g) * sgn
+    mt = _lerp(_acc(m), ga, w, hi)
+    m.copy_(mt)
+    p.copy_(_acc(p) * (1.0 - lr * wd) + mt * (-lr_hat))
+
+
+def ef_reduce(g: Tensor, e: Tensor, lr: Tensor, *, sgn: float = 1.0) -> Tensor:
+    """Pass 1 of EF-signSGD ([ScaledSign, Eq. 12]; :class:`steepest.optim.EFSignSGD`):
+    ``||lr g + e||_1`` of this tensor, without writing ``e`` (pass 2 recomputes ``lr g + e``: the
+    same 7 transfers for the 5 counted as writing it here, and the step stays refusable until
+    pass 2)."""
+    pt = _acc(e) + _acc(g) * sgn * lr
+    return pt.abs().sum()
+
+
+def ef_step(p: Tensor, g: Tensor, e: Tensor, coef: Tensor, lr: Tensor, *, wd: float = 0.0,
+            sgn: float = 1.0) -> None:
+    """Pass 2 of EF-signSGD: ``p_t = lr g + e``; ``delta = coef sign(p_t)`` with
+    ``coef = ||p_t||_1 / d`` over the scope; ``x <- (1 - lr wd) x - delta``, ``e <- p_t - delta``."""
+    pt = _acc(e) + _acc(g) * sgn * lr
+    delta = torch.sign(pt) * coef
+    p.copy_(_acc(p) * (1.0 - lr * wd) - delta)
+    e.copy_(pt - delta)
+
+
+def ef_input(g: Tensor, e: Tensor, lr: Tensor, *, sgn: float = 1.0) -> Tensor:
+    """``p_t = lr g + e`` as a temporary (the rare overflow-safe path of :func:`fused_ef`)."""
+    return _acc(e) + _acc(g) * sgn * lr
+
+
+def variance_adapted_step(
+    p: Tensor,
+    g: Tensor,
+    m: Tensor,
+    v: Tensor,
+    lr: Any,
+    a: Tensor,
+    k: Tensor,
+    *,
+    wd: Any = 0.0,
+    w: float = 0.1,
+    b: float = 0.9,
+    sgn: float = 1.0,
+    kind: str = "svag",
+    hi: bool = False,
+) -> None:
+    """SVAG, M-SVAG and Adam* with the moving-average variance ([Bal21, Alg. 2, 4, 5];
+    :mod:`steepest.optim.noise`), one tensor::
+
+        m~ <- lerp(m~, g, w);  v~ <- b v~ + (1 - b) g^2         (w = 1 - b)
+        a = 1/(1 - b^(t+1)),  K = (rho(b,t) if M-SVAG/Adam* else 1) / ((1 - rho(b,t)) a)
+
+    then, with ``r = max(v~/m~/m~ + 1/K - a, 1/K)`` (0/0 -> inf: gamma = 0), the eager fast form
+    of ``noise._adapted_step_`` (no subnormal intermediates when the variance is 0, which made
+    the compiled reference form 3-5x slower than eager)::
+
+        SVAG:   x <- (1 - lr wd) x - (lr / K) g / r
+        M-SVAG: x <- (1 - lr wd) x - (lr a / K) m~ / r
+        Adam*:  x <- (1 - lr wd) x - lr/sqrt(K) m~ rsqrt(max(v~ - a m~^2, tiny) + m~^2/K)
+
+    and where ``K = 0`` (the first step, or b = 0: s = 0, gamma = 1) SVAG ``lr g``, M-SVAG
+    ``lr a m~``, Adam* ``lr sign(m~)``. ``a`` and ``K`` are 0-d tensors (they change every step:
+    as tensors they never recompile a kernel, and ``torch.compile(opt.step)`` traces the step
+    counter with no graph break), ``K = 0`` a ``where``. Writes ``p``, ``m``, ``v``."""
+    ga = _acc(g) * sgn
+    mt = _lerp(_acc(m), ga, w, hi)
+    vt = _acc(v) * b + ga * ga * (1.0 - b)
+    m.copy_(mt)
+    v.copy_(vt)
+    pa = _acc(p) * (1.0 - lr * wd)
+    kpos = k > 0.0
+    ks = torch.where(kpos, k, 1.0).to(mt.dtype)
+    a = a.to(mt.dtype)
+    if kind == "adamstar":
+        tiny = torch.finfo(mt.dtype).tiny
+        d = torch.clamp_min(vt - mt * mt * a, tiny) + mt * mt / ks
+        upd = torch.where(kpos, torch.rsqrt(d) * mt / torch.sqrt(ks), torch.sign(mt))
+        p.copy_(pa - upd * lr)
+        return
+    x, coef = (ga, lr) if kind == "svag" else (mt, a * lr)
+    r = torch.clamp_min(vt / mt / mt + (1.0 / ks - a), 1.0 / ks)
+    r = torch.where(torch.isnan(r), math.inf, r)
+    p.copy_(pa - torch.where(kpos, x / r / ks, x) * coef)
+
+
+# ------------------------------------------------------------------ drivers (per optimizer)
+# What each optimizer's ``_fused_run`` hands off to: the reductions, the norm's per-tensor
+# scalars, the non-finite check of a deferred group, then the kernel calls. ``params``, ``grads``
+# and the state tensors are the stored ones (real views of complex ones), in any floating dtype;
+# maximize is the sign ``sgn``.
+def _f(x: Any) -> float:
+    return float(x) if isinstance(x, Tensor) else x
+
+
+def _scalar(x: Any, like: Tensor) -> Tensor:
+    """A per-step scalar as the kernels take it: a 0-d tensor of ``like``'s compute dtype
+    (float32 for half precision, as eager's working copies; float64 for float64) and device.
+    (The backend passes it as a 1-element tensor, which would promote a float32 update if it
+    were float64; eager rounds a Python-number lr to float32 for float32 tensors too.)"""
+    dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+    return torch.tensor(_f(x), dtype=dtype, device=like.device)
+
+
+class _PerDtype:
+    """One scalar tensor per (compute dtype, device) of a group's tensors, made once per step
+    (one object per dtype: rows sharing it are packed together)."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+        self.made: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+
+    def __call__(self, like: Tensor) -> Tensor:
+        key = (like.dtype, like.device)
+        t = self.made.get(key)
+        if t is None:
+            t = self.made[key] = _scalar(self.value, like)
+        return t
+
+
+def _checks(group: dict[str, Any], params: list[Tensor]) -> bool:
+    """Whether the group's non-finite policy checks (as ``StepOptimizer._nonfinite_policy``)."""
+    policy = group.get("nonfinite")
+    if policy is not None:
+        return bool(policy != "ignore")
+    return not compiling() and all(p.device.type == "cpu" for p in params)
+
+
+def _refuse_nonfinite(partials: Tensor, grads: list[Tensor]) -> None:
+    """Before any write: raise ``NonFinite`` if a reduction is not finite because a gradient is
+    not (an overflow of finite values proceeds to the policy's overflow check)."""
+    if bool(torch.isfinite(partials).all()):
+        return
+    k = first_nonfinite(grads)
+    if k is not None:
+        raise NonFinite(k)
+
+
+def _stack(xs: list[Tensor]) -> Tensor:
+    """Per-tensor reductions as one 1-d tensor of their common dtype (float32 for half
+    precision, as the eager working copies; float64 stays float64)."""
+    if not xs:
+        return torch.zeros(0)
+    dt = xs[0].dtype
+    for x in xs[1:]:
+        dt = torch.promote_types(dt, x.dtype)
+    return torch.stack([x.to(dt) for x in xs])
+
+
+def _shared(scalars: Tensor | list[Tensor] | None, n: int, per_tensor: bool) -> list[Any]:
+    """A plan's per-tensor scalars as a list of 0-d tensors; where the scope gives them all one
+    value (a group-wide norm), one object for all (rows with one object are packed together by
+    ``kernel_many``). The host read is the CPU's; elsewhere each tensor keeps its own entry."""
+    if scalars is None:
+        return [None] * n
+    items = per_tensor_list(scalars)
+    assert items is not None
+    if (not per_tensor and isinstance(scalars, Tensor) and scalars.numel() and scalars.device.type == "cpu"
+            and bool((scalars == scalars[0]).all())):
+        return [items[0]] * n
+    return items
+
+
+def steepest_fusable(norm: Norm, mode: str) -> str | None:
+    """Why SteepestDescent cannot fuse this norm and mode (None: it can): the direction must be
+    ``post_i * map(c_i / pre_i)`` with a pointwise :meth:`Norm.map`, and its scalars either none
+    (an elementwise direction) or made of one :meth:`Norm.partial` per tensor."""
+    if not norm.has_map() or not norm.pointwise_map:
+        return (f"with norm {norm!r}: its direction is not a pointwise map (Norm.map) of the "
+                "momentum, which the fused kernels need")
+    if not norm.elementwise(mode) and not norm.has_partial:
+        return (f"with norm {norm!r} in mode {mode!r}: the step's reduction is not one "
+                "Norm.partial per tensor, which the fused kernels need")
+    return None
+
+
+def fused_steepest(group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                   states: list[dict[str, Any]], betas: tuple[float, float], backend: Any,
+                   who: str = "SteepestDescent") -> None:
+    """``SteepestDescent``'s step on the fused backend (:func:`steepest_partial`, the norm's
+    ``plan_partials``, :func:`steepest_step`)."""
+    norm: Norm = group["norm"]
+    mode, beta = group["mode"], group["beta"]
+    lr, wd = _PerDtype(group["lr"]), _f(group.get("weight_decay", 0.0))
+    b1, b2 = betas
+    momentum = "none" if b1 == 0.0 and b2 == 0.0 else ("ema" if b1 == b2 else "lion")
+    sgn = -1.0 if group["maximize"] else 1.0
+    hi1, hi2 = 1.0 - b1 >= 0.5, 1.0 - b2 >= 0.5
+    ms: list[Tensor | None] = [st.get("momentum_buffer") if momentum != "none" else None for st in states]
+    n = len(params)
+    pres: list[Any] = [None] * n
+    posts: list[Any] = [None] * n
+    if not norm.elementwise(mode):
+        # Pass 1 (reads g, m; writes nothing): the norm's partials of c, then its plan.
+        partials = _stack([backend.kernel(steepest_partial, g, m, norm=norm, b1=b1, sgn=sgn,
+                                          momentum=momentum, hi1=hi1)
+                           if g.numel() else g.new_zeros((), dtype=torch.float32)
+                           for g, m in zip(grads, ms)])
+        if _checks(group, params):
+            _refuse_nonfinite(partials, grads)
+        per_tensor = group.get("scope", "global") == "per_tensor"
+        pre, post = norm.plan_partials(partials, params, mode, beta, per_tensor)
+        # The plan's reductions, before any write: a finite but huge gradient can overflow them
+        # (issue 21), as on the eager path.
+        if not update_is_finite(who, group, params, [post], f"the {mode} step's scale under {norm!r}"):
+            return
+        pres, posts = _shared(pre, n, per_tensor), _shared(post, n, per_tensor)
+    backend.kernel_many(steepest_step, [(p, g, m, pre_i, post_i, lr(p)) for p, g, m, pre_i, post_i
+                                        in zip(params, grads, ms, pres, posts) if p.numel()],
+                        norm=norm, wd=wd, b1=b1, b2=b2, sgn=sgn, momentum=momentum, hi1=hi1, hi2=hi2)
+
+
+def fused_msgd(group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+               states: list[dict[str, Any]], backend: Any) -> None:
+    """``MSGD``'s step on the fused backend (:func:`msgd_step`)."""
+    lr, b, wd = _f(group["lr"]), group["momentum"], _f(group["weight_decay"])
+    sgn = -1.0 if group["maximize"] else 1.0
+    w = 1.0 - b
+    lr_t = _PerDtype(lr)
+    hats: dict[float, _PerDtype] = {}  # per step count (usually one): one object, packable rows
+    rows = []
+    for p, g, st in zip(params, grads, states):
+        st["step"].add_(1.0)
+        k = float(st["step"])
+        if k not in hats:
+            hats[k] = _PerDtype(lr / (1.0 - b**k))
+        if p.numel():
+            rows.append((p, g, st["exp_avg"], hats[k](p), lr_t(p)))
+    backend.kernel_many(msgd_step, rows, wd=wd, w=w, sgn=sgn, hi=w >= 0.5)
+
+
+def fused_ef(group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+             states: list[dict[str, Any]], backend: Any,
+             safe_coefs: Callable[[list[Tensor], bool], Tensor]) -> None:
+    """``EFSignSGD``'s step on the fused backend: pass 1 :func:`ef_reduce`, pass 2 :func:`ef_step`.
+    ``safe_coefs(p_ts, per_tensor)``: the overflow-safe ``||p_t||_1 / d`` (the optimizer's), for
+    the rare step whose ``||p_t||_1`` overflows with finite gradients."""
+    lr, wd = _PerDtype(group["lr"]), _f(group["weight_decay"])
+    sgn = -1.0 if group["maximize"] else 1.0
+    errs = [st["error"] for st in states]
+    partials = _stack([backend.kernel(ef_reduce, g, e, lr(g), sgn=sgn) if g.numel()
+                       else g.new_zeros((), dtype=torch.float32) for g, e in zip(grads, errs)])
+    if _checks(group, params):
+        _refuse_nonfinite(partials, grads)
+    per_tensor = group["scope"] == "per_tensor"
+    dual = _combine_pow(partials, 1.0, per_tensor)
+    if dual.device.type == "cpu" and not compiling() and not bool(torch.isfinite(dual).all()):
+        coefs = safe_coefs([ef_input(g, e, lr(g), sgn=sgn) for g, e in zip(grads, errs)], per_tensor)
+    else:
+        sizes = [float(e.numel()) for e in errs]
+        ds = sizes if per_tensor else [sum(sizes)] * len(errs)
+        coefs = _safe_div(dual, torch.tensor(ds, dtype=dual.dtype, device=dual.device))
+    cs = list(coefs.unbind(0)) if per_tensor else [coefs[0]] * len(errs)  # one object: packable
+    backend.kernel_many(ef_step, [(p, g, e, c, lr(p)) for p, g, e, c in zip(params, grads, errs, cs)
+                                  if p.numel()], wd=wd, sgn=sgn)
+
+
+def fused_variance_adapted(group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                           states: list[dict[str, Any]], kind: str, backend: Any,
+                           scales: Callable[[float, list[float], bool], tuple[list[float], list[float]]]
+                           ) -> None:
+    """``SVAG``/``MSVAG`` (moving average)/``AdamStar``'s step on the fused backend
+    (:func:`variance_adapted_step`); ``scales``: ``noise._VarianceAdapted._scales`` (a, K)."""
+    lr, b, wd = _PerDtype(group["lr"]), group["momentum"], _f(group["weight_decay"])
+    sgn = -1.0 if group["maximize"] else 1.0
+    per_step: dict[float, tuple[Tensor, Tensor]] = {}  # per step value (usually one): a, K
+    rows = []
+    for p, g, st in zip(params, grads, states):
+        st["step"].add_(1.0)
+        t = float(st["step"]) - 1.0
+        if t not in per_step:
+            (a,), (k,) = scales(b, [t], kind != "svag")
+            a_t, k_t = torch.tensor([a, k], dtype=torch.float64, device=p.device).unbind(0)
+            per_step[t] = (a_t, k_t)
+        a_t, k_t = per_step[t]
+        if p.numel():
+            rows.append((p, g, st["exp_avg"], st["exp_avg_sq"], lr(p), a_t, k_t))
+    backend.kernel_many(variance_adapted_step, rows, wd=wd, w=1.0 - b, b=b, sgn=sgn, kind=kind,
+                        hi=1.0 - b >= 0.5)
+
+
+def traced_variance_adapted(group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                            states: list[dict[str, Any]], kind: str,
+                            factors: Callable[[float, Tensor, bool], tuple[Tensor, Tensor]]) -> None:
+    """The step of SVAG/M-SVAG/Adam* while ``torch.compile(opt.step)`` traces it (the eager
+    backends' working tensors: gradients already negated under maximize): the step counter stays
+    a tensor (no graph break) and the math is :func:`variance_adapted_step`, whose form makes no
+    subnormal intermediates where the variance is 0 (the reference form did, and ran 3-5x slower
+    than eager). ``factors(b, t, weight)``: ``a`` and ``K`` as tensors (``noise``'s)."""
+    lr, b, wd = group["lr"], group["momentum"], group["weight_decay"]
+    for p, g, st in zip(params, grads, states):
+        st["step"].add_(1.0)
+        a, k = factors(b, st["step"].to(torch.float64) - 1.0, kind != "svag")
+        variance_adapted_step(p, g, st["exp_avg"], st["exp_avg_sq"], lr, a, k, wd=wd, w=1.0 - b,
+                              b=b, kind=kind, hi=1.0 - b >= 0.5)

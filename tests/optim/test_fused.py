@@ -1,0 +1,343 @@
+"""The fused backend (``fused=True``; steepest.backend.fused, steepest.optim.updates).
+
+What is checked, against the eager loop path (``foreach=False``, the reference):
+
+* every optimizer with fused kernels, for float32, float64 and bfloat16 parameters, three steps
+  with changing gradients and lr (weight decay and momentum in several cases): parameters and
+  state agree within the tolerances below. float32 runs the compiled kernels, traced with
+  ``backend="aot_eager"`` (dynamo + AOTAutograd's functionalized graph, what inductor receives;
+  no C++ compile); float64 and bfloat16 run the same kernel functions eagerly (the traced graph
+  does not depend on the dtype), which checks their dtype handling at no compile cost. Two tests
+  compile with inductor itself (C++), and check the saved kernels load in a warm start;
+* a norm written outside the package (public ``map``/``duals`` only) fuses;
+* ``maximize`` and complex parameters; a compile failure warns once and the step is still right;
+* the non-finite policy: "raise" leaves parameters and state bit-identical, "skip" skips with a
+  warning, for one-pass and two-pass (deferred-check) updates, the NaN in the deferred group or
+  in a scanned one;
+* a changing lr and step count recompile nothing; state dicts load across fused and non-fused
+  optimizers; ``fused=True`` is refused clearly where it cannot run.
+
+Tolerances (the fused kernels compute the same formulas in one pass, but the compiled graph may
+contract ``a * b + c`` into an FMA, reassociate reductions, and divide where eager divides once
+by a combined divisor, and the eager path sums ``||g||_1`` with another kernel, in another
+order): float64 1e-12 and float32 1e-5 relative to the tensor's largest entry over 3 steps (a
+float32 sum of 40,000 terms in another order moves by up to ~log2(n) = 16 ulp, ~1e-6 relative,
+and a scaled step multiplies every entry by it, three steps in a row); bfloat16 one bfloat16
+rounding step (2^-7 relative), since a float32 difference of one ulp can move a bfloat16
+rounding.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+
+import pytest
+import torch
+
+import steepest.optim as so
+from steepest.backend import fused as F
+from steepest.norms import Norm
+
+CASES = [
+    ("SignSGD", so.SignSGD, dict(lr=0.1)),
+    ("Signum", so.SignSGD, dict(lr=0.1, momentum=0.9, weight_decay=0.1)),
+    ("Lion", so.Lion, dict(lr=0.1, weight_decay=0.1)),
+    ("ScaledSignSGD", so.ScaledSignSGD, dict(lr=0.01, momentum=0.5)),
+    ("ScaledSignSGD-per_tensor", so.ScaledSignSGD, dict(lr=0.01, scope="per_tensor")),
+    ("LpDescent", so.LpDescent, dict(lr=0.1)),
+    ("LpDescent-eps-paper", so.LpDescent, dict(lr=0.1, p=4.0, eps=0.1)),
+    ("LpDescent-eps-code", so.LpDescent, dict(lr=0.1, p=4.0, eps=0.1, eps_mode="code")),
+    ("LpDescent-scaled", so.LpDescent, dict(lr=0.1, scaled=True, momentum=0.5)),
+    ("BlockNormalizedSGD", so.BlockNormalizedSGD, dict(lr=0.1)),
+    ("BlockNormalizedSGD-scaled", so.BlockNormalizedSGD, dict(lr=0.01, mode="scaled", momentum=0.9)),
+    ("Steepest-l2", so.SteepestDescent, dict(lr=0.1, momentum=0.9)),
+    ("Steepest-linf-soft", so.SteepestDescent, dict(lr=0.1, norm="linf", mode="soft", beta=0.5)),
+    ("Steepest-lp-normalized", so.SteepestDescent, dict(lr=0.1, norm={"name": "lp", "p": 3.0}, mode="normalized")),
+    ("MSGD", so.MSGD, dict(lr=0.1, weight_decay=0.1)),
+    ("MSGD-beta0", so.MSGD, dict(lr=0.1, beta=0.0)),
+    ("SVAG", so.SVAG, dict(lr=0.1, weight_decay=0.1)),
+    ("MSVAG", so.MSVAG, dict(lr=0.1)),
+    ("MSVAG-beta0", so.MSVAG, dict(lr=0.1, beta=0.0)),
+    ("AdamStar", so.AdamStar, dict(lr=0.1, beta=0.5)),
+    ("EFSignSGD", so.EFSignSGD, dict(lr=0.1)),
+    ("EFSignSGD-per_tensor", so.EFSignSGD, dict(lr=0.1, scope="per_tensor", weight_decay=0.1)),
+]
+TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 2.0**-7}
+SHAPES = [(5, 3), (7,), (2, 2, 2), (40000,)]  # the last one is not packed (run_many)
+
+
+def _case(name: str):  # type: ignore[no-untyped-def]
+    return next(c for c in CASES if c[0] == name)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _aot_eager():
+    """The broad matrix traces with aot_eager (module docstring); kernels are shared across the
+    module's tests (one per function, options and dtype). One intra-op thread: on a loaded 2-core
+    machine OpenMP's barriers made every op on these small tensors ~30x slower (ms, not us)."""
+    old, threads = F.BACKEND, torch.get_num_threads()
+    F.BACKEND = "aot_eager"
+    torch.set_num_threads(1)
+    F.reset()
+    yield
+    F.BACKEND = old
+    torch.set_num_threads(threads)
+    F.reset()
+
+
+def _params(dtype: torch.dtype, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=g, dtype=torch.float64).to(dtype) for s in SHAPES]
+
+
+def _set_grads(ps: list[torch.Tensor], step: int, scale: float = 1.0) -> None:
+    g = torch.Generator().manual_seed(100 + step)
+    for p in ps:
+        p.grad = (scale * torch.randn(p.shape, generator=g, dtype=torch.float64)).to(p.dtype)
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype, what: str) -> None:
+    a64, b64 = a.double(), b.double()
+    ref = max(a64.abs().max().item(), 1e-30)
+    bad = (a64 - b64).abs() > TOL[dtype] * ref
+    # bfloat16: a float32 difference of one ulp in a momentum that is within one rounding of 0
+    # flips its sign (a tie); among 40,000 bfloat16-quantized entries a few do. At most 0.1 %.
+    allowed = int(1e-3 * a.numel()) if dtype == torch.bfloat16 else 0
+    err = (a64 - b64).abs().max().item() / ref
+    assert int(bad.sum()) <= allowed, (
+        f"{what}: {int(bad.sum())} entries off by more than {TOL[dtype]:.3g} relative (max {err:.3g})")
+
+
+def _run(cls, kw, dtype, fused, steps=3, **extra):  # type: ignore[no-untyped-def]
+    ps = _params(dtype)
+    opt = cls(ps, **kw, **extra, fused=True) if fused else cls(ps, **kw, **extra, foreach=False)
+    for t in range(steps):
+        _set_grads(ps, t)
+        opt.param_groups[0]["lr"] = kw["lr"] * (1.0 + 0.25 * t)  # a changing lr (no freeze)
+        opt.step()
+    return ps, opt
+
+
+def _compare(name, ref_ps, ref, ps, opt, dtype):  # type: ignore[no-untyped-def]
+    for i, (a, b) in enumerate(zip(ref_ps, ps)):
+        _close(a, b, dtype, f"{name} param {i}")
+        assert b.dtype == dtype
+        for k, v in ref.state[a].items():
+            w = opt.state[b][k]
+            assert w.dtype == v.dtype, k
+            _close(v, w, dtype, f"{name} state {k!r} of param {i}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name,cls,kw", CASES, ids=[c[0] for c in CASES])
+def test_fused_equals_eager_loop(name, cls, kw, dtype, monkeypatch):
+    if dtype != torch.float32:  # the kernel functions eagerly (module docstring)
+        monkeypatch.setattr(F, "available", lambda: False)
+    compiled = F.STATS["compiled"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no compile failure (its fallback warns)
+        ref_ps, ref = _run(cls, kw, dtype, False)
+        ps, opt = _run(cls, kw, dtype, True)
+    _compare(name, ref_ps, ref, ps, opt, dtype)
+    if dtype == torch.float32 and not any(k[0].__name__ != "_" and k[3] == "aot_eager" for k in F._KERNELS):
+        assert F.STATS["compiled"] > compiled  # (the first case compiles its kernels)
+    assert F.STATS["failed"] == 0
+
+
+class UserLinf(Norm):
+    """l_inf written as a user would: the public map and duals only (no partial)."""
+
+    name = "user-linf"
+
+    def map(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sign(x)
+
+    def duals(self, xs: list[torch.Tensor], per_tensor: bool = False) -> torch.Tensor:
+        d = torch.stack([x.abs().sum() for x in xs])
+        return d if per_tensor else d.sum().expand(len(xs))
+
+
+def test_user_written_norm_fuses():
+    """A norm from outside the package with an elementwise map fuses (unscaled: its map alone),
+    equal to the built-in sign descent; a mode that needs a reduction without Norm.partial is
+    refused, naming why."""
+    ref_ps, ref = _run(so.SignSGD, dict(lr=0.1, momentum=0.9), torch.float32, False)
+    ps, opt = _run(so.SteepestDescent, dict(lr=0.1, momentum=0.9), torch.float32, True,
+                   norm=UserLinf(), mode="unscaled")
+    _compare("UserLinf", ref_ps, ref, ps, opt, torch.float32)
+    with pytest.raises(ValueError, match=r"Norm\.partial"):
+        so.SteepestDescent([torch.zeros(3)], norm=UserLinf(), mode="scaled", fused=True)
+
+
+@pytest.mark.parametrize("name", ["Signum", "ScaledSignSGD"])
+def test_fused_maximize_and_complex(name):
+    """maximize=True (the kernels' sign) and complex parameters (real views) as on the loop path."""
+    _, cls, kw = _case(name)
+    for make in (lambda: _params(torch.float32), lambda: [torch.randn(3, 2, dtype=torch.complex64)]):
+        torch.manual_seed(0)
+        a = make()
+        b = [x.clone() for x in a]
+        o1 = cls(a, **kw, maximize=True, foreach=False)
+        o2 = cls(b, **kw, maximize=True, fused=True)
+        for _t in range(2):
+            for x, y in zip(a, b):
+                x.grad = torch.randn_like(x)
+                y.grad = x.grad.clone()
+            o1.step()
+            o2.step()
+        for x, y in zip(a, b):
+            _close(torch.view_as_real(x) if x.is_complex() else x,
+                   torch.view_as_real(y) if y.is_complex() else y, torch.float32, name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["Signum", "ScaledSignSGD"])
+def test_fused_inductor_equals_eager_loop(name, monkeypatch, tmp_path):
+    """The same with inductor's C++ kernels (the default backend): a one-pass and a two-pass
+    update, float32, over shapes that share one kernel; then, the kernels forgotten, a warm
+    start loads every kernel from the saved files (no compile)."""
+    monkeypatch.setattr(F, "BACKEND", "inductor")
+    monkeypatch.setenv("STEEPEST_FUSED_CACHE", str(tmp_path))
+    F.reset()
+    _, cls, kw = _case(name)
+    try:
+        ref_ps, ref = _run(cls, kw, torch.float32, False)
+        compiled, loaded = F.STATS["compiled"], F.STATS["loaded"]
+        ps, opt = _run(cls, kw, torch.float32, True)
+        assert F.STATS["compiled"] > compiled and F.STATS["failed"] == 0
+        F.reset()
+        ps2, opt2 = _run(cls, kw, torch.float32, True)
+        assert F.STATS["loaded"] - loaded == F.STATS["compiled"] - compiled  # all from the files
+    finally:
+        F.reset()
+    _compare(name, ref_ps, ref, ps, opt, torch.float32)
+    _compare(name + " (warm)", ref_ps, ref, ps2, opt2, torch.float32)
+
+
+def test_compile_failure_warns_once_and_stays_correct(monkeypatch):
+    def broken(fn, *args):  # type: ignore[no-untyped-def]
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(F, "_compile", broken)
+    monkeypatch.setattr(F, "_compile_aot", broken)
+    F.reset()
+    try:
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            ps, _ = _run(so.Lion, dict(lr=0.1), torch.float32, True)
+            ps2, _ = _run(so.ScaledSignSGD, dict(lr=0.01), torch.float32, True)
+        msgs = [w for w in rec if "fused=True could not compile" in str(w.message)]
+        assert len(msgs) == 1
+        assert all(k is None for k in F._KERNELS.values())  # every kernel ran eagerly
+    finally:
+        F.reset()
+    for (cls, kw), got in (((so.Lion, dict(lr=0.1)), ps), ((so.ScaledSignSGD, dict(lr=0.01)), ps2)):
+        ref_ps, _ = _run(cls, kw, torch.float32, False)
+        for a, b in zip(ref_ps, got):
+            _close(a, b, torch.float32, f"{cls.__name__}, eager fallback")
+
+
+def _snapshot(ps, opt):  # type: ignore[no-untyped-def]
+    return [p.clone() for p in ps] + [v.clone() for p in ps for v in opt.state[p].values()]
+
+
+@pytest.mark.parametrize("name", ["Signum", "ScaledSignSGD", "EFSignSGD", "MSGD"])
+@pytest.mark.parametrize("where,bad", [("first", math.nan), ("last", math.inf)])
+def test_fused_nonfinite_policy(name, where, bad):
+    """One-pass (scanned before the step) and two-pass (checked by the reduction pass, run
+    first) updates, two param groups: a NaN/inf gradient in the first group (the deferred one,
+    for two-pass updates) or the last raises and leaves every parameter and state tensor
+    bit-identical; "skip" warns and changes nothing."""
+    _, cls, kw = _case(name)
+    ps = _params(torch.float32)
+    opt = cls([{"params": ps[:2]}, {"params": ps[2:]}], **kw, fused=True)
+    _set_grads(ps, 0)
+    opt.step()  # state exists
+    _set_grads(ps, 1)
+    (ps[0] if where == "first" else ps[-1]).grad.view(-1)[1] = bad
+    before = _snapshot(ps, opt)
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        opt.step()
+    assert all(torch.equal(x, y) for x, y in zip(before, _snapshot(ps, opt)))
+    for g in opt.param_groups:
+        g["nonfinite"] = "skip"
+    with pytest.warns(RuntimeWarning, match="step skipped"):
+        opt.step()
+    assert all(torch.equal(x, y) for x, y in zip(before, _snapshot(ps, opt)))
+
+
+def test_fused_huge_finite_gradient_follows_the_overflow_policy():
+    """A reduction that overflows on finite gradients is not a NaN/inf gradient: as on the eager
+    path, ScaledSignSGD's overflowed scale is refused ("raise") with nothing written, and
+    EFSignSGD's overflow-safe coefficient makes a finite step."""
+    ps = [torch.full((4,), 1.0)]
+    ps[0].grad = torch.full((4,), 3e38)
+    opt = so.ScaledSignSGD(ps, lr=1e-40, fused=True)
+    with pytest.raises(FloatingPointError, match="overflowed"):
+        opt.step()
+    assert torch.equal(ps[0], torch.ones(4))
+    qs = [torch.full((4,), 1.0)]
+    qs[0].grad = torch.full((4,), 3e38)
+    so.EFSignSGD(qs, lr=1.0, fused=True).step()
+    assert torch.isfinite(qs[0]).all()
+
+
+@pytest.mark.parametrize("name", ["Lion", "MSGD", "EFSignSGD"])
+def test_state_dict_round_trip_fused_and_not(name):
+    _, cls, kw = _case(name)
+    for first, second in ((True, None), (None, True)):
+        a = _params(torch.float32)
+        oa = cls(a, **kw, fused=first)
+        _set_grads(a, 0)
+        oa.step()
+        b = [p.clone() for p in a]
+        ob = cls(b, **kw, fused=second)
+        ob.load_state_dict(copy.deepcopy(oa.state_dict()))  # (loading shares same-dtype tensors)
+        ob.param_groups[0]["fused"] = second  # the backend is this optimizer's choice
+        for x, y in ((a, oa), (b, ob)):
+            _set_grads(x, 1)
+            y.step()
+        for p, q in zip(a, b):
+            _close(p, q, torch.float32, f"{name} after loading {first} -> {second}")
+
+
+def test_fused_refused_clearly():
+    p = [torch.zeros(3)]
+    with pytest.raises(ValueError, match="fused must be one of"):
+        so.SignSGD(p, fused="yes")
+    with pytest.raises(ValueError, match="exclusive"):
+        so.SignSGD(p, fused=True, foreach=True)
+    with pytest.raises(ValueError, match="fused=True is not supported by CoordinateDescent"):
+        so.CoordinateDescent(p, fused=True)
+    with pytest.raises(ValueError, match="all_groups"):
+        so.ScaledSignSGD(p, scope="all_groups", fused=True)
+    with pytest.raises(ValueError, match="minibatch"):
+        so.MSVAG(p, variance="minibatch", fused=True)
+    with pytest.raises(ValueError, match="fused=True is not supported by SteepestDescent"):
+        so.SteepestDescent([torch.zeros(3, 3)], norm={"name": "block", "blocks": "row"}, fused=True)
+    with pytest.raises(ValueError, match="fused=True is not supported by SteepestDescent"):
+        so.SteepestDescent([torch.zeros(3, 3)], norm="spectral", fused=True)
+    with pytest.raises(ValueError, match=r"fused=True is not supported by Stacey \(it has no fused kernels"):
+        so.Stacey([{"params": p, "fused": True}])  # (an optimizer without kernels: a group option)
+
+
+@pytest.mark.parametrize("name", ["Lion", "ScaledSignSGD", "MSVAG"])
+def test_fused_no_recompiles_after_warmup(name, monkeypatch):
+    """A changing lr and per-step bias corrections never recompile a kernel (they are 0-d
+    tensors), and shapes share one. In "jit" mode, where dynamo checks guards at every call:
+    this is what lets "aot" mode call its kernels with the guard check off."""
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(F, "MODE", "jit")
+    _, cls, kw = _case(name)
+    ps = _params(torch.float32)
+    opt = cls(ps, **kw, fused=True)
+    graphs = []
+    for t in range(5):
+        _set_grads(ps, t)
+        opt.param_groups[0]["lr"] = kw["lr"] * (1.0 + 0.1 * t)
+        opt.step()
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[1:] == [graphs[1]] * 4, f"graphs compiled so far, per step: {graphs}"
