@@ -68,7 +68,7 @@ class Lp(Norm):
         return self.p == 2.0
 
     @property
-    def map_temporaries(self) -> int:
+    def map_temporaries(self) -> int:  # type: ignore[override]
         return 1 if math.isinf(self.p) or self.p == 2.0 else 2  # sign, identity; |x|^a and sign(x)
 
     def map(self, x: Tensor) -> Tensor:

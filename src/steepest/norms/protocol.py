@@ -114,13 +114,8 @@ class Norm:
     #: Whether :meth:`map` is the identity (``map(x) is x``): optimizers then fold the plan's
     #: ``pre`` and ``post`` into the update (``addcdiv_``) with no temporary at all.
     identity_map: bool = False
-    @property
-    def map_temporaries(self) -> int:
-        """Temporaries per tensor :meth:`map_all` holds (sizes the chunks of small tensors): 1
-        for the default ``map_all`` (each tensor's map, whose own intermediates are freed before
-        the next tensor's is made), so that a user's norm runs in the built-in ones' chunks;
-        2, a bound, for an overriding ``map_all`` that does not say."""
-        return 1 if type(self).map_all is Norm.map_all else 2
+    #: Temporaries per tensor :meth:`map_all` needs (sizes the chunks of small tensors).
+    map_temporaries: int = 2
     #: Whether the norm is defined on matrices only (vectors need an explicit other norm).
     matrix_only: bool = False
     #: Whether :meth:`partial` and :meth:`plan_partials` are defined.
