@@ -138,9 +138,34 @@ def test_bad_step_options_are_named():
 ])
 def test_checkpoint_formats_are_unchanged(cls, extra):
     """The param-group keys of each preset's checkpoints (a set step option joins them)."""
-    base = {"lr", "norm", "mode", "beta", "scope", "weight_decay", "maximize", "foreach", "nonfinite"}
+    base = {"lr", "norm", "mode", "beta", "scope", "weight_decay", "maximize", "foreach", "fused",
+            "nonfinite"}
     base |= set() if cls is Lion else {"momentum"}
     opt = cls([torch.zeros(3, 3, requires_grad=True)])
     assert set(opt.state_dict()["param_groups"][0]) == base | extra | {"params"}
     sd = SteepestDescent([torch.zeros(3, 3, requires_grad=True)], radius=2.0).state_dict()
     assert sd["param_groups"][0]["radius"] == 2.0 and "step" not in sd["param_groups"][0]
+
+
+@pytest.mark.parametrize("cls", [SteepestDescent, SignSGD, Lion, Modular])
+def test_checkpoint_without_fused_key_loads(cls):
+    """A checkpoint saved before ``fused`` existed (no such group key) loads and steps like one
+    with ``fused=None``: the same numbers, bit for bit (the same eager kernels run)."""
+    runs = []
+    for drop in (False, True):
+        torch.manual_seed(0)
+        p = torch.randn(4, 3, requires_grad=True)
+        opt = cls([p], lr=0.01)
+        p.grad = torch.randn(4, 3)
+        opt.step()
+        sd = opt.state_dict()
+        if drop:
+            for g in sd["param_groups"]:
+                del g["fused"]
+        q = p.detach().clone().requires_grad_(True)
+        opt2 = cls([q], lr=0.01)
+        opt2.load_state_dict(sd)
+        q.grad = torch.randn(4, 3)
+        opt2.step()
+        runs.append(q.detach())
+    assert torch.equal(runs[0], runs[1])
