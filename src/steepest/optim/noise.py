@@ -327,15 +327,6 @@ class _VarianceAdapted(_BetaIsMomentum):
                     states: list[dict[str, Any]], backend: Any) -> None:
         _updates.fused_variance_adapted(group, params, grads, states, self._kind, backend, self._scales)
 
-    def _traced(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                states: list[dict[str, Any]], backend: Backend) -> bool:
-        """Under ``torch.compile(opt.step)``: the fused form traced into the user's graph
-        (:func:`steepest.optim.updates.traced_variance_adapted`); whether it ran."""
-        if not backend.compiling or group.get("variance", "moving_average") != "moving_average":
-            return False
-        _updates.traced_variance_adapted(group, params, grads, states, self._kind, self._factors)
-        return True
-
     @staticmethod
     def _denominators(
         b: float,
@@ -488,8 +479,6 @@ class SVAG(_VarianceAdapted):
         states: list[dict[str, Any]],
         backend: Backend,
     ) -> None:
-        if self._traced(group, params, grads, states, backend):
-            return
         foreach = backend.foreach
         if policy.eager_fused_ok(params):  # 26 passes (_adapted_step_)
             ops = policy.chunk_ops(foreach, params)
@@ -561,8 +550,6 @@ class AdamStar(_VarianceAdapted):
         states: list[dict[str, Any]],
         backend: Backend,
     ) -> None:
-        if self._traced(group, params, grads, states, backend):
-            return
         foreach = backend.foreach
         if policy.eager_fused_ok(params):
             self._fused_update(group, params, grads, states, foreach)
@@ -785,8 +772,6 @@ class MSVAG(_VarianceAdapted):
         states: list[dict[str, Any]],
         backend: Backend,
     ) -> None:
-        if self._traced(group, params, grads, states, backend):
-            return
         foreach = backend.foreach
         ops = _ops(foreach)
         lr, b, wd = group["lr"], group["momentum"], group["weight_decay"]

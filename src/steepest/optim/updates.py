@@ -54,7 +54,6 @@ __all__ = [
     "steepest_fusable",
     "steepest_partial",
     "steepest_step",
-    "traced_variance_adapted",
     "variance_adapted_step",
 ]
 
@@ -437,19 +436,3 @@ def fused_variance_adapted(group: dict[str, Any], params: list[Tensor], grads: l
             rows.append((p, g, st["exp_avg"], st["exp_avg_sq"], lr(p), a_t, k_t))
     backend.kernel_many(variance_adapted_step, rows, wd=wd, w=1.0 - b, b=b, sgn=sgn, kind=kind,
                         hi=1.0 - b >= 0.5)
-
-
-def traced_variance_adapted(group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                            states: list[dict[str, Any]], kind: str,
-                            factors: Callable[[float, Tensor, bool], tuple[Tensor, Tensor]]) -> None:
-    """The step of SVAG/M-SVAG/Adam* while ``torch.compile(opt.step)`` traces it (the eager
-    backends' working tensors: gradients already negated under maximize): the step counter stays
-    a tensor (no graph break) and the math is :func:`variance_adapted_step`, whose form makes no
-    subnormal intermediates where the variance is 0 (the reference form did, and ran 3-5x slower
-    than eager). ``factors(b, t, weight)``: ``a`` and ``K`` as tensors (``noise``'s)."""
-    lr, b, wd = group["lr"], group["momentum"], group["weight_decay"]
-    for p, g, st in zip(params, grads, states):
-        st["step"].add_(1.0)
-        a, k = factors(b, st["step"].to(torch.float64) - 1.0, kind != "svag")
-        variance_adapted_step(p, g, st["exp_avg"], st["exp_avg_sq"], lr, a, k, wd=wd, w=1.0 - b,
-                              b=b, kind=kind, hi=1.0 - b >= 0.5)
