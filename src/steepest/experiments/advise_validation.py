@@ -36,6 +36,7 @@ import copy
 import functools
 import math
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -174,8 +175,16 @@ def _grid_key(lr: float, centre: float) -> float:
     return float(round(k)) if abs(k - round(k)) < 1e-6 else k
 
 
-def _one(case: _Case, steps: int, budgets: list[float], restricted: bool) -> dict[str, Any]:
-    from steepest.advise import advise, default_candidates
+def _tune(case: _Case, steps: int) -> tuple[dict[str, Any], Callable[[str, float], float],
+                                           dict[tuple[str, float], float], Callable[[], nn.Module],
+                                           dict[str, Any]]:
+    """The criterion's tuning of one case (both validations): every candidate of
+    ``default_candidates()`` on the x3 grid of 5 around its default lr, extended past a winning
+    edge, each point trained ``steps`` steps. Returns the row so far (tuned lr and loss per
+    candidate, the best, the constant answers' hits), ``loss_at(name, lr)`` (the memoised final
+    loss, shared with the advisor's choice), the memo table, a fresh model factory and the
+    candidates."""
+    from steepest.advise import default_candidates
 
     cands = default_candidates(example_input=case.data[0][:1])  # as advise() builds them
     centre = {n: c.default_lr(case.model) for n, c in cands.items()}
@@ -205,6 +214,15 @@ def _one(case: _Case, steps: int, budgets: list[float], restricted: bool) -> dic
         m = copy.deepcopy(case.model)
         m.load_state_dict(case.state0)
         return m
+
+    return row, loss_at, table, model_fn, cands
+
+
+def _one(case: _Case, steps: int, budgets: list[float], restricted: bool) -> dict[str, Any]:
+    from steepest.advise import advise
+
+    row, loss_at, _table, model_fn, cands = _tune(case, steps)
+    best = row["best_loss"]
 
     for b in budgets:
         adv = advise(model_fn, case.loss_fn, case.data, steps_total=steps, budget=b,

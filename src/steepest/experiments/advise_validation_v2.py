@@ -23,8 +23,6 @@ Options (``--set``): ``steps`` (100; quick 30), ``examples`` (128; quick 64), ``
 
 from __future__ import annotations
 
-import copy
-import functools
 import json
 import math
 from concurrent.futures import ProcessPoolExecutor
@@ -33,7 +31,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from steepest.experiments.advise_validation import (
     ABS_FLOOR,
@@ -41,12 +38,12 @@ from steepest.experiments.advise_validation import (
     _Case,
     _criterion_commit,
     _fmt,
-    _grid_key,
     _is_hit,
     _quad_loss,
     _rate,
+    _tune,
 )
-from steepest.experiments.harness import Claim, Context, Experiment, Result, log_grid_search
+from steepest.experiments.harness import Claim, Context, Experiment, Result
 
 # --- criterion (pre-registered; do not edit after the first run) --------------------------------
 CRITERION: dict[str, Any] = {
@@ -113,39 +110,13 @@ def _case(spec: tuple[Any, ...]) -> _Case:
 
 def _one(spec: tuple[Any, ...], steps: int) -> dict[str, Any]:
     """Tune, advise (search, race, theory) and score one case (in a worker, one thread)."""
-    from steepest.advise import advise, default_candidates
+    from steepest.advise import advise
 
     torch.set_num_threads(1)
     case = _case(spec)
-    cands = default_candidates(example_input=case.data[0][:1])
-    centre = {n: c.default_lr(case.model) for n, c in cands.items()}
-    table: dict[tuple[str, float], float] = {}
-
-    def loss_at(name: str, lr: float) -> float:
-        key = (name, _grid_key(lr, centre[name]))
-        if key not in table:
-            table[key] = case.final_loss(cands[name], lr, steps)
-        return table[key]
-
-    row: dict[str, Any] = {"case": case.name, "family": case.family, "seed": case.seed,
-                           "d": sum(p.numel() for p in case.model.parameters())}
-    tuned: dict[str, tuple[float, float]] = {}
-    for name in cands:
-        best_lr, tried = log_grid_search(functools.partial(loss_at, name), centre[name],
-                                         n_grid=5, factor=3.0, max_extend=8)
-        tuned[name] = (best_lr, min(v for _, v in tried))
-        row[f"tuned_lr_{name}"], row[f"tuned_loss_{name}"] = tuned[name]
+    row, loss_at, table, model_fn, _cands = _tune(case, steps)
     row["tuning_runs"] = len(table)
-    best = min(v for _, v in tuned.values())
-    row["best_loss"] = best
-    row["best_recipe"] = min(tuned, key=lambda n: tuned[n][1])
-    for name in cands:
-        row[f"const_hit_{name}"] = _is_hit(tuned[name][1], best)
-
-    def model_fn() -> nn.Module:
-        m = copy.deepcopy(case.model)
-        m.load_state_dict(case.state0)
-        return m
+    best = row["best_loss"]
 
     for method, b in (("search", PRIMARY_BUDGET), ("race", RACE_BUDGET)):
         try:
