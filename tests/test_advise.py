@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import steepest
-from steepest.advise import Advice, Candidate, advise
+from steepest.advise import DEFAULT_BUDGET, Advice, Candidate, advise
 from steepest.cli import build_parser, main
 
 
@@ -53,7 +53,7 @@ def test_race_picks_the_clearly_better_candidate() -> None:
         "gd": sgd(0.25),
     }
     adv = advise(model, quad_loss, data, steps_total=100, budget=1.0, candidates=cands,
-                 explain=False)
+                 explain=False, method="race")
     assert adv.winner == "gd"
     # the winner's score is the lowest of the final rung, and below the initial loss 3.5
     final = [e for e in adv.table if len(e.scores) == len(adv.rungs)]
@@ -64,7 +64,7 @@ def test_race_prefers_the_stable_step_on_a_known_quadratic() -> None:
     # L = 4: lr = 0.6 > 2/L diverges, lr = 0.2 converges (rate |1 - 4 * 0.2| = 0.2)
     model, data = quad_problem([1.0, 4.0])
     adv = advise(model, quad_loss, data, steps_total=60, budget=1.0,
-                 candidates={"gd": sgd(0.2)}, lrs=[1 / 3, 1.0, 3.0], extend=0, explain=False)
+                 candidates={"gd": sgd(0.2)}, lrs=[1 / 3, 1.0, 3.0], extend=0, explain=False, method="race")
     assert adv.winner == "gd" and adv.lr == pytest.approx(0.2)
     # the step past 2/L grows the loss above its initial value 0.5 (1 + 4) = 2.5
     diverged = [e for e in adv.table if e.lr == pytest.approx(0.6)]
@@ -75,7 +75,7 @@ def test_budget_accounting() -> None:
     x, y = regression()
     cands = {"gd": sgd(0.05), "heavy": sgd(0.01, momentum=0.9)}
     adv = advise(lambda: nn.Linear(5, 1), nn.functional.mse_loss, (x, y), steps_total=200,
-                 budget=0.5, candidates=cands, explain=False)
+                 budget=0.5, candidates=cands, explain=False, method="race")
     assert adv.steps_used == sum(e.steps for e in adv.table)
     assert 0 < adv.steps_used <= math.floor(0.5 * 200)
     assert adv.budget_used == adv.steps_used / 200
@@ -91,7 +91,7 @@ def test_too_small_budget_names_the_minimum() -> None:
     x, y = regression()
     with pytest.raises(ValueError, match=r"budget >= "):
         advise(lambda: nn.Linear(5, 1), nn.functional.mse_loss, (x, y), steps_total=10,
-               budget=0.1, candidates={"gd": sgd(0.05)}, explain=False)
+               budget=0.1, candidates={"gd": sgd(0.05)}, explain=False, method="race")
 
 
 def test_same_seed_same_advice_and_same_batches_for_every_configuration() -> None:
@@ -105,7 +105,7 @@ def test_same_seed_same_advice_and_same_batches_for_every_configuration() -> Non
 
     def go(seed: int) -> Advice:
         return advise(lambda: nn.Linear(5, 1), nn.functional.mse_loss, loader, steps_total=120,
-                      budget=1.0, candidates=cands, seed=seed, explain=False, extend=0)
+                      budget=1.0, candidates=cands, seed=seed, explain=False, extend=0, method="race")
 
     a1, a2 = go(0), go(0)
     assert [(e.candidate, e.lr, e.scores) for e in a1.table] == \
@@ -121,7 +121,7 @@ def test_edge_extension_goes_past_the_winning_edge() -> None:
     # on f = 0.5 |x|^2 (L = 1) GD's best constant step is 1; a bracket around 0.01 is far too small
     model, data = quad_problem([1.0, 1.0])
     adv = advise(model, quad_loss, data, steps_total=50, budget=2.0,
-                 candidates={"gd": sgd(0.01)}, extend=2, explain=False)
+                 candidates={"gd": sgd(0.01)}, extend=2, explain=False, method="race")
     ext = [e for e in adv.table if e.extension]
     assert len(ext) == 2 and all(e.lr > 0.03 for e in ext)
 
@@ -129,7 +129,7 @@ def test_edge_extension_goes_past_the_winning_edge() -> None:
 def test_all_diverged_gives_no_winner() -> None:
     model, data = quad_problem([1.0, 4.0])
     adv = advise(model, quad_loss, data, steps_total=40, budget=1.0,
-                 candidates={"gd": sgd(10.0)}, extend=0, explain=False)
+                 candidates={"gd": sgd(10.0)}, extend=0, explain=False, method="race")
     assert adv.winner is None
     with pytest.raises(RuntimeError, match="diverged"):
         adv.create_optimizer(model)
@@ -138,7 +138,7 @@ def test_all_diverged_gives_no_winner() -> None:
 def test_create_optimizer_builds_the_winner() -> None:
     model, data = quad_problem([1.0, 2.0])
     adv = advise(model, quad_loss, data, steps_total=60, budget=1.0,
-                 candidates={"gd": sgd(0.3)}, explain=False)
+                 candidates={"gd": sgd(0.3)}, explain=False, method="race")
     opt = adv.create_optimizer(model)
     assert isinstance(opt, torch.optim.SGD) and opt.param_groups[0]["lr"] == adv.lr
 
@@ -159,7 +159,7 @@ def test_theory_method_uses_the_one_step_guarantees() -> None:
 def test_explanation_reports_the_geometry() -> None:
     model, data = quad_problem([1.0, 1.0, 1.0, 50.0])
     adv = advise(model, quad_loss, data, steps_total=100, budget=1.0,
-                 candidates={"gd": sgd(0.02)}, geometry_options={"mode": "dense", "sdp_max": 0})
+                 candidates={"gd": sgd(0.02)}, geometry_options={"mode": "dense", "sdp_max": 0}, method="race")
     rep = adv.geometry
     assert rep is not None
     assert rep.rho_diag == pytest.approx(1.0)  # a diagonal Hessian (Prop. 4)
@@ -191,16 +191,16 @@ def test_bad_input_is_a_clear_error(kwargs: dict, match: str) -> None:
 def test_bad_model_and_data() -> None:
     _, data = quad_problem([1.0, 2.0])
     with pytest.raises(ValueError, match="model_fn"):
-        advise(42, quad_loss, data, steps_total=10)  # type: ignore[arg-type]
+        advise(42, quad_loss, data, steps_total=10, method="race")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="data"):
-        advise(nn.Linear(2, 1), nn.functional.mse_loss, 3.0, steps_total=10)
+        advise(nn.Linear(2, 1), nn.functional.mse_loss, 3.0, steps_total=10, method="race")
 
 
 def test_plain_callable_with_absolute_lrs() -> None:
     model, data = quad_problem([1.0, 2.0])
     raw = {"raw": lambda m, lr: torch.optim.SGD(m.parameters(), lr=lr)}
     adv = advise(model, quad_loss, data, steps_total=60, budget=1.0, candidates=raw,
-                 lrs={"raw": [0.1, 0.3]}, extend=0, explain=False)
+                 lrs={"raw": [0.1, 0.3]}, extend=0, explain=False, method="race")
     assert adv.winner == "raw" and adv.lr in (0.1, 0.3)
 
 
@@ -218,12 +218,35 @@ def test_cli_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     assert "nope" in capsys.readouterr().err
     assert main(["advise", "quadratic", "--lrs", "a,b"]) == 2
     # too small a budget for the race: exit 2 with the smallest budget that works
-    assert main(["advise", "quadratic", "--steps", "10", "--budget", "0.1", "--no-explain"]) == 2
+    assert main(["advise", "quadratic", "--steps", "10", "--budget", "0.1", "--method", "race",
+                 "--no-explain"]) == 2
     assert "budget >=" in capsys.readouterr().err
     rc = main(["advise", "quadratic", "--dim", "4", "--steps", "40", "--budget", "2",
-               "--candidates", "sgd,adamw", "--no-explain"])
+               "--method", "race", "--candidates", "sgd,adamw", "--no-explain"])
     out = capsys.readouterr().out
     assert rc == 0 and "advice (race)" in out and "% of a 40-step run" in out
+
+
+def test_default_is_the_validated_search(capsys: pytest.CaptureFixture[str]) -> None:
+    # the default method and budget are the setting that passed the pre-registered validation
+    # (docs/results/advise-validation-v2/criterion.json: search, budget 20 runs)
+    import inspect
+    import json
+    from pathlib import Path
+
+    sig = inspect.signature(advise)
+    assert sig.parameters["method"].default == "search" and sig.parameters["budget"].default is None
+    crit = json.loads((Path(__file__).parents[1] / "docs/results/advise-validation-v2/criterion.json")
+                      .read_text())["criterion"]
+    assert DEFAULT_BUDGET["search"] == crit["primary_budget"]
+    model, data = quad_problem([1.0, 10.0])
+    adv = advise(model, quad_loss, data, steps_total=30, explain=False)
+    # search at budget 20: the 10 initial configurations each ran the whole 30 steps
+    assert adv.method == "search" and adv.budget == 20.0
+    assert all(e.steps == 30 for e in adv.table) and adv.steps_used <= 20 * 30
+    assert main(["advise", "quadratic", "--dim", "4", "--steps", "20", "--no-explain"]) == 0
+    out = capsys.readouterr().out
+    assert "advice (search)" in out and "of a 20-step run (allowed 2000.0%)" in out
 
 
 @pytest.mark.parametrize(("option", "bad", "accepted"), [

@@ -1,27 +1,34 @@
 """Which optimizer and what learning rate for *this* model and loss: advice that measures.
 
-:func:`advise` answers the practitioner's question with a short, budgeted race rather than a
-forecast: every candidate recipe is trained from the same initialisation on the data you pass,
-over a small learning-rate bracket around its default, and successive halving (Karnin, Koren &
-Somekh 2013; Jamieson & Talwalkar 2016) keeps the better quarter of the configurations at each
-rung and trains them longer. The steps it spends are counted against a budget given as a share of
-your training run (``budget=0.1``: a tenth of ``steps_total``), printed and returned.
+:func:`advise` answers the practitioner's question by training, not by forecast: candidate
+recipes are trained from the same initialisation on the data you pass, each over a
+learning-rate grid around its default, and the best final loss wins. The steps it spends are
+counted against a budget given in training runs (``budget=20``: at most twenty times
+``steps_total`` steps, summed over all configurations), printed and returned.
 
-The geometry of seed 000 (Balles, Pedregosa & Le Roux, *The Geometry of Sign Gradient Descent*,
-Sec. 4-5) is measured on a small sample as the explanation: diagonal concentration ``rho_diag``
-(Prop. 4), the l_inf vs l_2 smoothness ratio ``L_inf / (d L_2)`` (Eq. 23), the gradient density
-``phi`` (Eq. 30) and the predicted advantage ``R`` of sign descent (Eq. 31). The theory-only
-advisor of :meth:`steepest.geometry.GeometryReport.recommend` stays available as
-``method="theory"`` (no race; its validated hit rate is in ``docs/advise.md``).
+Two ways to spend the budget:
 
-``method="search"`` spends the budget differently: no short rungs, every configuration is trained
-for the *horizon that is judged* (``steps_total`` when the budget allows, else the longest
-horizon it allows) and scored by its final loss there; each candidate's lr is searched on a x3
-grid of five values around its default, extended past an edge until the best is bracketed (as
-:func:`steepest.experiments.harness.log_grid_search` tunes). Its default shortlist is ``sgd`` and
-``muon`` (the l_2 geometry and Muon + AdamW). Why: on 100-step runs the race's short rungs
-ranked the eventual winner (SGD with momentum at a small lr, slow at first) about 20th of 63
-configurations (median) after 3-12 steps (``docs/advise.md``).
+* ``method="search"`` (the default, the one that passed its pre-registered validation,
+  ``docs/advise.md``: 27 of 32 held-out cases within 1% of the tuned winner's final loss, at the
+  default budget of 20 runs, 12 used on average): every configuration is trained for the
+  *horizon that is judged* (``steps_total`` when the budget allows, else the longest horizon it
+  allows) and scored by its final loss there; each candidate's lr is searched on a x3 grid of
+  five values around its default, extended past an edge until the best is bracketed (as
+  :func:`steepest.experiments.harness.log_grid_search` tunes). Its default shortlist is ``sgd``
+  and ``muon`` (the l_2 geometry and Muon + AdamW).
+* ``method="race"``: a short race (default budget 0.1 runs) by successive halving (Karnin, Koren &
+  Somekh 2013; Jamieson & Talwalkar 2016), keeping the better quarter of the configurations at
+  each rung and training them longer. It is cheap, and it *failed* its validation (2 of 32
+  cases): on 100-step runs its short rungs ranked the eventual winner (SGD with momentum at a
+  small lr, slow at first) about 20th of 63 configurations (median) after 3-12 steps. Use it as
+  a first look, not as the answer.
+
+The geometry of [BPL20] Sec. 4-5 is measured on a small sample as the explanation: diagonal
+concentration ``rho_diag`` (Prop. 4), the l_inf vs l_2 smoothness ratio ``L_inf / (d L_2)``
+(Eq. 23), the gradient density ``phi`` (Eq. 30) and the predicted advantage ``R`` of sign descent
+(Eq. 31). The theory-only advisor of :meth:`steepest.geometry.GeometryReport.recommend` stays
+available as ``method="theory"`` (no training; its validated hit rate, 5 of 32, is in
+``docs/advise.md``).
 
 >>> import torch, steepest
 >>> from torch import nn
@@ -46,7 +53,8 @@ from torch import nn
 
 from steepest._cli_types import finite_float, int_at_least
 
-__all__ = ["SEARCH_SHORTLIST", "Advice", "Candidate", "RaceEntry", "advise", "default_candidates",
+__all__ = ["DEFAULT_BUDGET", "SEARCH_SHORTLIST", "Advice", "Candidate", "RaceEntry", "advise",
+           "default_candidates",
            "plain_candidates"]
 
 Make = Callable[[nn.Module, float], torch.optim.Optimizer]
@@ -142,6 +150,9 @@ def default_candidates(example_input: Any = None) -> dict[str, Candidate]:
 SEARCH_SHORTLIST = ("sgd", "muon")
 SEARCH_FACTORS = (1 / 9, 1 / 3, 1.0, 3.0, 9.0)  # five x3 steps around the default, as tuned
 SEARCH_EXTEND = 8
+# The budget (in runs of steps_total) when none is given: search's validated setting (20 runs;
+# docs/results/advise-validation-v2) and the race's "a tenth of a run".
+DEFAULT_BUDGET = {"search": 20.0, "race": 0.1, "theory": 0.1}
 
 
 def search_candidates(example_input: Any = None) -> dict[str, Candidate]:
@@ -466,11 +477,11 @@ def advise(
     data: Any,
     *,
     steps_total: int,
-    budget: float = 0.1,
+    budget: float | None = None,
     candidates: Mapping[str, Candidate | Make] | None = None,
     lrs: Sequence[float] | Mapping[str, Sequence[float]] | None = None,
     seed: int = 0,
-    method: str = "race",
+    method: str = "search",
     eval_data: Any = None,
     eta: int = 4,
     extend: int | None = None,
@@ -480,7 +491,7 @@ def advise(
     geometry_options: Mapping[str, Any] | None = None,
     progress: bool = False,
 ) -> Advice:
-    """Race the candidates on your model and data; return the winner, its lr and why.
+    """Train the candidates on your model and data; return the winner, its lr and why.
 
     Args:
         model_fn: a function returning a freshly initialised model, or a model (deep-copied).
@@ -492,21 +503,23 @@ def advise(
             configuration gets the same batch order: the loader is re-iterated under the same RNG
             state).
         steps_total: the length of the training run you are choosing for (optimizer steps).
-        budget: the share of ``steps_total`` the race may spend, summed over all
-            configurations (``0.1``: a tenth of one run; may exceed 1). Too small a budget for
-            the number of configurations is a ``ValueError`` naming the smallest that works.
+        budget: how many training runs of ``steps_total`` steps the advice may spend, summed
+            over all configurations (``0.1``: a tenth of one run; may exceed 1). Default
+            :data:`DEFAULT_BUDGET` of the method: 20 for ``"search"`` (the validated setting),
+            0.1 for ``"race"``. Too small a budget for the number of configurations is a
+            ``ValueError`` naming the smallest that works.
         candidates: name -> :class:`Candidate` (or a callable ``make(model, lr)`` together with
             its learning rates in ``lrs``); default :func:`default_candidates`.
         lrs: factors applied to each candidate's default lr (default ``(1/3, 1, 3)``), or a
             mapping name -> absolute learning rates.
         seed: the initialisation and data-order seed; the same seed gives the same advice.
-        method: ``"race"`` (successive halving over short rungs), ``"search"`` (every
-            configuration trained for the judged horizon, ``steps_total`` if the budget allows,
-            and each candidate's lr searched until bracketed; default candidates
-            :data:`SEARCH_SHORTLIST`, lr factors :data:`SEARCH_FACTORS`, ``extend``
-            :data:`SEARCH_EXTEND`) or ``"theory"`` (the geometry report's recommendation of
-            seed 000's Eq. 31, no training: ``torch.optim.SGD`` at ``1/L_2`` or
-            ``steepest.ScaledSignSGD`` at ``1/L_inf``).
+        method: ``"search"`` (default, validated: every configuration trained for the judged
+            horizon, ``steps_total`` if the budget allows, and each candidate's lr searched
+            until bracketed; default candidates :data:`SEARCH_SHORTLIST`, lr factors
+            :data:`SEARCH_FACTORS`, ``extend`` :data:`SEARCH_EXTEND`), ``"race"`` (successive
+            halving over short rungs; cheap, failed its validation) or ``"theory"`` (the
+            geometry report's recommendation of [BPL20] Eq. 31, no training:
+            ``torch.optim.SGD`` at ``1/L_2`` or ``steepest.ScaledSignSGD`` at ``1/L_inf``).
         eval_data: batches the race scores on (mean loss, ``model.eval()``); default: ``data``
             itself when it is one batch, else the first 4 batches of ``data``.
         eta: successive halving keeps the best ``1/eta`` of the configurations at each rung
@@ -528,7 +541,7 @@ def advise(
     if method not in ("race", "search", "theory"):
         raise ValueError(f"method must be 'race', 'search' or 'theory', got {method!r}")
     steps_total = _check_positive_int("steps_total", steps_total)
-    budget = _check_lr("budget", budget)
+    budget = _check_lr("budget", DEFAULT_BUDGET[method] if budget is None else budget)
     eta = _check_positive_int("eta", eta, 2)
     extend = _check_positive_int("extend", (SEARCH_EXTEND if method == "search" else 2)
                                  if extend is None else extend, 0)
@@ -848,14 +861,15 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--list", action="store_true", help="list the built-in problems and exit")
     parser.add_argument("--steps", type=int_at_least(1), default=None,
                         help="length of the training run to advise for (default: the problem's own)")
-    parser.add_argument("--budget", type=finite_float(lo=0.0, lo_open=True), default=1.0,
-                        help="steps the race may spend, as a share of --steps (default 1.0: the "
-                             "built-in problems' runs are short; on a long run 0.1 is enough)")
-    parser.add_argument("--method", choices=["race", "search", "theory"], default="race",
-                        help="race (successive halving, default), search (every configuration "
-                             "run for the whole --steps, lr searched until bracketed; default "
-                             "candidates sgd,muon; needs --budget >= 10 for full length) or "
-                             "theory (seed 000's Eq. 31 alone, no training)")
+    parser.add_argument("--budget", type=finite_float(lo=0.0, lo_open=True), default=None,
+                        help="steps the advice may spend, in runs of --steps (default: 20 for "
+                             "search, the validated setting; 0.1 for race)")
+    parser.add_argument("--method", choices=["search", "race", "theory"], default="search",
+                        help="search (default, validated: every configuration run for the whole "
+                             "--steps, lr searched until bracketed; default candidates sgd,muon; "
+                             "needs --budget >= 10 for full length), race (successive halving "
+                             "over short rungs: cheap, failed its validation) or theory ([BPL20] "
+                             "Eq. 31 alone, no training)")
     parser.add_argument("--candidates", default=None,
                         help="comma-separated subset of the candidates (default all: "
                              "adamw, muon, scion, steepest, lion, signum, sgd)")
@@ -967,7 +981,7 @@ def run(args: Any) -> int:
         val = getattr(args, opt_name)
         if val is not None and val < lo:
             return fail(f"--{opt_name} must be an integer >= {lo}, got {val}")
-    if not (math.isfinite(args.budget) and args.budget > 0):
+    if args.budget is not None and not (math.isfinite(args.budget) and args.budget > 0):
         return fail(f"--budget must be a positive finite number (a share of --steps), got "
                     f"{args.budget}")
     lrs = None

@@ -226,7 +226,7 @@ def _one(case: _Case, steps: int, budgets: list[float], restricted: bool) -> dic
 
     for b in budgets:
         adv = advise(model_fn, case.loss_fn, case.data, steps_total=steps, budget=b,
-                     seed=case.seed, explain=False)
+                     seed=case.seed, explain=False, method="race")
         loss = loss_at(adv.winner, adv.lr) if adv.winner is not None else math.inf
         row[f"race_{b:g}_recipe"], row[f"race_{b:g}_lr"] = adv.winner, adv.lr
         row[f"race_{b:g}_loss"], row[f"race_{b:g}_hit"] = loss, _is_hit(loss, best)
@@ -235,7 +235,7 @@ def _one(case: _Case, steps: int, budgets: list[float], restricted: bool) -> dic
         for name in cands:
             adv = advise(model_fn, case.loss_fn, case.data, steps_total=steps,
                          budget=PRIMARY_BUDGET, seed=case.seed, explain=False,
-                         candidates={name: cands[name]})
+                         candidates={name: cands[name]}, method="race")
             loss = loss_at(name, adv.lr) if adv.winner is not None else math.inf
             row[f"alone_lr_{name}"], row[f"alone_hit_{name}"] = adv.lr, _is_hit(loss, best)
     # as steepest reproduce advisor-validation measures it (geometry_report's defaults)
