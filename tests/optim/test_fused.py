@@ -63,6 +63,17 @@ CASES = [
     ("AdamStar", so.AdamStar, dict(lr=0.1, beta=0.5)),
     ("EFSignSGD", so.EFSignSGD, dict(lr=0.1)),
     ("EFSignSGD-per_tensor", so.EFSignSGD, dict(lr=0.1, scope="per_tensor", weight_decay=0.1)),
+    # STACEY: every variant, descent map (s_eps in both forms, s, sign, identity) and momentum
+    # scheme (Lion-style, tied, none), the coupling's tau in (0, 1), 0 and 1, weight decay.
+    ("Stacey-p2", so.Stacey, dict(lr=0.1, weight_decay=0.1)),
+    ("Stacey-pp", so.Stacey, dict(lr=0.1, alpha=0.05, variant="pp", p=4.0, tau=0.3, weight_decay=0.1)),
+    ("Stacey-pp-paper-tied", so.Stacey, dict(lr=0.1, variant="pp", eps=0.1, eps_mode="paper",
+                                             betas=(0.9, 0.9), tau=0.7)),
+    ("Stacey-2p-tau1", so.Stacey, dict(lr=0.1, variant="2p", tau=1.0, weight_decay=0.1)),
+    ("Stacey-p2-sign-tau0", so.Stacey, dict(lr=0.1, p=math.inf, tau=0.0, betas=(0.0, 0.0))),
+    ("Stacey-p2-eps0", so.Stacey, dict(lr=0.1, p=3.0, eps=0.0, tau=0.5)),
+    ("AdamAveraged", so.AdamAveraged, dict(lr=0.1, weight_decay=0.1)),
+    ("AdamAveraged-eps0", so.AdamAveraged, dict(lr=0.1, eps=0.0, betas=(0.3, 0.9))),
 ]
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 2.0**-7}
 SHAPES = [(5, 3), (7,), (2, 2, 2), (40000,)]  # the last one is not packed (run_many)
@@ -171,7 +182,7 @@ def test_user_written_norm_fuses():
         so.SteepestDescent([torch.zeros(3)], norm=UserLinf(), mode="scaled", fused=True)
 
 
-@pytest.mark.parametrize("name", ["Signum", "ScaledSignSGD"])
+@pytest.mark.parametrize("name", ["Signum", "ScaledSignSGD", "Stacey-pp", "AdamAveraged"])
 def test_fused_maximize_and_complex(name):
     """maximize=True (the kernels' sign) and complex parameters (real views) as on the loop path."""
     _, cls, kw = _case(name)
@@ -193,7 +204,7 @@ def test_fused_maximize_and_complex(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["Signum", "ScaledSignSGD"])
+@pytest.mark.parametrize("name", ["Signum", "ScaledSignSGD", "Stacey-pp", "AdamAveraged"])
 def test_fused_inductor_equals_eager_loop(name, monkeypatch, tmp_path):
     """The same with inductor's C++ kernels (the default backend): a one-pass and a two-pass
     update, float32, over shapes that share one kernel; then, the kernels forgotten, a warm
@@ -243,7 +254,8 @@ def _snapshot(ps, opt):  # type: ignore[no-untyped-def]
     return [p.clone() for p in ps] + [v.clone() for p in ps for v in opt.state[p].values()]
 
 
-@pytest.mark.parametrize("name", ["Signum", "ScaledSignSGD", "EFSignSGD", "MSGD"])
+@pytest.mark.parametrize("name", ["Signum", "ScaledSignSGD", "EFSignSGD", "MSGD", "Stacey-pp",
+                                  "AdamAveraged"])
 @pytest.mark.parametrize("where,bad", [("first", math.nan), ("last", math.inf)])
 def test_fused_nonfinite_policy(name, where, bad):
     """One-pass (scanned before the step) and two-pass (checked by the reduction pass, run
@@ -284,7 +296,7 @@ def test_fused_huge_finite_gradient_follows_the_overflow_policy():
     assert torch.isfinite(qs[0]).all()
 
 
-@pytest.mark.parametrize("name", ["Lion", "MSGD", "EFSignSGD"])
+@pytest.mark.parametrize("name", ["Lion", "MSGD", "EFSignSGD", "Stacey-pp", "AdamAveraged"])
 def test_state_dict_round_trip_fused_and_not(name):
     _, cls, kw = _case(name)
     for first, second in ((True, None), (None, True)):
@@ -319,11 +331,20 @@ def test_fused_refused_clearly():
         so.SteepestDescent([torch.zeros(3, 3)], norm={"name": "block", "blocks": "row"}, fused=True)
     with pytest.raises(ValueError, match="fused=True is not supported by SteepestDescent"):
         so.SteepestDescent([torch.zeros(3, 3)], norm="spectral", fused=True)
-    with pytest.raises(ValueError, match=r"fused=True is not supported by Stacey \(it has no fused kernels"):
-        so.Stacey([{"params": p, "fused": True}])  # (an optimizer without kernels: a group option)
+    with pytest.raises(ValueError, match=r"fused=True is not supported by AdamShuffled \(.*randperm"):
+        so.AdamShuffled(p, fused=True)
+    with pytest.raises(ValueError, match="exclusive"):
+        so.Stacey(p, fused=True, foreach=True)
+
+    class NoKernels(so.StepOptimizer):  # an optimizer without kernels (the base class's answer)
+        def __init__(self, params):  # type: ignore[no-untyped-def]
+            super().__init__(params, dict(lr=0.1))
+
+    with pytest.raises(ValueError, match=r"fused=True is not supported by NoKernels \(it has no fused kernels"):
+        NoKernels([{"params": p, "fused": True}])  # (a group option)
 
 
-@pytest.mark.parametrize("name", ["Lion", "ScaledSignSGD", "MSVAG"])
+@pytest.mark.parametrize("name", ["Lion", "ScaledSignSGD", "MSVAG", "Stacey-pp", "AdamAveraged"])
 def test_fused_no_recompiles_after_warmup(name, monkeypatch):
     """A changing lr and per-step bias corrections never recompile a kernel (they are 0-d
     tensors), and shapes share one. In "jit" mode, where dynamo checks guards at every call:

@@ -44,13 +44,17 @@ from steepest.norms import Norm, _combine_pow, _safe_div, per_tensor_list
 from steepest.optim.base import first_nonfinite, update_is_finite
 
 __all__ = [
+    "adam_averaged_step",
     "ef_reduce",
     "ef_step",
+    "fused_adam_averaged",
     "fused_ef",
     "fused_msgd",
+    "fused_stacey",
     "fused_steepest",
     "fused_variance_adapted",
     "msgd_step",
+    "stacey_step",
     "steepest_fusable",
     "steepest_partial",
     "steepest_step",
@@ -241,6 +245,124 @@ def variance_adapted_step(
     r = torch.clamp_min(vt / mt / mt + (1.0 / ks - a), 1.0 / ks)
     r = torch.where(torch.isnan(r), math.inf, r)
     p.copy_(pa - torch.where(kpos, x / r / ks, x) * coef)
+
+
+# The smallest normal float32: STACEY's floor for the mirror step's scale M (as
+# steepest.optim.stacey, in every working dtype).
+_TINY32 = torch.finfo(torch.float32).tiny
+
+
+def _mirror(z: Tensor, c: Tensor, alpha_r: Tensor, p: float) -> Tensor:
+    """STACEY's l_p mirror step ``phi^-1(phi(z) - alpha c)``, ``phi(z) = |z|^(p-2) z``, in the
+    overflow-safe scaled form of :func:`steepest.optim.stacey._mirror_single_` (the same
+    operations, out of place)::
+
+        b = |c|^(1/k) alpha^(1/k),  M = max(|z|, b, tiny),  k = p - 1
+        w = sign(z) (|z|/M)^k - sign(c) (b/M)^k,  z <- sign(w) |w|^(1/k) M
+
+    ``alpha_r = alpha^(1/k)``, a per-step 0-d tensor."""
+    k = p - 1.0
+    r = 1.0 / k
+    b = c.abs().pow(r) * alpha_r
+    scale = torch.clamp_min(torch.maximum(z.abs(), b), _TINY32)
+    w = torch.copysign((z.abs() / scale).pow(k), z) - torch.copysign((b / scale).pow(k), c)
+    return torch.copysign(w.abs().pow(r) * scale, w)
+
+
+def stacey_step(
+    x: Tensor,
+    g: Tensor,
+    m: Tensor,
+    z: Tensor,
+    lr: Tensor,
+    alpha: Tensor,
+    decay: Tensor,
+    *,
+    norm: Norm | None,
+    p: float = 3.0,
+    tau: float = 1e-3,
+    wd: float = 0.0,
+    w1: float = 0.1,
+    w2: float = 0.01,
+    mom: str = "fresh",
+    plain: bool = True,
+    sgn: float = 1.0,
+    hi1: bool = False,
+    hi2: bool = False,
+    hit: bool = False,
+) -> None:
+    """One STACEY step of one tensor ([STACEY, Alg. 2-4]; :class:`steepest.optim.Stacey`, whose
+    ``_step_single`` it must equal)::
+
+        c = lerp(m, g, w1); m <- lerp(m, g, w2)      (mom "tied": c = m <- lerp(m, g, w1);
+                                                       "none": c = g, m untouched)
+        y' = decay x - lr d(c)                        (d = norm.map, the Lp map s_eps; the
+                                                       identity where ``norm`` is None)
+        z <- z - alpha c  (plain)  or  the l_p mirror step of z along c (:func:`_mirror`,
+                                       ``alpha`` = alpha^(1/(p-1)) then)
+        x <- lerp(y', z, tau)   (tau = 1: x <- decay x + z, decay = -lr wd, or z)
+
+    ``decay = 1 - lr wd / (1 - tau)`` (a 0-d tensor; 1 without weight decay). Writes ``x``,
+    ``m`` (unless "none") and ``z``: one pass, 7 transfers (the 7 counted)."""
+    ga = _acc(g) * sgn
+    if mom == "none":
+        c = ga
+    else:
+        ma = _acc(m)
+        c = _lerp(ma, ga, w1, hi1)
+        m.copy_(c if mom == "tied" else _lerp(ma, ga, w2, hi2))
+    xa, za = _acc(x), _acc(z)
+    zn = za + c * (-alpha) if plain else _mirror(za, c, alpha, p)
+    z.copy_(zn)
+    if tau == 1.0:
+        x.copy_(xa * decay + zn if wd else zn)
+        return
+    y = xa * decay if wd else xa
+    y = y + (c if norm is None else norm.map(c)) * (-lr)
+    x.copy_(_lerp(y, zn, tau, hit) if tau else y)
+
+
+def adam_averaged_step(
+    p: Tensor,
+    g: Tensor,
+    m: Tensor,
+    v: Tensor,
+    ss: Tensor,
+    bc2: Tensor,
+    lr: Tensor,
+    n: Tensor,
+    *,
+    w1: float = 0.1,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    wd: float = 0.0,
+    sgn: float = 1.0,
+    hi1: bool = False,
+) -> None:
+    """AdamAveraged ([BPL20, Sec. 2, App. D.1]; :class:`steepest.optim.AdamAveraged`), one
+    tensor, torch.optim.Adam's moments and magnitudes::
+
+        m~ <- lerp(m~, g, w1);  v~ <- b2 v~ + (1 - b2) g^2
+        gamma = |ss (m~ / (sqrt(v~)/bc2 + eps))|       (ss = lr/(1 - b1^k), bc2 = sqrt(1 - b2^k))
+        x <- (1 - lr wd) x - mean(gamma) sign(m~),     mean(gamma) = sum(gamma) / n
+
+    ``n``: this tensor's number of entries as a 0-d tensor of its own (a distinct object per
+    row: ``kernel_many`` packs only rows whose 0-d arguments are the same objects, and the mean
+    is per tensor, so no two rows are ever packed together). The mean is a reduction before
+    the write of ``x``: a compiled call makes two loops (the sum reads g, m~, v~; the update
+    reads them again, in cache for tensors up to a few hundred thousand entries, and writes
+    m~, v~, x): 10 transfers for the 7 counted, 3 of them usually from cache."""
+    ga = _acc(g) * sgn
+    mt = _lerp(_acc(m), ga, w1, hi1)
+    vt = _acc(v) * b2 + ga * ga * (1.0 - b2)
+    den = torch.sqrt(vt) / bc2 + eps
+    if eps == 0.0:
+        den = torch.clamp_min(den, torch.finfo(den.dtype).tiny)  # m = v = 0: 0/0 := 0
+    mean = (ss * (mt / den)).abs().sum() / n  # (as eager: the sum divided by numel)
+    m.copy_(mt)
+    v.copy_(vt)
+    pa = _acc(p) * (1.0 - lr * wd) if wd else _acc(p)
+    p.copy_(pa - torch.sign(mt) * mean)
 
 
 # ------------------------------------------------------------------ drivers (per optimizer)
@@ -436,3 +558,52 @@ def fused_variance_adapted(group: dict[str, Any], params: list[Tensor], grads: l
             rows.append((p, g, st["exp_avg"], st["exp_avg_sq"], lr(p), a_t, k_t))
     backend.kernel_many(variance_adapted_step, rows, wd=wd, w=1.0 - b, b=b, sgn=sgn, kind=kind,
                         hi=1.0 - b >= 0.5)
+
+
+def fused_stacey(group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                 states: list[dict[str, Any]], backend: Any, cfg: Any) -> None:
+    """``Stacey``'s step on the fused backend (:func:`stacey_step`); ``cfg``: the group's
+    constants (``steepest.optim.stacey._Cfg``: the variant's descent map, momentum scheme,
+    whether the mirror step is plain). The step counters are the caller's."""
+    sgn = -1.0 if group["maximize"] else 1.0
+    lr, alpha = cfg.lr, cfg.alpha
+    mirror_alpha = alpha if cfg.plain else alpha ** (1.0 / (cfg.p - 1.0))
+    decay = (-lr * cfg.wd) if cfg.tau == 1.0 else cfg.decay
+    lr_t, alpha_t, decay_t = _PerDtype(lr), _PerDtype(mirror_alpha), _PerDtype(decay)
+    backend.kernel_many(
+        stacey_step,
+        [(x, g, st["m"], st["z"], lr_t(x), alpha_t(x), decay_t(x))
+         for x, g, st in zip(params, grads, states) if x.numel()],
+        norm=cfg.norm, p=cfg.p, tau=cfg.tau, wd=cfg.wd, w1=cfg.w1, w2=cfg.w2, mom=cfg.mom,
+        plain=cfg.plain, sgn=sgn, hi1=cfg.w1 >= 0.5, hi2=cfg.w2 >= 0.5, hit=cfg.tau >= 0.5)
+
+
+def fused_adam_averaged(group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                        states: list[dict[str, Any]], backend: Any) -> None:
+    """``AdamAveraged``'s step on the fused backend (:func:`adam_averaged_step`; each row has
+    its own 0-d ``n``, so that no two rows are packed into one: the mean is per tensor)."""
+    lr, wd, eps = _f(group["lr"]), _f(group["weight_decay"]), float(group["eps"])
+    b1, b2 = group["betas"]
+    sgn = -1.0 if group["maximize"] else 1.0
+    lr_t = _PerDtype(lr)
+    per_step: dict[float, tuple[_PerDtype, _PerDtype]] = {}  # per step count (usually one)
+    rows = []
+    for p, g, st in zip(params, grads, states):
+        st["step"].add_(1.0)
+        k = float(st["step"])
+        if k not in per_step:
+            per_step[k] = (_PerDtype(lr / (1.0 - b1**k)), _PerDtype((1.0 - b2**k) ** 0.5))
+        ss, bc2 = per_step[k]
+        if p.numel():
+            rows.append((p, g, st["exp_avg"], st["exp_avg_sq"], ss(p), bc2(p), lr_t(p)))
+    # The sizes as 0-d tensors, one object per row (one tensor per dtype and device, unbound).
+    sizes: dict[tuple[torch.dtype, torch.device], list[int]] = {}
+    for i, row in enumerate(rows):
+        sizes.setdefault((row[4].dtype, row[4].device), []).append(i)
+    ns: list[Any] = [None] * len(rows)
+    for (dtype, device), idx in sizes.items():
+        made = torch.tensor([float(rows[i][0].numel()) for i in idx], dtype=dtype, device=device)
+        for i, n in zip(idx, made.unbind(0)):
+            ns[i] = n
+    backend.kernel_many(adam_averaged_step, [(*row, n) for row, n in zip(rows, ns)],
+                        w1=1.0 - b1, b2=b2, eps=eps, wd=wd, sgn=sgn, hi1=1.0 - b1 >= 0.5)
