@@ -9,6 +9,10 @@ the order puts AdamW's sweep first, then AdamW and Muon seed by seed (the issue'
 then each other recipe's sweep and seeds (Muon's sweep among them).
 
     python tools/charlm_fill_cache.py [--cache docs/results/charlm-bench/full-cache] [--recipes adamw,muon,...]
+        [--first muon:-1,adamw:-2]
+
+``--first RECIPE:K,...`` runs those seed-0 grid points first (lr = the recipe's default x
+factor^K, computed as the grid search computes it, so the cached run is the command's own).
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cache", default="docs/results/charlm-bench/full-cache")
     ap.add_argument("--recipes", default="adamw,muon,steepest,scion,lion,signum")
+    ap.add_argument("--first", default="", help="seed-0 grid points to run first, RECIPE:K,...")
     a = ap.parse_args()
     torch.set_num_threads(1)
     p = PRESETS["full"]
@@ -38,6 +43,9 @@ def main() -> None:
         print(f"{r} lr={res['lr']:.4g} seed={seed}: final {res['final']:.4f} ({time.time() - t:.0f} s)", flush=True)
         return float(res["final"])
 
+    for item in filter(None, a.first.split(",")):
+        r, k = item.split(":")
+        run(r, RECIPES[r].lr * p["factor"] ** int(k), 0)
     best, _ = log_grid_search(lambda lr: run("adamw", lr, 0), RECIPES["adamw"].lr, n_grid=3,
                               factor=p["factor"], max_extend=p["max_extend"])
     print(f"adamw tuned lr {best:.4g}", flush=True)

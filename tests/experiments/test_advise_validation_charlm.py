@@ -19,6 +19,11 @@ def test_criterion_is_the_issue_bar_on_the_issue_set() -> None:
     # the pooled part is the 32 cases advise-validation-v2 judged, as committed
     rows = vc._v2_rows()
     assert len(rows) == 32 and sum(r["search_hit"] for r in rows) == 27
+    # the pooled constant answers count v2's hits as v2's own run counted them (a "False" cell
+    # read as a string would count as a hit for every constant)
+    v2 = json.loads((vc.V2_RESULTS.parent / "summary.json").read_text())["settings"]["summary"]
+    for name, hits in v2["constant_hits"].items():
+        assert sum(r[f"const_hit_{name}"] is True for r in rows) == hits
 
 
 def test_case_loss_is_advise_own_score() -> None:

@@ -27,7 +27,6 @@ Options (``--set``): ``steps`` (250; quick 6), ``case_seeds`` (list; default 1,2
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from concurrent.futures import ProcessPoolExecutor
@@ -46,7 +45,7 @@ from steepest.experiments.advise_validation import (
     _rate,
     _tune,
 )
-from steepest.experiments.harness import Claim, Context, Experiment, Result
+from steepest.experiments.harness import Claim, Context, Experiment, Result, read_rows
 
 # --- criterion (pre-registered; do not edit after the first run) --------------------------------
 CRITERION: dict[str, Any] = {
@@ -161,10 +160,8 @@ def _one(seed: int, steps: int) -> dict[str, Any]:
 
 
 def _v2_rows() -> list[dict[str, Any]]:
-    """The 32 cases advise-validation-v2 judged (its committed results)."""
-    with V2_RESULTS.open() as f:
-        return [{k: (v == "True") if k.endswith("_hit") else v for k, v in r.items()}
-                for r in csv.DictReader(f)]
+    """The 32 cases advise-validation-v2 judged (its committed results, types restored)."""
+    return read_rows(V2_RESULTS)
 
 
 def run(ctx: Context) -> Result:
@@ -185,6 +182,19 @@ def run(ctx: Context) -> Result:
             rows = list(ctx.track(pool.map(_one, seeds, [steps] * len(seeds)),
                                   desc="charlm cases", total=len(seeds)))
 
+    settings = {"steps": steps, "case_seeds": seeds, "model": MODEL}
+    claims = judge(rows, settings, ctx)
+    settings["summary"] = json.loads((ctx.out_dir / "criterion_summary.json").read_text())
+    return Result(rows=rows, claims=claims, settings=settings, figures=[_figure(ctx, rows, recipes)])
+
+
+def judge(rows: list[dict[str, Any]], settings: dict[str, Any], ctx: Context) -> list[Claim]:
+    """The two claims from the charlm rows and v2's committed rows (``--rejudge`` applies this
+    to a committed results.csv); writes ``criterion_summary.json``."""
+    from steepest.advise import default_candidates
+
+    recipes = list(default_candidates())
+    steps = int(settings["steps"])
     fixed_at, unchanged = _criterion_commit(Path(__file__))
     h, n = _rate(rows, "search_hit")
     rh, _ = _rate(rows, "race_hit")
@@ -209,7 +219,7 @@ def run(ctx: Context) -> Result:
         "pooled_passes": pooled_pass, "charlm_passes": charlm_pass,
     }
     (ctx.out_dir / "criterion_summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    claims = [
+    return [
         Claim(id="advise-search-pooled",
               claim="advise()'s default (search, budget 20 runs) is within 1% of the tuned "
                     "winner's loss in >= 80% of the advisor-validation cases plus the charlm "
@@ -236,8 +246,6 @@ def run(ctx: Context) -> Result:
               criterion=f"ours, committed before the run at {fixed_at}: "
                         f"{CRITERION['charlm_alone']}"),
     ]
-    settings = {"steps": steps, "case_seeds": seeds, "model": MODEL, "summary": summary}
-    return Result(rows=rows, claims=claims, settings=settings, figures=[_figure(ctx, rows, recipes)])
 
 
 def _figure(ctx: Context, rows: list[dict[str, Any]], recipes: list[str]) -> str:
@@ -269,6 +277,7 @@ EXPERIMENT = Experiment(
     run=run,
     default_seeds=1,
     quick_seeds=1,
+    judge=judge,
 )
 
-__all__ = ["CRITERION", "EXPERIMENT", "run"]
+__all__ = ["CRITERION", "EXPERIMENT", "judge", "run"]
