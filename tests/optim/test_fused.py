@@ -65,7 +65,7 @@ CASES = [
     ("EFSignSGD-per_tensor", so.EFSignSGD, dict(lr=0.1, scope="per_tensor", weight_decay=0.1)),
 ]
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 2.0**-7}
-SHAPES = [(5, 3), (7,), (2, 2, 2), (40000,)]  # the last one is not packed (run_many)
+SHAPES = [(5, 3), (7,), (2, 2, 2), (40000,)]  # one list kernel for all (flattened)
 
 
 def _case(name: str):  # type: ignore[no-untyped-def]

@@ -14,8 +14,10 @@ backend)``, which calls the drivers of :mod:`steepest.optim.updates`; they call 
   scalars such as the lr: changing them never recompiles; ``None`` for an absent one); ``static``
   are the options that stay fixed (hyper-parameters, the norm, strings, bools), constants of the
   kernel (a Python number passed positionally is one too). Returns what ``fn`` returns.
-* :meth:`FusedBackend.kernel_many` (:func:`run_many`): the same for many rows of tensors,
-  small ones packed (below).
+* :meth:`FusedBackend.kernel_many` (:func:`run_many`): the same for many rows (one row per
+  tensor: ``fn(*row, **static)``), as *list kernels*: one compiled call per ``BUCKET`` rows.
+* :meth:`FusedBackend.kernel_map` (:func:`map_many`): the same for a function that returns a
+  value per row (a reduction pass).
 * :func:`available()`: whether kernels are compiled (False without dynamo).
 * :func:`reset()`: forget compiled kernels and past failures (tests).
 
@@ -24,13 +26,26 @@ runs the same function eagerly), shapes are dynamic, and one compiled kernel exi
 ``(fn, static options, each argument's type, or dtype and device)`` -- each with a code object of
 its own, so that dynamo's per-code recompile limit and guard list never grow with the number of
 variants. A model's many shapes then share one kernel per dtype (tensors of one element, which
-dynamo would specialize, run eagerly). Warm start: in "aot" mode each compiled kernel is
-saved (``save_compiled_function``) under ``<inductor cache dir>/steepest-fused`` (or
-``STEEPEST_FUSED_CACHE``; "0" turns it off), named by a hash of the kernels' module source, the
-key, torch's version and the thread count; a second process loads it
-(``torch.compiler.load_compiled_function``): no dynamo tracing, no inductor, no C++ compile.
-In "jit" mode inductor's own FX-graph cache still saves the C++ compile (dynamo and AOT
-autograd trace again). Small tensors: :func:`run_many` packs them (below).
+dynamo would specialize, run eagerly).
+
+List kernels (issue 18): a compiled call has a fixed cost (~15-30 us on the project's CPU)
+that, paid per tensor and pass, made ``fused=True`` slower than eager on models of many
+tensors. :func:`run_many` compiles one function that calls ``fn`` on each of ``BUCKET`` (16)
+rows, traced into one graph, and calls it once per 16 tensors of a group (the last call padded
+with dummy rows); one such kernel per function, options and row signature (dtypes, devices),
+whatever the model's shapes. The kernel is called with its guard check off, so it must not
+assume any relation between the sizes of two rows: dynamo's duck shaping (one size symbol for
+equal sizes) is off while tracing, and tests/optim/test_fused.py checks a kernel compiled on
+rows of one size against rows of different sizes and the reverse. Rows are checked in Python
+instead of by inductor's input asserts (contiguous, one size within a row): see
+:func:`_row_args` and :func:`_uniform`.
+
+Warm start: in "aot" mode each compiled kernel is saved (``save_compiled_function``) under
+``<inductor cache dir>/steepest-fused`` (or ``STEEPEST_FUSED_CACHE``; "0" turns it off), named by
+a hash of the kernels' module source, the key, torch's version and the thread count; a second
+process loads it (``torch.compiler.load_compiled_function``): no dynamo tracing, no inductor, no
+C++ compile. In "jit" mode inductor's own FX-graph cache still saves the C++ compile (dynamo and
+AOT autograd trace again).
 
 Fallback: if compiling (or running a freshly compiled kernel) raises, one ``UserWarning`` is
 issued for the process and that kernel (its function, options and dtypes) runs eagerly from then
@@ -230,9 +245,9 @@ def run(fn: Callable[..., Any], *args: Any, **static: Any) -> Any:
     """``fn(*args, **static)`` as one fused kernel (module docstring)."""
     tensors = [a for a in args if isinstance(a, Tensor)]
     lead = tensors[0]
-    # Under SMALL elements the compiled call's fixed cost (~0.1-0.5 ms on a 2-core CPU,
-    # benchmarks/fused_overhead.py) exceeds the eager ops' time: eager (run_many packs them
-    # first, so this is a reduction pass of a small tensor, or a small pack). Inside a user's
+    # Under SMALL elements the compiled call's fixed cost (~0.05-0.5 ms a call on a 2-core CPU,
+    # benchmarks/fused_overhead.py) exceeds the eager ops' time: eager (the drivers call
+    # run_many/map_many, whose list kernels share a call among 16 tensors). Inside a user's
     # torch.compile(opt.step) dynamo inlines the function into the surrounding graph.
     if (compiling() or lead.numel() < SMALL or not available()
             or not all(t.is_contiguous() for t in tensors)):
@@ -265,22 +280,16 @@ def run(fn: Callable[..., Any], *args: Any, **static: Any) -> Any:
     return out
 
 
-# List kernels (issue 18). A compiled call has a fixed cost that, per tensor, dominated a model's
-# step (one call per tensor and pass: ~54 us each on the project's 2-core CPU, ~27 us of it in
-# :func:`run`'s own Python). :func:`run_many` instead compiles ``fn`` over BUCKET rows at once:
-# one traced graph calling ``fn`` on each row, each row with its own size symbol, and calls it
-# once per BUCKET rows (a group's last call is padded with dummy rows of 2 elements). Measured
-# (1 thread, inductor, msgd_step on 2-element rows, aot call): K=1 ~6-12 us a call; K=16 ~1.3-3
-# us a row with inductor's input size asserts off, 3-6 us with them on; cold compile 1.6 s (K=2),
-# 2.2 s (4), 3.2 s (8), 4.9 s (16), 9.3 s (32): the cost a row stops falling from K~8-16 while the
-# compile time keeps growing with K, so one bucket of 16 (one compile per function, options and
-# dtypes, whatever the model's shapes and tensor count), and padding rather than smaller buckets
-# (a dummy row costs ~2 us a call; another bucket a compile of seconds).
+# List kernels (issue 18): run_many calls a kernel over BUCKET rows (module docstring). The bucket,
+# from measurements (1 thread, inductor, the aot call of msgd_step's list kernel on 2-element rows,
+# load 2-5 on the 2-core CPU; per row): K=1 8 us, 2 6 us, 4 4 us, 8 3 us, 16 3 us, 32 3 us (input
+# size asserts on; off, K=16 1.3-2.6 us against 2.9-6 us side by side), while the cold compile
+# grows with K: 1.6 s (K=2), 2.2 s (4), 3.2 s (8), 4.9 s (16), 9.3 s (32). The cost of a row stops
+# falling at K = 8-16 and the compile keeps growing, so one bucket of 16: one compile per
+# function, options and row signature, whatever a model's shapes and tensor count, a group's last
+# call padded with dummy rows (~2 us a row a call) rather than a second, smaller bucket (another
+# compile of seconds, another file to load).
 BUCKET = 16
-# run_many: tensors under PACK_BELOW elements are packed into flat buffers of at most PACK
-# elements, which then run as one row (see run_many).
-PACK_BELOW = 0
-PACK = 1 << 20
 # run: a single tensor under SMALL elements runs eagerly (the compiled call's fixed cost exceeds
 # the eager ops' time there).
 SMALL = 1 << 15
@@ -465,14 +474,17 @@ def run_many(fn: Callable[..., Any], rows: list[tuple[Any, ...]], **static: Any)
     positional tensors of a row all have one shape (the parameter, gradient and state), as
     list kernels (see BUCKET): rows of one signature (:func:`_signature`) run BUCKET at a time in
     one compiled call. Rows whose tensors are not contiguous or have one element run ``fn``
-    eagerly (a size of 1 would be specialized). With ``PACK_BELOW`` > 0, smaller tensors whose
-    other arguments are the same objects or equal numbers are packed first (:func:`_pack`)."""
+    eagerly (a size of 1 would be specialized).
+
+    Small tensors are not packed any more (concatenated into flat buffers, one call per buffer,
+    copied back, as before list kernels): measured on 1,000 rows of msgd_step, 1 thread, list
+    kernels against packs: 10 elements 3.9 against 11.9 ms, 1,000 elements 5.8 against 28.4 ms,
+    10,000 elements 12.9 against 36.1 ms (the same function eagerly 28-43 ms): the packs' copies
+    and Python per tensor cost more than a row's share of a list kernel call at every size."""
     if compiling() or not available():
         for row in rows:
             fn(*row, **static)
         return
-    if PACK_BELOW and len(rows) > 1:
-        rows = _pack(fn, rows, static)
     _many(fn, rows, static, None)
 
 
@@ -488,6 +500,8 @@ def map_many(fn: Callable[..., Any], rows: list[tuple[Any, ...]], **static: Any)
 
 def _many(fn: Callable[..., Any], rows: list[tuple[Any, ...]], static: dict[str, Any],
           out: list[Any] | None) -> None:
+    if not rows:
+        return
     views: dict[int, Tensor] = {}
     # signature -> (the rows' indices, the kernel's arguments as columns: one sequence per
     # position of a row)
@@ -552,59 +566,6 @@ def _many(fn: Callable[..., Any], rows: list[tuple[Any, ...]], static: dict[str,
                     out[i] = r
 
 
-def _pack(fn: Callable[..., Any], rows: list[tuple[Any, ...]], static: dict[str, Any]
-          ) -> list[tuple[Any, ...]]:
-    """Rows whose tensors are under PACK_BELOW elements and contiguous, and whose other arguments
-    (floats, 0-d tensors, None) are the same objects or equal numbers: their tensors
-    concatenated into flat buffers of at most PACK elements, the pack run as one row, and the
-    written buffers copied back (``torch._foreach_copy_``). That moves each small tensor twice
-    more, within cache, instead of a row's share of a call; the same elementwise arithmetic, so
-    bitwise the per-tensor result. Returns the rows left to run."""
-    first = rows[0]
-    slots = [j for j, a in enumerate(first) if isinstance(a, Tensor) and a.dim() > 0]
-    others = [j for j in range(len(first)) if j not in slots]
-    lead_j = slots[0]
-    rest: list[tuple[Any, ...]] = []
-    packs: dict[Any, list[tuple[Any, ...]]] = {}
-    for row in rows:
-        lead = row[lead_j]
-        if lead.numel() >= PACK_BELOW or not all(row[j].is_contiguous() for j in slots):
-            rest.append(row)
-            continue
-        key = (lead.dtype, lead.device, *(id(row[j]) if isinstance(row[j], Tensor) else row[j]
-                                          for j in others))
-        packs.setdefault(key, []).append(row)
-    for group in packs.values():
-        if len(group) == 1:
-            rest.append(group[0])
-            continue
-        start, size = 0, 0
-        ends: list[tuple[Any, ...] | None] = [*group, None]
-        for k, end in enumerate(ends):
-            n = 0 if end is None else end[lead_j].numel()
-            if end is None or (size and size + n > PACK):
-                _run_pack(fn, group[start:k], static, slots)
-                start, size = k, 0
-            size += n
-    return rest
-
-
-def _run_pack(fn: Callable[..., Any], rows: list[tuple[Any, ...]], static: dict[str, Any],
-              slots: list[int]) -> None:
-    if len(rows) == 1:
-        run(fn, *rows[0], **static)
-        return
-    first = rows[0]
-    flat = {j: torch.cat([r[j].view(-1) for r in rows]) for j in slots}
-    args = [flat[j] if j in flat else a for j, a in enumerate(first)]
-    before = {j: flat[j]._version for j in slots}
-    run(fn, *args, **static)
-    sizes = [r[slots[0]].numel() for r in rows]
-    for j in slots:
-        if flat[j]._version != before[j]:  # written by the kernel: copy back
-            torch._foreach_copy_([r[j].view(-1) for r in rows], list(flat[j].split(sizes)))
-
-
 class FusedBackend(Backend):
     """``fused=True``: the optimizer's update as compiled elementwise kernels (module docstring).
 
@@ -639,7 +600,7 @@ class FusedBackend(Backend):
 
     def chunks(self, params: list[Tensor]) -> list[slice]:
         # One chunk: the kernels make no parameter-sized temporaries to bound (and run_many
-        # packs small tensors itself).
+        # shares a compiled call among 16 tensors of the chunk).
         return [slice(0, len(params))] if params else []
 
     def defers_check(self, optimizer: Any, group: dict[str, Any]) -> bool:
