@@ -264,7 +264,7 @@ def _scalar(x: Any, like: Tensor) -> Tensor:
 
 class _PerDtype:
     """One scalar tensor per (compute dtype, device) of a group's tensors, made once per step
-    (one object per dtype: rows sharing it are packed together)."""
+    (one object per dtype: the list kernels' rows share it, one (1,) view a call)."""
 
     def __init__(self, value: Any) -> None:
         self.value = value
@@ -323,7 +323,7 @@ def _map(backend: Any, fn: Callable[..., Tensor], rows: list[tuple[Any, ...]], *
 
 def _shared(scalars: Tensor | list[Tensor] | None, n: int, per_tensor: bool) -> list[Any]:
     """A plan's per-tensor scalars as a list of 0-d tensors; where the scope gives them all one
-    value (a group-wide norm), one object for all (rows with one object are packed together by
+    value (a group-wide norm), one object for all (rows with one object share one (1,) view in
     ``kernel_many``). The host read is the CPU's; elsewhere each tensor keeps its own entry."""
     if scalars is None:
         return [None] * n
@@ -389,7 +389,7 @@ def fused_msgd(group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
     sgn = -1.0 if group["maximize"] else 1.0
     w = 1.0 - b
     lr_t = _PerDtype(lr)
-    hats: dict[float, _PerDtype] = {}  # per step count (usually one): one object, packable rows
+    hats: dict[float, _PerDtype] = {}  # per step count (usually one): one object for the rows
     rows = []
     for p, g, st in zip(params, grads, states):
         st["step"].add_(1.0)
@@ -421,7 +421,7 @@ def fused_ef(group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
         sizes = [float(e.numel()) for e in errs]
         ds = sizes if per_tensor else [sum(sizes)] * len(errs)
         coefs = _safe_div(dual, torch.tensor(ds, dtype=dual.dtype, device=dual.device))
-    cs = list(coefs.unbind(0)) if per_tensor else [coefs[0]] * len(errs)  # one object: packable
+    cs = list(coefs.unbind(0)) if per_tensor else [coefs[0]] * len(errs)  # one object (one view a call)
     backend.kernel_many(ef_step, [(p, g, e, c, lr(p)) for p, g, e, c in zip(params, grads, errs, cs)
                                   if p.numel()], wd=wd, sgn=sgn)
 
