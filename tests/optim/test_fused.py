@@ -429,3 +429,23 @@ def test_list_kernels_equal_per_tensor_eager():
     kinds = [k[4] for k in F._KERNELS if isinstance(k[4], tuple) and k[4][0] == "list"]
     assert len(kinds) == 4  # float32 and float64, for each function
     F.reset()
+
+
+@pytest.mark.parametrize("name", ["Signum", "MSGD", "ScaledSignSGD"])
+def test_fused_zero_dim_and_one_element_parameters(name):
+    """A 0-d parameter first in the group (before list kernels, run_many read the row layout
+    from the first row and found no per-element tensor: IndexError), and (1, n)/(n, 1) shapes,
+    whose size-1 dimensions are flattened away, against the loop path."""
+    _, cls, kw = _case(name)
+    shapes = [(), (1, 7), (7, 1), (5, 3), (1,)]
+    outs = []
+    for fused in (False, True):
+        g = torch.Generator().manual_seed(3)
+        ps = [torch.randn(s, generator=g) for s in shapes]
+        opt = cls(ps, **kw, fused=True) if fused else cls(ps, **kw, foreach=False)
+        for t in range(3):
+            _set_grads(ps, t)
+            opt.step()
+        outs.append(ps)
+    for i, (a, b) in enumerate(zip(*outs)):
+        _close(a, b, torch.float32, f"{name} param {i}")
