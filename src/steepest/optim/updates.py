@@ -4,7 +4,8 @@ These are the kernels of the fused backend (:mod:`steepest.backend.fused` compil
 with ``torch.compile``, shape-dynamic, once per function, static options and dtype). Each is
 also correct eager (the fallback when compiling is unavailable runs them as they are). The
 drivers at the end (``fused_*``) are what an optimizer's ``_fused_run`` calls: they make the
-reductions and per-tensor scalars and call ``backend.kernel``/``backend.kernel_many``. A norm
+reductions and per-tensor scalars and call ``backend.kernel_map`` (a reduction pass) and
+``backend.kernel_many`` (the update). A norm
 enters only through its public methods (:meth:`steepest.norms.Norm.map`, ``partial``,
 ``plan_partials``), so a norm written outside the package fuses as a built-in one.
 
@@ -385,7 +386,7 @@ def _scalar(x: Any, like: Tensor) -> Tensor:
 
 class _PerDtype:
     """One scalar tensor per (compute dtype, device) of a group's tensors, made once per step
-    (one object per dtype: rows sharing it are packed together)."""
+    (one object per dtype: the list kernels' rows share it, one (1,) view a call)."""
 
     def __init__(self, value: Any) -> None:
         self.value = value
@@ -428,9 +429,23 @@ def _stack(xs: list[Tensor]) -> Tensor:
     return torch.stack([x.to(dt) for x in xs])
 
 
+def _map(backend: Any, fn: Callable[..., Tensor], rows: list[tuple[Any, ...]], **static: Any
+         ) -> list[Tensor]:
+    """A reduction pass: ``fn(*row, **static)`` per row (``backend.kernel_map``: list kernels),
+    a float32 0 for an empty tensor (the row's first argument)."""
+    todo = [i for i, row in enumerate(rows) if row[0].numel()]
+    if len(todo) == len(rows):
+        return list(backend.kernel_map(fn, rows, **static))
+    out = [row[0].new_zeros((), dtype=torch.float32) for row in rows]
+    if todo:
+        for i, r in zip(todo, backend.kernel_map(fn, [rows[i] for i in todo], **static)):
+            out[i] = r
+    return out
+
+
 def _shared(scalars: Tensor | list[Tensor] | None, n: int, per_tensor: bool) -> list[Any]:
     """A plan's per-tensor scalars as a list of 0-d tensors; where the scope gives them all one
-    value (a group-wide norm), one object for all (rows with one object are packed together by
+    value (a group-wide norm), one object for all (rows with one object share one (1,) view in
     ``kernel_many``). The host read is the CPU's; elsewhere each tensor keeps its own entry."""
     if scalars is None:
         return [None] * n
@@ -473,10 +488,8 @@ def fused_steepest(group: dict[str, Any], params: list[Tensor], grads: list[Tens
     posts: list[Any] = [None] * n
     if not norm.elementwise(mode):
         # Pass 1 (reads g, m; writes nothing): the norm's partials of c, then its plan.
-        partials = _stack([backend.kernel(steepest_partial, g, m, norm=norm, b1=b1, sgn=sgn,
-                                          momentum=momentum, hi1=hi1)
-                           if g.numel() else g.new_zeros((), dtype=torch.float32)
-                           for g, m in zip(grads, ms)])
+        partials = _stack(_map(backend, steepest_partial, [(g, m) for g, m in zip(grads, ms)],
+                               norm=norm, b1=b1, sgn=sgn, momentum=momentum, hi1=hi1))
         if _checks(group, params):
             _refuse_nonfinite(partials, grads)
         per_tensor = group.get("scope", "global") == "per_tensor"
@@ -498,7 +511,7 @@ def fused_msgd(group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
     sgn = -1.0 if group["maximize"] else 1.0
     w = 1.0 - b
     lr_t = _PerDtype(lr)
-    hats: dict[float, _PerDtype] = {}  # per step count (usually one): one object, packable rows
+    hats: dict[float, _PerDtype] = {}  # per step count (usually one): one object for the rows
     rows = []
     for p, g, st in zip(params, grads, states):
         st["step"].add_(1.0)
@@ -519,8 +532,7 @@ def fused_ef(group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
     lr, wd = _PerDtype(group["lr"]), _f(group["weight_decay"])
     sgn = -1.0 if group["maximize"] else 1.0
     errs = [st["error"] for st in states]
-    partials = _stack([backend.kernel(ef_reduce, g, e, lr(g), sgn=sgn) if g.numel()
-                       else g.new_zeros((), dtype=torch.float32) for g, e in zip(grads, errs)])
+    partials = _stack(_map(backend, ef_reduce, [(g, e, lr(g)) for g, e in zip(grads, errs)], sgn=sgn))
     if _checks(group, params):
         _refuse_nonfinite(partials, grads)
     per_tensor = group["scope"] == "per_tensor"
@@ -531,7 +543,7 @@ def fused_ef(group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
         sizes = [float(e.numel()) for e in errs]
         ds = sizes if per_tensor else [sum(sizes)] * len(errs)
         coefs = _safe_div(dual, torch.tensor(ds, dtype=dual.dtype, device=dual.device))
-    cs = list(coefs.unbind(0)) if per_tensor else [coefs[0]] * len(errs)  # one object: packable
+    cs = list(coefs.unbind(0)) if per_tensor else [coefs[0]] * len(errs)  # one object (one view a call)
     backend.kernel_many(ef_step, [(p, g, e, c, lr(p)) for p, g, e, c in zip(params, grads, errs, cs)
                                   if p.numel()], wd=wd, sgn=sgn)
 
