@@ -187,14 +187,20 @@ def _sgd_pair(kw_ours, kw_torch, steps=5, lr=0.1):
     return xa, xb
 
 
-@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize("foreach", [False, True, "all-at-once"])
 @pytest.mark.parametrize("nesterov", [False, True])
-def test_heavy_ball_is_torch_sgd(nesterov, foreach):
+def test_heavy_ball_is_torch_sgd(nesterov, foreach, monkeypatch):
     """dampening=0 under the l2 norm, scaled: torch.optim.SGD(momentum=b[, nesterov]) over 5 steps.
     The same ops in the same order (m.mul_(b).add_(g, alpha=1); torch's first buffer g.clone()
     equals our 0 * b + g exactly): bitwise here, asserted with a float64 tolerance of 1e-14
     relative so that a future reordering of one rounding does not fail it (a wrong momentum
-    differs at O(lr))."""
+    differs at O(lr)). "all-at-once": the foreach path as on accelerators (the list ops over all
+    tensors, heavy_ball_ with _foreach_mul_/_foreach_add_), forced on CPU."""
+    if foreach == "all-at-once":
+        import steepest.backend.policy as policy
+
+        monkeypatch.setattr(policy, "_per_tensor_ok", lambda xs: len(xs) <= 1)
+        foreach = True
     xa, xb = _sgd_pair(dict(momentum=0.9, dampening=0.0, nesterov=nesterov, foreach=foreach),
                        dict(momentum=0.9, nesterov=nesterov, foreach=foreach))
     for x, y in zip(xa, xb):
