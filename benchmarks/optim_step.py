@@ -98,6 +98,12 @@ CONFIGS: dict[str, tuple[Callable[..., torch.optim.Optimizer], int]] = {
                                                                   nonfinite=nf), 2),
     "SteepestDescent(l2)": (lambda ps, fe, nf=None: steepest.SteepestDescent(ps, lr=1e-3, foreach=fe,
                                                                           nonfinite=nf), 0),
+    # SGD-momentum itself as a preset: the EMA (lerp_, one pass over m) and torch SGD's heavy ball
+    # (dampening=0: mul_ then add_, two passes over m, as torch's)
+    "SteepestDescent(l2, EMA 0.9)": (lambda ps, fe, nf=None: steepest.SteepestDescent(
+        ps, lr=1e-3, momentum=0.9, foreach=fe, nonfinite=nf), 1),
+    "SteepestDescent(l2, heavy ball 0.9)": (lambda ps, fe, nf=None: steepest.SteepestDescent(
+        ps, lr=1e-3, momentum=0.9, dampening=0.0, foreach=fe, nonfinite=nf), 1),
     "AdamShuffled": (lambda ps, fe, nf=None: steepest.optim.AdamShuffled(ps, lr=1e-3, foreach=fe, nonfinite=nf), 2),
     "AdamAveraged": (lambda ps, fe, nf=None: steepest.optim.AdamAveraged(ps, lr=1e-3, foreach=fe, nonfinite=nf), 2),
 }

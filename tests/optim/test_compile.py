@@ -120,6 +120,14 @@ def test_compiled_matches_eager_aot(info, foreach):
     _compare(info, foreach, "aot_eager")
 
 
+@pytest.mark.parametrize("foreach", [False, True], ids=["loop", "foreach"])
+def test_heavy_ball_compiled_matches_eager_aot(foreach):
+    """Heavy-ball momentum (``dampening``) through the list ops' compiled forms (``mul_scalar_``,
+    ``axpy_``): a second SteepestDescent configuration beside ``_ONE_PER_CLASS``'s."""
+    (info,) = [i for i in INFOS if i.name == "SteepestDescent-l2-heavy-ball"]
+    _compare(info, foreach, "aot_eager")
+
+
 INDUCTOR = ["Signum", "MSVAG", "Stacey-pp-p3"]  # inductor compiles take ~10-60 s each on 2 cores
 
 

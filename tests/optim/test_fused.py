@@ -55,6 +55,10 @@ CASES = [
     ("Steepest-l2", so.SteepestDescent, dict(lr=0.1, momentum=0.9)),
     ("Steepest-linf-soft", so.SteepestDescent, dict(lr=0.1, norm="linf", mode="soft", beta=0.5)),
     ("Steepest-lp-normalized", so.SteepestDescent, dict(lr=0.1, norm={"name": "lp", "p": 3.0}, mode="normalized")),
+    # heavy-ball momentum (dampening): a one-pass (l2 scaled: c itself) and a two-pass update
+    ("Steepest-l2-heavy-ball", so.SteepestDescent, dict(lr=0.1, momentum=0.9, dampening=0.0, weight_decay=0.1)),
+    ("Steepest-lp-normalized-heavy-ball", so.SteepestDescent,
+     dict(lr=0.1, norm={"name": "lp", "p": 3.0}, mode="normalized", momentum=0.5, dampening=0.3)),
     ("MSGD", so.MSGD, dict(lr=0.1, weight_decay=0.1)),
     ("MSGD-beta0", so.MSGD, dict(lr=0.1, beta=0.0)),
     ("SVAG", so.SVAG, dict(lr=0.1, weight_decay=0.1)),

@@ -63,8 +63,9 @@ __all__ = [
 ]
 
 # Momentum schemes of SteepestDescent ([BPL20, Sec. 3]): none (c = g), EMA (c = m = b m + (1-b) g,
-# Signum), Lion (c = b1 m + (1-b1) g; m <- b2 m + (1-b2) g).
-MOMENTA = ("none", "ema", "lion")
+# Signum), Lion (c = b1 m + (1-b1) g; m <- b2 m + (1-b2) g), heavy ball (torch.optim.SGD's:
+# c = m = b m + w g, w = 1 - dampening; its Nesterov form is a step option: per parameter, unfused).
+MOMENTA = ("none", "ema", "lion", "heavy_ball")
 
 
 def _acc(x: Tensor) -> Tensor:
@@ -81,10 +82,18 @@ def _lerp(a: Tensor, b: Tensor, w: float, hi: bool) -> Tensor:
     return a + (b - a) * w
 
 
-def _momentum_input(g: Tensor, m: Tensor | None, b1: float, momentum: str, hi1: bool) -> Tensor:
+def _momentum_input(g: Tensor, m: Tensor | None, b1: float, momentum: str, hi1: bool,
+                    w: float = 0.0) -> Tensor:
     if momentum == "none" or m is None:
         return g
+    if momentum == "heavy_ball":
+        return _heavy_ball(m, g, b1, w)
     return _lerp(m, g, 1.0 - b1, hi1)
+
+
+def _heavy_ball(m: Tensor, g: Tensor, b: float, w: float) -> Tensor:
+    """``b m + w g`` (eager ``m.mul_(b).add_(g, alpha=w)``, torch.optim.SGD's buffer update)."""
+    return m * b + g * w
 
 
 def steepest_partial(
@@ -96,12 +105,13 @@ def steepest_partial(
     sgn: float = 1.0,
     momentum: str = "none",
     hi1: bool = False,
+    w: float = 0.0,
 ) -> Tensor:
     """Pass 1 of a steepest-descent step whose direction needs a reduction (scaled/normalized/
     soft modes, block norms): the norm's :meth:`~steepest.norms.Norm.partial` (e.g. ``||c||_q``)
     of this tensor's momentum input ``c = b1 m + (1 - b1) sgn g`` (``sgn = -1`` under
-    ``maximize``). Reads ``g`` (and ``m``), writes nothing."""
-    c = _momentum_input(_acc(g) * sgn, None if m is None else _acc(m), b1, momentum, hi1)
+    ``maximize``; heavy ball: ``c = b1 m + w sgn g``). Reads ``g`` (and ``m``), writes nothing."""
+    c = _momentum_input(_acc(g) * sgn, None if m is None else _acc(m), b1, momentum, hi1, w)
     out = norm.partial(c, True)  # c is a fresh temporary (g * sgn at least)
     assert out is not None
     return out
@@ -123,11 +133,13 @@ def steepest_step(
     momentum: str = "none",
     hi1: bool = False,
     hi2: bool = False,
+    w: float = 0.0,
 ) -> None:
     """One steepest-descent step of one tensor (:mod:`steepest.optim.engine`; [BPL20, Sec. 3])::
 
         c = b1 m + (1 - b1) g                (momentum "ema": c = m <- b m + (1-b) g;
-        m <- b2 m + (1 - b2) g                "lion": c a temporary; "none": c = g)
+        m <- b2 m + (1 - b2) g                "lion": c a temporary; "none": c = g;
+                                              "heavy_ball": c = m <- b1 m + w g, w = 1 - dampening)
         x <- (1 - lr wd) x - lr post * norm.map(c / pre)
 
     ``pre``/``post``: the norm's plan scalars (0-d tensors or None = 1), from
@@ -140,6 +152,9 @@ def steepest_step(
     elif momentum == "lion" and ma is not None and m is not None:
         c = _lerp(ma, ga, 1.0 - b1, hi1)
         m.copy_(_lerp(ma, ga, 1.0 - b2, hi2))
+    elif momentum == "heavy_ball" and ma is not None and m is not None:
+        c = _heavy_ball(ma, ga, b1, w)
+        m.copy_(c)
     else:
         c = ga
     z = c if pre is None else c / pre
@@ -472,14 +487,20 @@ def steepest_fusable(norm: Norm, mode: str) -> str | None:
 
 def fused_steepest(group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                    states: list[dict[str, Any]], betas: tuple[float, float], backend: Any,
-                   who: str = "SteepestDescent") -> None:
+                   who: str = "SteepestDescent", dampening: float | None = None) -> None:
     """``SteepestDescent``'s step on the fused backend (:func:`steepest_partial`, the norm's
-    ``plan_partials``, :func:`steepest_step`)."""
+    ``plan_partials``, :func:`steepest_step`); ``dampening``: heavy-ball momentum (``None``: the
+    EMA or Lion-style ``betas``)."""
     norm: Norm = group["norm"]
     mode, beta = group["mode"], group["beta"]
     lr, wd = _PerDtype(group["lr"]), _f(group.get("weight_decay", 0.0))
     b1, b2 = betas
     momentum = "none" if b1 == 0.0 and b2 == 0.0 else ("ema" if b1 == b2 else "lion")
+    # Heavy ball: w = 1 - dampening, a static kernel option as the betas (passed only there, so
+    # the other schemes' kernels keep their options).
+    hb: dict[str, float] = {}
+    if momentum == "ema" and dampening is not None:
+        momentum, hb = "heavy_ball", {"w": 1.0 - dampening}
     sgn = -1.0 if group["maximize"] else 1.0
     hi1, hi2 = 1.0 - b1 >= 0.5, 1.0 - b2 >= 0.5
     ms: list[Tensor | None] = [st.get("momentum_buffer") if momentum != "none" else None for st in states]
@@ -489,7 +510,7 @@ def fused_steepest(group: dict[str, Any], params: list[Tensor], grads: list[Tens
     if not norm.elementwise(mode):
         # Pass 1 (reads g, m; writes nothing): the norm's partials of c, then its plan.
         partials = _stack(_map(backend, steepest_partial, [(g, m) for g, m in zip(grads, ms)],
-                               norm=norm, b1=b1, sgn=sgn, momentum=momentum, hi1=hi1))
+                               norm=norm, b1=b1, sgn=sgn, momentum=momentum, hi1=hi1, **hb))
         if _checks(group, params):
             _refuse_nonfinite(partials, grads)
         per_tensor = group.get("scope", "global") == "per_tensor"
@@ -501,7 +522,7 @@ def fused_steepest(group: dict[str, Any], params: list[Tensor], grads: list[Tens
         pres, posts = _shared(pre, n, per_tensor), _shared(post, n, per_tensor)
     backend.kernel_many(steepest_step, [(p, g, m, pre_i, post_i, lr(p)) for p, g, m, pre_i, post_i
                                         in zip(params, grads, ms, pres, posts) if p.numel()],
-                        norm=norm, wd=wd, b1=b1, b2=b2, sgn=sgn, momentum=momentum, hi1=hi1, hi2=hi2)
+                        norm=norm, wd=wd, b1=b1, b2=b2, sgn=sgn, momentum=momentum, hi1=hi1, hi2=hi2, **hb)
 
 
 def fused_msgd(group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
