@@ -147,19 +147,18 @@ WHY = {
     "SteepestDescent(l2)": "the global l2 norm (one read of g) before the update divides by it",
 }
 
-# The fused path (one kernel per tensor and pass): where it stays above SGD-momentum per byte.
+# The fused path (list kernels: one compiled call per 16 tensors and pass): where it stays above
+# SGD-momentum per byte.
 FUSED_WHY = {
     "ScaledSignSGD": "two passes (||g||_1 before the first write): floor 4/3 of the counted bytes",
     "BlockNormalizedSGD": "two passes (each tensor's ||g|| before the first write): floor 4/3",
     "EFSignSGD": "two passes (||lr g + e||_1 before the first write): floor 7/5",
     "AdamAveraged": ("the per-tensor mean of gamma before the first write: two loops in one call "
-                     "(sum, then update): 10 transfers for 7 counted (floor 10/7 from memory); "
-                     "tensors under 32K entries run the kernel function eagerly, one by one (the "
-                     "mean is per tensor: never packed)"),
-    "Stacey(p2, p=3)": ("one pass (7 transfers, the 7 counted); on 1M/1,000 the packs of small "
-                        "tensors (concatenated, then copied back) and the per-call cost"),
+                     "(sum, then update): 10 transfers for 7 counted (floor 10/7 from memory)"),
+    "Stacey(p2, p=3)": ("one pass (7 transfers, the 7 counted); on 1M/1,000 the per-tensor "
+                        "Python of the drivers and the per-call cost"),
     "Stacey(pp, p=3)": ("one pass (7 transfers, the 7 counted; the mirror step's four powers "
-                        "compute-bound near 1x); on 1M/1,000 the packs' copies and per-call cost"),
+                        "compute-bound near 1x); on 1M/1,000 the drivers' per-tensor Python"),
 }
 FUSED_GUARD_WHY = ("the NaN/inf scan before a one-pass update reads g once more (floor "
                    "(counted + 1)/counted; steepest.backend.fused says why it cannot be folded)")
