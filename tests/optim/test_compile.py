@@ -305,26 +305,37 @@ def test_absargmax_is_the_first_maximal_coordinate(backend, monkeypatch):
         torch.testing.assert_close(m, x.abs().amax(), rtol=0, atol=0, equal_nan=True)
 
 
+@pytest.mark.parametrize("list_ops", ["LoopOps", "ForeachOps"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_compiled_norms_in_blocks_match_vector_norm(dtype, monkeypatch):
-    """``LoopOps.norms`` for l1 and l2 while compiling sums in blocks (``ops._compiled_norm``,
+def test_compiled_norms_in_blocks_match_vector_norm(dtype, list_ops, monkeypatch):
+    """``LoopOps.norms`` (and ``ForeachOps.norms``, which takes them while compiling on CPU) for
+    l1 and l2 while compiling sums in blocks (``ops._compiled_norm``,
     blocks of 16 here): the same norms as the eager kernels to rounding (float32: ~n eps
     worst case, a few eps in practice; half precision accumulates in float32 as ATen and rounds
     once, so within half an ulp of each other: 2^-8 for bfloat16), the dtype of the input, 0 for
     an empty tensor, under aot_eager."""
-    from steepest.backend import LoopOps, ops
+    from steepest.backend import ops
 
     monkeypatch.setattr(ops, "_SUM_BLOCK", 16)
+    list_ops_cls = getattr(ops, list_ops)
+    blocked, calls = ops._compiled_norm, []
+
+    def spy(x: torch.Tensor, ord: float) -> torch.Tensor:
+        calls.append(x.numel())
+        return blocked(x, ord)
+
+    monkeypatch.setattr(ops, "_compiled_norm", spy)
     gen = torch.Generator().manual_seed(1)
     xs = [(3 * torch.randn(n, generator=gen)).to(dtype) for n in (5, 16, 17, 100, 1000, 0)]
     xs.append((3 * torch.randn(7, 9, generator=gen)).to(dtype).t())  # not contiguous
     tol = {torch.float32: 2e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
     for ord in (1.0, 2.0):
-        got = torch.compile(lambda xs, o=ord: LoopOps.norms(xs, o), backend="aot_eager", fullgraph=True)(xs)
-        want = LoopOps.norms(xs, ord)  # eager: the ATen kernels
+        got = torch.compile(lambda xs, o=ord: list_ops_cls.norms(xs, o), backend="aot_eager", fullgraph=True)(xs)
+        want = list_ops_cls.norms(xs, ord)  # eager: the ATen kernels
         assert got.dtype == want.dtype == dtype
         torch.testing.assert_close(got, want, rtol=tol, atol=0)
         assert got[5] == 0
+    assert calls == [x.numel() for x in xs] * 2  # every tensor through the blocked sums
 
 
 def test_compiled_coordinate_descent_has_no_argmax_over_a_whole_tensor():

@@ -387,6 +387,9 @@ class ForeachOps(LoopOps):
             return torch.zeros(0)
         if any_dtensor(xs):
             return _stack([_sharded_norm(x, ord) for x in xs])
+        if ord in (1.0, 2.0) and _compiling() and xs[0].device.type == "cpu":
+            # inductor writes _foreach_norm as per-tensor sums on CPU: the blocked ones instead
+            return LoopOps.norms(xs, ord)
         if math.isinf(ord):  # _foreach_norm has no identity for inf on empty tensors
             nonempty = [i for i, x in enumerate(xs) if x.numel()]
             vals = iter(torch._foreach_norm([xs[i] for i in nonempty], ord) if nonempty else [])
