@@ -188,10 +188,10 @@ def absargmax(xs: list[Tensor]) -> tuple[Tensor, list[Tensor | None]]:
 
     Eager (accelerators): ``argmax(|x|)`` per tensor, as before. While compiling, a two-stage
     reduction (:func:`_absargmax_blocks`): inductor's C++ argmax carries an index per lane
-    (``argmax_combine_vec``), ~4x the time of a vectorized max per element, and in a graph of
-    100 tensors it did not fuse with the max, so every tensor was read twice (CoordinateDescent
-    compiled: 4.4x its eager step, issue 18). The index is the same: first maximal, NaN as the
-    maximum (``torch.argmax``)."""
+    (``argmax_combine_vec``, ~1 ns per element), and in a graph of 100 tensors it did not fuse
+    with the max, so every tensor was read twice (CoordinateDescent compiled: 4.4x its eager
+    step, issue 18). The index is the same: first maximal, NaN as the maximum
+    (``torch.argmax``)."""
     if not torch.compiler.is_compiling():
         maxes: list[Tensor] = []
         idx: list[Tensor | None] = []
@@ -215,29 +215,47 @@ def absargmax(xs: list[Tensor]) -> tuple[Tensor, list[Tensor | None]]:
 _ARGMAX_BLOCK = 1024
 
 
+def _first_equal(a: Tensor, m: Tensor) -> Tensor:
+    """The first index of the 1-d ``a`` (values ``|x|``) equal to ``m``, or holding a NaN (when
+    ``m``, a max of ``a``, is NaN); ``a.numel()`` if none: a vectorized compare and integer min,
+    where inductor's argmax costs ~1 ns per element on CPU."""
+    hit = (a == m) | (a != a)
+    return torch.where(hit, torch.arange(a.numel(), device=a.device), a.numel()).amin()
+
+
 def _absargmax_blocks(flat: Tensor) -> tuple[Tensor, Tensor]:
     """``(max|x|, first argmax of |x|)`` of a 1-d tensor as a two-stage reduction: the max of
     every block of :data:`_ARGMAX_BLOCK` elements (one vectorized read of x; the tail is a last,
-    shorter block), the first block holding the largest of them, then the first maximal element
-    of that block (an argmax over one block, gathered). First maximal block, then first maximal
-    element in it: the first maximal element of x (NaN counts as the maximum at every stage,
-    as in ``torch.argmax`` and ``amax``). A tensor of at most one block takes ``argmax`` as is,
-    as does one of a symbolic size (``dynamic=True``: a branch on it would be a guard)."""
+    shorter block), the first block holding the largest of them (an argmax over the few block
+    maxima), then the first element of that block equal to it (one block read again). First
+    maximal block, then first maximal element in it: the first maximal element of x (NaN counts
+    as the maximum at every stage, as in ``torch.argmax`` and ``amax``). A tensor of at most one
+    block takes its max and the first element equal to it; one of a symbolic size
+    (``dynamic=True``: a branch on it would be a guard) ``argmax`` as is."""
     n, c = flat.numel(), int(_ARGMAX_BLOCK)
-    if not isinstance(n, int) or n <= c:
+    if not isinstance(n, int):
         a = flat.abs()
         j = torch.argmax(a).reshape(1)
         return a.gather(0, j).reshape(()), j
+    if n <= c:
+        a = flat.abs()
+        m = a.amax()
+        return m, _first_equal(a, m).reshape(1)
     rows = n // c
-    blocks = flat[: rows * c].view(rows, c).abs().amax(dim=1)
-    if rows * c < n:
-        blocks = torch.cat([blocks, flat[rows * c:].abs().amax().reshape(1)])
+    head = flat[: rows * c].view(rows, c)
+    blocks = head.abs().amax(dim=1)
+    tail = flat[rows * c:].abs() if rows * c < n else None
+    if tail is not None:
+        blocks = torch.cat([blocks, tail.amax().reshape(1)])
     b = torch.argmax(blocks)
-    # the block's indices; the tail block's run past the end and are clamped to the last element,
-    # which then repeats after its own position (an argmax that takes the first is unchanged)
-    idx = (b * c + torch.arange(c, device=flat.device)).clamp_(max=n - 1)
-    j = idx.gather(0, torch.argmax(flat.gather(0, idx).abs()).reshape(1))
-    return blocks.gather(0, b.reshape(1)).reshape(()), j
+    m = blocks.gather(0, b.reshape(1)).reshape(())
+    # the winning row, read in place (index_select: a vectorized load at a computed offset; a
+    # tensor subscript would break the graph); the tail's own index is taken where it wins
+    r = b.clamp(max=rows - 1)
+    j = r * c + _first_equal(head.index_select(0, r.reshape(1)).reshape(-1).abs(), m)
+    if tail is not None:
+        j = torch.where(b == rows, rows * c + _first_equal(tail, m), j)
+    return m, j.reshape(1)
 
 
 def copysign_(mags: list[Tensor], xs: list[Tensor], ops: type[LoopOps], owned: bool = False) -> list[Tensor]:
