@@ -211,7 +211,7 @@ def absargmax(xs: list[Tensor]) -> tuple[Tensor, list[Tensor | None]]:
 
 # Block length of the compiled two-stage argmax (absargmax): a multiple of the widest vector
 # (16 floats), long enough that a block's horizontal max is amortized, short enough that the
-# second stage (an argmax over the block) is a rounding error beside the pass over the tensor.
+# second stage (the winning block read again) is a rounding error beside the pass over the tensor.
 _ARGMAX_BLOCK = 1024
 
 
@@ -231,9 +231,10 @@ def _absargmax_blocks(flat: Tensor) -> tuple[Tensor, Tensor]:
     maximal block, then first maximal element in it: the first maximal element of x (NaN counts
     as the maximum at every stage, as in ``torch.argmax`` and ``amax``). A tensor of at most one
     block takes its max and the first element equal to it; one of a symbolic size
-    (``dynamic=True``: a branch on it would be a guard) ``argmax`` as is."""
+    (``dynamic=True``: a branch on it would be a guard), or off the CPU (the C++ argmax is the
+    CPU's problem; unmeasured on GPUs), ``argmax`` as is."""
     n, c = flat.numel(), int(_ARGMAX_BLOCK)
-    if not isinstance(n, int):
+    if not isinstance(n, int) or flat.device.type != "cpu":
         a = flat.abs()
         j = torch.argmax(a).reshape(1)
         return a.gather(0, j).reshape(()), j
