@@ -8,8 +8,8 @@
 2. One parameter tensor of ``n`` float32 entries, ``nonfinite="ignore"``: the step time of
    SignSGD, Lion and MSGD on the loop path and with ``fused=True``, interleaved, median of
    ``--repeats`` (of 20 steps each); the crossover is the first ``n`` where fused is faster.
-   Many small tensors are packed by ``run_many`` (one call per 1M elements), so below the
-   crossover a model of many tensors pays the overhead once per pack, not per tensor.
+   A model's tensors share calls: ``run_many`` runs list kernels, one call per 16 tensors, so a
+   model of many tensors pays the overhead once per 16 tensors, not per tensor.
 """
 
 from __future__ import annotations

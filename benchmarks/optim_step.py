@@ -98,6 +98,12 @@ CONFIGS: dict[str, tuple[Callable[..., torch.optim.Optimizer], int]] = {
                                                                   nonfinite=nf), 2),
     "SteepestDescent(l2)": (lambda ps, fe, nf=None: steepest.SteepestDescent(ps, lr=1e-3, foreach=fe,
                                                                           nonfinite=nf), 0),
+    # SGD-momentum itself as a preset: the EMA (lerp_, one pass over m) and torch SGD's heavy ball
+    # (dampening=0: mul_ then add_, two passes over m, as torch's)
+    "SteepestDescent(l2, EMA 0.9)": (lambda ps, fe, nf=None: steepest.SteepestDescent(
+        ps, lr=1e-3, momentum=0.9, foreach=fe, nonfinite=nf), 1),
+    "SteepestDescent(l2, heavy ball 0.9)": (lambda ps, fe, nf=None: steepest.SteepestDescent(
+        ps, lr=1e-3, momentum=0.9, dampening=0.0, foreach=fe, nonfinite=nf), 1),
     "AdamShuffled": (lambda ps, fe, nf=None: steepest.optim.AdamShuffled(ps, lr=1e-3, foreach=fe, nonfinite=nf), 2),
     "AdamAveraged": (lambda ps, fe, nf=None: steepest.optim.AdamAveraged(ps, lr=1e-3, foreach=fe, nonfinite=nf), 2),
 }
@@ -141,11 +147,18 @@ WHY = {
     "SteepestDescent(l2)": "the global l2 norm (one read of g) before the update divides by it",
 }
 
-# The fused path (one kernel per tensor and pass): where it stays above SGD-momentum per byte.
+# The fused path (list kernels: one compiled call per 16 tensors and pass): where it stays above
+# SGD-momentum per byte.
 FUSED_WHY = {
     "ScaledSignSGD": "two passes (||g||_1 before the first write): floor 4/3 of the counted bytes",
     "BlockNormalizedSGD": "two passes (each tensor's ||g|| before the first write): floor 4/3",
     "EFSignSGD": "two passes (||lr g + e||_1 before the first write): floor 7/5",
+    "AdamAveraged": ("the per-tensor mean of gamma before the first write: two loops in one call "
+                     "(sum, then update): 10 transfers for 7 counted (floor 10/7 from memory)"),
+    "Stacey(p2, p=3)": ("one pass (7 transfers, the 7 counted); on 1M/1,000 the per-tensor "
+                        "Python of the drivers and the per-call cost"),
+    "Stacey(pp, p=3)": ("one pass (7 transfers, the 7 counted; the mirror step's four powers "
+                        "compute-bound near 1x); on 1M/1,000 the drivers' per-tensor Python"),
 }
 FUSED_GUARD_WHY = ("the NaN/inf scan before a one-pass update reads g once more (floor "
                    "(counted + 1)/counted; steepest.backend.fused says why it cannot be folded)")

@@ -72,4 +72,15 @@ INFOS = [
     OptimInfo("SteepestDescent-lp5-normalized-per_tensor", SteepestDescent, {"norm": Lp(5), "mode": "normalized", "scope": "per_tensor"}, lr=0.02),
     OptimInfo("SteepestDescent-block-soft-momentum", SteepestDescent, {"norm": BlockNorm(), "mode": "soft", "momentum": 0.5}, lr=0.05, zero_grad_noop=False),
     OptimInfo("SteepestDescent-linf-scaled-momentum", SteepestDescent, {"norm": "linf", "momentum": 0.9, "weight_decay": 0.1}, lr=0.002, zero_grad_noop=False),
+    # heavy-ball momentum (torch.optim.SGD's form: dampening), on the list path and, with
+    # Nesterov (a step option), on the per-parameter path
+    OptimInfo(
+        "SteepestDescent-l2-heavy-ball", SteepestDescent,
+        {"norm": L2(), "momentum": 0.9, "dampening": 0.0, "weight_decay": 0.01}, lr=0.01, zero_grad_noop=False,
+        invalid=[({"dampening": 1.5}, r"dampening must be in \[0.0, 1.0\]"),
+                 ({"dampening": 0.5, "nesterov": True}, r"nesterov=True with heavy-ball momentum takes dampening=0")],
+    ),
+    OptimInfo("SteepestDescent-linf-unscaled-heavy-ball-nesterov", SteepestDescent,
+              {"norm": Linf(), "mode": "unscaled", "momentum": 0.9, "dampening": 0.0, "nesterov": True},
+              lr=0.002, zero_grad_noop=False),
 ]

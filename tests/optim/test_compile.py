@@ -120,6 +120,14 @@ def test_compiled_matches_eager_aot(info, foreach):
     _compare(info, foreach, "aot_eager")
 
 
+@pytest.mark.parametrize("foreach", [False, True], ids=["loop", "foreach"])
+def test_heavy_ball_compiled_matches_eager_aot(foreach):
+    """Heavy-ball momentum (``dampening``) through the list ops' compiled forms (``mul_scalar_``,
+    ``axpy_``): a second SteepestDescent configuration beside ``_ONE_PER_CLASS``'s."""
+    (info,) = [i for i in INFOS if i.name == "SteepestDescent-l2-heavy-ball"]
+    _compare(info, foreach, "aot_eager")
+
+
 INDUCTOR = ["Signum", "MSVAG", "Stacey-pp-p3"]  # inductor compiles take ~10-60 s each on 2 cores
 
 
@@ -136,18 +144,19 @@ def test_compiled_matches_eager_inductor_loop(info):
 # inductor wrote for them, not because of graph breaks. These tests read that C++.
 
 
-def _in_loops(code: str, token: str) -> list[str]:
+def _in_loops(code: str, token: str, header: str = "") -> list[str]:
     """Lines of the C++ kernels in ``code`` (inductor's output module) that contain ``token``
-    inside a ``for`` loop (brace depth tracked line by line, as inductor formats its kernels)."""
+    inside a ``for`` loop (brace depth tracked line by line, as inductor formats its kernels);
+    with ``header``, only inside a loop whose ``for`` line contains it (e.g. its bound)."""
     hits: list[str] = []
     for src in code.split('extern "C"')[1:]:
         src = src.split("'''")[0]
-        depth, loops = 0, []  # loops: [depth at the `for`, entered]
+        depth, loops = 0, []  # loops: [depth at the `for`, entered, header matches]
         for line in src.splitlines():
-            if loops and token in line:
+            if any(loop[2] for loop in loops) and token in line:
                 hits.append(line.strip())
             if "for(" in line or "for (" in line:
-                loops.append([depth, False])
+                loops.append([depth, False, header in line])
             depth += line.count("{") - line.count("}")
             for loop in loops:
                 loop[1] = loop[1] or depth > loop[0]
@@ -161,6 +170,8 @@ def test_in_loops_reads_inductor_cpp():
             '        for(int64_t x0=0; x0<8; x0+=8)\n        {\n            auto b = std::pow(a, 2.0);\n'
             '        }\n        auto c = std::pow(a, 4.0);\n    }\n}\n\'\'\'')
     assert _in_loops(code, "pow(") == ["auto b = std::pow(a, 2.0);"]
+    assert _in_loops(code, "pow(", header="x0<8") == ["auto b = std::pow(a, 2.0);"]
+    assert _in_loops(code, "pow(", header="x0<16") == []
 
 
 def test_step_scalars_are_computed_once_per_tensor_not_per_element():
@@ -221,13 +232,20 @@ def test_gamma_closed_form_and_no_scalar_isnan(backend):
     assert got[0] == 1.0 and got[6] == 1.0  # exactly
 
 
+@pytest.mark.parametrize("block", [None, 2, 4], ids=["one-stage", "block2", "block4"])
 @pytest.mark.parametrize("scope", ["global", "per_tensor"])
-def test_compiled_coordinate_descent_moves_the_first_maximal_coordinate(scope):
+def test_compiled_coordinate_descent_moves_the_first_maximal_coordinate(scope, block, monkeypatch):
     """Compiled, l1 steepest descent moves one coordinate (per scope) through an index tensor
     (``L1._coordinates_on_device``: no one-hot unit tensors, no guard on the winner). By the
     definition [BPL20, Eq. 33]: ``x_ij -= lr ||g||_inf sign(g_ij)`` at the first maximal |g_ij|
-    in concatenation order, ties included, under aot_eager (the graph inductor gets)."""
+    in concatenation order, ties included, under aot_eager (the graph inductor gets). ``block``:
+    the two-stage argmax of ``policy.absargmax`` with blocks of 2 or 4 elements (ties in
+    different blocks; a 6-element tensor in blocks of 4 has a tail of 2)."""
     from steepest import CoordinateDescent
+    from steepest.backend import policy
+
+    if block is not None:
+        monkeypatch.setattr(policy, "_ARGMAX_BLOCK", block)
 
     params = [torch.zeros(2, 3).requires_grad_(), torch.zeros(4).requires_grad_()]
     opt = CoordinateDescent(params, lr=0.5, scope=scope)
@@ -248,3 +266,135 @@ def test_compiled_coordinate_descent_moves_the_first_maximal_coordinate(scope):
             want[i].view(-1)[j] -= 0.5 * gmax[i] * gs[i].reshape(-1)[j].sign()
         for p, w in zip(params, want):
             torch.testing.assert_close(p.detach(), w, rtol=0, atol=0)  # one product: exact
+
+
+# ---------------------------------------- two-stage reductions while compiling (issue 18)
+# CoordinateDescent and BlockNormalizedSGD compiled ran 4.4x and 1.3x their eager steps: an
+# argmax over every tensor (inductor carries an index per lane) that did not fuse with the max,
+# and l2 norms summed through inductor's cascade helper (a store and reload per 16 floats).
+
+
+def _ties_nan_inf(n: int, gen: torch.Generator, k: int) -> torch.Tensor:
+    x = torch.randint(-3, 4, (n,), generator=gen).float()  # few values: many ties
+    if k % 3 == 0:
+        x[int(torch.randint(0, n, (1,), generator=gen))] = math.nan
+    if k % 5 == 0:
+        x[int(torch.randint(0, n, (1,), generator=gen))] = -math.inf
+    return x
+
+
+@pytest.mark.parametrize("backend", ["none", "aot_eager", "inductor"])
+def test_absargmax_is_the_first_maximal_coordinate(backend, monkeypatch):
+    """``policy.absargmax`` while compiling (blocks of 8 elements: one-block tensors, whole
+    blocks, tails) gives ``max|x|`` and ``torch.argmax(|x|)``: the first maximal coordinate, NaN
+    as the maximum, -inf as +inf, 0 for an empty tensor; ``none``: the two-stage function
+    itself, eagerly. (The inductor compile: ~10 s on 2 cores.)"""
+    from steepest.backend import policy
+
+    monkeypatch.setattr(policy, "_ARGMAX_BLOCK", 8)
+    gen = torch.Generator().manual_seed(0)
+    sizes = [1, 7, 8, 9, 16, 21, 40, 0, 63]
+    xs = [_ties_nan_inf(n, gen, k) if n else torch.zeros(0) for k, n in enumerate(sizes)]
+
+    def run(xs: list[torch.Tensor]):
+        return policy.absargmax(xs)
+
+    if backend == "none":
+        pairs = [policy._absargmax_blocks(x) if x.numel() else (x.new_zeros(()), None) for x in xs]
+        maxes, idx = torch.stack([m for m, _ in pairs]), [j for _, j in pairs]
+    else:
+        maxes, idx = torch.compile(run, backend=backend, fullgraph=True)(xs)
+    for x, m, j in zip(xs, maxes, idx):
+        if not x.numel():
+            assert j is None and m == 0
+            continue
+        want = torch.argmax(x.abs())
+        assert int(j) == int(want), (x, j, want)
+        torch.testing.assert_close(m, x.abs().amax(), rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("list_ops", ["LoopOps", "ForeachOps"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_compiled_norms_in_blocks_match_vector_norm(dtype, list_ops, monkeypatch):
+    """``LoopOps.norms`` (and ``ForeachOps.norms``, which takes them while compiling on CPU) for
+    l1 and l2 while compiling sums in blocks (``ops._compiled_norm``,
+    blocks of 16 here): the same norms as the eager kernels to rounding (float32: ~n eps
+    worst case, a few eps in practice; half precision accumulates in float32 as ATen and rounds
+    once, so within half an ulp of each other: 2^-8 for bfloat16), the dtype of the input, 0 for
+    an empty tensor, under aot_eager."""
+    from steepest.backend import ops
+
+    monkeypatch.setattr(ops, "_SUM_BLOCK", 16)
+    list_ops_cls = getattr(ops, list_ops)
+    blocked, calls = ops._compiled_norm, []
+
+    def spy(x: torch.Tensor, ord: float) -> torch.Tensor:
+        calls.append(x.numel())
+        return blocked(x, ord)
+
+    monkeypatch.setattr(ops, "_compiled_norm", spy)
+    gen = torch.Generator().manual_seed(1)
+    xs = [(3 * torch.randn(n, generator=gen)).to(dtype) for n in (5, 16, 17, 100, 1000, 0)]
+    xs.append((3 * torch.randn(7, 9, generator=gen)).to(dtype).t())  # not contiguous
+    tol = {torch.float32: 2e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
+    for ord in (1.0, 2.0):
+        got = torch.compile(lambda xs, o=ord: list_ops_cls.norms(xs, o), backend="aot_eager", fullgraph=True)(xs)
+        want = list_ops_cls.norms(xs, ord)  # eager: the ATen kernels
+        assert got.dtype == want.dtype == dtype
+        torch.testing.assert_close(got, want, rtol=tol, atol=0)
+        assert got[5] == 0
+    assert calls == [x.numel() for x in xs] * 2  # every tensor through the blocked sums
+
+
+def test_compiled_coordinate_descent_has_no_argmax_over_a_whole_tensor():
+    """The C++ of a compiled CoordinateDescent step on a 5000- and a 3000-element tensor: no
+    argmax loop over a whole tensor (per element, inductor's argmax costs ~4x a max; there were
+    two reads per tensor), one coordinate moved as eager moves it (exactly: one product)."""
+    from torch._inductor.utils import run_and_get_code
+
+    from steepest import CoordinateDescent
+
+    gen = torch.Generator().manual_seed(2)
+    params = [torch.randn(50, 100, generator=gen).requires_grad_(), torch.randn(3000, generator=gen).requires_grad_()]
+    ref = [p.detach().clone().requires_grad_() for p in params]
+    opt, eager = CoordinateDescent(params, lr=0.5), CoordinateDescent(ref, lr=0.5)
+    for p, q in zip(params, ref):
+        p.grad = torch.randn(p.shape, generator=gen)
+        q.grad = p.grad.clone()
+    _, code = run_and_get_code(torch.compile(opt.step))
+    eager.step()
+    text = "\n".join(code)
+    assert "argmax" in text  # the coordinate is chosen in the graph ...
+    assert _in_loops(text, "argmax", header="<static_cast<int64_t>(5000L)") == []  # ... not per element
+    assert _in_loops(text, "argmax", header="<static_cast<int64_t>(3000L)") == []
+    for p, q in zip(params, ref):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["BlockNormalizedSGD", "ScaledSignSGD"])
+def test_compiled_norms_take_no_cascade_sum(name):
+    """The C++ of a compiled BlockNormalizedSGD (l2 norms) and ScaledSignSGD (||g||_1) step on
+    tensors of 10,000 and 6,000 elements: no ``cascade_sum_combine`` (inductor's helper for float
+    sums of more than 4096 elements, ~3.5x the time of ATen's norm), the step as eager's to
+    rounding: the norms are float32 sums in another order (eager's ``|g|.sum()`` of 16,000
+    floats is itself ~4e-6 off in relative terms, and ScaledSignSGD's step is ``lr ||g||_1``)."""
+    from torch._inductor.utils import run_and_get_code
+
+    import steepest
+
+    gen = torch.Generator().manual_seed(3)
+    params = [torch.randn(100, 100, generator=gen).requires_grad_(), torch.randn(6000, generator=gen).requires_grad_()]
+    ref = [p.detach().clone().requires_grad_() for p in params]
+    cls = getattr(steepest, name)
+    opt, eager = cls(params, lr=0.1), cls(ref, lr=0.1)
+    for p, q in zip(params, ref):
+        p.grad = torch.randn(p.shape, generator=gen)
+        q.grad = p.grad.clone()
+    _, code = run_and_get_code(torch.compile(opt.step))
+    eager.step()
+    text = "\n".join(code)
+    assert "tmp_acc0_vec + " in text  # the sums are in the graph, vectorized ...
+    assert "cascade_sum_combine" not in text  # ... without the cascade helper
+    rtol = 1e-5 if name == "ScaledSignSGD" else 1e-6
+    for p, q in zip(params, ref):
+        torch.testing.assert_close(p, q, rtol=rtol, atol=1e-7)

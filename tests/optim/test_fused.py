@@ -55,6 +55,10 @@ CASES = [
     ("Steepest-l2", so.SteepestDescent, dict(lr=0.1, momentum=0.9)),
     ("Steepest-linf-soft", so.SteepestDescent, dict(lr=0.1, norm="linf", mode="soft", beta=0.5)),
     ("Steepest-lp-normalized", so.SteepestDescent, dict(lr=0.1, norm={"name": "lp", "p": 3.0}, mode="normalized")),
+    # heavy-ball momentum (dampening): a one-pass (l2 scaled: c itself) and a two-pass update
+    ("Steepest-l2-heavy-ball", so.SteepestDescent, dict(lr=0.1, momentum=0.9, dampening=0.0, weight_decay=0.1)),
+    ("Steepest-lp-normalized-heavy-ball", so.SteepestDescent,
+     dict(lr=0.1, norm={"name": "lp", "p": 3.0}, mode="normalized", momentum=0.5, dampening=0.3)),
     ("MSGD", so.MSGD, dict(lr=0.1, weight_decay=0.1)),
     ("MSGD-beta0", so.MSGD, dict(lr=0.1, beta=0.0)),
     ("SVAG", so.SVAG, dict(lr=0.1, weight_decay=0.1)),
@@ -63,9 +67,20 @@ CASES = [
     ("AdamStar", so.AdamStar, dict(lr=0.1, beta=0.5)),
     ("EFSignSGD", so.EFSignSGD, dict(lr=0.1)),
     ("EFSignSGD-per_tensor", so.EFSignSGD, dict(lr=0.1, scope="per_tensor", weight_decay=0.1)),
+    # STACEY: every variant, descent map (s_eps in both forms, s, sign, identity) and momentum
+    # scheme (Lion-style, tied, none), the coupling's tau in (0, 1), 0 and 1, weight decay.
+    ("Stacey-p2", so.Stacey, dict(lr=0.1, weight_decay=0.1)),
+    ("Stacey-pp", so.Stacey, dict(lr=0.1, alpha=0.05, variant="pp", p=4.0, tau=0.3, weight_decay=0.1)),
+    ("Stacey-pp-paper-tied", so.Stacey, dict(lr=0.1, variant="pp", eps=0.1, eps_mode="paper",
+                                             betas=(0.9, 0.9), tau=0.7)),
+    ("Stacey-2p-tau1", so.Stacey, dict(lr=0.1, variant="2p", tau=1.0, weight_decay=0.1)),
+    ("Stacey-p2-sign-tau0", so.Stacey, dict(lr=0.1, p=math.inf, tau=0.0, betas=(0.0, 0.0))),
+    ("Stacey-p2-eps0", so.Stacey, dict(lr=0.1, p=3.0, eps=0.0, tau=0.5)),
+    ("AdamAveraged", so.AdamAveraged, dict(lr=0.1, weight_decay=0.1)),
+    ("AdamAveraged-eps0", so.AdamAveraged, dict(lr=0.1, eps=0.0, betas=(0.3, 0.9))),
 ]
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 2.0**-7}
-SHAPES = [(5, 3), (7,), (2, 2, 2), (40000,)]  # the last one is not packed (run_many)
+SHAPES = [(5, 3), (7,), (2, 2, 2), (40000,)]  # one list kernel for all (flattened)
 
 
 def _case(name: str):  # type: ignore[no-untyped-def]
@@ -77,12 +92,13 @@ def _aot_eager():
     """The broad matrix traces with aot_eager (module docstring); kernels are shared across the
     module's tests (one per function, options and dtype). One intra-op thread: on a loaded 2-core
     machine OpenMP's barriers made every op on these small tensors ~30x slower (ms, not us)."""
-    old, threads = F.BACKEND, torch.get_num_threads()
+    old, threads, bucket = F.BACKEND, torch.get_num_threads(), F.BUCKET
     F.BACKEND = "aot_eager"
+    F.BUCKET = 3  # (list kernels of 3 rows: SHAPES' 4 tensors make a full call and a padded one)
     torch.set_num_threads(1)
     F.reset()
     yield
-    F.BACKEND = old
+    F.BACKEND, F.BUCKET = old, bucket
     torch.set_num_threads(threads)
     F.reset()
 
@@ -171,7 +187,7 @@ def test_user_written_norm_fuses():
         so.SteepestDescent([torch.zeros(3)], norm=UserLinf(), mode="scaled", fused=True)
 
 
-@pytest.mark.parametrize("name", ["Signum", "ScaledSignSGD"])
+@pytest.mark.parametrize("name", ["Signum", "ScaledSignSGD", "Stacey-pp", "AdamAveraged"])
 def test_fused_maximize_and_complex(name):
     """maximize=True (the kernels' sign) and complex parameters (real views) as on the loop path."""
     _, cls, kw = _case(name)
@@ -193,7 +209,7 @@ def test_fused_maximize_and_complex(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["Signum", "ScaledSignSGD"])
+@pytest.mark.parametrize("name", ["Signum", "ScaledSignSGD", "Stacey-pp", "AdamAveraged"])
 def test_fused_inductor_equals_eager_loop(name, monkeypatch, tmp_path):
     """The same with inductor's C++ kernels (the default backend): a one-pass and a two-pass
     update, float32, over shapes that share one kernel; then, the kernels forgotten, a warm
@@ -231,6 +247,7 @@ def test_compile_failure_warns_once_and_stays_correct(monkeypatch):
         msgs = [w for w in rec if "fused=True could not compile" in str(w.message)]
         assert len(msgs) == 1
         assert all(k is None for k in F._KERNELS.values())  # every kernel ran eagerly
+        assert any(isinstance(k[4], tuple) and k[4][0] == "list" for k in F._KERNELS)  # lists too
     finally:
         F.reset()
     for (cls, kw), got in (((so.Lion, dict(lr=0.1)), ps), ((so.ScaledSignSGD, dict(lr=0.01)), ps2)):
@@ -243,7 +260,8 @@ def _snapshot(ps, opt):  # type: ignore[no-untyped-def]
     return [p.clone() for p in ps] + [v.clone() for p in ps for v in opt.state[p].values()]
 
 
-@pytest.mark.parametrize("name", ["Signum", "ScaledSignSGD", "EFSignSGD", "MSGD"])
+@pytest.mark.parametrize("name", ["Signum", "ScaledSignSGD", "EFSignSGD", "MSGD", "Stacey-pp",
+                                  "AdamAveraged"])
 @pytest.mark.parametrize("where,bad", [("first", math.nan), ("last", math.inf)])
 def test_fused_nonfinite_policy(name, where, bad):
     """One-pass (scanned before the step) and two-pass (checked by the reduction pass, run
@@ -284,7 +302,7 @@ def test_fused_huge_finite_gradient_follows_the_overflow_policy():
     assert torch.isfinite(qs[0]).all()
 
 
-@pytest.mark.parametrize("name", ["Lion", "MSGD", "EFSignSGD"])
+@pytest.mark.parametrize("name", ["Lion", "MSGD", "EFSignSGD", "Stacey-pp", "AdamAveraged"])
 def test_state_dict_round_trip_fused_and_not(name):
     _, cls, kw = _case(name)
     for first, second in ((True, None), (None, True)):
@@ -319,11 +337,20 @@ def test_fused_refused_clearly():
         so.SteepestDescent([torch.zeros(3, 3)], norm={"name": "block", "blocks": "row"}, fused=True)
     with pytest.raises(ValueError, match="fused=True is not supported by SteepestDescent"):
         so.SteepestDescent([torch.zeros(3, 3)], norm="spectral", fused=True)
-    with pytest.raises(ValueError, match=r"fused=True is not supported by Stacey \(it has no fused kernels"):
-        so.Stacey([{"params": p, "fused": True}])  # (an optimizer without kernels: a group option)
+    with pytest.raises(ValueError, match=r"fused=True is not supported by AdamShuffled \(.*randperm"):
+        so.AdamShuffled(p, fused=True)
+    with pytest.raises(ValueError, match="exclusive"):
+        so.Stacey(p, fused=True, foreach=True)
+
+    class NoKernels(so.StepOptimizer):  # an optimizer without kernels (the base class's answer)
+        def __init__(self, params):  # type: ignore[no-untyped-def]
+            super().__init__(params, dict(lr=0.1))
+
+    with pytest.raises(ValueError, match=r"fused=True is not supported by NoKernels \(it has no fused kernels"):
+        NoKernels([{"params": p, "fused": True}])  # (a group option)
 
 
-@pytest.mark.parametrize("name", ["Lion", "ScaledSignSGD", "MSVAG"])
+@pytest.mark.parametrize("name", ["Lion", "ScaledSignSGD", "MSVAG", "Stacey-pp", "AdamAveraged"])
 def test_fused_no_recompiles_after_warmup(name, monkeypatch):
     """A changing lr and per-step bias corrections never recompile a kernel (they are 0-d
     tensors), and shapes share one. In "jit" mode, where dynamo checks guards at every call:
@@ -341,3 +368,109 @@ def test_fused_no_recompiles_after_warmup(name, monkeypatch):
         opt.step()
         graphs.append(counters["stats"]["unique_graphs"])
     assert graphs[1:] == [graphs[1]] * 4, f"graphs compiled so far, per step: {graphs}"
+
+
+# ------------------------------------------------------------------ list kernels (run_many)
+def _msgd_rows(sizes, seed=0, dtype=torch.float32):  # type: ignore[no-untyped-def]
+    """Rows of msgd_step (p, g, m, lr_hat, lr), one shared lr object as the drivers pass it."""
+    g = torch.Generator().manual_seed(seed)
+    lr = torch.tensor(0.1, dtype=dtype)
+    return [(torch.randn(s, generator=g, dtype=dtype), torch.randn(s, generator=g, dtype=dtype),
+             torch.randn(s, generator=g, dtype=dtype), torch.tensor(0.05 * (i + 1), dtype=dtype), lr)
+            for i, s in enumerate(sizes)]
+
+
+def _eager_rows(fn, rows, **static):  # type: ignore[no-untyped-def]
+    ref = [tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in r) for r in rows]
+    return ref, [fn(*r, **static) for r in ref]
+
+
+@pytest.mark.slow
+def test_list_kernel_assumes_no_relation_between_row_sizes(monkeypatch, tmp_path):
+    """aot mode checks no guards, so a list kernel must hold for any sizes of its rows: compiled
+    (inductor, C++) on rows of one size, it is right on rows of different sizes, and compiled on
+    rows of different sizes, right on rows of one size (and on more rows than a call takes, the
+    last call padded). Were the rows' sizes one symbol (dynamo's duck shaping), the kernel would
+    run every row with the first row's size. Tolerance: inductor may contract a * b + c into
+    an FMA where eager rounds twice (a float32 ulp or two, relative 1e-6)."""
+    from steepest.optim.updates import msgd_step
+
+    monkeypatch.setattr(F, "BACKEND", "inductor")
+    monkeypatch.setattr(F, "BUCKET", 4)
+    monkeypatch.setenv("STEEPEST_FUSED_CACHE", str(tmp_path))
+    st = dict(wd=0.1, w=0.1, sgn=1.0, hi=False)
+    for first, then in (([1000] * 4, [3, 5000, 17, (20, 30), 2, 1000]),
+                        ([3, 5000, 17, 1000], [700] * 6)):
+        F.reset()
+        compiled, failed = F.STATS["compiled"] + F.STATS["loaded"], F.STATS["failed"]
+        for sizes in (first, then):
+            rows = _msgd_rows(sizes, seed=len(sizes))
+            ref, _ = _eager_rows(msgd_step, rows, **st)
+            F.run_many(msgd_step, rows, **st)
+            for r, e in zip(rows, ref):
+                for a, b in zip(r[:3], e[:3]):
+                    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+        assert F.STATS["compiled"] + F.STATS["loaded"] == compiled + 1  # one kernel for all
+        assert F.STATS["failed"] == failed
+    F.reset()
+
+
+def test_list_kernels_equal_per_tensor_eager():
+    """run_many and map_many (aot_eager, BUCKET rows a call) against the per-tensor function run
+    eagerly, over rows the list path takes (1-d, 2-d, per-row and shared scalars, None), rows it
+    runs eagerly (not contiguous, one element) and rows of two dtypes (two kernels); bitwise,
+    since aot_eager runs the same ATen kernels on the same data."""
+    from steepest.norms import Lp
+    from steepest.optim.updates import steepest_partial, steepest_step
+
+    F.reset()
+    norm = Lp(3.0)
+    g = torch.Generator().manual_seed(1)
+    lr = torch.tensor(0.1)
+    lr64 = torch.tensor(0.1, dtype=torch.float64)
+
+    def rows():  # type: ignore[no-untyped-def]
+        g.manual_seed(1)
+        out = []
+        for i, shape in enumerate([(5, 3), (7,), (2, 2, 2), (400,), (9,), (6, 4), (1,), (3, 8)]):
+            dt = torch.float64 if i == 4 else torch.float32
+            p = torch.randn(shape, generator=g, dtype=dt)
+            if i == 7:
+                p = torch.randn(8, 3, generator=g).t()  # not contiguous
+            out.append((p, torch.randn(p.shape, generator=g, dtype=dt).contiguous(),
+                        torch.randn(p.shape, generator=g, dtype=dt).contiguous(),
+                        torch.tensor(1.0 + i, dtype=dt), None, lr64 if dt == torch.float64 else lr))
+        return out
+
+    st = dict(norm=norm, b1=0.9, b2=0.9, momentum="ema", hi1=False, hi2=False)
+    got, (ref, _) = rows(), _eager_rows(steepest_step, rows(), **st)
+    F.run_many(steepest_step, got, **st)
+    for i, (r, e) in enumerate(zip(got, ref)):
+        assert torch.equal(r[0], e[0]) and torch.equal(r[2], e[2]), f"row {i}"
+    pst = dict(norm=norm, b1=0.9, sgn=1.0, momentum="ema", hi1=False)
+    grads = [(r[1], r[2]) for r in rows()]
+    sums = F.map_many(steepest_partial, grads, **pst)
+    assert [torch.equal(a, steepest_partial(*r, **pst)) for a, r in zip(sums, grads)] == [True] * 8
+    kinds = [k[4] for k in F._KERNELS if isinstance(k[4], tuple) and k[4][0] == "list"]
+    assert len(kinds) == 4  # float32 and float64, for each function
+    F.reset()
+
+
+@pytest.mark.parametrize("name", ["Signum", "MSGD", "ScaledSignSGD"])
+def test_fused_zero_dim_and_one_element_parameters(name):
+    """A 0-d parameter first in the group (before list kernels, run_many read the row layout
+    from the first row and found no per-element tensor: IndexError), and (1, n)/(n, 1) shapes,
+    whose size-1 dimensions are flattened away, against the loop path."""
+    _, cls, kw = _case(name)
+    shapes = [(), (1, 7), (7, 1), (5, 3), (1,)]
+    outs = []
+    for fused in (False, True):
+        g = torch.Generator().manual_seed(3)
+        ps = [torch.randn(s, generator=g) for s in shapes]
+        opt = cls(ps, **kw, fused=True) if fused else cls(ps, **kw, foreach=False)
+        for t in range(3):
+            _set_grads(ps, t)
+            opt.step()
+        outs.append(ps)
+    for i, (a, b) in enumerate(zip(*outs)):
+        _close(a, b, torch.float32, f"{name} param {i}")

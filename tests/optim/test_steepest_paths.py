@@ -49,6 +49,13 @@ CONFIGS = {
     "EFSignSGD-per_tensor-wd": lambda ps, fe: steepest.EFSignSGD(ps, lr=0.1, scope="per_tensor",
                                                                  weight_decay=0.1, foreach=fe),
     "Lion-wd": lambda ps, fe: steepest.Lion(ps, lr=0.01, weight_decay=0.1, foreach=fe),
+    # heavy-ball momentum (dampening): an elementwise direction (streams) and a reduction
+    "l2-scaled-heavy-ball": lambda ps, fe: steepest.SteepestDescent(ps, lr=0.01, momentum=0.9, dampening=0.0,
+                                                                    weight_decay=0.1, foreach=fe),
+    "linf-unscaled-heavy-ball": lambda ps, fe: steepest.SteepestDescent(ps, lr=0.01, norm=Linf(), mode="unscaled",
+                                                                        momentum=0.9, dampening=0.3, foreach=fe),
+    "lp3-normalized-heavy-ball": lambda ps, fe: steepest.SteepestDescent(ps, lr=0.01, norm=Lp(3.0), mode="normalized",
+                                                                         momentum=0.5, dampening=0.2, foreach=fe),
 }
 
 

@@ -14,8 +14,10 @@ backend)``, which calls the drivers of :mod:`steepest.optim.updates`; they call 
   scalars such as the lr: changing them never recompiles; ``None`` for an absent one); ``static``
   are the options that stay fixed (hyper-parameters, the norm, strings, bools), constants of the
   kernel (a Python number passed positionally is one too). Returns what ``fn`` returns.
-* :meth:`FusedBackend.kernel_many` (:func:`run_many`): the same for many rows of tensors,
-  small ones packed (below).
+* :meth:`FusedBackend.kernel_many` (:func:`run_many`): the same for many rows (one row per
+  tensor: ``fn(*row, **static)``), as *list kernels*: one compiled call per ``BUCKET`` rows.
+* :meth:`FusedBackend.kernel_map` (:func:`map_many`): the same for a function that returns a
+  value per row (a reduction pass).
 * :func:`available()`: whether kernels are compiled (False without dynamo).
 * :func:`reset()`: forget compiled kernels and past failures (tests).
 
@@ -24,13 +26,26 @@ runs the same function eagerly), shapes are dynamic, and one compiled kernel exi
 ``(fn, static options, each argument's type, or dtype and device)`` -- each with a code object of
 its own, so that dynamo's per-code recompile limit and guard list never grow with the number of
 variants. A model's many shapes then share one kernel per dtype (tensors of one element, which
-dynamo would specialize, run eagerly). Warm start: in "aot" mode each compiled kernel is
-saved (``save_compiled_function``) under ``<inductor cache dir>/steepest-fused`` (or
-``STEEPEST_FUSED_CACHE``; "0" turns it off), named by a hash of the kernels' module source, the
-key, torch's version and the thread count; a second process loads it
-(``torch.compiler.load_compiled_function``): no dynamo tracing, no inductor, no C++ compile.
-In "jit" mode inductor's own FX-graph cache still saves the C++ compile (dynamo and AOT
-autograd trace again). Small tensors: :func:`run_many` packs them (below).
+dynamo would specialize, run eagerly).
+
+List kernels (issue 18): a compiled call has a fixed cost (~15-30 us on the project's CPU)
+that, paid per tensor and pass, made ``fused=True`` slower than eager on models of many
+tensors. :func:`run_many` compiles one function that calls ``fn`` on each of ``BUCKET`` (16)
+rows, traced into one graph, and calls it once per 16 tensors of a group (the last call padded
+with dummy rows); one such kernel per function, options and row signature (dtypes, devices),
+whatever the model's shapes. The kernel is called with its guard check off, so it must not
+assume any relation between the sizes of two rows: dynamo's duck shaping (one size symbol for
+equal sizes) is off while tracing, and tests/optim/test_fused.py checks a kernel compiled on
+rows of one size against rows of different sizes and the reverse. Rows are checked in Python
+instead of by inductor's input asserts (contiguous, one size within a row): see
+:func:`_row_args` and :func:`_uniform`.
+
+Warm start: in "aot" mode each compiled kernel is saved (``save_compiled_function``) under
+``<inductor cache dir>/steepest-fused`` (or ``STEEPEST_FUSED_CACHE``; "0" turns it off), named by
+a hash of the kernels' module source, the key, torch's version and the thread count; a second
+process loads it (``torch.compiler.load_compiled_function``): no dynamo tracing, no inductor, no
+C++ compile. In "jit" mode inductor's own FX-graph cache still saves the C++ compile (dynamo and
+AOT autograd trace again).
 
 Fallback: if compiling (or running a freshly compiled kernel) raises, one ``UserWarning`` is
 issued for the process and that kernel (its function, options and dtypes) runs eagerly from then
@@ -65,11 +80,13 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import operator
 import os
 import sys
 import types
 import warnings
 from collections.abc import Callable
+from itertools import repeat
 from typing import Any
 
 import torch
@@ -79,7 +96,7 @@ from steepest.backend.core import BACKENDS, Backend, NonFinite
 from steepest.backend.ops import LoopOps, is_dtensor
 from steepest.backend.policy import compiling
 
-__all__ = ["FusedBackend", "NonFinite", "available", "reset", "run", "run_many"]
+__all__ = ["FusedBackend", "NonFinite", "available", "map_many", "reset", "run", "run_many"]
 
 # The torch.compile backend of the kernels ("inductor"; tests use "aot_eager", which traces the
 # same graphs and compiles no C++).
@@ -109,6 +126,7 @@ def reset() -> None:
     """Forget every compiled kernel and past failures (tests; a changed inductor config)."""
     _KERNELS.clear()
     _WARNED.clear()
+    _DUMMIES.clear()
 
 
 # Python floats are constants of a kernel (its static options, and the attributes of a norm whose
@@ -160,21 +178,27 @@ def _cache_file(fn: Callable[..., Any], key: Any, static: dict[str, Any]) -> str
     return os.path.join(root, hashlib.sha256(text.encode()).hexdigest()[:32] + ".bin")
 
 
-def _compile_aot(fn: Callable[..., Any], args: tuple[Any, ...], path: str | None = None
-                 ) -> Callable[..., Any]:
+def _compile_aot(fn: Callable[..., Any], args: tuple[Any, ...], path: str | None = None,
+                 f_globals: dict[str, Any] | None = None, lists: bool = False) -> Callable[..., Any]:
     """The ahead-of-time compiled kernel for these (flattened) example arguments (see MODE),
     loaded from ``path`` if an earlier process saved it there (a warm start: no dynamo, no
-    inductor), else compiled and saved there."""
+    inductor), else compiled and saved there. ``f_globals``: ``fn``'s globals (given again on
+    loading); ``lists``: a list kernel (:func:`_compile_list`)."""
+    glob = fn.__globals__ if f_globals is None else f_globals
     if path and os.path.exists(path):
         try:
             with open(path, "rb") as f:
-                aot: Any = torch.compiler.load_compiled_function(f, f_globals=fn.__globals__)
+                aot: Any = torch.compiler.load_compiled_function(f, f_globals=glob)
             aot.disable_guard_check()
             STATS["loaded"] += 1
             return aot
         except Exception:  # a stale or foreign file: compile anew
             pass
-    with torch._dynamo.config.patch(**_DYNAMO):
+    from torch.fx.experimental import _config as shape_config
+
+    shapes = shape_config.patch(use_duck_shape=False)  # type: ignore[attr-defined]
+    asserts = torch._inductor.config.patch(size_asserts=not lists)
+    with torch._dynamo.config.patch(**_DYNAMO), shapes, asserts:
         compiled: Any = torch.compile(fn, backend=BACKEND, dynamic=True, fullgraph=True)
         aot = compiled.aot_compile((args, {}))
     aot.disable_guard_check()
@@ -221,9 +245,9 @@ def run(fn: Callable[..., Any], *args: Any, **static: Any) -> Any:
     """``fn(*args, **static)`` as one fused kernel (module docstring)."""
     tensors = [a for a in args if isinstance(a, Tensor)]
     lead = tensors[0]
-    # Under SMALL elements the compiled call's fixed cost (~0.1-0.5 ms on a 2-core CPU,
-    # benchmarks/fused_overhead.py) exceeds the eager ops' time: eager (run_many packs them
-    # first, so this is a reduction pass of a small tensor, or a small pack). Inside a user's
+    # Under SMALL elements the compiled call's fixed cost (~0.05-0.5 ms a call on a 2-core CPU,
+    # benchmarks/fused_overhead.py) exceeds the eager ops' time: eager (the drivers call
+    # run_many/map_many, whose list kernels share a call among 16 tensors). Inside a user's
     # torch.compile(opt.step) dynamo inlines the function into the surrounding graph.
     if (compiling() or lead.numel() < SMALL or not available()
             or not all(t.is_contiguous() for t in tensors)):
@@ -256,70 +280,290 @@ def run(fn: Callable[..., Any], *args: Any, **static: Any) -> Any:
     return out
 
 
-# run_many: tensors under this many elements are packed (per call overhead dominates them), into
-# flat buffers of at most PACK elements (4 MiB of float32: a pack's copies stay in cache).
+# List kernels (issue 18): run_many calls a kernel over BUCKET rows (module docstring). The bucket,
+# from measurements (1 thread, inductor, the aot call of msgd_step's list kernel on 2-element rows,
+# load 2-5 on the 2-core CPU; per row): K=1 8 us, 2 6 us, 4 4 us, 8 3 us, 16 3 us, 32 3 us (input
+# size asserts on; off, K=16 1.3-2.6 us against 2.9-6 us side by side), while the cold compile
+# grows with K: 1.6 s (K=2), 2.2 s (4), 3.2 s (8), 4.9 s (16), 9.3 s (32). The cost of a row stops
+# falling at K = 8-16 and the compile keeps growing, so one bucket of 16: one compile per
+# function, options and row signature, whatever a model's shapes and tensor count, a group's last
+# call padded with dummy rows (~2 us a row a call) rather than a second, smaller bucket (another
+# compile of seconds, another file to load).
+BUCKET = 16
+# run: a single tensor under SMALL elements runs eagerly (the compiled call's fixed cost exceeds
+# the eager ops' time there).
 SMALL = 1 << 15
-PACK = 1 << 20
+
+
+def _list_kernel(spec: Callable[..., Any], k: int, n: int, results: bool
+                 ) -> tuple[Callable[..., Any], dict[str, Any]]:
+    """A function of ``k`` rows of ``n`` arguments, taken column by column (the first argument
+    of every row, then the second...: :func:`run_many` slices columns, no Python per row), that
+    calls ``spec`` on each row and returns their results as a tuple (``results``) or nothing,
+    and its globals (the compiled kernel's, given again when a saved one is loaded). Written
+    out, not a loop over ``*args``: a code object of its own per kernel (module docstring) that
+    pickles no closure."""
+    names = [[f"a{j}_{i}" for j in range(n)] for i in range(k)]
+    calls = [f"_row({', '.join(row)})" for row in names]
+    body = f"    return ({', '.join(calls)},)" if results else "\n".join(f"    {c}" for c in calls)
+    params = ", ".join(names[i][j] for j in range(n) for i in range(k))
+    src = f"def _rows_{k}({params}):\n{body}\n"
+    glob: dict[str, Any] = {"__builtins__": __builtins__, "_row": spec}
+    exec(compile(src, f"<steepest list kernel {spec.__name__} x{k}>", "exec"), glob)
+    return glob[f"_rows_{k}"], glob
+
+
+def _compile_list(fn: Callable[..., Any], static: dict[str, Any], key: Any, flat: list[Any],
+                  n: int, results: bool) -> Callable[..., Any]:
+    """The compiled list kernel of ``key`` for these example arguments (``BUCKET`` rows of ``n``,
+    as :func:`run_many` passes them): in "aot" mode loaded from or saved to the cache file as
+    :func:`run`'s kernels (falling back to "jit" as they do).
+
+    aot mode checks no guards, so the kernel must assume no relation between the sizes of two
+    rows: duck shaping (one symbol for equal sizes, which would bake "these two rows have one
+    size" into the kernel) is off while tracing, and the example arguments are fresh clones
+    (dynamo would merge two arguments that are one tensor object, as a shared lr is, into one
+    graph input). Within a row the tensors have one size (their symbols are made equal when
+    traced, by broadcasting; :func:`run_many` checks the rows). Inductor's input size asserts
+    are off: they were half a row's cost per call (measured: 1.3-2.6 us a row without, 2.9-6
+    with), and the sizes they check are the ones :func:`run_many` checked."""
+    spec = _specialized(fn, static)
+    kernel, glob = _list_kernel(spec, BUCKET, n, results)
+    example = tuple(a.clone() if isinstance(a, Tensor) else a for a in flat)
+    if MODE == "aot":
+        try:
+            return _compile_aot(kernel, example, _cache_file(fn, key, static), glob, lists=True)
+        except Exception:  # no aot_compile in this torch (or it failed): jit below
+            pass
+    return _compile(kernel)
+
+
+# Dummy rows that pad a call to BUCKET rows: per row signature, up to BUCKET - 1 rows of tensors
+# of 2 elements (a size 0 or 1 would be specialized; scalars of 1), written by the kernel, never
+# read by anything else.
+_DUMMIES: dict[Any, list[list[Any]]] = {}
+
+
+def _dummies(sig: tuple[Any, ...], count: int) -> list[list[Any]]:
+    """``count`` dummy rows of this signature, as columns."""
+    cols = _DUMMIES.get(sig)
+    if cols is None:
+        cols = _DUMMIES[sig] = [
+            [torch.zeros(1 if len(s) == 3 else 2, dtype=s[0], device=s[1])
+             for _ in range(BUCKET - 1)] if type(s) is tuple and isinstance(s[0], torch.dtype)
+            else [s[1] if type(s) is tuple else None] * (BUCKET - 1) for s in sig]
+    return [c[:count] for c in cols]
+
+
+def _row_args(row: tuple[Any, ...], views: dict[int, Tensor]
+              ) -> tuple[tuple[Any, ...], tuple[Any, ...]] | None:
+    """A row as a list kernel takes it, and its signature: what the kernel is compiled for
+    beyond sizes (aot mode checks nothing else). Tensors are passed flattened (1-d: one kernel
+    for every shape; a ``view`` costs ~1 us, against a compile of seconds per kernel were each
+    number of dimensions its own), signed ``(dtype, device)``; a tensor of one element (a
+    per-tensor or per-step scalar, whose size would be specialized) is passed with shape (1,)
+    (see :func:`_flat`; one view per scalar object and call, kept in ``views`` by id) and
+    signed ``(dtype, device, 1)``. A Python number is signed ``(type, value)`` (a constant of
+    the kernel), None ``None``, another object by its type. None if the row runs eagerly: a
+    tensor that is not contiguous, a lead tensor of one element, or a tensor whose number of
+    elements differs from the lead's (so the kernel's symbols for a row's sizes, made equal when
+    traced, are equal). Written for speed: it runs per tensor and step."""
+    sig: list[Any] = []
+    args: list[Any] = []
+    n = -1
+    for a in row:
+        if isinstance(a, Tensor):
+            m = a.numel()
+            if m == 1:
+                if a.dim() != 1:
+                    v = views.get(id(a))
+                    if v is None:
+                        v = views[id(a)] = a.view(1)
+                    a = v
+                sig.append((a.dtype, a.device, 1))
+                args.append(a)
+                continue
+            if n < 0:
+                n = m
+            if m != n or not a.is_contiguous():
+                return None
+            if a.dim() != 1:
+                a = a.view(-1)
+            sig.append((a.dtype, a.device))
+            args.append(a)
+        elif a is None:
+            sig.append(None)
+            args.append(a)
+        elif isinstance(a, (int, float)):
+            sig.append((type(a), a))
+            args.append(a)
+        else:
+            sig.append(type(a))
+            args.append(a)
+    if n < 2:
+        return None
+    return tuple(args), tuple(sig)
+
+
+def _uniform(rows: list[tuple[Any, ...]], views: dict[int, Tensor]
+             ) -> tuple[list[Any], tuple[Any, ...]] | None:
+    """:func:`_row_args` of every row at once, where all rows have one signature and run as list
+    kernels (the common case: a group of one dtype and device, contiguous tensors): the
+    arguments as columns (one sequence per position of a row) and the signature, else None
+    (then row by row). Column-wise, so that
+    the checks are C loops (``map`` of tensor methods) rather than Python per tensor: ~0.1 us a
+    tensor against ~1 us."""
+    cols = list(zip(*rows))
+    if len(cols) != len(rows[0]):
+        return None
+    n: list[int] | None = None
+    sig: list[Any] = []
+    out: list[Any] = []
+    for col in cols:
+        a = col[0]
+        if isinstance(a, Tensor):
+            if not all(map(isinstance, col, repeat(Tensor))):
+                return None
+            if len(set(map(_DTYPE, col))) != 1 or len(set(map(Tensor.get_device, col))) != 1:
+                return None
+            sizes = list(map(Tensor.numel, col))
+            if a.numel() == 1:  # a scalar column (see _row_args)
+                if sizes.count(1) != len(sizes):
+                    return None
+                if all(map(operator.is_, col, repeat(a))):  # one object (an lr)
+                    v = col[0] if a.dim() == 1 else views.get(id(a))
+                    if v is None:
+                        v = views[id(a)] = a.view(1)
+                    col = (v,) * len(col)
+                elif set(map(Tensor.dim, col)) != {1}:
+                    col = tuple(t if t.dim() == 1 else t.view(1) for t in col)
+                sig.append((a.dtype, a.device, 1))
+            else:
+                if n is None:
+                    n = sizes
+                    if min(sizes) < 2:
+                        return None
+                elif sizes != n:
+                    return None
+                if not all(map(Tensor.is_contiguous, col)):
+                    return None
+                if set(map(Tensor.dim, col)) != {1}:
+                    col = tuple(t if t.dim() == 1 else t.view(-1) for t in col)
+                sig.append((a.dtype, a.device))
+        elif a is None:
+            if col.count(None) != len(col):
+                return None
+            sig.append(None)
+        elif type(a) in (int, float):
+            if len(set(map(type, col))) != 1 or col.count(a) != len(col):
+                return None
+            sig.append((type(a), a))
+        else:
+            return None
+        out.append(col)
+    if n is None:
+        return None
+    return out, tuple(sig)
+
+
+_DTYPE = operator.attrgetter("dtype")
 
 
 def run_many(fn: Callable[..., Any], rows: list[tuple[Any, ...]], **static: Any) -> None:
-    """``run(fn, *row, **static)`` for every row, for an update that returns nothing and whose
-    positional tensors of a row all have one shape (the parameter, gradient and state). Small
-    contiguous tensors whose other arguments (floats, 0-d tensors, None) are the same objects or
-    equal numbers are packed: their tensors are concatenated into flat buffers, the kernel runs
-    once on the pack, and the written buffers are copied back (``torch._foreach_copy_``). That
-    moves each small tensor twice more, within cache, instead of paying the compiled call's
-    fixed overhead (tens of microseconds) per tensor; the result is the same elementwise
-    arithmetic, so bitwise the per-tensor result."""
+    """``fn(*row, **static)`` for every row, for an update that returns nothing and whose
+    positional tensors of a row all have one shape (the parameter, gradient and state), as
+    list kernels (see BUCKET): rows of one signature (:func:`_signature`) run BUCKET at a time in
+    one compiled call. Rows whose tensors are not contiguous or have one element run ``fn``
+    eagerly (a size of 1 would be specialized).
+
+    Small tensors are not packed any more (concatenated into flat buffers, one call per buffer,
+    copied back, as before list kernels): measured on 1,000 rows of msgd_step, 1 thread, list
+    kernels against packs: 10 elements 3.9 against 11.9 ms, 1,000 elements 5.8 against 28.4 ms,
+    10,000 elements 12.9 against 36.1 ms (the same function eagerly 28-43 ms): the packs' copies
+    and Python per tensor cost more than a row's share of a list kernel call at every size."""
     if compiling() or not available():
         for row in rows:
             fn(*row, **static)
         return
+    _many(fn, rows, static, None)
+
+
+def map_many(fn: Callable[..., Any], rows: list[tuple[Any, ...]], **static: Any) -> list[Any]:
+    """``[fn(*row, **static) for row in rows]`` as list kernels (:func:`run_many`), for a function
+    that returns a value per row (a reduction pass)."""
+    if compiling() or not available():
+        return [fn(*row, **static) for row in rows]
+    out: list[Any] = [None] * len(rows)
+    _many(fn, rows, static, out)
+    return out
+
+
+def _many(fn: Callable[..., Any], rows: list[tuple[Any, ...]], static: dict[str, Any],
+          out: list[Any] | None) -> None:
     if not rows:
         return
-    # The rows of one call share their layout (the driver builds them alike): which positions
-    # hold the per-element tensors, which the scalars (0-d tensors, numbers, None).
-    first = rows[0]
-    slots = [j for j, a in enumerate(first) if isinstance(a, Tensor) and a.dim() > 0]
-    others = [j for j in range(len(first)) if j not in slots]
-    lead_j = slots[0]
-    packs: dict[Any, list[tuple[Any, ...]]] = {}
-    for row in rows:
-        lead = row[lead_j]
-        if lead.numel() >= SMALL or not all(row[j].is_contiguous() for j in slots):
-            run(fn, *row, **static)
-            continue
-        key = (lead.dtype, lead.device, *(id(row[j]) if isinstance(row[j], Tensor) else row[j]
-                                          for j in others))
-        packs.setdefault(key, []).append(row)
-    for group in packs.values():
-        if len(group) == 1:
-            run(fn, *group[0], **static)
-            continue
-        start, size = 0, 0
-        ends: list[tuple[Any, ...] | None] = [*group, None]
-        for k, end in enumerate(ends):
-            n = 0 if end is None else end[lead_j].numel()
-            if end is None or (size and size + n > PACK):
-                _run_pack(fn, group[start:k], static, slots)
-                start, size = k, 0
-            size += n
-
-
-def _run_pack(fn: Callable[..., Any], rows: list[tuple[Any, ...]], static: dict[str, Any],
-              slots: list[int]) -> None:
-    if len(rows) == 1:
-        run(fn, *rows[0], **static)
+    views: dict[int, Tensor] = {}
+    # signature -> (the rows' indices, the kernel's arguments as columns: one sequence per
+    # position of a row)
+    groups: dict[tuple[Any, ...], tuple[list[int], list[Any]]] = {}
+    fast = _uniform(rows, views)
+    if fast is not None:
+        groups[fast[1]] = (list(range(len(rows))), fast[0])
+    else:
+        members: dict[tuple[Any, ...], tuple[list[int], list[tuple[Any, ...]]]] = {}
+        for i, row in enumerate(rows):
+            got = _row_args(row, views)
+            if got is None:  # eagerly
+                r = fn(*row, **static)
+                if out is not None:
+                    out[i] = r
+                continue
+            args, sig = got
+            ix, rs = members.setdefault(sig, ([], []))
+            ix.append(i)
+            rs.append(args)
+        groups = {sig: (ix, list(zip(*rs))) for sig, (ix, rs) in members.items()}
+    if not groups:
         return
-    first = rows[0]
-    flat = {j: torch.cat([r[j].view(-1) for r in rows]) for j in slots}
-    args = [flat[j] if j in flat else a for j, a in enumerate(first)]
-    before = {j: flat[j]._version for j in slots}
-    run(fn, *args, **static)
-    sizes = [r[slots[0]].numel() for r in rows]
-    for j in slots:
-        if flat[j]._version != before[j]:  # written by the kernel: copy back
-            torch._foreach_copy_([r[j].view(-1) for r in rows], list(flat[j].split(sizes)))
+    n_args = len(rows[0])
+    items = tuple(sorted(static.items()))
+    for sig, (ix, cols) in groups.items():
+        key = (fn, items, MODE, BACKEND, ("list", BUCKET, out is not None, sig))
+        kernel: Any = _KERNELS.get(key, False)
+        for start in range(0, len(ix), BUCKET):
+            stop = start + BUCKET
+            flat: list[Any] = []
+            if stop > len(ix):  # the last call: padded
+                pad = _dummies(sig, stop - len(ix))
+                for col, dummy in zip(cols, pad):
+                    flat += col[start:]
+                    flat += dummy
+            else:
+                for col in cols:
+                    flat += col[start:stop]
+            if kernel is False:  # the first call compiles (before writing anything)
+                try:
+                    kernel = _compile_list(fn, static, key, flat, n_args, out is not None)
+                    res = kernel(*flat)
+                except Exception as exc:  # this kernel eagerly, with one warning
+                    _fail(key, exc)
+                    kernel = None
+                else:
+                    _KERNELS[key] = kernel
+                    if out is not None:
+                        for i, r in zip(ix[start:stop], res):
+                            out[i] = r
+                    continue
+            if kernel is None:
+                for i in ix[start:stop]:
+                    r = fn(*rows[i], **static)
+                    if out is not None:
+                        out[i] = r
+                continue
+            res = kernel(*flat)
+            if out is not None:
+                for i, r in zip(ix[start:stop], res):
+                    out[i] = r
 
 
 class FusedBackend(Backend):
@@ -341,8 +585,13 @@ class FusedBackend(Backend):
         return run(fn, *args, **static)
 
     def kernel_many(self, fn: Callable[..., Any], rows: list[tuple[Any, ...]], **static: Any) -> None:
-        """:meth:`kernel` for every row, small tensors packed (:func:`run_many`)."""
+        """``fn(*row, **static)`` for every row, as list kernels (:func:`run_many`)."""
         run_many(fn, rows, **static)
+
+    def kernel_map(self, fn: Callable[..., Any], rows: list[tuple[Any, ...]], **static: Any
+                   ) -> list[Any]:
+        """``[fn(*row, **static) for row in rows]`` as list kernels (:func:`map_many`)."""
+        return map_many(fn, rows, **static)
 
     def accepts(self, group: dict[str, Any], params: list[Tensor]) -> bool:
         # DTensors (FSDP2) need their own reductions: the eager backends run them.
@@ -351,7 +600,7 @@ class FusedBackend(Backend):
 
     def chunks(self, params: list[Tensor]) -> list[slice]:
         # One chunk: the kernels make no parameter-sized temporaries to bound (and run_many
-        # packs small tensors itself).
+        # shares a compiled call among 16 tensors of the chunk).
         return [slice(0, len(params))] if params else []
 
     def defers_check(self, optimizer: Any, group: dict[str, Any]) -> bool:

@@ -250,14 +250,15 @@ class L1(Norm):
         """The same one-hot units with no host sync (accelerators) and no graph break
         (torch.compile): every tensor scatters ``sign(x_j*)`` at its own argmax ``j*``, multiplied
         by whether it is the winning tensor (first maximal, as ``argmax``); a zero tensor
-        scatters sign(0) = 0. Costs an argmax per tensor instead of the winner's only."""
+        scatters sign(0) = 0. Costs an argmax per tensor instead of the winner's only
+        (:func:`steepest.backend.policy.absargmax`)."""
         win = None if per_tensor else torch.argmax(maxes)
+        _, args = _policy.absargmax(xs)
         units = []
-        for i, x in enumerate(xs):
+        for i, (x, j) in enumerate(zip(xs, args)):
             u = x.new_zeros(x.shape)  # contiguous: its flat index is x.reshape(-1)'s
-            if x.numel():
+            if j is not None:
                 flat = x.reshape(-1)
-                j = torch.argmax(flat.abs()).reshape(1)
                 v = torch.sign(flat.gather(0, j))
                 if win is not None:
                     v = v * (win == i).to(v.dtype)
@@ -290,18 +291,18 @@ class L1(Norm):
         ints would be guarded on, a recompile per new winner): every nonempty tensor's own first
         argmax ``j`` as a 1-element index tensor, its value ``coefficient * sign(z_ij)`` times
         whether the tensor is the winner (first maximal, as ``argmax``; the others move by 0).
-        Inductor fuses the max and argmax into one read of each tensor, and the update writes one
-        element per tensor, where the one-hot unit tensors of :meth:`_factor_on_device` cost a
-        zero fill and a full update pass per parameter (compiled: ~5x the eager step, issue 18)."""
-        maxes = _policy.absmax(xs, _policy.reduction_ops(xs))
+        The maxima and indices come from one vectorized read of each tensor
+        (:func:`steepest.backend.policy.absargmax`), and the update writes one element per
+        tensor, where the one-hot unit tensors of :meth:`_factor_on_device` cost a zero fill and
+        a full update pass per parameter (compiled: ~5x the eager step, issue 18)."""
+        maxes, args = _policy.absargmax(xs)
         dual = maxes if per_tensor else maxes.max().expand(len(xs))
         coefs = Factored([], dual, dual).coefficients(mode, beta)
         win = None if per_tensor else torch.argmax(maxes)
         coords: list[tuple[int, int | Tensor, Tensor]] = []
-        for i, x in enumerate(xs):
-            if x.numel():
+        for i, (x, j) in enumerate(zip(xs, args)):
+            if j is not None:
                 flat = x.reshape(-1)
-                j = torch.argmax(flat.abs()).reshape(1)
                 v = torch.sign(flat.gather(0, j)) * coefs[i]
                 coords.append((i, j, v if win is None else v * (win == i).to(v.dtype)))
         return coords

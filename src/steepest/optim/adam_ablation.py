@@ -31,6 +31,7 @@ from torch.optim.optimizer import ParamsT
 from steepest.backend import Backend, ForeachOps, policy
 from steepest.backend import LoopOps as _Ops
 from steepest.backend import ops_for as _ops
+from steepest.optim import updates as _updates
 from steepest.optim.base import StepOptimizer, apply_weight_decay, check_betas, scalar_dtype
 from steepest.optim.noise import _scalar_arg, _tiny, adam_moments_
 
@@ -50,11 +51,13 @@ class _AdamDecomposed(StepOptimizer):
         weight_decay: float,
         maximize: bool,
         foreach: bool | None,
+        fused: bool | None,
         nonfinite: str | None,
     ) -> None:
         pair: Any = tuple(betas) if isinstance(betas, (tuple, list)) else betas  # checked later
         super().__init__(params, dict(lr=lr, betas=pair, eps=eps, weight_decay=weight_decay,
-                                      maximize=maximize, foreach=foreach, nonfinite=nonfinite))
+                                      maximize=maximize, foreach=foreach, fused=fused,
+                                      nonfinite=nonfinite))
 
     def _streams(self, group: dict[str, Any]) -> bool:
         # Elementwise per tensor (AdamShuffled draws its permutations in parameter order either
@@ -146,6 +149,8 @@ class AdamShuffled(_AdamDecomposed):
             generator of the parameter's device). Its state is saved in ``state_dict()`` and
             restored by ``load_state_dict`` so that a resumed run draws the same permutations.
         maximize, foreach, nonfinite: see :class:`steepest.optim.base.StepOptimizer`.
+        fused: not supported (``fused=True`` raises ``ValueError``): the permutation is a
+            random gather across the tensor, not an elementwise kernel.
 
     State: ``step``, ``exp_avg``, ``exp_avg_sq`` (as ``torch.optim.Adam``).
 
@@ -164,13 +169,18 @@ class AdamShuffled(_AdamDecomposed):
         generator: torch.Generator | None = None,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
         nonfinite: str | None = None,
     ) -> None:
         if generator is not None and not isinstance(generator, torch.Generator):
             raise ValueError(f"generator must be a torch.Generator or None, got {generator!r}")
         self._generator = generator
         super().__init__(params, lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                         maximize=maximize, foreach=foreach, nonfinite=nonfinite)
+                         maximize=maximize, foreach=foreach, fused=fused, nonfinite=nonfinite)
+
+    def _fused_unsupported(self, group: dict[str, Any]) -> str | None:
+        return ("(its step gathers each tensor's magnitudes through a fresh torch.randperm: a "
+                "random permutation, not an elementwise kernel)")
 
     def _rearrange(self, mags: list[Tensor], ops: type[_Ops]) -> list[Tensor]:
         gen = getattr(self, "_generator", None)
@@ -241,6 +251,11 @@ class AdamAveraged(_AdamDecomposed):
         lr, betas, eps: as ``torch.optim.Adam``.
         weight_decay: decoupled (``torch.optim.AdamW``'s), ``x <- (1 - lr wd) x``.
         maximize, foreach, nonfinite: see :class:`steepest.optim.base.StepOptimizer`.
+        fused: ``True`` runs the step as one compiled kernel per tensor (the fused backend,
+            :mod:`steepest.backend.fused`; :func:`steepest.optim.updates.adam_averaged_step`:
+            the moments and the sum of gamma in one loop, the update in a second loop of the
+            same call; eager with one warning where compiling fails); not with
+            ``foreach=True``. ``None``/``False``: eager.
 
     State: ``step``, ``exp_avg``, ``exp_avg_sq`` (as ``torch.optim.Adam``).
 
@@ -258,10 +273,18 @@ class AdamAveraged(_AdamDecomposed):
         weight_decay: float = 0.0,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
         nonfinite: str | None = None,
     ) -> None:
         super().__init__(params, lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                         maximize=maximize, foreach=foreach, nonfinite=nonfinite)
+                         maximize=maximize, foreach=foreach, fused=fused, nonfinite=nonfinite)
+
+    def _fused_unsupported(self, group: dict[str, Any]) -> str | None:
+        return None
+
+    def _fused_run(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                   states: list[dict[str, Any]], backend: Any) -> None:
+        _updates.fused_adam_averaged(group, params, grads, states, backend)
 
     def _rearrange(self, mags: list[Tensor], ops: type[_Ops]) -> list[Tensor]:
         if ops.foreach:  # magnitudes are >= 0: their l1 norms are their sums, in one kernel

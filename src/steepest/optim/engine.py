@@ -9,7 +9,12 @@ One update rule ([BPL20, Sec. 3]; docs/design.md, "The one engine"):
 **Momentum schemes** (state ``momentum_buffer`` m, m_0 = 0): EMA ``m <- b m + (1 - b) g``,
 ``c = m`` (Signum; ``momentum=b``); Nesterov ``c = lerp(g, m, b)`` after the EMA
 (torch.optim.Muon's form; ``nesterov=True``); Lion-style ``c = b1 m + (1 - b1) g``, then
-``m <- b2 m + (1 - b2) g`` (``betas=(b1, b2)``, [Chen23]).
+``m <- b2 m + (1 - b2) g`` (``betas=(b1, b2)``, [Chen23]); heavy-ball (torch.optim.SGD's form;
+``momentum=b, dampening=d``) ``m <- b m + (1 - d) g``, ``c = m``, with Nesterov (``nesterov=True``,
+``d = 0`` only, as torch's) ``c = g + b m``. (``dampening=None``, the default, is the EMA, which
+``d = b`` also gives up to rounding. m_0 = 0 here too: with ``d = 0``, torch's default, the first
+step's ``m = g`` as torch's buffer, bit for bit; with ``d > 0`` torch starts its buffer at ``g``
+where this gives ``(1 - d) g``, and the two then follow the same recurrence.)
 
 **Directions** (:meth:`steepest.norms.Factored.coefficients`): ``scaled`` c# (Eq. 10),
 ``normalized`` c#/||c||_* (Eq. 49; the negative LMO), ``soft`` c#/(||c||_* + beta) (Eq. 52/57) or
@@ -68,6 +73,8 @@ __all__ = [
     "SteepestDescent",
     "adjust_lr",
     "apply_direction",
+    "heavy_ball_",
+    "heavy_ball_one_",
     "momentum_",
     "momentum_direction_input",
     "momentum_one_",
@@ -276,6 +283,12 @@ class SteepestDescent(StepOptimizer):
             elementwise map only (sign(g) for Linf, s(g) of [STACEY, Alg. 1] for Lp).
         beta: the ``beta > 0`` of ``soft`` mode.
         momentum: ``b in [0, 1)``; the direction is taken of m = b m + (1-b) g (m_0 = 0).
+        dampening: ``None`` (default: the EMA above) or ``d in [0, 1]``: heavy-ball momentum as
+            torch.optim.SGD's, m = b m + (1 - d) g (m_0 = 0; ``d = 0``: torch's default, the
+            classical heavy ball, whose first step equals torch's bit for bit; for ``d > 0``
+            torch's first buffer is ``g`` where this one is ``(1 - d) g``). Not with Lion-style
+            ``betas``; with ``nesterov=True`` only ``d = 0`` (as torch's SGD). A group option that
+            enters the param groups only where set (the presets' checkpoints keep their keys).
         scope: where the norm is taken. ``"group"``: over all parameters of each param group as
             one vector; ``"all_groups"``: over all parameters of all groups with this scope (the
             papers' R^d, whatever the grouping: splitting biases into a no-decay group does not
@@ -284,7 +297,7 @@ class SteepestDescent(StepOptimizer):
             splits) is the user's deliberate choice, so it does not warn (issue 21).
         weight_decay: decoupled weight decay, x -= lr wd x.
         nesterov: take the direction of ``lerp(g, m, b)`` (torch.optim.Muon's Nesterov form)
-            instead of ``m``.
+            instead of ``m``; with ``dampening=0`` (heavy ball) of ``g + b m`` (torch.optim.SGD's).
         adjust_lr_fn: ``None``/``"none"``, ``"original"`` or ``"match_rms_adamw"``
             (:func:`adjust_lr`): the lr of each parameter with ``ndim >= 2`` adjusted to its
             matrix shape (the decay keeps the unadjusted lr, as torch's Muon).
@@ -342,6 +355,7 @@ class SteepestDescent(StepOptimizer):
         mode: str = "scaled",
         beta: float = 1.0,
         momentum: float = 0.0,
+        dampening: float | None = None,
         scope: str = "global",
         weight_decay: float = 0.0,
         nesterov: bool = False,
@@ -372,6 +386,8 @@ class SteepestDescent(StepOptimizer):
         # Only the step options that are set: the presets' param groups (and checkpoints) keep
         # their keys, and a group without one takes the plain step.
         defaults.update({k: v for k, v in given.items() if v is not None and v != STEP_OPTIONS[k]})
+        if dampening is not None:  # only where set: the EMA's groups (and checkpoints) keep their keys
+            defaults["dampening"] = dampening
         super().__init__(params, defaults)
 
     def _validate_group(self, group: dict[str, Any]) -> None:
@@ -389,6 +405,16 @@ class SteepestDescent(StepOptimizer):
         if group.get("nesterov") and "betas" in group:
             raise ValueError("nesterov=True takes the EMA momentum (momentum=b), not betas (Lion-style "
                              f"momentum is its own scheme); got betas={group['betas']!r}")
+        d = group.get("dampening")
+        if d is not None:
+            check_range("dampening", d, 0.0, 1.0, hi_open=False)
+            if "betas" in group:
+                raise ValueError("dampening sets the heavy-ball momentum (momentum=b: m <- b m + "
+                                 "(1 - dampening) g), not Lion-style betas (their own scheme); got "
+                                 f"dampening={d!r} with betas={group['betas']!r}: pass dampening=None")
+            if group.get("nesterov") and d != 0:
+                raise ValueError("nesterov=True with heavy-ball momentum takes dampening=0 (c = g + b m, "
+                                 f"as torch.optim.SGD's), or dampening=None (the EMA); got dampening={d!r}")
         check_choice("adjust_lr_fn", group.get("adjust_lr_fn"), ADJUST_LR_FNS)
         r = group.get("radius", 1.0)
         if not isinstance(r, (int, float)) or isinstance(r, bool) or not math.isfinite(r) or r <= 0:
@@ -418,6 +444,11 @@ class SteepestDescent(StepOptimizer):
         if group_index < len(self.param_groups):
             return super()._named(group_index, i, p)
         return f"parameter #{i} of size {p.size()} in the param group being added"
+
+    @staticmethod
+    def _dampening(group: dict[str, Any]) -> float | None:
+        """The heavy-ball ``dampening`` of a group (``None``: the EMA, or Lion-style betas)."""
+        return None if "betas" in group else group.get("dampening")
 
     @staticmethod
     def _betas(group: dict[str, Any]) -> tuple[float, float]:
@@ -457,14 +488,14 @@ class SteepestDescent(StepOptimizer):
         if _per_parameter(group):
             self._update_per_parameter(group, params, grads, states)
             return
-        betas = self._betas(group)
+        betas, damp = self._betas(group), self._dampening(group)
         # On CPU the foreach path takes the loop path's code too: torch's _foreach_* ops are a
         # per-tensor loop there themselves, and all-at-once temporaries cost page faults. The
         # lean loop passes lr as ``alpha=``: eager only (see steepest.backend.ops._compiling).
         if backend.per_tensor(params) and self._streams(group) and not backend.compiling:
-            _elementwise_loop(group, params, grads, states, betas, backend)
+            _elementwise_loop(group, params, grads, states, betas, backend, damp)
             return
-        c = momentum_direction_input(betas, grads, states, backend.foreach)
+        c = momentum_direction_input(betas, grads, states, backend.foreach, dampening=damp)
         apply_direction(group, params, c, group["norm"], group["mode"], backend, beta=group["beta"],
                         owned=betas[0] != betas[1], who=type(self).__name__)
 
@@ -489,7 +520,7 @@ class SteepestDescent(StepOptimizer):
         backend: Any,
     ) -> None:
         _updates.fused_steepest(group, params, grads, states, self._betas(group), backend,
-                                who=type(self).__name__)
+                                who=type(self).__name__, dampening=self._dampening(group))
 
     def _update_per_parameter(
         self,
@@ -501,6 +532,7 @@ class SteepestDescent(StepOptimizer):
         """The step of a group with step options, one parameter at a time (each temporary freed
         before the next is made; an operator norm's direction is per matrix anyway)."""
         b1, b2 = self._betas(group)
+        damp = self._dampening(group)
         nesterov = group.get("nesterov", False)
         mode, beta = group["mode"], group["beta"]
         per_tensor = group["scope"] == "per_tensor"
@@ -518,6 +550,10 @@ class SteepestDescent(StepOptimizer):
             if b1 == 0.0 and b2 == 0.0:
                 return g, False
             m = states[k]["momentum_buffer"]
+            if damp is not None:  # heavy ball: torch.optim.SGD's ops, in its order
+                if advance:
+                    heavy_ball_one_(m, g, b1, 1.0 - damp)
+                return (g.add(m, alpha=b1), True) if nesterov else (m, False)
             if nesterov:
                 if advance:
                     m.lerp_(g, 1 - b2)  # the same ops, in the same order, as torch.optim.Muon
@@ -592,7 +628,7 @@ class SteepestDescent(StepOptimizer):
                         f"norm, mode and beta; got {key}={g0[key]!r} and {g[key]!r}"
                     )
         foreach = backend.foreach
-        cs = [momentum_direction_input(self._betas(g), gr, st, foreach)
+        cs = [momentum_direction_input(self._betas(g), gr, st, foreach, dampening=self._dampening(g))
               for g, gr, st in zip(groups, grads, states)]
         flat = [c for cg in cs for c in cg]
         direction = g0["norm"].direction(flat, g0["mode"], beta=g0["beta"], foreach=foreach)
@@ -612,6 +648,7 @@ def _elementwise_loop(
     states: list[dict[str, Any]],
     betas: tuple[float, float],
     backend: Backend,
+    dampening: float | None = None,
 ) -> None:
     """The loop path of an elementwise direction (sign, s(c), l2's c; any norm's
     :meth:`Norm.map`): momentum, direction and update one tensor at a time with no per-tensor
@@ -623,10 +660,15 @@ def _elementwise_loop(
     ident, owned = norm.identity_map, b1 != b2
     for sl, kops in backend.small_chunks(params, norm.map_temporaries):
         if kops is not None:  # small tensors: fused kernels (Python dominates)
-            _elementwise_fused(norm, params[sl], grads[sl], states[sl], betas, lr, wd, kops)
+            _elementwise_fused(norm, params[sl], grads[sl], states[sl], betas, lr, wd, kops, dampening)
             continue
         for p, g, st in zip(params[sl], grads[sl], states[sl]):
-            c = g if b1 == 0.0 and b2 == 0.0 else momentum_one_(st["momentum_buffer"], g, 1.0 - b1, 1.0 - b2)
+            if b1 == 0.0 and b2 == 0.0:
+                c = g
+            elif dampening is not None:
+                c = heavy_ball_one_(st["momentum_buffer"], g, b1, 1.0 - dampening)
+            else:
+                c = momentum_one_(st["momentum_buffer"], g, 1.0 - b1, 1.0 - b2)
             d = c if ident else (norm.map_(c) if owned else norm.map(c))
             if wd:
                 p.mul_(1.0 - lr * wd)
@@ -635,10 +677,11 @@ def _elementwise_loop(
 
 
 def _elementwise_fused(norm: Norm, params: list[Tensor], grads: list[Tensor], states: list[dict[str, Any]],
-                       betas: tuple[float, float], lr: Any, wd: float, ops: type[LoopOps] = BatchedOps) -> None:
+                       betas: tuple[float, float], lr: Any, wd: float, ops: type[LoopOps] = BatchedOps,
+                       dampening: float | None = None) -> None:
     """:func:`_elementwise_loop` for a chunk of small tensors, with multi-tensor kernels."""
     owned = betas[0] != betas[1]
-    c = momentum_direction_input(betas, grads, states, True)
+    c = momentum_direction_input(betas, grads, states, True, dampening=dampening)
     # Lion's c is the chunk's temporary: a sign map is made in place (Norm.map_all, owned)
     d = c if norm.identity_map else norm.map_all(c, None, ops, owned=owned)
     apply_weight_decay(ops, params, lr, wd)
@@ -651,12 +694,33 @@ def momentum_direction_input(
     states: list[dict[str, Any]],
     foreach: bool,
     key: str = "momentum_buffer",
+    *,
+    dampening: float | None = None,
 ) -> list[Tensor]:
-    """c = b1 m + (1-b1) g, then m <- b2 m + (1-b2) g (in place). Returns c."""
+    """c = b1 m + (1-b1) g, then m <- b2 m + (1-b2) g (in place). Returns c. With a
+    ``dampening`` d (heavy ball, ``b1 == b2 == b``): m <- b m + (1 - d) g, c = m."""
     b1, b2 = betas
     if b1 == 0.0 and b2 == 0.0:
         return grads
+    if dampening is not None:
+        return heavy_ball_(ops_for(foreach), [s[key] for s in states], grads, b1, 1.0 - dampening)
     return momentum_(ops_for(foreach), [s[key] for s in states], grads, 1.0 - b1, 1.0 - b2)
+
+
+def heavy_ball_one_(m: Tensor, g: Tensor, b: float, w: float) -> Tensor:
+    """Heavy-ball momentum of one tensor as torch.optim.SGD computes it: ``m <- b m + w g`` with
+    ``w = 1 - dampening`` (``mul_`` then ``add_``, torch's ops in torch's order, so that
+    ``dampening=0`` steps as torch's SGD to the last bit); returns ``m``. (A separate function
+    from :func:`momentum_one_`, whose EMA keeps its ``lerp``: ``b`` is given as it is, since
+    ``1 - (1 - b)`` need not round back to ``b``.)"""
+    return m.mul_(b).add_(g, alpha=w)
+
+
+def heavy_ball_(ops: type[LoopOps], ms: list[Tensor], gs: list[Tensor], b: float, w: float) -> list[Tensor]:
+    """:func:`heavy_ball_one_` on lists with the list ops ``ops`` (torch's foreach SGD: a
+    multiply, then an add; compile-safe through the ops)."""
+    ops.mul_scalar_(ms, b)
+    return ops.axpy_(ms, gs, w)
 
 
 def momentum_one_(m: Tensor, g: Tensor, w1: float, w2: float) -> Tensor:

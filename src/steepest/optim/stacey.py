@@ -62,6 +62,7 @@ from torch.optim.optimizer import ParamsT
 
 from steepest.backend import Backend, ForeachOps, LoopOps, is_dtensor, policy
 from steepest.norms import Lp
+from steepest.optim import updates as _updates
 from steepest.optim.base import StepOptimizer, check_betas, check_choice, check_range, scalar_dtype
 from steepest.optim.engine import momentum_, momentum_one_
 
@@ -410,6 +411,11 @@ class Stacey(StepOptimizer):
             divide by ``1 + eps``).
         maximize: ascend instead of descend.
         foreach: ``None`` (loop on CPU, foreach on CUDA), ``True`` or ``False``.
+        fused: ``True`` runs the whole step (momentum, descent map, mirror step, coupling) as
+            one compiled elementwise kernel per tensor and dtype (the fused backend,
+            :mod:`steepest.backend.fused`; :func:`steepest.optim.updates.stacey_step`; eager
+            with one warning where compiling fails): one pass over x, g, m, z, no temporaries;
+            not with ``foreach=True``. ``None``/``False``: eager.
         nonfinite: ``None`` (default: ``"raise"`` on CPU, ``"ignore"`` elsewhere and when
             compiled), ``"raise"``, ``"skip"`` or ``"ignore"`` for NaN/inf gradients (see
             :mod:`steepest.optim.base`).
@@ -442,6 +448,7 @@ class Stacey(StepOptimizer):
         eps_mode: str = "code",
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
         nonfinite: str | None = None,
     ) -> None:
         defaults = dict(
@@ -456,6 +463,7 @@ class Stacey(StepOptimizer):
             eps_mode=eps_mode,
             maximize=maximize,
             foreach=foreach,
+            fused=fused,
             nonfinite=nonfinite,
         )
         super().__init__(params, defaults)
@@ -483,6 +491,14 @@ class Stacey(StepOptimizer):
                     f"(its mirror map |z|^(p-2) z needs a finite p; p = inf only with 'p2'), "
                     f"got {p!r}"
                 )
+
+    def _fused_unsupported(self, group: dict[str, Any]) -> str | None:
+        return None  # every variant is elementwise: one kernel per tensor
+
+    def _fused_run(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                   states: list[dict[str, Any]], backend: Any) -> None:
+        ForeachOps.increment_([s["step"] for s in states])
+        _updates.fused_stacey(group, params, grads, states, backend, _Cfg(group))
 
     def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
         state["step"] = torch.tensor(0.0, dtype=scalar_dtype())

@@ -4,7 +4,8 @@ These are the kernels of the fused backend (:mod:`steepest.backend.fused` compil
 with ``torch.compile``, shape-dynamic, once per function, static options and dtype). Each is
 also correct eager (the fallback when compiling is unavailable runs them as they are). The
 drivers at the end (``fused_*``) are what an optimizer's ``_fused_run`` calls: they make the
-reductions and per-tensor scalars and call ``backend.kernel``/``backend.kernel_many``. A norm
+reductions and per-tensor scalars and call ``backend.kernel_map`` (a reduction pass) and
+``backend.kernel_many`` (the update). A norm
 enters only through its public methods (:meth:`steepest.norms.Norm.map`, ``partial``,
 ``plan_partials``), so a norm written outside the package fuses as a built-in one.
 
@@ -44,13 +45,17 @@ from steepest.norms import Norm, _combine_pow, _safe_div, per_tensor_list
 from steepest.optim.base import first_nonfinite, update_is_finite
 
 __all__ = [
+    "adam_averaged_step",
     "ef_reduce",
     "ef_step",
+    "fused_adam_averaged",
     "fused_ef",
     "fused_msgd",
+    "fused_stacey",
     "fused_steepest",
     "fused_variance_adapted",
     "msgd_step",
+    "stacey_step",
     "steepest_fusable",
     "steepest_partial",
     "steepest_step",
@@ -58,8 +63,9 @@ __all__ = [
 ]
 
 # Momentum schemes of SteepestDescent ([BPL20, Sec. 3]): none (c = g), EMA (c = m = b m + (1-b) g,
-# Signum), Lion (c = b1 m + (1-b1) g; m <- b2 m + (1-b2) g).
-MOMENTA = ("none", "ema", "lion")
+# Signum), Lion (c = b1 m + (1-b1) g; m <- b2 m + (1-b2) g), heavy ball (torch.optim.SGD's:
+# c = m = b m + w g, w = 1 - dampening; its Nesterov form is a step option: per parameter, unfused).
+MOMENTA = ("none", "ema", "lion", "heavy_ball")
 
 
 def _acc(x: Tensor) -> Tensor:
@@ -76,10 +82,18 @@ def _lerp(a: Tensor, b: Tensor, w: float, hi: bool) -> Tensor:
     return a + (b - a) * w
 
 
-def _momentum_input(g: Tensor, m: Tensor | None, b1: float, momentum: str, hi1: bool) -> Tensor:
+def _momentum_input(g: Tensor, m: Tensor | None, b1: float, momentum: str, hi1: bool,
+                    w: float = 0.0) -> Tensor:
     if momentum == "none" or m is None:
         return g
+    if momentum == "heavy_ball":
+        return _heavy_ball(m, g, b1, w)
     return _lerp(m, g, 1.0 - b1, hi1)
+
+
+def _heavy_ball(m: Tensor, g: Tensor, b: float, w: float) -> Tensor:
+    """``b m + w g`` (eager ``m.mul_(b).add_(g, alpha=w)``, torch.optim.SGD's buffer update)."""
+    return m * b + g * w
 
 
 def steepest_partial(
@@ -91,12 +105,13 @@ def steepest_partial(
     sgn: float = 1.0,
     momentum: str = "none",
     hi1: bool = False,
+    w: float = 0.0,
 ) -> Tensor:
     """Pass 1 of a steepest-descent step whose direction needs a reduction (scaled/normalized/
     soft modes, block norms): the norm's :meth:`~steepest.norms.Norm.partial` (e.g. ``||c||_q``)
     of this tensor's momentum input ``c = b1 m + (1 - b1) sgn g`` (``sgn = -1`` under
-    ``maximize``). Reads ``g`` (and ``m``), writes nothing."""
-    c = _momentum_input(_acc(g) * sgn, None if m is None else _acc(m), b1, momentum, hi1)
+    ``maximize``; heavy ball: ``c = b1 m + w sgn g``). Reads ``g`` (and ``m``), writes nothing."""
+    c = _momentum_input(_acc(g) * sgn, None if m is None else _acc(m), b1, momentum, hi1, w)
     out = norm.partial(c, True)  # c is a fresh temporary (g * sgn at least)
     assert out is not None
     return out
@@ -118,11 +133,13 @@ def steepest_step(
     momentum: str = "none",
     hi1: bool = False,
     hi2: bool = False,
+    w: float = 0.0,
 ) -> None:
     """One steepest-descent step of one tensor (:mod:`steepest.optim.engine`; [BPL20, Sec. 3])::
 
         c = b1 m + (1 - b1) g                (momentum "ema": c = m <- b m + (1-b) g;
-        m <- b2 m + (1 - b2) g                "lion": c a temporary; "none": c = g)
+        m <- b2 m + (1 - b2) g                "lion": c a temporary; "none": c = g;
+                                              "heavy_ball": c = m <- b1 m + w g, w = 1 - dampening)
         x <- (1 - lr wd) x - lr post * norm.map(c / pre)
 
     ``pre``/``post``: the norm's plan scalars (0-d tensors or None = 1), from
@@ -135,6 +152,9 @@ def steepest_step(
     elif momentum == "lion" and ma is not None and m is not None:
         c = _lerp(ma, ga, 1.0 - b1, hi1)
         m.copy_(_lerp(ma, ga, 1.0 - b2, hi2))
+    elif momentum == "heavy_ball" and ma is not None and m is not None:
+        c = _heavy_ball(ma, ga, b1, w)
+        m.copy_(c)
     else:
         c = ga
     z = c if pre is None else c / pre
@@ -243,6 +263,124 @@ def variance_adapted_step(
     p.copy_(pa - torch.where(kpos, x / r / ks, x) * coef)
 
 
+# The smallest normal float32: STACEY's floor for the mirror step's scale M (as
+# steepest.optim.stacey, in every working dtype).
+_TINY32 = torch.finfo(torch.float32).tiny
+
+
+def _mirror(z: Tensor, c: Tensor, alpha_r: Tensor, p: float) -> Tensor:
+    """STACEY's l_p mirror step ``phi^-1(phi(z) - alpha c)``, ``phi(z) = |z|^(p-2) z``, in the
+    overflow-safe scaled form of :func:`steepest.optim.stacey._mirror_single_` (the same
+    operations, out of place)::
+
+        b = |c|^(1/k) alpha^(1/k),  M = max(|z|, b, tiny),  k = p - 1
+        w = sign(z) (|z|/M)^k - sign(c) (b/M)^k,  z <- sign(w) |w|^(1/k) M
+
+    ``alpha_r = alpha^(1/k)``, a per-step 0-d tensor."""
+    k = p - 1.0
+    r = 1.0 / k
+    b = c.abs().pow(r) * alpha_r
+    scale = torch.clamp_min(torch.maximum(z.abs(), b), _TINY32)
+    w = torch.copysign((z.abs() / scale).pow(k), z) - torch.copysign((b / scale).pow(k), c)
+    return torch.copysign(w.abs().pow(r) * scale, w)
+
+
+def stacey_step(
+    x: Tensor,
+    g: Tensor,
+    m: Tensor,
+    z: Tensor,
+    lr: Tensor,
+    alpha: Tensor,
+    decay: Tensor,
+    *,
+    norm: Norm | None,
+    p: float = 3.0,
+    tau: float = 1e-3,
+    wd: float = 0.0,
+    w1: float = 0.1,
+    w2: float = 0.01,
+    mom: str = "fresh",
+    plain: bool = True,
+    sgn: float = 1.0,
+    hi1: bool = False,
+    hi2: bool = False,
+    hit: bool = False,
+) -> None:
+    """One STACEY step of one tensor ([STACEY, Alg. 2-4]; :class:`steepest.optim.Stacey`, whose
+    ``_step_single`` it must equal)::
+
+        c = lerp(m, g, w1); m <- lerp(m, g, w2)      (mom "tied": c = m <- lerp(m, g, w1);
+                                                       "none": c = g, m untouched)
+        y' = decay x - lr d(c)                        (d = norm.map, the Lp map s_eps; the
+                                                       identity where ``norm`` is None)
+        z <- z - alpha c  (plain)  or  the l_p mirror step of z along c (:func:`_mirror`,
+                                       ``alpha`` = alpha^(1/(p-1)) then)
+        x <- lerp(y', z, tau)   (tau = 1: x <- decay x + z, decay = -lr wd, or z)
+
+    ``decay = 1 - lr wd / (1 - tau)`` (a 0-d tensor; 1 without weight decay). Writes ``x``,
+    ``m`` (unless "none") and ``z``: one pass, 7 transfers (the 7 counted)."""
+    ga = _acc(g) * sgn
+    if mom == "none":
+        c = ga
+    else:
+        ma = _acc(m)
+        c = _lerp(ma, ga, w1, hi1)
+        m.copy_(c if mom == "tied" else _lerp(ma, ga, w2, hi2))
+    xa, za = _acc(x), _acc(z)
+    zn = za + c * (-alpha) if plain else _mirror(za, c, alpha, p)
+    z.copy_(zn)
+    if tau == 1.0:
+        x.copy_(xa * decay + zn if wd else zn)
+        return
+    y = xa * decay if wd else xa
+    y = y + (c if norm is None else norm.map(c)) * (-lr)
+    x.copy_(_lerp(y, zn, tau, hit) if tau else y)
+
+
+def adam_averaged_step(
+    p: Tensor,
+    g: Tensor,
+    m: Tensor,
+    v: Tensor,
+    ss: Tensor,
+    bc2: Tensor,
+    lr: Tensor,
+    n: Tensor,
+    *,
+    w1: float = 0.1,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    wd: float = 0.0,
+    sgn: float = 1.0,
+    hi1: bool = False,
+) -> None:
+    """AdamAveraged ([BPL20, Sec. 2, App. D.1]; :class:`steepest.optim.AdamAveraged`), one
+    tensor, torch.optim.Adam's moments and magnitudes::
+
+        m~ <- lerp(m~, g, w1);  v~ <- b2 v~ + (1 - b2) g^2
+        gamma = |ss (m~ / (sqrt(v~)/bc2 + eps))|       (ss = lr/(1 - b1^k), bc2 = sqrt(1 - b2^k))
+        x <- (1 - lr wd) x - mean(gamma) sign(m~),     mean(gamma) = sum(gamma) / n
+
+    ``n``: this tensor's number of entries as a 0-d tensor of its own (a distinct object per
+    row: ``kernel_many`` packs only rows whose 0-d arguments are the same objects, and the mean
+    is per tensor, so no two rows are ever packed together). The mean is a reduction before
+    the write of ``x``: a compiled call makes two loops (the sum reads g, m~, v~; the update
+    reads them again, in cache for tensors up to a few hundred thousand entries, and writes
+    m~, v~, x): 10 transfers for the 7 counted, 3 of them usually from cache."""
+    ga = _acc(g) * sgn
+    mt = _lerp(_acc(m), ga, w1, hi1)
+    vt = _acc(v) * b2 + ga * ga * (1.0 - b2)
+    den = torch.sqrt(vt) / bc2 + eps
+    if eps == 0.0:
+        den = torch.clamp_min(den, torch.finfo(den.dtype).tiny)  # m = v = 0: 0/0 := 0
+    mean = (ss * (mt / den)).abs().sum() / n  # (as eager: the sum divided by numel)
+    m.copy_(mt)
+    v.copy_(vt)
+    pa = _acc(p) * (1.0 - lr * wd) if wd else _acc(p)
+    p.copy_(pa - torch.sign(mt) * mean)
+
+
 # ------------------------------------------------------------------ drivers (per optimizer)
 # What each optimizer's ``_fused_run`` hands off to: the reductions, the norm's per-tensor
 # scalars, the non-finite check of a deferred group, then the kernel calls. ``params``, ``grads``
@@ -263,7 +401,7 @@ def _scalar(x: Any, like: Tensor) -> Tensor:
 
 class _PerDtype:
     """One scalar tensor per (compute dtype, device) of a group's tensors, made once per step
-    (one object per dtype: rows sharing it are packed together)."""
+    (one object per dtype: the list kernels' rows share it, one (1,) view a call)."""
 
     def __init__(self, value: Any) -> None:
         self.value = value
@@ -306,9 +444,23 @@ def _stack(xs: list[Tensor]) -> Tensor:
     return torch.stack([x.to(dt) for x in xs])
 
 
+def _map(backend: Any, fn: Callable[..., Tensor], rows: list[tuple[Any, ...]], **static: Any
+         ) -> list[Tensor]:
+    """A reduction pass: ``fn(*row, **static)`` per row (``backend.kernel_map``: list kernels),
+    a float32 0 for an empty tensor (the row's first argument)."""
+    todo = [i for i, row in enumerate(rows) if row[0].numel()]
+    if len(todo) == len(rows):
+        return list(backend.kernel_map(fn, rows, **static))
+    out = [row[0].new_zeros((), dtype=torch.float32) for row in rows]
+    if todo:
+        for i, r in zip(todo, backend.kernel_map(fn, [rows[i] for i in todo], **static)):
+            out[i] = r
+    return out
+
+
 def _shared(scalars: Tensor | list[Tensor] | None, n: int, per_tensor: bool) -> list[Any]:
     """A plan's per-tensor scalars as a list of 0-d tensors; where the scope gives them all one
-    value (a group-wide norm), one object for all (rows with one object are packed together by
+    value (a group-wide norm), one object for all (rows with one object share one (1,) view in
     ``kernel_many``). The host read is the CPU's; elsewhere each tensor keeps its own entry."""
     if scalars is None:
         return [None] * n
@@ -335,14 +487,20 @@ def steepest_fusable(norm: Norm, mode: str) -> str | None:
 
 def fused_steepest(group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                    states: list[dict[str, Any]], betas: tuple[float, float], backend: Any,
-                   who: str = "SteepestDescent") -> None:
+                   who: str = "SteepestDescent", dampening: float | None = None) -> None:
     """``SteepestDescent``'s step on the fused backend (:func:`steepest_partial`, the norm's
-    ``plan_partials``, :func:`steepest_step`)."""
+    ``plan_partials``, :func:`steepest_step`); ``dampening``: heavy-ball momentum (``None``: the
+    EMA or Lion-style ``betas``)."""
     norm: Norm = group["norm"]
     mode, beta = group["mode"], group["beta"]
     lr, wd = _PerDtype(group["lr"]), _f(group.get("weight_decay", 0.0))
     b1, b2 = betas
     momentum = "none" if b1 == 0.0 and b2 == 0.0 else ("ema" if b1 == b2 else "lion")
+    # Heavy ball: w = 1 - dampening, a static kernel option as the betas (passed only there, so
+    # the other schemes' kernels keep their options).
+    hb: dict[str, float] = {}
+    if momentum == "ema" and dampening is not None:
+        momentum, hb = "heavy_ball", {"w": 1.0 - dampening}
     sgn = -1.0 if group["maximize"] else 1.0
     hi1, hi2 = 1.0 - b1 >= 0.5, 1.0 - b2 >= 0.5
     ms: list[Tensor | None] = [st.get("momentum_buffer") if momentum != "none" else None for st in states]
@@ -351,10 +509,8 @@ def fused_steepest(group: dict[str, Any], params: list[Tensor], grads: list[Tens
     posts: list[Any] = [None] * n
     if not norm.elementwise(mode):
         # Pass 1 (reads g, m; writes nothing): the norm's partials of c, then its plan.
-        partials = _stack([backend.kernel(steepest_partial, g, m, norm=norm, b1=b1, sgn=sgn,
-                                          momentum=momentum, hi1=hi1)
-                           if g.numel() else g.new_zeros((), dtype=torch.float32)
-                           for g, m in zip(grads, ms)])
+        partials = _stack(_map(backend, steepest_partial, [(g, m) for g, m in zip(grads, ms)],
+                               norm=norm, b1=b1, sgn=sgn, momentum=momentum, hi1=hi1, **hb))
         if _checks(group, params):
             _refuse_nonfinite(partials, grads)
         per_tensor = group.get("scope", "global") == "per_tensor"
@@ -366,7 +522,7 @@ def fused_steepest(group: dict[str, Any], params: list[Tensor], grads: list[Tens
         pres, posts = _shared(pre, n, per_tensor), _shared(post, n, per_tensor)
     backend.kernel_many(steepest_step, [(p, g, m, pre_i, post_i, lr(p)) for p, g, m, pre_i, post_i
                                         in zip(params, grads, ms, pres, posts) if p.numel()],
-                        norm=norm, wd=wd, b1=b1, b2=b2, sgn=sgn, momentum=momentum, hi1=hi1, hi2=hi2)
+                        norm=norm, wd=wd, b1=b1, b2=b2, sgn=sgn, momentum=momentum, hi1=hi1, hi2=hi2, **hb)
 
 
 def fused_msgd(group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
@@ -376,7 +532,7 @@ def fused_msgd(group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
     sgn = -1.0 if group["maximize"] else 1.0
     w = 1.0 - b
     lr_t = _PerDtype(lr)
-    hats: dict[float, _PerDtype] = {}  # per step count (usually one): one object, packable rows
+    hats: dict[float, _PerDtype] = {}  # per step count (usually one): one object for the rows
     rows = []
     for p, g, st in zip(params, grads, states):
         st["step"].add_(1.0)
@@ -397,8 +553,7 @@ def fused_ef(group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
     lr, wd = _PerDtype(group["lr"]), _f(group["weight_decay"])
     sgn = -1.0 if group["maximize"] else 1.0
     errs = [st["error"] for st in states]
-    partials = _stack([backend.kernel(ef_reduce, g, e, lr(g), sgn=sgn) if g.numel()
-                       else g.new_zeros((), dtype=torch.float32) for g, e in zip(grads, errs)])
+    partials = _stack(_map(backend, ef_reduce, [(g, e, lr(g)) for g, e in zip(grads, errs)], sgn=sgn))
     if _checks(group, params):
         _refuse_nonfinite(partials, grads)
     per_tensor = group["scope"] == "per_tensor"
@@ -409,7 +564,7 @@ def fused_ef(group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
         sizes = [float(e.numel()) for e in errs]
         ds = sizes if per_tensor else [sum(sizes)] * len(errs)
         coefs = _safe_div(dual, torch.tensor(ds, dtype=dual.dtype, device=dual.device))
-    cs = list(coefs.unbind(0)) if per_tensor else [coefs[0]] * len(errs)  # one object: packable
+    cs = list(coefs.unbind(0)) if per_tensor else [coefs[0]] * len(errs)  # one object (one view a call)
     backend.kernel_many(ef_step, [(p, g, e, c, lr(p)) for p, g, e, c in zip(params, grads, errs, cs)
                                   if p.numel()], wd=wd, sgn=sgn)
 
@@ -436,3 +591,52 @@ def fused_variance_adapted(group: dict[str, Any], params: list[Tensor], grads: l
             rows.append((p, g, st["exp_avg"], st["exp_avg_sq"], lr(p), a_t, k_t))
     backend.kernel_many(variance_adapted_step, rows, wd=wd, w=1.0 - b, b=b, sgn=sgn, kind=kind,
                         hi=1.0 - b >= 0.5)
+
+
+def fused_stacey(group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                 states: list[dict[str, Any]], backend: Any, cfg: Any) -> None:
+    """``Stacey``'s step on the fused backend (:func:`stacey_step`); ``cfg``: the group's
+    constants (``steepest.optim.stacey._Cfg``: the variant's descent map, momentum scheme,
+    whether the mirror step is plain). The step counters are the caller's."""
+    sgn = -1.0 if group["maximize"] else 1.0
+    lr, alpha = cfg.lr, cfg.alpha
+    mirror_alpha = alpha if cfg.plain else alpha ** (1.0 / (cfg.p - 1.0))
+    decay = (-lr * cfg.wd) if cfg.tau == 1.0 else cfg.decay
+    lr_t, alpha_t, decay_t = _PerDtype(lr), _PerDtype(mirror_alpha), _PerDtype(decay)
+    backend.kernel_many(
+        stacey_step,
+        [(x, g, st["m"], st["z"], lr_t(x), alpha_t(x), decay_t(x))
+         for x, g, st in zip(params, grads, states) if x.numel()],
+        norm=cfg.norm, p=cfg.p, tau=cfg.tau, wd=cfg.wd, w1=cfg.w1, w2=cfg.w2, mom=cfg.mom,
+        plain=cfg.plain, sgn=sgn, hi1=cfg.w1 >= 0.5, hi2=cfg.w2 >= 0.5, hit=cfg.tau >= 0.5)
+
+
+def fused_adam_averaged(group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                        states: list[dict[str, Any]], backend: Any) -> None:
+    """``AdamAveraged``'s step on the fused backend (:func:`adam_averaged_step`; each row has
+    its own 0-d ``n``, so that no two rows are packed into one: the mean is per tensor)."""
+    lr, wd, eps = _f(group["lr"]), _f(group["weight_decay"]), float(group["eps"])
+    b1, b2 = group["betas"]
+    sgn = -1.0 if group["maximize"] else 1.0
+    lr_t = _PerDtype(lr)
+    per_step: dict[float, tuple[_PerDtype, _PerDtype]] = {}  # per step count (usually one)
+    rows = []
+    for p, g, st in zip(params, grads, states):
+        st["step"].add_(1.0)
+        k = float(st["step"])
+        if k not in per_step:
+            per_step[k] = (_PerDtype(lr / (1.0 - b1**k)), _PerDtype((1.0 - b2**k) ** 0.5))
+        ss, bc2 = per_step[k]
+        if p.numel():
+            rows.append((p, g, st["exp_avg"], st["exp_avg_sq"], ss(p), bc2(p), lr_t(p)))
+    # The sizes as 0-d tensors, one object per row (one tensor per dtype and device, unbound).
+    sizes: dict[tuple[torch.dtype, torch.device], list[int]] = {}
+    for i, row in enumerate(rows):
+        sizes.setdefault((row[4].dtype, row[4].device), []).append(i)
+    ns: list[Any] = [None] * len(rows)
+    for (dtype, device), idx in sizes.items():
+        made = torch.tensor([float(rows[i][0].numel()) for i in idx], dtype=dtype, device=device)
+        for i, n in zip(idx, made.unbind(0)):
+            ns[i] = n
+    backend.kernel_many(adam_averaged_step, [(*row, n) for row, n in zip(rows, ns)],
+                        w1=1.0 - b1, b2=b2, eps=eps, wd=wd, sgn=sgn, hi1=1.0 - b1 >= 0.5)
