@@ -702,6 +702,26 @@ def _rescue_l2(xs: list[Tensor], norms: Tensor) -> Tensor:
 # accumulator lives in a std::vector: one store and reload per 16 floats, ~3.5x the time of
 # ATen's norm (10M floats in 100 tensors: 7.0 ms against 2.1 ms for blocks of 4096; issue 18).
 _SUM_BLOCK = 4096
+# Whether a sum over a symbolic size (the fused backend's shape-dynamic kernels) is blocked, as
+# the kernel being traced needs: True for rows longer than a block (inductor would sum them with
+# its cascade helper), False for shorter ones (a plain sum: the blocked form's two sums cost more
+# there; measured in docs/performance.md). Set by the fused backend while it traces a kernel
+# (:func:`symbolic_sums`); each setting is a kernel of its own (the flag is in the kernel's key).
+_SYMBOLIC_BLOCKED = [True]
+
+
+class symbolic_sums:
+    """``with symbolic_sums(blocked):`` traces symbolic-size sums blocked or plain (above)."""
+
+    def __init__(self, blocked: bool) -> None:
+        self.blocked = blocked
+
+    def __enter__(self) -> None:
+        self.old = _SYMBOLIC_BLOCKED[0]
+        _SYMBOLIC_BLOCKED[0] = self.blocked
+
+    def __exit__(self, *exc: object) -> None:
+        _SYMBOLIC_BLOCKED[0] = self.old
 
 
 def _compiled_norm(x: Tensor, ord: float) -> Tensor:
@@ -713,7 +733,8 @@ def _compiled_norm(x: Tensor, ord: float) -> Tensor:
     (``abs().sum()`` for ord 1)."""
     n, c = x.numel(), int(_SUM_BLOCK)
     low = x.dtype in (torch.float16, torch.bfloat16)
-    if ((isinstance(n, int) and n <= c) or x.device.type != "cpu"
+    short = n <= c if isinstance(n, int) else not _SYMBOLIC_BLOCKED[0]
+    if (short or x.device.type != "cpu"
             or not (low or x.dtype == torch.float32)):  # LoopOps.norms' eager form
         if ord == 1.0:
             return x.abs().sum()
@@ -751,7 +772,7 @@ def sum_all(y: Tensor) -> Tensor:
     if not _compiling() or y.device.type != "cpu" or y.dtype != torch.float32:
         return y.sum()
     n = y.numel()
-    if isinstance(n, int) and n <= _SUM_BLOCK:
+    if n <= _SUM_BLOCK if isinstance(n, int) else not _SYMBOLIC_BLOCKED[0]:
         return y.sum()
     return _blocked_sum(y.reshape(-1))
 
