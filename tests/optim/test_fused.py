@@ -474,3 +474,65 @@ def test_fused_zero_dim_and_one_element_parameters(name):
         outs.append(ps)
     for i, (a, b) in enumerate(zip(*outs)):
         _close(a, b, torch.float32, f"{name} param {i}")
+
+
+# ------------------------------------ fused reduction passes: blocked sums (issue 18)
+# Inductor's C++ sums a float32 reduction it takes to be longer than 4096 elements through its
+# cascade helper (a store and reload per 16 floats); with a symbolic row size it decides from
+# the size it compiled with. The passes' sums are blocked instead (backend.ops._blocked_sum).
+
+
+def _reduction_passes():  # type: ignore[no-untyped-def]
+    """(name, pass function, its static options, rows of size n): ScaledSignSGD's ||c||_1,
+    BlockNormalizedSGD's ||c||_2 (pass 1 of fused_steepest) and EF-signSGD's ||lr g + e||_1."""
+    from steepest.norms import BlockNorm, Lp
+    from steepest.optim.updates import ef_reduce, steepest_partial
+
+    lr = torch.tensor(0.1)
+    st = dict(b1=0.0, sgn=1.0, momentum="none", hi1=False)
+    return [
+        ("l1", steepest_partial, dict(norm=Lp(math.inf), **st), lambda g, n: (torch.randn(n, generator=g), None)),
+        ("l2", steepest_partial, dict(norm=BlockNorm(), **st), lambda g, n: (torch.randn(n, generator=g), None)),
+        ("ef", ef_reduce, dict(sgn=1.0),
+         lambda g, n: (torch.randn(n, generator=g), torch.randn(n, generator=g), lr)),
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["l1", "l2", "ef"])
+def test_fused_reduction_takes_no_cascade_sum_at_any_size(which, monkeypatch, tmp_path):
+    """A reduction pass compiled (inductor, C++) on rows of 100,000 elements: its C++ sums
+    vectorized without ``cascade_sum_combine``; then, the same kernel for every row longer than a
+    block and one more for the shorter ones (plain sums; no other recompile: aot mode checks no
+    guards), right on rows of every kind of size: below a block (3, 4095), one block
+    (4096), a block and one (4097), whole blocks (8192), blocks and a tail (12,345, 99,999) and
+    rows of different sizes in one call. Against the float64 sum, relative 1e-6: float32 sums of
+    up to 100,000 terms in blocks of 4096 (and eager ATen's own, ~1e-7 off here)."""
+    from torch._inductor.utils import run_and_get_code
+
+    monkeypatch.setattr(F, "BACKEND", "inductor")
+    monkeypatch.setattr(F, "BUCKET", 4)
+    monkeypatch.setenv("STEEPEST_FUSED_CACHE", str(tmp_path))
+    _, fn, st, make = next(c for c in _reduction_passes() if c[0] == which)
+    g = torch.Generator().manual_seed(0)
+    F.reset()
+    failed = F.STATS["failed"]  # a process-wide count (reset() keeps it): earlier tests' failures
+    try:
+        rows = [make(g, 100_000) for _ in range(4)]
+        out, code = run_and_get_code(lambda: F.map_many(fn, rows, **st))
+        text = "\n".join(code)
+        assert "tmp_acc0_vec + " in text  # the sums vectorized, in the kernel ...
+        assert "cascade_sum_combine" not in text  # ... without the cascade helper
+        compiled = F.STATS["compiled"] + F.STATS["loaded"]
+        for sizes in ([100_000] * 4, [3, 4095, 4096, 4097], [8192, 12_345, 99_999, 2], [17] * 4):
+            rows = [make(g, n) for n in sizes]
+            out = F.map_many(fn, rows, **st)
+            for r, o, n in zip(rows, out, sizes):
+                ref = fn(*[a.double() if isinstance(a, torch.Tensor) else a for a in r], **st)
+                torch.testing.assert_close(o.double().reshape(()), ref.reshape(()), rtol=1e-6, atol=0,
+                                           msg=lambda m, n=n: f"{which}, size {n}: {m}")
+        # two kernels for all sizes: rows longer than a block (the first) and shorter ones
+        assert F.STATS["compiled"] + F.STATS["loaded"] == compiled + 1
+        assert F.STATS["failed"] == failed  # none compiled eagerly in this test
+    finally:
+        F.reset()

@@ -26,7 +26,15 @@ from torch import Tensor
 from steepest.backend import policy
 from steepest.backend.core import BACKENDS, FOREACH, LOOP, Backend, NonFinite
 from steepest.backend.fused import FusedBackend
-from steepest.backend.ops import BatchedOps, ForeachOps, LoopOps, is_dtensor, l2_norm, ops_for
+from steepest.backend.ops import (
+    BatchedOps,
+    ForeachOps,
+    LoopOps,
+    is_dtensor,
+    l2_norm,
+    ops_for,
+    sum_all,
+)
 from steepest.backend.policy import compiling
 
 __all__ = [
@@ -45,6 +53,7 @@ __all__ = [
     "ops_for",
     "policy",
     "select",
+    "sum_all",
 ]
 
 

@@ -93,7 +93,7 @@ import torch
 from torch import Tensor
 
 from steepest.backend.core import BACKENDS, Backend, NonFinite
-from steepest.backend.ops import LoopOps, is_dtensor
+from steepest.backend.ops import _SUM_BLOCK, LoopOps, is_dtensor, symbolic_sums
 from steepest.backend.policy import compiling
 
 __all__ = ["FusedBackend", "NonFinite", "available", "map_many", "reset", "run", "run_many"]
@@ -494,12 +494,32 @@ def map_many(fn: Callable[..., Any], rows: list[tuple[Any, ...]], **static: Any)
     if compiling() or not available():
         return [fn(*row, **static) for row in rows]
     out: list[Any] = [None] * len(rows)
-    _many(fn, rows, static, out)
+    # Rows longer than one summation block and shorter ones get kernels of their own: their sums
+    # are traced blocked or plain (backend.ops.symbolic_sums; the size class is in the key).
+    # (a row's first argument is its tensor in every pass: one numel() per row, ~0.1 us)
+    first = rows[0][0]
+    long = ([r[0].numel() > _SUM_BLOCK for r in rows] if isinstance(first, Tensor)
+            and all(isinstance(r[0], Tensor) for r in rows) else
+            [_row_numel(r) > _SUM_BLOCK for r in rows])
+    if all(long) or not any(long):
+        _many(fn, rows, static, out, long[0])
+        return out
+    for flag in (True, False):
+        ix = [i for i, b in enumerate(long) if b is flag]
+        sub: list[Any] = [None] * len(ix)
+        _many(fn, [rows[i] for i in ix], static, sub, flag)
+        for i, r in zip(ix, sub):
+            out[i] = r
     return out
 
 
+def _row_numel(row: tuple[Any, ...]) -> int:
+    return max((a.numel() for a in row if isinstance(a, Tensor)), default=0)
+
+
 def _many(fn: Callable[..., Any], rows: list[tuple[Any, ...]], static: dict[str, Any],
-          out: list[Any] | None) -> None:
+          out: list[Any] | None, blocked: bool = True) -> None:
+    """``blocked``: how the kernel sums over a row (backend.ops.symbolic_sums; in its key)."""
     if not rows:
         return
     views: dict[int, Tensor] = {}
@@ -528,7 +548,7 @@ def _many(fn: Callable[..., Any], rows: list[tuple[Any, ...]], static: dict[str,
     n_args = len(rows[0])
     items = tuple(sorted(static.items()))
     for sig, (ix, cols) in groups.items():
-        key = (fn, items, MODE, BACKEND, ("list", BUCKET, out is not None, sig))
+        key = (fn, items, MODE, BACKEND, ("list", BUCKET, out is not None, sig, blocked))
         kernel: Any = _KERNELS.get(key, False)
         for start in range(0, len(ix), BUCKET):
             stop = start + BUCKET
@@ -543,8 +563,9 @@ def _many(fn: Callable[..., Any], rows: list[tuple[Any, ...]], static: dict[str,
                     flat += col[start:stop]
             if kernel is False:  # the first call compiles (before writing anything)
                 try:
-                    kernel = _compile_list(fn, static, key, flat, n_args, out is not None)
-                    res = kernel(*flat)
+                    with symbolic_sums(blocked):  # traced on the first call
+                        kernel = _compile_list(fn, static, key, flat, n_args, out is not None)
+                        res = kernel(*flat)
                 except Exception as exc:  # this kernel eagerly, with one warning
                     _fail(key, exc)
                     kernel = None

@@ -702,31 +702,79 @@ def _rescue_l2(xs: list[Tensor], norms: Tensor) -> Tensor:
 # accumulator lives in a std::vector: one store and reload per 16 floats, ~3.5x the time of
 # ATen's norm (10M floats in 100 tensors: 7.0 ms against 2.1 ms for blocks of 4096; issue 18).
 _SUM_BLOCK = 4096
+# Whether a sum over a symbolic size (the fused backend's shape-dynamic kernels) is blocked, as
+# the kernel being traced needs: True for rows longer than a block (inductor would sum them with
+# its cascade helper), False for shorter ones (a plain sum: the blocked form's two sums cost more
+# there; measured in docs/performance.md). Set by the fused backend while it traces a kernel
+# (:func:`symbolic_sums`); each setting is a kernel of its own (the flag is in the kernel's key).
+_SYMBOLIC_BLOCKED = [True]
+
+
+class symbolic_sums:
+    """``with symbolic_sums(blocked):`` traces symbolic-size sums blocked or plain (above)."""
+
+    def __init__(self, blocked: bool) -> None:
+        self.blocked = blocked
+
+    def __enter__(self) -> None:
+        self.old = _SYMBOLIC_BLOCKED[0]
+        _SYMBOLIC_BLOCKED[0] = self.blocked
+
+    def __exit__(self, *exc: object) -> None:
+        _SYMBOLIC_BLOCKED[0] = self.old
 
 
 def _compiled_norm(x: Tensor, ord: float) -> Tensor:
     """``||x||_1`` or ``||x||_2`` while compiling: on a float32/half CPU tensor of more than
-    :data:`_SUM_BLOCK` elements, the sum of ``|x|`` (of ``x^2``) as sums of blocks of
-    ``_SUM_BLOCK`` elements, then their sum (one read of x, plain vectorized sums that inductor
-    writes without its cascade helper; a two-level order, as accurate: the value agrees with
-    ``vector_norm``'s to rounding). Elsewhere ``vector_norm`` (``abs().sum()`` for ord 1), as
-    for a symbolic size (``dynamic=True``, the fused backend's kernels: a branch on it would be
-    a guard)."""
+    :data:`_SUM_BLOCK` elements, or of a symbolic size (``dynamic=True``, the fused backend's
+    kernels), the sum of ``|x|`` (of ``x^2``) by :func:`_blocked_sum` (one read of x, plain
+    vectorized sums that inductor writes without its cascade helper; a two-level order, as
+    accurate: the value agrees with ``vector_norm``'s to rounding). Elsewhere ``vector_norm``
+    (``abs().sum()`` for ord 1)."""
     n, c = x.numel(), int(_SUM_BLOCK)
     low = x.dtype in (torch.float16, torch.bfloat16)
-    if (not isinstance(n, int) or n <= c or x.device.type != "cpu"
+    short = n <= c if isinstance(n, int) else not _SYMBOLIC_BLOCKED[0]
+    if (short or x.device.type != "cpu"
             or not (low or x.dtype == torch.float32)):  # LoopOps.norms' eager form
         if ord == 1.0:
             return x.abs().sum()
         return torch.linalg.vector_norm(x) if x.numel() else x.new_zeros(())
     y = x.reshape(-1).float() if low else x.reshape(-1)  # half: accumulate in float32, as ATen
-    y = y.abs() if ord == 1.0 else y * y
+    total = _blocked_sum(y.abs() if ord == 1.0 else y * y)
+    return (total if ord == 1.0 else total.sqrt()).to(x.dtype)
+
+
+def _blocked_sum(y: Tensor) -> Tensor:
+    """The sum of a 1-d tensor as sums of blocks of :data:`_SUM_BLOCK` elements, then their sum
+    and that of the tail (the last ``numel % _SUM_BLOCK`` elements). The same graph for a static
+    and a symbolic size: no branch on the size (under ``dynamic=True`` a branch is a guard, and
+    the fused backend's list kernels run with their guards off, so one graph must hold for every
+    size, a size below one block, a whole number of blocks, or none). Inductor sums a block
+    (4096 elements, a static length) and the short sums without its cascade helper: it takes
+    the helper only for a float32 reduction it knows or guesses (from the size it compiled
+    with) to be longer than 4096."""
+    n, c = y.numel(), int(_SUM_BLOCK)
     rows = n // c
     parts = y[: rows * c].view(rows, c).sum(dim=1)
-    if rows * c < n:
-        parts = torch.cat([parts, y[rows * c:].sum().reshape(1)])
-    total = parts.sum()
-    return (total if ord == 1.0 else total.sqrt()).to(x.dtype)
+    if isinstance(n, int):  # a static size (torch.compile(opt.step)): the tail, if any, as a block
+        if rows * c < n:
+            parts = torch.cat([parts, y[rows * c:].sum().reshape(1)])
+        return parts.sum()
+    # symbolic: the tail always (empty for a whole number of blocks: its sum is 0)
+    return parts.sum() + y.narrow(0, rows * c, n - rows * c).sum()
+
+
+def sum_all(y: Tensor) -> Tensor:
+    """``y.sum()`` of a whole tensor (a reduction pass's ``|x|``), eagerly and on accelerators
+    the same call; while compiling a float32 CPU tensor, :func:`_blocked_sum` (issue 18: the
+    fused backend's ScaledSignSGD and EFSignSGD passes summed 100K-element rows through
+    inductor's cascade helper, see :data:`_SUM_BLOCK`). Agrees with ``y.sum()`` to rounding."""
+    if not _compiling() or y.device.type != "cpu" or y.dtype != torch.float32:
+        return y.sum()
+    n = y.numel()
+    if n <= _SUM_BLOCK if isinstance(n, int) else not _SYMBOLIC_BLOCKED[0]:
+        return y.sum()
+    return _blocked_sum(y.reshape(-1))
 
 
 def _stack(scalars: list[Tensor]) -> Tensor:

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from steepest.backend import policy as _policy
-from steepest.backend.ops import LoopOps, is_dtensor, l2_norm
+from steepest.backend.ops import LoopOps, is_dtensor, l2_norm, sum_all
 from steepest.norms.protocol import (
     Factored,
     Norm,
@@ -150,7 +150,7 @@ class Lp(Norm):
     def partial(self, x: Tensor, owned: bool = False) -> Tensor | None:
         # ||x||_q; |x| in place where x is the caller's temporary (no second one for q = 1).
         if owned and self.q == 1:
-            return x.abs_().sum()
+            return sum_all(x.abs_())  # compiled on CPU (fused pass 1): blocked sums
         return LoopOps.norms([x], self.q)[0]
 
     def plan_partials(
@@ -395,7 +395,8 @@ class BlockNorm(Norm):
         # ||x||_2 of the tensor, the block's norm (blocks="tensor")
         if self.blocks != "tensor":
             return None
-        return l2_norm(x) if x.numel() else x.new_zeros(())
+        # LoopOps.norms: eagerly l2_norm's value; compiled on CPU (fused pass 1), blocked sums
+        return LoopOps.norms([x], 2.0)[0]
 
     def plan_partials(
         self, partials: Tensor, xs: list[Tensor], mode: str, beta: float, per_tensor: bool

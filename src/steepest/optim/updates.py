@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from steepest.backend import NonFinite, compiling
+from steepest.backend import NonFinite, compiling, sum_all
 from steepest.norms import Norm, _combine_pow, _safe_div, per_tensor_list
 from steepest.optim.base import first_nonfinite, update_is_finite
 
@@ -190,7 +190,7 @@ def ef_reduce(g: Tensor, e: Tensor, lr: Tensor, *, sgn: float = 1.0) -> Tensor:
     same 7 transfers for the 5 counted as writing it here, and the step stays refusable until
     pass 2)."""
     pt = _acc(e) + _acc(g) * sgn * lr
-    return pt.abs().sum()
+    return sum_all(pt.abs())  # compiled on CPU: blocked sums, not inductor's cascade helper
 
 
 def ef_step(p: Tensor, g: Tensor, e: Tensor, coef: Tensor, lr: Tensor, *, wd: float = 0.0,
