@@ -398,3 +398,53 @@ def test_compiled_norms_take_no_cascade_sum(name):
     rtol = 1e-5 if name == "ScaledSignSGD" else 1e-6
     for p, q in zip(params, ref):
         torch.testing.assert_close(p, q, rtol=rtol, atol=1e-7)
+
+
+@pytest.mark.parametrize("how", ["load_state_dict", "reassign", "clear", "replace"])
+def test_compiled_step_sees_a_replaced_state(how):
+    """A compiled step after the state is replaced (loaded from a checkpoint, reassigned,
+    cleared, or one entry replaced by hand) updates the new state, as the eager step does:
+    dynamo guards what the step reads from ``self.state`` (a cache of the state dicts that
+    bypassed it went stale here silently; docs/performance.md). Against the same sequence run
+    eagerly; tolerance 1e-6: ``aot_eager`` decomposes ``lerp_`` (~1 ulp)."""
+    import collections
+    import copy
+
+    import steepest
+
+    def run(compiled: bool) -> tuple[list[torch.Tensor], list[dict]]:
+        torch._dynamo.reset()
+        g = torch.Generator().manual_seed(3)
+        ps = [torch.randn(7, generator=g).requires_grad_() for _ in range(6)]
+        opt = steepest.MSGD(ps, lr=1e-2)
+        other = steepest.MSGD([p.detach().clone().requires_grad_() for p in ps], lr=1e-2)
+        for k in (11, 12, 13):  # a checkpoint of another history
+            _grads(other.param_groups[0]["params"], k)
+            other.step()
+        sd = copy.deepcopy(other.state_dict())
+        _grads(ps, 0)
+        opt.step()
+        step = torch.compile(opt.step, backend="aot_eager") if compiled else opt.step
+        for k in (1, 2):
+            _grads(ps, k)
+            step()
+        if how == "load_state_dict":
+            opt.load_state_dict(sd)
+        elif how == "reassign":
+            opt.state = collections.defaultdict(dict)
+        elif how == "clear":
+            opt.state.clear()
+        else:
+            opt.state[ps[0]] = {}
+        for k in (3, 4):
+            _grads(ps, k)
+            step()
+        return [p.detach().clone() for p in ps], [dict(opt.state[p]) for p in ps]
+
+    (want, want_st), (got, got_st) = run(False), run(True)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    for a, b in zip(got_st, want_st):
+        assert a.keys() == b.keys()
+        for key in b:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-7)
