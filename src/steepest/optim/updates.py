@@ -259,7 +259,8 @@ def variance_adapted_step(
         return
     x, coef = (ga, lr) if kind == "svag" else (mt, a * lr)
     r = torch.clamp_min(vt / mt / mt + (1.0 / ks - a), 1.0 / ks)
-    r = torch.where(torch.isnan(r), math.inf, r)
+    # r != r: NaN (0/0) -> inf; isnan is a scalar loop in inductor's CPU code (performance.md)
+    r = torch.where(r != r, math.inf, r)
     p.copy_(pa - torch.where(kpos, x / r / ks, x) * coef)
 
 
