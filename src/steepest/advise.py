@@ -120,10 +120,18 @@ _RECIPE_FAMILY = {"adamw": "adaptive", "muon": "matrix", "scion": "matrix", "ste
                   "lion": "sign", "signum": "sign"}
 
 
+# The centre of each recipe's lr bracket: the recipes' defaults when advise was validated
+# (docs/advise.md; the small GPT's sweep). Pinned here, not read from RECIPES, so that a later
+# change of a recipe's default does not change the validated advisor; the search extends its
+# bracket past an edge anyway.
+ADVISE_CENTRES = {"adamw": 10**-1.5, "muon": 10**-1.5, "steepest": 10**-1.5, "scion": 10**-1.5,
+                  "lion": 1e-2, "signum": 10**-2.5}
+
+
 def default_candidates(example_input: Any = None) -> dict[str, Candidate]:
     """The recipes of :func:`steepest.recipes.create_optimizer` ("adamw", "muon", "scion",
-    "steepest", "lion", "signum"), each centred on the recipe's measured default lr
-    (``steepest.recipes.RECIPES[name].lr``), and "sgd" (``torch.optim.SGD(momentum=0.9)`` at
+    "steepest", "lion", "signum"), each centred where the validation ran (:data:`ADVISE_CENTRES`,
+    the recipes' defaults then), and "sgd" (``torch.optim.SGD(momentum=0.9)`` at
     3e-2, the l_2 geometry no recipe covers); ``example_input`` (an input of the model) lets the
     recipes find parameter roles by a forward pass. If :mod:`steepest.recipes` is not
     importable: :func:`plain_candidates`."""
@@ -138,7 +146,7 @@ def default_candidates(example_input: Any = None) -> dict[str, Candidate]:
             return create_optimizer(m, name, lr=lr, **kw)
         return build
 
-    out = {name: Candidate(make(name), float(RECIPES[name].lr), fam,
+    out = {name: Candidate(make(name), float(ADVISE_CENTRES.get(name, RECIPES[name].lr)), fam,
                            f"steepest.create_optimizer(model, {name!r})")
            for name, fam in _RECIPE_FAMILY.items() if name in RECIPES}
     out["sgd"] = plain_candidates()["sgd"]  # the l_2 geometry, which no recipe covers

@@ -62,9 +62,23 @@ def test_tiny_end_to_end_run(tmp_path):
     assert len(list((tmp_path / "cache").glob("*.json"))) == 6  # 3 recipes x 2 seeds, reused on a rerun
 
 
+def test_first_seed_moves_the_report_seeds(tmp_path):
+    """``first_seed`` (fresh report seeds after a choice made on seeds 1-3) runs exactly those
+    seeds; seed 0 (the tuning seed) is refused."""
+    opts = {"steps": 6, "eval_every": 3, "warmup": 2, "width": 16, "context": 8, "batch": 4, "val_batches": 1,
+            "recipes": "adamw", "cache": str(tmp_path / "cache"), "first_seed": 4}
+    run_experiment("charlm-bench", quick=True, out_dir=tmp_path, progress=False, options=opts, echo=False)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["settings"]["report_seeds"] == [4, 5]
+    assert sorted(p.name.split("-")[2] for p in (tmp_path / "cache").glob("*.json")) == ["4", "5"]
+    with pytest.raises(ValueError, match="first_seed"):
+        run_experiment("charlm-bench", quick=True, out_dir=tmp_path / "b", progress=False,
+                       options={**opts, "first_seed": 0}, echo=False)
+
+
 def test_options_are_declared_and_a_misspelled_one_is_refused_before_running(tmp_path):
     # the module docstring: every preset setting (seeds via report_seeds) and the run's knobs
-    expected = (set(PRESETS["small-gpt"]) - {"seeds"}) | {"preset", "sweep", "report_seeds", "cache", "recipes"}
+    expected = (set(PRESETS["small-gpt"]) - {"seeds"}) | {"preset", "sweep", "report_seeds", "first_seed", "cache", "recipes"}
     assert set(accepted_options(registry()["charlm-bench"]) or ()) == expected
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['widht'\].*width"):
         run_experiment("charlm-bench", quick=True, out_dir=tmp_path, progress=False, options={"widht": 8}, echo=False)
