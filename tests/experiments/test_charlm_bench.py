@@ -70,6 +70,7 @@ def test_first_seed_moves_the_report_seeds(tmp_path):
     run_experiment("charlm-bench", quick=True, out_dir=tmp_path, progress=False, options=opts, echo=False)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["settings"]["report_seeds"] == [4, 5]
+    assert summary["seed_list"] == [4, 5]  # the seeds it ran (no sweep under quick: no seed 0)
     assert sorted(p.name.split("-")[2] for p in (tmp_path / "cache").glob("*.json")) == ["4", "5"]
     with pytest.raises(ValueError, match="first_seed"):
         run_experiment("charlm-bench", quick=True, out_dir=tmp_path / "b", progress=False,

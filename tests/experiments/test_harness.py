@@ -376,3 +376,12 @@ def test_claims_markdown_escapes_pipes():
         {"id": "i", "claim": "||x||", "paper": "p", "measured": "m", "holds": True,
          "kind": "sanity"}]}
     assert "\\|\\|x\\|\\|" in harness.claims_markdown(summary)
+
+
+def test_seed_ranges_writes_runs_of_consecutive_seeds():
+    from steepest.experiments.harness import seed_ranges
+
+    assert seed_ranges([0, 4, 5, 6]) == "0, 4-6"  # a tuning seed, then fresh report seeds
+    assert seed_ranges([2, 0, 1]) == "0-2"
+    assert seed_ranges([1, 3, 5]) == "1, 3, 5"
+    assert seed_ranges([7]) == "7"

@@ -394,7 +394,8 @@ def run(ctx: Context) -> Result:
         "adamw_lr": adamw_lr, "table": table, "lr_grid": {r: [[a, b] for a, b in g] for r, g in grids.items()},
         "threads": 1,
     }
-    return Result(rows=rows, claims=claims, settings=settings, figures=figures)
+    return Result(rows=rows, claims=claims, settings=settings, figures=figures,
+                  seed_list=([0] if do_sweep else []) + seeds)
 
 
 EXPERIMENT = Experiment(

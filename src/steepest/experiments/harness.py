@@ -362,6 +362,9 @@ class Result:
     claims: list[Claim]
     settings: dict[str, Any] = field(default_factory=dict)
     figures: list[str] = field(default_factory=list)
+    # the seeds the run used, where they are not the context's seed_start.. range (e.g. a
+    # tuning seed and other reporting seeds); recorded as the summary's seed_list
+    seed_list: list[int] | None = None
 
 
 @dataclass
@@ -587,6 +590,17 @@ def format_claims(name: str, claims: list[Claim], quick: bool = False,
     return "\n".join(lines)
 
 
+def seed_ranges(seeds: Iterable[int]) -> str:
+    """``[0, 4, 5, 6]`` -> ``"0, 4-6"``: runs of consecutive seeds as ranges."""
+    runs: list[list[int]] = []
+    for s in sorted(set(seeds)):
+        if runs and s == runs[-1][1] + 1:
+            runs[-1][1] = s
+        else:
+            runs.append([s, s])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
 def claims_markdown(summary: dict[str, Any], link: str | None = None) -> str:
     """Markdown tables of one ``summary.json``: one row per statement (its primary reading),
     then the other readings, sanity checks and diagnostics apart. ``link`` prefixes the figure
@@ -595,7 +609,7 @@ def claims_markdown(summary: dict[str, Any], link: str | None = None) -> str:
     mode = "quick" if summary.get("quick") else "full"
     claims = summary["claims"]
     seeds = summary.get("seed_list") or list(range(int(summary.get("seeds") or 0)))
-    seed_text = (f"seeds {seeds[0]}-{seeds[-1]}" if len(seeds) > 1 else
+    seed_text = (f"seeds {seed_ranges(seeds)}" if len(seeds) > 1 else
                  f"seed {seeds[0]}" if seeds else "no seeds")
     head = (f"**{summary['experiment']}** ({summary.get('source', '')}; {mode} run, "
             f"{seed_text}, {summary.get('seconds')} s): {headline(kind_counts(claims))}")
@@ -842,8 +856,8 @@ def run_experiment(
         "experiment": exp.name,
         "source": exp.source,
         "quick": quick,
-        "seeds": n_seeds,
-        "seed_list": ctx.seed_list(),
+        "seeds": len(result.seed_list) if result.seed_list is not None else n_seeds,
+        "seed_list": result.seed_list if result.seed_list is not None else ctx.seed_list(),
         "seconds": round(elapsed, 2),
         "code_commit": code_commit(),
         "settings": result.settings,
