@@ -165,6 +165,23 @@ def _in_loops(code: str, token: str, header: str = "") -> list[str]:
     return hits
 
 
+def _compiled_beside_eager(cls, shapes, lr: float, seed: int):  # type: ignore[no-untyped-def]
+    """One ``torch.compile(opt.step)`` of ``cls`` on fresh parameters of ``shapes`` and one eager
+    step of a twin on the same data: (compiled parameters, eager parameters, inductor's code)."""
+    from torch._inductor.utils import run_and_get_code
+
+    gen = torch.Generator().manual_seed(seed)
+    params = [torch.randn(s, generator=gen).requires_grad_() for s in shapes]
+    ref = [p.detach().clone().requires_grad_() for p in params]
+    opt, eager = cls(params, lr=lr), cls(ref, lr=lr)
+    for p, q in zip(params, ref):
+        p.grad = torch.randn(p.shape, generator=gen)
+        q.grad = p.grad.clone()
+    _, code = run_and_get_code(torch.compile(opt.step))
+    eager.step()
+    return params, ref, "\n".join(code)
+
+
 def test_in_loops_reads_inductor_cpp():
     code = ('extern "C" void kernel(float* p)\n{\n    {\n        auto a = std::pow(2.0, 3.0);\n'
             '        for(int64_t x0=0; x0<8; x0+=8)\n        {\n            auto b = std::pow(a, 2.0);\n'
@@ -265,7 +282,7 @@ def test_compiled_coordinate_descent_moves_the_first_maximal_coordinate(scope, b
             j = int(gs[i].abs().reshape(-1).argmax())  # first maximal
             want[i].view(-1)[j] -= 0.5 * gmax[i] * gs[i].reshape(-1)[j].sign()
         for p, w in zip(params, want):
-            torch.testing.assert_close(p.detach(), w, rtol=0, atol=0)  # one product: exact
+            torch.testing.assert_close(p.detach(), w, rtol=0, atol=0)  # lr 0.5: the product is exact
 
 
 # ---------------------------------------- two-stage reductions while compiling (issue 18)
@@ -350,24 +367,13 @@ def test_compiled_coordinate_descent_has_no_argmax_over_a_whole_tensor():
     """The C++ of a compiled CoordinateDescent step on a 5000- and a 3000-element tensor: no
     argmax loop over a whole tensor (per element, inductor's argmax costs ~4x a max; there were
     two reads per tensor), one coordinate moved as eager moves it (exactly: one product)."""
-    from torch._inductor.utils import run_and_get_code
-
     from steepest import CoordinateDescent
 
-    gen = torch.Generator().manual_seed(2)
-    params = [torch.randn(50, 100, generator=gen).requires_grad_(), torch.randn(3000, generator=gen).requires_grad_()]
-    ref = [p.detach().clone().requires_grad_() for p in params]
-    opt, eager = CoordinateDescent(params, lr=0.5), CoordinateDescent(ref, lr=0.5)
-    for p, q in zip(params, ref):
-        p.grad = torch.randn(p.shape, generator=gen)
-        q.grad = p.grad.clone()
-    _, code = run_and_get_code(torch.compile(opt.step))
-    eager.step()
-    text = "\n".join(code)
+    params, ref, text = _compiled_beside_eager(CoordinateDescent, [(50, 100), (3000,)], lr=0.5, seed=2)
     assert "argmax" in text  # the coordinate is chosen in the graph ...
     assert _in_loops(text, "argmax", header="<static_cast<int64_t>(5000L)") == []  # ... not per element
     assert _in_loops(text, "argmax", header="<static_cast<int64_t>(3000L)") == []
-    for p, q in zip(params, ref):
+    for p, q in zip(params, ref):  # lr 0.5: lr |g_j| is exact, so p_j - lr |g_j| sign rounds once in any order
         torch.testing.assert_close(p, q, rtol=0, atol=0)
 
 
@@ -378,21 +384,9 @@ def test_compiled_norms_take_no_cascade_sum(name):
     sums of more than 4096 elements, ~3.5x the time of ATen's norm), the step as eager's to
     rounding: the norms are float32 sums in another order (eager's ``|g|.sum()`` of 16,000
     floats is itself ~4e-6 off in relative terms, and ScaledSignSGD's step is ``lr ||g||_1``)."""
-    from torch._inductor.utils import run_and_get_code
-
     import steepest
 
-    gen = torch.Generator().manual_seed(3)
-    params = [torch.randn(100, 100, generator=gen).requires_grad_(), torch.randn(6000, generator=gen).requires_grad_()]
-    ref = [p.detach().clone().requires_grad_() for p in params]
-    cls = getattr(steepest, name)
-    opt, eager = cls(params, lr=0.1), cls(ref, lr=0.1)
-    for p, q in zip(params, ref):
-        p.grad = torch.randn(p.shape, generator=gen)
-        q.grad = p.grad.clone()
-    _, code = run_and_get_code(torch.compile(opt.step))
-    eager.step()
-    text = "\n".join(code)
+    params, ref, text = _compiled_beside_eager(getattr(steepest, name), [(100, 100), (6000,)], lr=0.1, seed=3)
     assert "tmp_acc0_vec + " in text  # the sums are in the graph, vectorized ...
     assert "cascade_sum_combine" not in text  # ... without the cascade helper
     rtol = 1e-5 if name == "ScaledSignSGD" else 1e-6

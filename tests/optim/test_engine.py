@@ -43,6 +43,18 @@ def _run(opt, params, steps=4, seed=11):
     return [p.detach().clone() for p in params]
 
 
+def _steps(opt, params, steps=3, seed=11):
+    """Steps ``opt`` on fresh float64 gradients and yields each step's gradients, for a reference
+    that replays the definition beside it."""
+    for t in range(steps):
+        g = torch.Generator().manual_seed(seed + t)
+        grads = [torch.randn(p.shape, dtype=D, generator=g) for p in params]
+        for p, gr in zip(params, grads):
+            p.grad = gr.clone()
+        opt.step()
+        yield grads
+
+
 def _clone(params):
     return [p.detach().clone().requires_grad_() for p in params]
 
@@ -69,12 +81,7 @@ def test_per_parameter_step_against_its_definition():
                           scope="per_tensor", weight_decay=wd, adjust_lr_fn="original", radius=r,
                           step="constrained", nonmatrix_norm=Linf())
     ms = [torch.zeros_like(x) for x in ref]
-    for t in range(3):
-        g = torch.Generator().manual_seed(11 + t)
-        grads = [torch.randn(p.shape, dtype=D, generator=g) for p in params]
-        for p, gr in zip(params, grads):
-            p.grad = gr.clone()
-        opt.step()
+    for grads in _steps(opt, params):
         for i, (x, gr) in enumerate(zip(ref, grads)):
             ms[i] = b * ms[i] + (1 - b) * gr
             u = (1 - b) * gr + b * ms[i]
@@ -288,12 +295,7 @@ def test_heavy_ball_nesterov_per_parameter_against_its_definition():
     opt = SteepestDescent(params, lr=lr, norm=Spectral("svd"), mode="unscaled", momentum=b, dampening=0.0,
                           nesterov=True, scope="per_tensor", nonmatrix_norm=Linf())
     ms = [torch.zeros_like(x) for x in ref]
-    for t in range(3):
-        g = torch.Generator().manual_seed(11 + t)
-        grads = [torch.randn(p.shape, dtype=D, generator=g) for p in params]
-        for p, gr in zip(params, grads):
-            p.grad = gr.clone()
-        opt.step()
+    for grads in _steps(opt, params):
         for i, (x, gr) in enumerate(zip(ref, grads)):
             ms[i] = b * ms[i] + gr
             u = gr + b * ms[i]
