@@ -226,6 +226,8 @@ def test_fused_inductor_equals_eager_loop(name, monkeypatch, tmp_path):
         F.reset()
         ps2, opt2 = _run(cls, kw, torch.float32, True)
         assert F.STATS["loaded"] - loaded == F.STATS["compiled"] - compiled  # all from the files
+        lists = [k for key, k in F._KERNELS.items() if key[4][0] == "list"]
+        assert lists and all(map(_is_direct, lists))  # loaded ones too
     finally:
         F.reset()
     _compare(name, ref_ps, ref, ps, opt, torch.float32)
@@ -412,7 +414,75 @@ def test_list_kernel_assumes_no_relation_between_row_sizes(monkeypatch, tmp_path
                     torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
         assert F.STATS["compiled"] + F.STATS["loaded"] == compiled + 1  # one kernel for all
         assert F.STATS["failed"] == failed
+        assert [_is_direct(k) for k in F._KERNELS.values()] == [True]  # C++ graph, called directly
     F.reset()
+
+
+def _is_direct(kernel) -> bool:  # type: ignore[no-untyped-def]
+    return getattr(kernel, "__name__", "") == "_direct"
+
+
+def test_list_kernels_call_their_graph_directly_with_the_prologues_results(monkeypatch):
+    """List kernels call their compiled graph without dynamo's Python prologue (``F._direct``:
+    the rows' sizes passed by the caller). On rows of mixed sizes (padded calls included) the
+    update pass and a reduction pass give bitwise what the same kernels give through the
+    prologue (aot_eager: the same ATen kernels on the same data), and every list kernel is
+    called directly when ``DIRECT`` is on, none when it is off."""
+    from steepest.norms import L2
+    from steepest.optim.updates import msgd_step, steepest_partial
+
+    sizes = [5, 300, 7, 2, 40, 4097]
+    st = dict(wd=0.1, w=0.1, sgn=1.0, hi=False)
+    pst = dict(norm=L2(), b1=0.9, sgn=1.0, momentum="ema", hi1=False)
+    got = []
+    for direct in (True, False):
+        monkeypatch.setattr(F, "DIRECT", direct)
+        F.reset()
+        rows = _msgd_rows(sizes, seed=3)
+        F.run_many(msgd_step, rows, **st)
+        sums = F.map_many(steepest_partial, [(r[1], r[2]) for r in rows], **pst)
+        kernels = [k for k in F._KERNELS.values() if k is not None]
+        assert len(kernels) == 3  # the update, the reduction's plain and blocked size classes
+        assert [_is_direct(k) for k in kernels] == [direct] * 3
+        got.append(([t for r in rows for t in r[:3]], sums))
+    F.reset()
+    for x, y in zip(got[0][0] + got[0][1], got[1][0] + got[1][1]):
+        assert torch.equal(x, y)
+
+
+class _FakeAot:
+    """Stands for an aot-compiled kernel: ``fn``'s bytecode calls one ``__compiled_fn_*``."""
+
+    def __init__(self, body: str, graph) -> None:  # type: ignore[no-untyped-def]
+        glob = {"__compiled_fn_0": graph}
+        exec(f"def fn(a0, a1, a2):\n    return {body}\n", glob)
+        self.fn = glob["fn"]
+
+    def __call__(self, *args):  # type: ignore[no-untyped-def]
+        return self.fn(*args)
+
+
+@pytest.mark.parametrize("body,graph,direct", [
+    ("__compiled_fn_0(a0, a1.shape[0], a2)", lambda x, n, y: (x.sum() + n, y.sum()), True),
+    ("tuple(__compiled_fn_0(a0, a1, a2))", lambda *xs: [x.sum() for x in xs], True),
+    # an argument that is neither an input nor a row's size
+    ("__compiled_fn_0(a0, 7, a2)", lambda x, n, y: (x.sum() + n,), False),
+    # an argument made from an input
+    ("__compiled_fn_0(a0 * 2, a1, a2)", lambda *xs: (xs[0].sum(),), False),
+    # a result the prologue changes
+    ("(__compiled_fn_0(a0, a1, a2)[0] * 2,)", lambda *xs: (xs[0].sum(),), False),
+])
+def test_direct_call_only_where_the_kernel_is_understood(body, graph, direct, monkeypatch):
+    """``F._direct`` builds a caller only where every argument of the graph is an input or an
+    input row's size and every result of the kernel a result of the graph; otherwise None, and
+    the kernel is called as it is (slower, never wrong)."""
+    monkeypatch.setattr(F, "BUCKET", 3)
+    example = (torch.ones(4), torch.ones(5), torch.ones(6))
+    call = F._direct(_FakeAot(body, graph), example)
+    assert (call is not None) == direct
+    if call is not None:
+        xs = (torch.arange(3.0), torch.ones(9), torch.ones(2))
+        assert all(torch.equal(u, v) for u, v in zip(call(*xs), _FakeAot(body, graph)(*xs)))
 
 
 def test_list_kernels_equal_per_tensor_eager():

@@ -332,10 +332,109 @@ def _compile_list(fn: Callable[..., Any], static: dict[str, Any], key: Any, flat
     example = tuple(a.clone() if isinstance(a, Tensor) else a for a in flat)
     if MODE == "aot":
         try:
-            return _compile_aot(kernel, example, _cache_file(fn, key, static), glob, lists=True)
+            aot = _compile_aot(kernel, example, _cache_file(fn, key, static), glob, lists=True)
         except Exception:  # no aot_compile in this torch (or it failed): jit below
             pass
+        else:
+            return (_direct(aot, example) if DIRECT else None) or aot
     return _compile(kernel)
+
+
+# Call a list kernel's compiled graph directly (see _direct); False: through dynamo's prologue.
+DIRECT = True
+
+
+def _direct(aot: Any, example: tuple[Any, ...]) -> Callable[..., Any] | None:
+    """A caller of an aot list kernel's compiled graph that skips dynamo's Python prologue, or
+    None where the kernel is not as expected (then the kernel is called as it is).
+
+    Why: the prologue reads each row's symbolic size through ``torch._dynamo.utils.call_size``
+    under a ``torch._disable_dynamo`` wrapper, 18 wrapper calls per call of 16 rows; at 1,000
+    tensors of 1,000 elements that was about a third of a two-pass fused step (cProfile,
+    docs/performance.md, "Fused reduction passes"). The graph takes the rows' tensors and their
+    sizes; the sizes are ``numel`` of tensors we pass, so the caller passes them itself.
+
+    How, without relying on the prologue's layout: the graph (the one ``__compiled_fn_*`` global
+    of the kernel's bytecode) is called once by the kernel itself on probe rows of distinct sizes
+    (row i: 2 + i elements), its arguments and results recorded: each argument must be one of the
+    probe tensors (by identity) or the size of one probe row, each result of the kernel one of the
+    graph's results. The caller built from that record is then checked against the kernel on a
+    second probe (other sizes, random data) for equal results and equal writes; any mismatch or
+    error: None."""
+    try:
+        g = aot.fn.__globals__
+        names = [k for k in g if k.startswith("__compiled_fn_")]
+        if len(names) != 1 or len(example) % BUCKET:
+            return None
+        graph = g[names[0]]
+
+        def probe(offset: int, seed: int) -> list[Any]:
+            gen = torch.Generator().manual_seed(seed)
+            out: list[Any] = []
+            for j, a in enumerate(example):
+                if isinstance(a, Tensor):
+                    m = 1 if a.numel() == 1 else offset + j % BUCKET
+                    a = torch.rand(m, generator=gen, dtype=torch.float64).to(a.dtype).to(a.device) + 0.5
+                out.append(a)
+            return out
+
+        rec: list[Any] = []
+
+        def record(*args: Any) -> Any:
+            res = graph(*args)
+            rec.append((args, res))
+            return res
+
+        first = probe(2, 0)
+        g[names[0]] = record
+        try:
+            want = aot(*first)
+        finally:
+            g[names[0]] = graph
+        if len(rec) != 1:
+            return None
+        args, res = rec[0]
+        ids = {id(a): j for j, a in enumerate(first) if isinstance(a, Tensor)}
+        lead: dict[int, int] = {}  # row -> the position of a tensor of that row with more than one element
+        for j, a in enumerate(first):
+            if isinstance(a, Tensor) and a.numel() > 1:
+                lead.setdefault(j % BUCKET, j)
+        terms: list[str] = []
+        for a in args:
+            if isinstance(a, Tensor) and id(a) in ids:
+                terms.append(f"a[{ids[id(a)]}]")
+            elif type(a) is int and a - 2 in lead:
+                terms.append(f"a[{lead[a - 2]}].shape[0]")
+            else:
+                return None
+        if want is None:
+            ret = "None"
+        elif isinstance(want, tuple) and isinstance(res, (tuple, list)):
+            pos = {id(r): k for k, r in enumerate(res)}
+            if not all(id(w) in pos for w in want):
+                return None
+            ret = "(" + "".join(f"o[{pos[id(w)]}], " for w in want) + ")"
+        else:
+            return None
+        src = f"def _direct(*a):\n    o = _graph({', '.join(terms)})\n    return {ret}\n"
+        ns: dict[str, Any] = {"_graph": graph}
+        exec(compile(src, "<steepest direct list kernel>", "exec"), ns)
+        call = ns["_direct"]
+        # the check: the same graph on the same data through both callers (bitwise)
+        x, y = probe(5, 1), probe(5, 1)
+        rx, ry = aot(*x), call(*y)
+        if (rx is None) != (ry is None) or (rx is not None and len(rx) != len(ry)):
+            return None
+        pairs = list(zip(x, y)) + ([] if rx is None else list(zip(rx, ry)))
+        if not all(_same(u, v) for u, v in pairs if isinstance(u, Tensor)):
+            return None
+        return call
+    except Exception:
+        return None
+
+
+def _same(u: Tensor, v: Tensor) -> bool:
+    return u.shape == v.shape and bool(((u == v) | (u.isnan() & v.isnan())).all())
 
 
 # Dummy rows that pad a call to BUCKET rows: per row signature, up to BUCKET - 1 rows of tensors
@@ -422,6 +521,13 @@ def _uniform(rows: list[tuple[Any, ...]], views: dict[int, Tensor]
     for col in cols:
         a = col[0]
         if isinstance(a, Tensor):
+            if a.numel() == 1 and all(map(operator.is_, col, repeat(a))):  # one object (an lr)
+                v = col[0] if a.dim() == 1 else views.get(id(a))
+                if v is None:
+                    v = views[id(a)] = a.view(1)
+                out.append((v,) * len(col))
+                sig.append((a.dtype, a.device, 1))
+                continue
             if not all(map(isinstance, col, repeat(Tensor))):
                 return None
             if len(set(map(_DTYPE, col))) != 1 or len(set(map(Tensor.get_device, col))) != 1:
@@ -430,12 +536,7 @@ def _uniform(rows: list[tuple[Any, ...]], views: dict[int, Tensor]
             if a.numel() == 1:  # a scalar column (see _row_args)
                 if sizes.count(1) != len(sizes):
                     return None
-                if all(map(operator.is_, col, repeat(a))):  # one object (an lr)
-                    v = col[0] if a.dim() == 1 else views.get(id(a))
-                    if v is None:
-                        v = views[id(a)] = a.view(1)
-                    col = (v,) * len(col)
-                elif set(map(Tensor.dim, col)) != {1}:
+                if set(map(Tensor.dim, col)) != {1}:
                     col = tuple(t if t.dim() == 1 else t.view(1) for t in col)
                 sig.append((a.dtype, a.device, 1))
             else:

@@ -34,6 +34,7 @@ Each function documents the eager code it must equal (tests/optim/test_fused.py 
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -439,10 +440,16 @@ def _stack(xs: list[Tensor]) -> Tensor:
     precision, as the eager working copies; float64 stays float64)."""
     if not xs:
         return torch.zeros(0)
+    dtypes = set(map(_DTYPE, xs))  # one C pass; a `.to` per tensor is ~1 us even when a no-op
+    if len(dtypes) == 1:
+        return torch.stack(xs)
     dt = xs[0].dtype
-    for x in xs[1:]:
-        dt = torch.promote_types(dt, x.dtype)
+    for d in dtypes:
+        dt = torch.promote_types(dt, d)
     return torch.stack([x.to(dt) for x in xs])
+
+
+_DTYPE = operator.attrgetter("dtype")
 
 
 def _map(backend: Any, fn: Callable[..., Tensor], rows: list[tuple[Any, ...]], **static: Any
@@ -459,18 +466,26 @@ def _map(backend: Any, fn: Callable[..., Tensor], rows: list[tuple[Any, ...]], *
     return out
 
 
-def _shared(scalars: Tensor | list[Tensor] | None, n: int, per_tensor: bool) -> list[Any]:
-    """A plan's per-tensor scalars as a list of 0-d tensors; where the scope gives them all one
-    value (a group-wide norm), one object for all (rows with one object share one (1,) view in
+def _shared(scalars: Tensor | list[Tensor] | None, params: list[Tensor], per_tensor: bool) -> list[Any]:
+    """A plan's per-tensor scalars, one entry per tensor of ``params``: (1,)-shaped views of a
+    1-d plan tensor (the form the list kernels take: no ``view`` per tensor and step, ~1 us
+    each; 0-d for a 0-d parameter, which runs eagerly); where the scope gives them all one value
+    (a group-wide norm), one object for all (rows with one object share one (1,) view in
     ``kernel_many``). The host read is the CPU's; elsewhere each tensor keeps its own entry."""
+    n = len(params)
     if scalars is None:
         return [None] * n
-    items = per_tensor_list(scalars)
-    assert items is not None
     if (not per_tensor and isinstance(scalars, Tensor) and scalars.numel() and scalars.device.type == "cpu"
             and bool((scalars == scalars[0]).all())):
-        return [items[0]] * n
-    return items
+        return [scalars[0]] * n
+    if isinstance(scalars, Tensor) and scalars.dim() == 1:
+        items = list(scalars.view(-1, 1).unbind(0))
+        if 0 in map(Tensor.dim, params):
+            items = [x.view(()) if q.dim() == 0 else x for x, q in zip(items, params)]
+        return items
+    got = per_tensor_list(scalars)
+    assert got is not None
+    return got
 
 
 def steepest_fusable(norm: Norm, mode: str) -> str | None:
@@ -520,7 +535,7 @@ def fused_steepest(group: dict[str, Any], params: list[Tensor], grads: list[Tens
         # (issue 21), as on the eager path.
         if not update_is_finite(who, group, params, [post], f"the {mode} step's scale under {norm!r}"):
             return
-        pres, posts = _shared(pre, n, per_tensor), _shared(post, n, per_tensor)
+        pres, posts = _shared(pre, params, per_tensor), _shared(post, params, per_tensor)
     backend.kernel_many(steepest_step, [(p, g, m, pre_i, post_i, lr(p)) for p, g, m, pre_i, post_i
                                         in zip(params, grads, ms, pres, posts) if p.numel()],
                         norm=norm, wd=wd, b1=b1, b2=b2, sgn=sgn, momentum=momentum, hi1=hi1, hi2=hi2, **hb)
