@@ -38,7 +38,9 @@ assume any relation between the sizes of two rows: dynamo's duck shaping (one si
 equal sizes) is off while tracing, and tests/optim/test_fused.py checks a kernel compiled on
 rows of one size against rows of different sizes and the reverse. Rows are checked in Python
 instead of by inductor's input asserts (contiguous, one size within a row): see
-:func:`_row_args` and :func:`_uniform`.
+:func:`_row_args` and :func:`_uniform`. An aot list kernel's compiled graph is called directly,
+with the rows' sizes passed by the caller, not through dynamo's Python prologue (18 wrapper
+calls per call of 16 rows): :func:`_direct` says how that caller is built and checked.
 
 Warm start: in "aot" mode each compiled kernel is saved (``save_compiled_function``) under
 ``<inductor cache dir>/steepest-fused`` (or ``STEEPEST_FUSED_CACHE``; "0" turns it off), named by
