@@ -526,11 +526,14 @@ def test_list_kernels_equal_per_tensor_eager():
     F.reset()
 
 
-@pytest.mark.parametrize("name", ["Signum", "MSGD", "ScaledSignSGD"])
+@pytest.mark.parametrize("name", ["Signum", "MSGD", "ScaledSignSGD", "BlockNormalizedSGD", "EFSignSGD-per_tensor",
+                                  "Stacey-pp", "AdamAveraged"])
 def test_fused_zero_dim_and_one_element_parameters(name):
     """A 0-d parameter first in the group (before list kernels, run_many read the row layout
     from the first row and found no per-element tensor: IndexError), and (1, n)/(n, 1) shapes,
-    whose size-1 dimensions are flattened away, against the loop path."""
+    whose size-1 dimensions are flattened away, against the loop path. The per-tensor scalars
+    (block norms, EF's per-tensor coefficient, AdamAveraged's sizes) are (1,)-shaped for the
+    kernels and 0-d for the 0-d parameter, which runs eagerly."""
     _, cls, kw = _case(name)
     shapes = [(), (1, 7), (7, 1), (5, 3), (1,)]
     outs = []
