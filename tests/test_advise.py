@@ -117,6 +117,107 @@ def test_same_seed_same_advice_and_same_batches_for_every_configuration() -> Non
         assert by[("a", lr)][:n] == by[("b", lr)][:n]
 
 
+@pytest.mark.parametrize("method", ["race", "search"])
+def test_a_loader_with_its_own_generator_gives_the_same_advice_and_is_left_as_it_was(method: str) -> None:
+    """A DataLoader(generator=g) shuffles with g, not the global RNG: each configuration gets its
+    own copy of g seeded from ``seed`` (same batches, same order, for every configuration and on
+    every call), and the user's g is where it was. Two identical candidates score identically."""
+    x, y = regression(n=96)
+    g = torch.Generator().manual_seed(7)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16,
+                                         shuffle=True, generator=g)
+    cands = {"a": sgd(0.05), "b": sgd(0.05)}
+    before = g.get_state()
+
+    def go() -> Advice:
+        return advise(lambda: nn.Linear(5, 1), nn.functional.mse_loss, loader, steps_total=40,
+                      budget=4.0, candidates=cands, lrs={"a": [0.05], "b": [0.05]}, seed=0,
+                      explain=True, extend=0, method=method)
+
+    a1, a2 = go(), go()
+    assert torch.equal(g.get_state(), before)
+    assert [(e.candidate, e.lr, e.scores) for e in a1.table] == [(e.candidate, e.lr, e.scores) for e in a2.table]
+    sa = [e.scores for e in a1.table if e.candidate == "a"]
+    sb = [e.scores for e in a1.table if e.candidate == "b"]
+    assert sa == sb
+
+
+def test_empty_data_is_a_clear_error() -> None:
+    for data in ([], iter(())):
+        with pytest.raises(ValueError, match="no batches"):
+            advise(lambda: nn.Linear(5, 1), nn.functional.mse_loss, data, steps_total=20, explain=False)
+
+
+class _Attention(nn.Module):
+    """One attention layer through F.scaled_dot_product_attention (or its definition, ``math``)."""
+
+    def __init__(self, math: bool = False) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(4, 12, dtype=torch.float64)
+        self.out = nn.Linear(4, 1, dtype=torch.float64)
+        self.math = math
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        if self.math:
+            a = torch.softmax(q @ k.transpose(-2, -1) / 2.0, dim=-1) @ v  # scale 1/sqrt(4)
+        else:
+            a = nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.out(a).mean(dim=(1, 2, 3))
+
+
+def test_hessian_of_a_model_with_sdpa_equals_its_definitions() -> None:
+    """The geometry's Hessian-vector products differentiate the forward twice; torch's fused
+    CPU attention kernel has no double backward, so the forward runs on the math backend: the
+    same H v as the same layer written out (float64, rounding only)."""
+    from steepest.geometry.models import HessianOperator
+
+    torch.manual_seed(0)
+    a, b = _Attention(), _Attention(math=True)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(8, 2, 5, 4, dtype=torch.float64)  # (batch, heads, tokens, dim): torch's fused kernel
+    y = torch.randn(8, dtype=torch.float64)
+    ha = HessianOperator(a, nn.functional.mse_loss, (x, y))
+    hb = HessianOperator(b, nn.functional.mse_loss, (x, y))
+    v = torch.randn(ha.dim, 3, dtype=torch.float64)
+    torch.testing.assert_close(ha.matmat(v), hb.matmat(v), rtol=1e-9, atol=1e-12)
+
+
+def test_advise_explains_a_model_with_sdpa_and_survives_a_failed_explanation() -> None:
+    x = torch.randn(16, 2, 5, 4, dtype=torch.float64)
+    y = torch.randn(16, dtype=torch.float64)
+    cands = {"a": sgd(0.05)}
+    adv = advise(lambda: _Attention(), nn.functional.mse_loss, (x, y), steps_total=10, budget=2.0,
+                 candidates=cands, lrs={"a": [0.05]}, extend=0, geometry_examples=4)
+    assert adv.geometry is not None and "[BPL20] geometry" in str(adv)
+
+    class Once(torch.autograd.Function):  # no double backward, as a fused kernel without one
+        @staticmethod
+        def forward(ctx, t):  # type: ignore[no-untyped-def]
+            ctx.save_for_backward(t)
+            return t * t
+
+        @staticmethod
+        def backward(ctx, g):  # type: ignore[no-untyped-def]
+            if torch.is_grad_enabled():  # create_graph=True: a second derivative is wanted
+                raise RuntimeError("derivative for Once's backward is not implemented")
+            (t,) = ctx.saved_tensors
+            return 2 * t * g
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 1, dtype=torch.float64)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return Once.apply(self.lin(x)).mean(dim=(1, 2, 3))
+
+    with pytest.warns(UserWarning, match="geometry explanation failed.*no-explain"):
+        adv = advise(lambda: Net(), nn.functional.mse_loss, (x, y), steps_total=10, budget=2.0,
+                     candidates=cands, lrs={"a": [0.05]}, extend=0, geometry_examples=4)
+    assert adv.winner == "a" and adv.geometry is None
+
+
 def test_edge_extension_goes_past_the_winning_edge() -> None:
     # on f = 0.5 |x|^2 (L = 1) GD's best constant step is 1; a bracket around 0.01 is far too small
     model, data = quad_problem([1.0, 1.0])
@@ -401,3 +502,17 @@ def test_cli_method_search(capsys: pytest.CaptureFixture[str]) -> None:
                "--method", "search", "--no-explain"])
     out = capsys.readouterr().out
     assert rc == 0 and "advice (search)" in out and "% of a 10-step run" in out
+
+
+def test_cli_entry_point_needs_steps_and_threads_are_restored(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A user's model has no run length of its own (a silent 1,000 was surprising: issue 20's
+    new-user trial); ``--threads`` (default 1) applies while advising only."""
+    f = tmp_path / "mine.py"
+    f.write_text("import torch\nfrom torch import nn\n\n\ndef make(seed=0):\n    torch.manual_seed(seed)\n"
+                 "    x = torch.randn(32, 5)\n    return nn.Linear(5, 1), nn.functional.mse_loss, (x, x.sum(1, keepdim=True))\n")
+    assert main(["advise", f"{f}:make"]) == 2
+    assert "--steps is needed" in capsys.readouterr().err
+    threads = torch.get_num_threads()
+    assert main(["advise", f"{f}:make", "--steps", "10", "--no-explain", "--threads", "1"]) == 0
+    assert "advising for a 10-step run" in capsys.readouterr().out
+    assert torch.get_num_threads() == threads

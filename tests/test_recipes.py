@@ -285,6 +285,36 @@ def test_per_role_options_and_class_names():
     opt = create_optimizer(m, "SignSGD", momentum=0.5)
     assert type(opt.children[0]).__name__ == "SignSGD" and opt.param_groups[0]["momentum"] == 0.5
     assert steepest.create_optimizer is create_optimizer
+    # an exact class name is the class, with its constructor's options; any other case the recipe
+    opt = create_optimizer(m, "Lion", nonfinite="skip", betas=(0.9, 0.99))
+    assert [type(c).__name__ for c in opt.children] == ["Lion"] and opt.recipe == "Lion"
+    assert opt.param_groups[0]["nonfinite"] == "skip"
+    assert create_optimizer(m, "LION").recipe == create_optimizer(m, "lion").recipe == "lion"
+    muon = create_optimizer(m, "Muon", lr=0.02, adjust_lr_fn="original", nonmatrix_norm=steepest.norms.Linf())
+    assert [type(c).__name__ for c in muon.children] == ["Muon"]
+
+
+def test_one_cycle_scheduler_with_cycle_momentum_off():
+    """OneCycleLR/CyclicLR cycle momentum through one key for all groups, which a recipe's mixed
+    groups (Muon's momentum, AdamW's betas) cannot take: with cycle_momentum=False (the
+    docstring's example) the lr follows the cycle in every group."""
+    opt = create_optimizer(TinyGPT(), "muon", example_input=_data()[0])
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups],
+                                                total_steps=10, cycle_momentum=False)
+    first = [g["lr"] for g in opt.param_groups]
+    opt.step()
+    sched.step()
+    assert all(g["lr"] > f for g, f in zip(opt.param_groups, first))  # warming up
+
+
+def test_no_trainable_parameters_is_named():
+    m = nn.Linear(3, 2)
+    m.requires_grad_(False)
+    for name in ("muon", "lion", "SignSGD"):
+        with pytest.raises(ValueError, match="has no parameters that require grad"):
+            create_optimizer(m, name)
+        with pytest.raises(ValueError, match="has no parameters that require grad"):
+            create_optimizer(nn.ReLU(), name)
 
 
 @pytest.mark.parametrize(
@@ -296,6 +326,10 @@ def test_per_role_options_and_class_names():
         ({"name": "muon", "weight_decay": -0.1}, "weight_decay must be"),
         ({"name": "muon", "bogus": 1}, r"unknown option\(s\) \['bogus'\]"),
         ({"name": "muon", "head": 3}, "head= must be a dict"),
+        ({"name": "muon", "head": {"learning_rate": 1e-3}}, r"head=: unknown group option\(s\) \['learning_rate'\]"),
+        ({"name": "lion", "vector": {"lr": 0}}, r"vector=\{'lr': \.\.\.\} must be a finite number > 0"),
+        ({"name": "SignSGD", "hidden": {"weight_decay": -1}}, r"hidden=\{'weight_decay'.*>= 0"),
+        ({"name": "SignSGD", "hidden": {"momentm": 0.9}}, r"unknown group option\(s\) \['momentm'\]"),
     ],
 )
 def test_bad_input_is_named(kwargs, match):

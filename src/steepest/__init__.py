@@ -87,7 +87,7 @@ __all__ = [  # noqa: RUF022
     "RowNorm",
     "ColNorm",
     "Spectral",
-    # Recipes: build an optimizer for a model, or pick one by a short race.
+    # Recipes: build an optimizer for a model, or pick one by a budgeted search (advise).
     "create_optimizer",
     "advise",
     "layer_groups",

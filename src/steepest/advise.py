@@ -44,6 +44,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,7 +61,7 @@ __all__ = ["DEFAULT_BUDGET", "SEARCH_SHORTLIST", "Advice", "Candidate", "RaceEnt
 Make = Callable[[nn.Module, float], torch.optim.Optimizer]
 LossFn = Callable[[Any, Any], torch.Tensor]
 
-# Families, for the geometry explanation: which of seed 000's two geometries a candidate's update
+# Families, for the geometry explanation: which of [BPL20]'s two geometries a candidate's update
 # follows ("sign": l_inf steepest descent and its momentum variants; "l2": gradient descent;
 # "adaptive": diagonal preconditioning (Adam), between the two; "matrix": operator norms (Muon)).
 FAMILIES = ("sign", "l2", "adaptive", "matrix", "other")
@@ -257,7 +258,7 @@ class Advice:
         ratio = (f"[{rep.linf_lower / (d * rep.L2):.3g}, {rep.linf_upper / (d * rep.L2):.3g}]"
                  if rep.L2 > 0 else "n/a (L_2 = 0)")
         lines = [
-            f"why (seed 000's geometry at the start, {rep.num_examples} examples, d = {d:,}, "
+            f"why ([BPL20] geometry at the start, {rep.num_examples} examples, d = {d:,}, "
             f"{rep.seconds:.1f} s):",
             f"  gradient density phi = {rep.density:.3g}  (Eq. 30; 1 = dense, favours sign steps)",
             f"  diagonal concentration rho_diag = {rep.rho_diag:.3g}  (Prop. 4; 1 = diagonal)",
@@ -272,10 +273,11 @@ class Advice:
                 if fam in ("sign", "l2"):
                     agree = (fam == "sign") == (self.theory.choice == "sign")
                     verdict = ("agrees with the theory" if agree else
-                               "the measured race overrides the one-step theory")
+                               "the measurement overrides the one-step theory")
                 else:
                     verdict = "a geometry the two-way theory does not cover"
-                lines.append(f"  the race's winner is {self.winner} ({fam}): {verdict}")
+                what = "the race's" if self.method == "race" else "the search's"
+                lines.append(f"  {what} winner is {self.winner} ({fam}): {verdict}")
         return lines
 
     def __str__(self) -> str:
@@ -332,11 +334,36 @@ class _Stream:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.rng = torch.get_rng_state()
+        # A loader with a generator of its own (DataLoader(generator=g), or its sampler's)
+        # shuffles with it, not with the global RNG: each stream gets its own copy of it, seeded
+        # from ``seed``, swapped in around every draw (so the user's generator is left as it was).
+        gens = [getattr(data, "generator", None), getattr(getattr(data, "sampler", None), "generator", None)]
+        self.gens: list[torch.Generator] = []
+        for g in gens:
+            if isinstance(g, torch.Generator) and all(g is not h for h in self.gens):
+                self.gens.append(g)
+        self.gen_states = [torch.Generator(device=g.device).manual_seed(seed + k).get_state()
+                           for k, g in enumerate(self.gens)]
 
     def next(self) -> Any:
+        if not self.gens:
+            return self._next()
+        saved = [g.get_state() for g in self.gens]
+        for g, st in zip(self.gens, self.gen_states):
+            g.set_state(st)
+        try:
+            return self._next()
+        finally:
+            self.gen_states = [g.get_state() for g in self.gens]
+            for g, st in zip(self.gens, saved):
+                g.set_state(st)
+
+    def _next(self) -> Any:
         if _is_batch(self.data):
             return self.data
         if isinstance(self.data, Sequence):
+            if not len(self.data):
+                raise ValueError("data yielded no batches")
             b = self.data[self.epoch % len(self.data)]
             self.epoch += 1
             return b
@@ -465,7 +492,7 @@ def _brackets(cands: Mapping[str, Candidate | Make], lrs: Any, base: nn.Module,
         else:
             raise ValueError(f"candidate {name!r} is a plain callable without a default lr: give "
                              f"its learning rates in lrs={{{name!r}: [...]}} or wrap it in "
-                             "steepest.advise.Candidate(make, lr=...)")
+                             "Candidate(make, lr=...) (from steepest.advise import Candidate)")
         out[name] = grid
     return out
 
@@ -517,8 +544,10 @@ def advise(
             0.1 for ``"race"``. Too small a budget for the number of configurations is a
             ``ValueError`` naming the smallest that works.
         candidates: name -> :class:`Candidate` (or a callable ``make(model, lr)`` together with
-            its learning rates in ``lrs``); default :func:`default_candidates`.
-        lrs: factors applied to each candidate's default lr (default ``(1/3, 1, 3)``), or a
+            its learning rates in ``lrs``); default: the method's (``"search"``:
+            :data:`SEARCH_SHORTLIST`; ``"race"``: :func:`default_candidates`).
+        lrs: factors applied to each candidate's default lr (default: the method's,
+            :data:`SEARCH_FACTORS` for ``"search"``, ``(1/3, 1, 3)`` for ``"race"``), or a
             mapping name -> absolute learning rates.
         seed: the initialisation and data-order seed; the same seed gives the same advice.
         method: ``"search"`` (default, validated: every configuration trained for the judged
@@ -528,7 +557,7 @@ def advise(
             halving over short rungs; cheap, failed its validation) or ``"theory"`` (the
             geometry report's recommendation of [BPL20] Eq. 31, no training:
             ``torch.optim.SGD`` at ``1/L_2`` or ``steepest.ScaledSignSGD`` at ``1/L_inf``).
-        eval_data: batches the race scores on (mean loss, ``model.eval()``); default: ``data``
+        eval_data: batches the configurations are scored on (mean loss, ``model.eval()``); default: ``data``
             itself when it is one batch, else the first 4 batches of ``data``.
         eta: successive halving keeps the best ``1/eta`` of the configurations at each rung
             (``>= 2``; 4 leaves fewer rungs, so each is longer); the final rung has 2.
@@ -589,8 +618,18 @@ def advise(
     geometry, theory, g_seconds = None, None, 0.0
     if explain or method == "theory":
         sample = data if _is_batch(data) else _first(data, seed)  # a training batch
-        geometry, theory, g_seconds = _geometry(base, loss_fn, sample, geometry_examples, seed,
-                                                geometry_options)
+        try:
+            geometry, theory, g_seconds = _geometry(base, loss_fn, sample, geometry_examples, seed,
+                                                    geometry_options)
+        except (RuntimeError, NotImplementedError) as exc:
+            if method == "theory":  # the answer itself: nothing to give without it
+                raise
+            # an explanation only: the advice stands without it (e.g. an op with no double
+            # backward in the user's model)
+            warnings.warn(
+                f"steepest.advise: the geometry explanation failed ({type(exc).__name__}: {exc}); "
+                "the advice is given without it (explain=False, or --no-explain, skips it)",
+                UserWarning, stacklevel=2)
     if method == "theory":
         return _theory_advice(theory, geometry, steps_total, budget, g_seconds,
                               time.perf_counter() - t0)
@@ -813,7 +852,7 @@ def _first(data: Any, seed: int) -> Any:
 
 def _geometry(model: nn.Module, loss_fn: LossFn, batch: Any, examples: int, seed: int,
               options: Mapping[str, Any] | None) -> tuple[Any, Any, float]:
-    """seed 000's report on up to ``examples`` examples of one batch, at the initialisation."""
+    """The [BPL20] geometry report on up to ``examples`` examples of one batch, at the initialisation."""
     from steepest.geometry.report import geometry_report
 
     t = time.perf_counter()
@@ -831,7 +870,7 @@ def _geometry(model: nn.Module, loss_fn: LossFn, batch: Any, examples: int, seed
 
 
 def theory_candidates() -> dict[str, Candidate]:
-    """The two optimizers the theory-only advisor chooses between (seed 000, Eq. 28-29)."""
+    """The two optimizers the theory-only advisor chooses between ([BPL20, Eq. 28-29])."""
     import steepest
 
     return {
@@ -868,7 +907,8 @@ def add_arguments(parser: Any) -> None:
                              "path/to/file.py:function returning (model, loss_fn, data)")
     parser.add_argument("--list", action="store_true", help="list the built-in problems and exit")
     parser.add_argument("--steps", type=int_at_least(1), default=None,
-                        help="length of the training run to advise for (default: the problem's own)")
+                        help="length of the training run to advise for (default: a built-in problem's own; "
+                             "required for module:function)")
     parser.add_argument("--budget", type=finite_float(lo=0.0, lo_open=True), default=None,
                         help="steps the advice may spend, in runs of --steps (default: 20 for "
                              "search, the validated setting; 0.1 for race)")
@@ -879,8 +919,8 @@ def add_arguments(parser: Any) -> None:
                              "over short rungs: cheap, failed its validation) or theory ([BPL20] "
                              "Eq. 31 alone, no training)")
     parser.add_argument("--candidates", default=None,
-                        help="comma-separated subset of the candidates (default all: "
-                             "adamw, muon, scion, steepest, lion, signum, sgd)")
+                        help="comma-separated candidates, of adamw, muon, scion, steepest, lion, signum, "
+                             "sgd (default: the method's: search sgd,muon; race all)")
     parser.add_argument("--lrs", default=None,
                         help="comma-separated factors of each candidate's default lr "
                              "(default 1/3,1,3; search: 1/9,1/3,1,3,9)")
@@ -900,6 +940,10 @@ def add_arguments(parser: Any) -> None:
                         help="quadratic: rotation in [0, 1] (default 0.3)")
     parser.add_argument("--no-explain", action="store_true",
                         help="skip the geometry explanation (a few hundred Hessian-vector products)")
+    parser.add_argument("--threads", type=int_at_least(0), default=1,
+                        help="torch intra-op threads while advising (default 1: small models train "
+                             "several times faster on one thread, and the same on every machine; "
+                             "0: torch's default)")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the advice as JSON")
 
 
@@ -960,7 +1004,10 @@ def _problem(args: Any) -> tuple[str, Any, Any, Any, Any, int]:
         raise ValueError(f"{args.problem} must return (model, loss_fn, data), got "
                          f"{type(out).__name__}")
     model, loss_fn, data = out
-    return args.problem, model, loss_fn, data, None, 1000
+    if args.steps is None:  # a built-in problem knows its run's length; a user's model does not
+        raise ValueError(f"--steps is needed for {args.problem}: the number of optimizer steps of the "
+                         "training run you are choosing for (e.g. --steps 2000)")
+    return args.problem, model, loss_fn, data, None, args.steps
 
 
 def run(args: Any) -> int:
@@ -1012,9 +1059,14 @@ def run(args: Any) -> int:
                 return fail(f"--candidates: unknown {unknown or wanted!r}; choose from "
                             f"{', '.join(every)}")
             cands = {c: every[c] for c in wanted}
-        adv = advise(model, loss_fn, data, steps_total=steps, budget=args.budget,
-                     candidates=cands, lrs=lrs, seed=args.seed, method=args.method,
-                     eval_data=eval_data, eta=args.eta, explain=not args.no_explain)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(args.threads or threads)
+        try:
+            adv = advise(model, loss_fn, data, steps_total=steps, budget=args.budget,
+                         candidates=cands, lrs=lrs, seed=args.seed, method=args.method,
+                         eval_data=eval_data, eta=args.eta, explain=not args.no_explain)
+        finally:
+            torch.set_num_threads(threads)
     except (ValueError, ImportError) as exc:
         return fail(str(exc))
     print(f"problem: {name}, {_nparams(model):,} parameters, advising for a {steps:,}-step run")

@@ -5,7 +5,7 @@ Subcommands live beside the code they drive and register themselves here:
 * ``steepest demo``: train a tiny model with several optimizers (the README's main job);
 * ``steepest reproduce NAME``: rerun a paper's experiment (``steepest.experiments``);
 * ``steepest geometry PROBLEM``: the sign-friendliness report (``steepest.geometry``);
-* ``steepest advise PROBLEM``: which recipe and lr, by a budgeted race (``steepest.advise``).
+* ``steepest advise PROBLEM``: which recipe and lr, by a budgeted lr search (``steepest.advise``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ _SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("demo", "steepest.demo", "train a tiny model with several optimizers and compare"),
     ("reproduce", "steepest.experiments.reproduce", "rerun a paper's experiment, claims beside measurements"),
     ("geometry", "steepest.geometry.command", "report whether sign/l_p methods suit a problem"),
-    ("advise", "steepest.advise", "which recipe and learning rate: a short budgeted race + geometry"),
+    ("advise", "steepest.advise", "which recipe and learning rate: a budgeted lr search + geometry"),
 ]
 
 
@@ -31,7 +31,7 @@ _EPILOG = """examples:
   steepest reproduce --list                  the papers' experiments
   steepest reproduce quadratic-2d --quick    rerun one, claims beside measurements
   steepest geometry digits-mlp               should I use sign descent on this problem?
-  steepest advise digits-mlp                 which recipe and lr? (a short race, budget printed)
+  steepest advise digits-mlp                 which recipe and lr? (budgeted search, cost printed)
 
 'steepest COMMAND --help' explains each command's options."""
 

@@ -55,6 +55,10 @@ class RecipeOptimizer(torch.optim.Optimizer):
     that writes ``group["lr"]`` changes theirs. ``state_dict()`` is in torch's format (``state``
     by parameter index, ``param_groups``) over all children in order, plus a ``recipe`` entry that
     ``load_state_dict`` uses to split it back. ``print(opt)`` shows the groups (:meth:`summary`).
+
+    Schedulers that cycle momentum (``OneCycleLR``, ``CyclicLR``) need ``cycle_momentum=False``:
+    a recipe's groups mix ``momentum`` (Muon, Signum) and ``betas`` (AdamW, Lion), and torch's
+    schedulers write one kind for all groups, which ``defaults`` cannot name.
     """
 
     def __init__(self, children: list[torch.optim.Optimizer], name: str = "recipe", notes: Iterable[str] = ()) -> None:
@@ -190,6 +194,19 @@ def _with_rules(opt: torch.optim.Optimizer, rules: dict[int, str]) -> torch.opti
     return opt
 
 
+def _check_overrides(children: list[torch.optim.Optimizer], overrides: dict[str, dict[str, Any]]) -> None:
+    """A per-role dict may only set options the optimizer of that role has (its ``defaults``,
+    and ``rule``): a misspelt key would otherwise sit in the group unused, silently."""
+    for role, ov in overrides.items():
+        for child in children:
+            if not any(g.get("role") == role for g in child.param_groups):
+                continue
+            unknown = sorted(set(ov) - set(child.defaults) - {"rule"})
+            if unknown:
+                raise ValueError(f"{role}=: unknown group option(s) {unknown} for the {role} role's "
+                                 f"{type(child).__name__}; it takes {sorted(child.defaults)}")
+
+
 def _adamw(groups: list[dict[str, Any]], options: dict[str, Any]) -> torch.optim.Optimizer:
     groups, rules = _strip_rule(groups)
     kw = {k: options[k] for k in ("betas", "eps") if k in options}
@@ -321,14 +338,16 @@ def create_optimizer(
     Example::
 
         opt = steepest.create_optimizer(model, "muon", example_input=x[:1])
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups], ...)
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=n, cycle_momentum=False)
         print(opt)
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(name, str):
         raise TypeError(f"name must be a string, got {name!r}")
-    key = name.lower()
+    # an optimizer class by its exact name first ("Lion" the class, "lion" the recipe)
+    key = "" if name in _PRESETS else name.lower()
     if lr is not None and (not isinstance(lr, (int, float)) or isinstance(lr, bool) or not math.isfinite(lr)
                            or lr <= 0):
         raise ValueError(f"lr must be a finite number > 0 (or None for the recipe's default), got {lr!r}")
@@ -339,7 +358,15 @@ def create_optimizer(
     for r, o in overrides.items():
         if not isinstance(o, dict):
             raise ValueError(f"{r}= must be a dict of group options for the {r} role, got {o!r}")
+        for k, low, what in (("lr", 0.0, "> 0"), ("weight_decay", None, ">= 0")):
+            v = o.get(k)
+            if k in o and (not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v)
+                           or (v <= 0 if low is not None else v < 0)):
+                raise ValueError(f"{r}={{{k!r}: ...}} must be a finite number {what}, got {v!r}")
     report = detect_roles(model, example_input, roles, head_module)
+    if not report.params:
+        raise ValueError(f"create_optimizer: the model ({type(model).__name__}) has no parameters that "
+                         "require grad")
     by_role: dict[str, list[tuple[str, nn.Parameter]]] = {r: [] for r in ROLES}
     for n, p in report.params.items():
         by_role[report.roles[n]].append((n, p))
@@ -360,6 +387,7 @@ def create_optimizer(
         the_lr = recipe.lr if lr is None else float(lr)
         wd = recipe.weight_decay if weight_decay is None else float(weight_decay)
         children = recipe.build(by_role, the_lr, wd, overrides, options)
+        _check_overrides(children, overrides)
         notes.insert(0, f"lr {the_lr:g}" + (" (the recipe's default, measured on charlm-bench: docs/recipes.md)"
                                             if lr is None else "") + f", weight decay {wd:g} on matrices")
         return RecipeOptimizer(children, key, notes)
@@ -380,6 +408,7 @@ def create_optimizer(
             for g in groups:
                 g.pop("weight_decay")
         opt = _with_rules(cls(groups, lr=the_lr, **options), rules)
+        _check_overrides([opt], overrides)
         return RecipeOptimizer([opt], name, notes)
     raise ValueError(f"create_optimizer: unknown name {name!r}; recipes: {tuple(RECIPES)}; "
                      f"optimizer classes: {_PRESETS}")

@@ -1,6 +1,6 @@
 """Does the geometry advisor pick the winner? ``steepest geometry``'s recommendation vs tuned runs.
 
-The advisor (:meth:`steepest.geometry.GeometryReport.recommend`) turns seed 000's progress ratio
+The advisor (:meth:`steepest.geometry.GeometryReport.recommend`) turns [BPL20]'s progress ratio
 ``R = phi d L_2 / L_inf`` (Eq. 31) at the starting point into a choice between gradient descent
 (l_2) and norm-scaled sign descent (l_inf). This experiment checks that choice against what
 happens: on each case, gradient descent (``torch.optim.SGD``) and sign descent are each tuned on
@@ -8,7 +8,7 @@ a logarithmic learning-rate grid (:func:`~steepest.experiments.harness.log_grid_
 on the advisor's starting learning rate and extended until the optimum is bracketed), run for the
 same number of full-batch steps, and the one that ends lower wins.
 
-Cases: the rotated quadratics of seed 000 (App. D.2, ``H = R^theta diag(1,...,1,lam_max)
+Cases: the rotated quadratics of [BPL20] (App. D.2, ``H = R^theta diag(1,...,1,lam_max)
 (R^theta)^T``, ``x0 ~ N(0, I)``, scored by ``||x_T - x*||^2`` as in Sec. 5) and the built-in
 problems of :mod:`steepest.problems` that need no data files (scored by the training loss on a
 fixed subset, full batch, float64: the deterministic setting the guarantees are about).
@@ -248,7 +248,7 @@ def run(ctx: Context) -> Result:
                       "predictor on the same cases (ties, |log ratio| < 1%, left out), since a "
                       "hit rate alone is uninformative when one method wins almost everywhere",
         ))
-    # seed 000 Fig. 3, with tuned step sizes instead of 1/L: the corners of the grid
+    # [BPL20] Fig. 3, with tuned step sizes instead of 1/L: the corners of the grid
     quad = [r for r in rows if r["family"] == "quadratic"]
     hi_axis = [r for r in quad if r["lam_max"] == max(lams) and r["theta"] == min(thetas)]
     lo_rot = [r for r in quad if r["lam_max"] == min(lams) and r["theta"] == max(thetas)]

@@ -1,4 +1,4 @@
-"""``quadratic-grid``: GD against norm-scaled signGD on rotated quadratics (seed 000, Sec. 5,
+"""``quadratic-grid``: GD against norm-scaled signGD on rotated quadratics ([BPL20], Sec. 5,
 Fig. 3, App. D.2).
 
 For every cell of a grid over ``r = lambda_max / lambda_mean`` and the rotation ``theta``:

@@ -23,6 +23,7 @@ not the supremum over ``w`` that defines the global smoothness constants.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -154,7 +155,7 @@ class HessianOperator:
         out = torch.zeros(self.dim, k, dtype=self.dtype, device=self.device)
         cols = [self._unflatten(V[:, j].contiguous()) for j in range(k)]
         for (x, y), n in zip(self.batches, self.sizes):
-            with torch.enable_grad():
+            with torch.enable_grad(), _twice_differentiable():
                 loss = self._batch_loss(x, y)
                 grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
                 live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
@@ -248,6 +249,18 @@ class HessianOperator:
             return self.matmat(torch.as_tensor(np.asarray(X, dtype=np.float64))).double().cpu().numpy()
 
         return LinearOperator((self.dim, self.dim), matvec=mv, rmatvec=mv, matmat=mm, dtype=np.float64)
+
+
+def _twice_differentiable() -> Any:
+    """A context in which the model's forward can be differentiated twice: scaled dot-product
+    attention on its math backend (the fused CPU/flash kernels have no double backward:
+    ``derivative for aten::_scaled_dot_product_flash_attention_for_cpu_backward is not
+    implemented``); a no-op where torch has no ``sdpa_kernel``."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # pragma: no cover - older torch
+        return contextlib.nullcontext()
+    return sdpa_kernel([SDPBackend.MATH])
 
 
 def hvp(model: nn.Module, loss_fn: LossFn, data: Any, v: Tensor, params: Sequence[Tensor] | None = None) -> Tensor:
