@@ -1,22 +1,50 @@
+"""The before/after tables of docs/performance.md ("Before and after issue 18, one machine") from
+the JSON files here: ``python before_after.py`` (run in this folder)."""
+
+from __future__ import annotations
+
 import json
-def load(f): return json.load(open(f))['rows']
-pre=[load(f'fpre18-{i}.json') for i in (0,1)]; now=[load(f'fnow-{i}.json') for i in (0,1)]
-def v(runs,lay,o,p,g,key='x_sgd_per_byte'):
-    return [r[key] for run in runs for r in run if r['layout']==lay and r['optimizer']==o and r['path']==p and r['nonfinite']==g and r.get(key) is not None]
-def f(x):
-    if not x: return "-"
-    return f"{min(x):.2f}" if max(x)-min(x)<0.005 else f"{min(x):.2f}-{max(x):.2f}"
-for lay,title in (("big","10M parameters in 100 tensors"),("small","1M parameters in 1,000 tensors")):
-    print(f"\n**{title}** (default check / `\"ignore\"`; before = `324d8c2`, after = `7349e45`):\n")
-    print("| optimizer | loop before | loop after | foreach before | foreach after | fused after | fused x foreach AdamW |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    opts=[]
-    for r in now[0]:
-        if r['layout']==lay and 'torch' not in r['optimizer'] and r['optimizer'] not in opts: opts.append(r['optimizer'])
-    for o in opts:
-        c=[]
-        for runs,p in ((pre,'loop'),(now,'loop'),(pre,'foreach'),(now,'foreach'),(now,'fused')):
-            d=v(runs,lay,o,p,'default'); i=v(runs,lay,o,p,'ignore')
-            c.append("-" if not d and not i else f"{f(d)} / {f(i)}")
-        c.append(f(v(now,lay,o,'fused','default','x_adamw_foreach_per_byte')))
-        print(f"| {o} | "+" | ".join(c)+" |")
+from typing import Any
+
+
+def load(path: str) -> list[dict[str, Any]]:
+    with open(path) as f:
+        return json.load(f)["rows"]
+
+
+def values(runs: list[list[dict[str, Any]]], layout: str, optimizer: str, path: str, check: str,
+           key: str = "x_sgd_per_byte") -> list[float]:
+    return [r[key] for run in runs for r in run if r["layout"] == layout and r["optimizer"] == optimizer
+            and r["path"] == path and r["nonfinite"] == check and r.get(key) is not None]
+
+
+def span(xs: list[float]) -> str:
+    if not xs:
+        return "-"
+    return f"{min(xs):.2f}" if max(xs) - min(xs) < 0.005 else f"{min(xs):.2f}-{max(xs):.2f}"
+
+
+def main() -> None:
+    pre = [load(f"fpre18-{i}.json") for i in (0, 1)]
+    now = [load(f"fnow-{i}.json") for i in (0, 1)]
+    for layout, title in (("big", "10M parameters in 100 tensors"), ("small", "1M parameters in 1,000 tensors")):
+        print(f'\n**{title}** (default check / `"ignore"`; before = `324d8c2`, after = `7349e45`):\n')
+        print("| optimizer | loop before | loop after | foreach before | foreach after | fused after "
+              "| fused x foreach AdamW |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        names: list[str] = []
+        for r in now[0]:
+            if r["layout"] == layout and "torch" not in r["optimizer"] and r["optimizer"] not in names:
+                names.append(r["optimizer"])
+        for name in names:
+            cells = []
+            for runs, path in ((pre, "loop"), (now, "loop"), (pre, "foreach"), (now, "foreach"), (now, "fused")):
+                d = values(runs, layout, name, path, "default")
+                i = values(runs, layout, name, path, "ignore")
+                cells.append("-" if not d and not i else f"{span(d)} / {span(i)}")
+            cells.append(span(values(now, layout, name, "fused", "default", "x_adamw_foreach_per_byte")))
+            print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
