@@ -325,7 +325,7 @@ def test_cli_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["advise", "quadratic", "--dim", "4", "--steps", "40", "--budget", "2",
                "--method", "race", "--candidates", "sgd,adamw", "--no-explain"])
     out = capsys.readouterr().out
-    assert rc == 0 and "advice (race)" in out and "% of a 40-step run" in out
+    assert rc == 0 and "advice (race)" in out and "runs of 40 steps (allowed 2)" in out
 
 
 def test_default_is_the_validated_search(capsys: pytest.CaptureFixture[str]) -> None:
@@ -347,7 +347,7 @@ def test_default_is_the_validated_search(capsys: pytest.CaptureFixture[str]) -> 
     assert all(e.steps == 30 for e in adv.table) and adv.steps_used <= 20 * 30
     assert main(["advise", "quadratic", "--dim", "4", "--steps", "20", "--no-explain"]) == 0
     out = capsys.readouterr().out
-    assert "advice (search)" in out and "of a 20-step run (allowed 2000.0%)" in out
+    assert "advice (search)" in out and "runs of 20 steps (allowed 20)" in out
 
 
 @pytest.mark.parametrize(("option", "bad", "accepted"), [
@@ -501,7 +501,7 @@ def test_cli_method_search(capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["advise", "quadratic", "--dim", "4", "--steps", "10", "--budget", "12",
                "--method", "search", "--no-explain"])
     out = capsys.readouterr().out
-    assert rc == 0 and "advice (search)" in out and "% of a 10-step run" in out
+    assert rc == 0 and "advice (search)" in out and "runs of 10 steps (allowed 12)" in out
 
 
 def test_cli_entry_point_needs_steps_and_threads_are_restored(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -516,3 +516,16 @@ def test_cli_entry_point_needs_steps_and_threads_are_restored(tmp_path, capsys: 
     assert main(["advise", f"{f}:make", "--steps", "10", "--no-explain", "--threads", "1"]) == 0
     assert "advising for a 10-step run" in capsys.readouterr().out
     assert torch.get_num_threads() == threads
+
+
+def test_candidates_by_name_and_candidate_checks() -> None:
+    x, y = regression(n=32)
+    adv = advise(lambda: nn.Linear(5, 1), nn.functional.mse_loss, (x, y), steps_total=10, budget=8.0,
+                 candidates=["sgd", "adamw"], explain=False, extend=0)
+    assert set(adv.candidates) == {"sgd", "adamw"}
+    with pytest.raises(ValueError, match=r"unknown name\(s\) \['adam'\]"):
+        advise(lambda: nn.Linear(5, 1), nn.functional.mse_loss, (x, y), steps_total=10, candidates=["adam"])
+    with pytest.raises(ValueError, match="family must be one of"):
+        Candidate(lambda m, lr: torch.optim.SGD(m.parameters(), lr=lr), 0.1, family="adam")
+    with pytest.raises(ValueError, match="make must be a callable"):
+        Candidate(3, 0.1)  # type: ignore[arg-type]

@@ -81,6 +81,12 @@ class Candidate:
     family: str = "other"
     description: str = ""
 
+    def __post_init__(self) -> None:
+        if not callable(self.make):
+            raise ValueError(f"Candidate: make must be a callable make(model, lr), got {type(self.make).__name__}")
+        if self.family not in FAMILIES:
+            raise ValueError(f"Candidate: family must be one of {FAMILIES}, got {self.family!r}")
+
     def __call__(self, model: nn.Module, lr: float) -> torch.optim.Optimizer:
         return self.make(model, lr)
 
@@ -288,11 +294,13 @@ class Advice:
         if self.method in ("race", "search"):
             what = ("rungs (configs x steps): " if self.method == "race" else
                     "configurations x horizon: ")
-            lines.append(
-                f"  budget: {self.steps_used:,} steps = {100 * self.budget_used:.1f}% of a "
-                f"{self.steps_total:,}-step run (allowed {100 * self.budget:.1f}%), "
-                f"{self.seconds:.1f} s; {what}"
-                + ", ".join(f"{n}x{s}" for n, s in self.rungs))
+            # in runs where the budget is runs (the search's 20), as a share of one run below one
+            spent = (f"{self.budget_used:.1f} runs of {self.steps_total:,} steps (allowed {self.budget:g})"
+                     if self.budget >= 1 else
+                     f"{100 * self.budget_used:.1f}% of a {self.steps_total:,}-step run (allowed "
+                     f"{100 * self.budget:.1f}%)")
+            lines.append(f"  budget: {self.steps_used:,} steps = {spent}, {self.seconds:.1f} s; {what}"
+                         + ", ".join(f"{n}x{s}" for n, s in self.rungs))
             lines.append(f"  {'candidate':<12s} {'lr':>9s} {'steps':>6s}  "
                          + ("loss after each rung" if self.method == "race" else "final loss"))
             shown: list[RaceEntry] = []
@@ -513,7 +521,7 @@ def advise(
     *,
     steps_total: int,
     budget: float | None = None,
-    candidates: Mapping[str, Candidate | Make] | None = None,
+    candidates: Mapping[str, Candidate | Make] | Sequence[str] | None = None,
     lrs: Sequence[float] | Mapping[str, Sequence[float]] | None = None,
     seed: int = 0,
     method: str = "search",
@@ -544,7 +552,8 @@ def advise(
             0.1 for ``"race"``. Too small a budget for the number of configurations is a
             ``ValueError`` naming the smallest that works.
         candidates: name -> :class:`Candidate` (or a callable ``make(model, lr)`` together with
-            its learning rates in ``lrs``); default: the method's (``"search"``:
+            its learning rates in ``lrs``), or a list of built-in names (``["sgd", "muon"]``, as
+            the command's ``--candidates``); default: the method's (``"search"``:
             :data:`SEARCH_SHORTLIST`; ``"race"``: :func:`default_candidates`).
         lrs: factors applied to each candidate's default lr (default: the method's,
             :data:`SEARCH_FACTORS` for ``"search"``, ``(1/3, 1, 3)`` for ``"race"``), or a
@@ -639,6 +648,17 @@ def advise(
         x0 = first[0][:1] if isinstance(first[0], torch.Tensor) else None
         candidates = (search_candidates if method == "search" else default_candidates)(
             example_input=x0)
+    if isinstance(candidates, (list, tuple)) and all(isinstance(c, str) for c in candidates):
+        # names of the built-in candidates, as the command's --candidates takes them
+        first = data if _is_batch(data) else _first(data, seed)
+        every = default_candidates(example_input=first[0][:1] if isinstance(first[0], torch.Tensor) else None)
+        unknown = [c for c in candidates if c not in every]
+        if unknown:
+            raise ValueError(f"candidates: unknown name(s) {unknown}; the built-in ones are {tuple(every)}")
+        candidates = {c: every[c] for c in candidates}
+    if not isinstance(candidates, Mapping):
+        raise ValueError("candidates must be a mapping name -> Candidate (or make(model, lr)), or a list of "
+                         f"built-in candidate names; got {type(candidates).__name__}")
     cands: dict[str, Candidate | Make] = dict(candidates)
     if not cands:
         raise ValueError("candidates must name at least one optimizer")

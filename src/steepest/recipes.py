@@ -141,7 +141,7 @@ class RecipeOptimizer(torch.optim.Optimizer):
                 count = sum(p.numel() for p in g["params"])
                 lines.append(f"  {g.get('role', '?'):9s} {g.get('rule', type(c).__name__):38s} "
                              f"lr {g['lr']:.3g}  wd {g.get('weight_decay', 0.0):.3g}  "
-                             f"{len(g['params'])} tensors / {count:,} values: {shown}")
+                             f"{len(g['params'])} tensor{'s' if len(g['params']) != 1 else ''} / {count:,} values: {shown}")
         lines.extend(f"  note: {n}" for n in self.notes)
         return "\n".join(lines)
 
