@@ -335,3 +335,13 @@ def test_no_trainable_parameters_is_named():
 def test_bad_input_is_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         create_optimizer(TinyGPT(), **kwargs)
+
+
+def test_a_wrong_example_input_says_where_it_failed():
+    with pytest.raises(RuntimeError, match="forward pass on example_input that detects"):
+        create_optimizer(TinyGPT(), "muon", example_input=torch.zeros(2, 3, 4))
+
+
+def test_class_name_summary_says_where_the_lr_came_from():
+    text = str(create_optimizer(TinyGPT(), "SignSGD"))
+    assert "SignSGD's default" in text

@@ -409,6 +409,8 @@ def create_optimizer(
                 g.pop("weight_decay")
         opt = _with_rules(cls(groups, lr=the_lr, **options), rules)
         _check_overrides([opt], overrides)
+        notes.insert(0, f"lr {the_lr:g}" + (f" ({name}'s default)" if lr is None else "")
+                     + (f", weight decay {wd:g} on matrices" if wd else ""))
         return RecipeOptimizer([opt], name, notes)
     raise ValueError(f"create_optimizer: unknown name {name!r}; recipes: {tuple(RECIPES)}; "
                      f"optimizer classes: {_PRESETS}")

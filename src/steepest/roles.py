@@ -214,6 +214,15 @@ def detect_roles(
                     y = model(*example_input)
                 else:
                     y = model(example_input)
+        except Exception as exc:  # the user's forward: say where it was called from
+            msg = (f"{exc} (in the forward pass on example_input that detects the parameters' roles: "
+                   "pass an input the model accepts, e.g. x[:1], or leave example_input out to detect "
+                   "roles by module types and names)")
+            try:
+                wrapped = type(exc)(msg)
+            except Exception:  # an exception type with another constructor
+                wrapped = RuntimeError(msg)
+            raise wrapped from exc
         finally:
             model.train(was_training)
         outs = [t for t in tree_flatten(y)[0] if isinstance(t, Tensor) and t.is_floating_point()]
