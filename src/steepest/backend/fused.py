@@ -356,9 +356,9 @@ def _direct(aot: Any, example: tuple[Any, ...]) -> Callable[..., Any] | None:
     docs/performance.md, "Fused reduction passes"). The graph takes the rows' tensors and their
     sizes; the sizes are ``numel`` of tensors we pass, so the caller passes them itself.
 
-    How, without relying on the prologue's layout: the graph (the one ``__compiled_fn_*`` global
-    of the kernel's bytecode) is called once by the kernel itself on probe rows of distinct sizes
-    (row i: 2 + i elements), its arguments and results recorded: each argument must be one of the
+    How, without relying on the prologue's layout: the kernel's bytecode is run once on probe rows
+    of distinct sizes (row i: 2 + i elements), in a copy of its globals where the graph (the one
+    ``__compiled_fn_*`` global) is wrapped by a recorder of its arguments and results: each argument must be one of the
     probe tensors (by identity) or the size of one probe row, each result of the kernel one of the
     graph's results. The caller built from that record is then checked against the kernel on a
     second probe (other sizes, random data) for equal results and equal writes; any mismatch or
@@ -388,11 +388,13 @@ def _direct(aot: Any, example: tuple[Any, ...]) -> Callable[..., Any] | None:
             return res
 
         first = probe(2, 0)
-        g[names[0]] = record
-        try:
-            want = aot(*first)
-        finally:
-            g[names[0]] = graph
+        # the kernel's bytecode with the graph recorded, in a copy of its globals (the kernel
+        # itself, shared, is not touched)
+        fn = aot.fn
+        spy = types.FunctionType(fn.__code__, {**g, names[0]: record}, fn.__name__, fn.__defaults__,
+                                 fn.__closure__)
+        spy.__kwdefaults__ = fn.__kwdefaults__
+        want = spy(*first)
         if len(rec) != 1:
             return None
         args, res = rec[0]
