@@ -270,8 +270,12 @@ _ADAM_WORDS = "AdamW (torch)"
 #: * ``"scion"``: 10^-1.5 / 2 ~ 0.0158, its full-model seed-0 best, bracketed (0.0079: 1.345,
 #:   0.0158: 1.312, 0.0316: 1.921; the rule registered in docs/recipes.md before the sweep
 #:   finished); on the small GPT its best was 0.032.
-#: * ``"lion"`` (0.01), ``"signum"`` (10^-2.5): the best of the small GPT's sweep (0.32x and 0.1x
-#:   its AdamW best 0.032); their full-model sweeps are not bracketed yet (docs/recipes.md).
+#: * ``"lion"``: 0.01 / 16 = 0.000625, its full-model seed-0 best, bracketed (0.0003125: 1.585,
+#:   0.000625: 1.534, 0.00125: 1.999, 0.0025: 2.288, 0.005: 2.449, 0.01: 2.850; the registered
+#:   rule); on the small GPT its best was 0.01 (250 steps want a 16x larger lr than 1,500 here).
+#: * ``"signum"``: 10^-2.5 / 8 ~ 0.000395, its full-model seed-0 best, bracketed (0.000198: 1.587,
+#:   0.000395: 1.377, 0.00079: 1.387, 0.00158: 1.640, 0.00316: 2.058; the registered rule); on the
+#:   small GPT its best was 10^-2.5 ~ 0.0032.
 #:
 #: Weight decay 0 by default for all (applied to matrices only).
 RECIPES: dict[str, Recipe] = {
@@ -287,9 +291,9 @@ RECIPES: dict[str, Recipe] = {
         "hidden": "Modular: LMO of the RMS->RMS spectral norm", "conv": "Modular: spectral LMO",
         "embedding": "Modular: ColNorm LMO per token", "head": "Modular: sign/fan_in LMO, radius 60",
         "vector": "Modular: RMS-normalized"}, _modular_builder("scion")),
-    "lion": Recipe("lion", 1e-2, 0.0, {r: "Lion (sign of interpolated momentum)" for r in ROLES},
+    "lion": Recipe("lion", 1e-2 / 16, 0.0, {r: "Lion (sign of interpolated momentum)" for r in ROLES},
                    _single(Lion, "Lion")),
-    "signum": Recipe("signum", 10**-2.5, 0.0, {r: "Signum (sign of EMA momentum 0.9)" for r in ROLES},
+    "signum": Recipe("signum", 10**-2.5 / 8, 0.0, {r: "Signum (sign of EMA momentum 0.9)" for r in ROLES},
                      _single(SignSGD, "Signum (momentum 0.9)", momentum=0.9)),
     "adamw": Recipe("adamw", 10**-1.5 / 2, 0.0, {r: _ADAM_WORDS for r in ROLES}, _build_adamw),
 }
