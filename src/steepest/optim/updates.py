@@ -655,15 +655,15 @@ def fused_adam_averaged(group: dict[str, Any], params: list[Tensor], grads: list
         ss, bc2 = per_step[k]
         if p.numel():
             rows.append((p, g, st["exp_avg"], st["exp_avg_sq"], ss(p), bc2(p), lr_t(p)))
-    # The sizes, one object per row (one tensor per dtype and device, unbound into (1,) views,
-    # the kernels' form; 0-d for a 0-d parameter, which runs eagerly).
+    # The sizes, one object per row (one tensor per dtype and device, as _shared hands out
+    # per-tensor scalars).
     sizes: dict[tuple[torch.dtype, torch.device], list[int]] = {}
     for i, row in enumerate(rows):
         sizes.setdefault((row[4].dtype, row[4].device), []).append(i)
     ns: list[Any] = [None] * len(rows)
     for (dtype, device), idx in sizes.items():
         made = torch.tensor([float(rows[i][0].numel()) for i in idx], dtype=dtype, device=device)
-        for i, n in zip(idx, made.view(-1, 1).unbind(0)):
-            ns[i] = n if rows[i][0].dim() else n.view(())
+        for i, n in zip(idx, _shared(made, [rows[i][0] for i in idx], True)):
+            ns[i] = n
     backend.kernel_many(adam_averaged_step, [(*row, n) for row, n in zip(rows, ns)],
                         w1=1.0 - b1, b2=b2, eps=eps, wd=wd, sgn=sgn, hi1=1.0 - b1 >= 0.5)
