@@ -135,6 +135,8 @@ def test_a_loader_with_its_own_generator_gives_the_same_advice_and_is_left_as_it
                       explain=True, extend=0, method=method)
 
     a1, a2 = go(), go()
+    # exact: the generator's state bytes; the scores below are the same kernels on the same data
+    # in one process (the point of the test: the same batches), as in the test above
     assert torch.equal(g.get_state(), before)
     assert [(e.candidate, e.lr, e.scores) for e in a1.table] == [(e.candidate, e.lr, e.scores) for e in a2.table]
     sa = [e.scores for e in a1.table if e.candidate == "a"]

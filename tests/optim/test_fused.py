@@ -482,6 +482,7 @@ def test_direct_call_only_where_the_kernel_is_understood(body, graph, direct, mo
     assert (call is not None) == direct
     if call is not None:
         xs = (torch.arange(3.0), torch.ones(9), torch.ones(2))
+        # exact: both callers run the same lambda on the same tensors
         assert all(torch.equal(u, v) for u, v in zip(call(*xs), _FakeAot(body, graph)(*xs)))
 
 
