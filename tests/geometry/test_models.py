@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -223,7 +224,39 @@ def test_zero_curvature_linear_loss():
     model = nn.Linear(3, 1, bias=False).double()
     data = (torch.randn(4, 3, dtype=torch.float64), torch.zeros(4, 1, dtype=torch.float64))
     op = M.HessianOperator(model, lambda out, y: (out - y).mean(), data)
-    np.testing.assert_array_equal(op.dense().numpy(), np.zeros((3, 3)))
+    with pytest.warns(RuntimeWarning, match=r"gradient w.r.t. the model's output does not depend .* linear in it"):
+        np.testing.assert_array_equal(op.dense().numpy(), np.zeros((3, 3)))
+
+
+class _OnceSquare(torch.autograd.Function):
+    """mean((x - y)^2) with a backward autograd cannot differentiate again."""
+
+    @staticmethod
+    def forward(ctx, x, y):
+        ctx.save_for_backward(x, y)
+        return ((x - y) ** 2).mean()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        x, y = ctx.saved_tensors
+        return g * 2 * (x - y) / x.numel(), None
+
+
+def test_once_differentiable_loss_warns_instead_of_a_silent_zero():
+    """A @once_differentiable Function at the loss makes autograd return its gradient without a
+    graph (no error): the Hessian would lack the loss-curvature term silently (only 2.bias's row
+    would be all zero). The operator warns; a twice-differentiable loss gets no warning."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).double()
+    data = (torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 1, dtype=torch.float64))
+    op = M.HessianOperator(model, _OnceSquare.apply, data)
+    with pytest.warns(RuntimeWarning, match=r"no loss-curvature term .*once_differentiable"):
+        op.matvec(torch.ones(op.dim, dtype=torch.float64))
+    ok = M.HessianOperator(model, lambda out, y: ((out - y) ** 2).mean(), data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ok.matvec(torch.ones(ok.dim, dtype=torch.float64)).abs().sum() > 0
 
 
 def test_report_dense_exact_and_matrix_free_agree_with_reference(tiny):
@@ -272,3 +305,61 @@ def test_verdict_follows_the_bracket():
     assert rep(5.0, 20.0).advantage == pytest.approx((0.5, 2.0))
     assert rep(2.0, 5.0, phi=math.nan).verdict().startswith("undetermined")
     assert rep(5.0, 20.0).outlier_ratio == pytest.approx(10.0)
+
+
+def test_parameter_with_a_constant_gradient_is_named():
+    """A loss curved in the model's output but linear in one parameter (an offset added to the
+    loss): the parameter is named, and its Hessian row and column are zero."""
+    torch.manual_seed(0)
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(3, 1).double()
+            self.shift = nn.Parameter(torch.zeros((), dtype=torch.float64))
+
+        def forward(self, x):
+            return self.lin(x), self.shift
+
+    data = (torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 1, dtype=torch.float64))
+    model = Model()
+    op = M.HessianOperator(model, lambda out, y: ((out[0] - y) ** 2).mean() + out[1], data)
+    with pytest.warns(RuntimeWarning, match=r"gradient of shift does not depend"):
+        H = op.dense()
+    k = [p is model.shift for p in op.params].index(True)
+    rest = [i for i in range(op.dim) if i != k]
+    assert torch.all(H[k] == 0) and torch.all(H[:, k] == 0) and H[rest][:, rest].abs().sum() > 0
+
+
+class _OnceTanh(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        y = torch.tanh(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return g * (1 - y * y)
+
+
+class _Act(nn.Module):
+    def forward(self, x):
+        return _OnceTanh.apply(x)
+
+
+def test_once_differentiable_inside_the_model_is_refused():
+    """Inside the model, autograd cuts the double backward at the @once_differentiable Function
+    without an error (the first layer's Hessian-vector products came out ~1e-17, against O(1)
+    with torch.tanh): the operator refuses, naming the parameters behind it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), _Act(), nn.Linear(4, 2)).double()
+    data = (torch.randn(8, 3, dtype=torch.float64), torch.randint(0, 2, (8,)))
+    op = M.HessianOperator(model, nn.functional.cross_entropy, data)
+    with pytest.raises(ValueError, match=r"gradient of 0.weight, 0.bias passes through .*once_differentiable"):
+        op.matvec(torch.ones(op.dim, dtype=torch.float64))
+    model[1] = nn.Tanh()
+    ok = M.HessianOperator(model, nn.functional.cross_entropy, data)
+    assert ok.matvec(torch.ones(ok.dim, dtype=torch.float64))[:12].abs().max() > 1e-3

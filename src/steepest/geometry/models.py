@@ -83,6 +83,34 @@ def _batch_size(x: Any) -> int:
     return 1
 
 
+def _through_error_node(grads: Sequence[Tensor]) -> set[int]:
+    """The ``id``s of the gradients whose graph reaches an ``Error`` node, the node that
+    ``@once_differentiable`` puts after a backward it ran without a graph."""
+    cut: set[int] = set()
+    memo: dict[Any, bool] = {}
+
+    def reaches(node: Any) -> bool:
+        stack, opened = [node], set()
+        while stack:  # iterative post-order walk of the (acyclic) graph
+            n = stack[-1]
+            if n in memo:
+                stack.pop()
+                continue
+            inputs = [f for f, _ in n.next_functions if f is not None]
+            if n not in opened:
+                opened.add(n)
+                stack.extend(f for f in inputs if f not in memo)
+                continue
+            stack.pop()
+            memo[n] = type(n).__name__ == "Error" or any(memo[f] for f in inputs)
+        return memo[node]
+
+    for g in grads:
+        if g.grad_fn is not None and reaches(g.grad_fn):
+            cut.add(id(g))
+    return cut
+
+
 class HessianOperator:
     """The Hessian of the average loss over ``data`` w.r.t. ``params``, as a linear operator.
 
@@ -124,6 +152,7 @@ class HessianOperator:
         self.num_examples = int(sum(self.sizes))
         self.num_hvps = 0  # Hessian-vector products computed (one per column of a matmat)
         self._batched_ok = True
+        self._checked_second_order = False
 
     # ---------------------------------------------------------------- basic products
     def _unflatten(self, v: Tensor) -> list[Tensor]:
@@ -159,6 +188,7 @@ class HessianOperator:
                 loss = self._batch_loss(x, y)
                 grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
                 live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+                self._check_second_order(x, y, grads)
                 if not live:
                     continue  # loss is linear in the parameters on this batch: H = 0
                 hvs = self._double_backward(grads, live, cols, V, k)
@@ -169,6 +199,58 @@ class HessianOperator:
                     out[:, j] += (n / self.num_examples) * self._flat(full).detach()
         self.num_hvps += k
         return out
+
+    def _check_second_order(self, x: Any, y: Any, grads: Sequence[Tensor | None]) -> None:
+        """Catch, on the first batch, second derivatives that autograd would drop without an
+        error. They are dropped at a ``@once_differentiable`` autograd Function, whose backward
+        runs without a graph: (1) where something downstream requires grad, its gradient goes
+        through an ``Error`` node whose inputs are detached, so the double backward never
+        reaches it and returns the Hessian without the terms through that function: raise
+        ``ValueError``; (2) at the loss, its gradient w.r.t. the model's output has no graph
+        (also the case for a loss linear in the output): warn, the Hessian has no
+        loss-curvature term ``J^T H_loss J``; (3) some parameters' gradients have no graph
+        (their Hessian rows are zero; right where the loss is linear in them): warn."""
+        if self._checked_second_order:
+            return
+        self._checked_second_order = True
+        cut = _through_error_node([g for g in grads if g is not None])
+        if cut:
+            names = {id(p): n for n, p in self.model.named_parameters()}
+            shown = [names.get(id(self.params[i]), f"params[{i}]")
+                     for i, g in enumerate(grads) if g is not None and id(g) in cut]
+            more = f" and {len(shown) - 5} more" if len(shown) > 5 else ""
+            raise ValueError(
+                f"HessianOperator: the gradient of {', '.join(shown[:5])}{more} passes through a "
+                "function marked @once_differentiable (an autograd Function whose backward builds "
+                "no graph): autograd would return Hessian-vector products without the terms "
+                "through it, silently. Write that function with differentiable torch operations "
+                "(or give it a double backward) to compute curvature."
+            )
+        hint = ("right if the loss is linear in it; wrong if the gradient passes through a function "
+                "that is not twice differentiable (e.g. a @once_differentiable autograd Function), "
+                "whose second derivative autograd drops without an error")
+        out = self.model(x)
+        if isinstance(out, Tensor) and out.requires_grad:
+            (go,) = torch.autograd.grad(self.loss_fn(out, y), out, create_graph=True, allow_unused=True)
+            if go is None or not go.requires_grad:
+                warnings.warn(
+                    "HessianOperator: the loss's gradient w.r.t. the model's output does not depend "
+                    "on the output (autograd returned it without a graph), so the Hessian has no "
+                    f"loss-curvature term (J^T H_loss J): {hint}.",
+                    RuntimeWarning, stacklevel=3,
+                )
+                return
+        const = [i for i, g in enumerate(grads) if g is not None and not g.requires_grad]
+        if const:
+            names = {id(p): n for n, p in self.model.named_parameters()}
+            shown = [names.get(id(self.params[i]), f"params[{i}]") for i in const]
+            more = f" and {len(shown) - 5} more" if len(shown) > 5 else ""
+            warnings.warn(
+                f"HessianOperator: the gradient of {', '.join(shown[:5])}{more} does not depend on "
+                "the parameters (autograd returned it without a graph), so their Hessian rows are "
+                f"taken as zero: {hint}.",
+                RuntimeWarning, stacklevel=3,
+            )
 
     def _double_backward(
         self, grads: Sequence[Tensor], live: list[int], cols: list[list[Tensor]], V: Tensor, k: int
