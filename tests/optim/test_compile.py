@@ -442,3 +442,27 @@ def test_compiled_step_sees_a_replaced_state(how):
         assert a.keys() == b.keys()
         for key in b:
             torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("info", _ONE_PER_CLASS, ids=[i.name for i in _ONE_PER_CLASS])
+def test_compiled_step_takes_no_state_tensor_as_an_input(info):
+    """The state tensors are graph attributes, not inputs: ``StepOptimizer._init_group`` is run
+    eagerly by dynamo, which then marks the state static and guards it by id. As inputs, each
+    one was fetched per call by an O(k) walk of ``self.state``'s keys (1.7 ms a step for 1,000
+    tensors; docs/performance.md). The steady-state graph takes only the gradients (parameters
+    are static already). A replaced state recompiles: test_compiled_step_sees_a_replaced_state."""
+    inputs: list[int] = []
+
+    def backend(gm, example_inputs):
+        inputs.append(sum(node.op == "placeholder" for node in gm.graph.nodes))
+        return gm.forward
+
+    params = _params()
+    opt = info.make(params)
+    step = torch.compile(opt.step, backend=backend)
+    for t in range(3):
+        _grads(params, t)
+        if info.prepare:
+            info.prepare(params)
+        step()
+    assert inputs and inputs[-1] == len(params), f"graph inputs per compiled graph: {inputs}"

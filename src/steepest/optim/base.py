@@ -406,6 +406,21 @@ class StepOptimizer(Optimizer):
     def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
         """Create the state of parameter ``p`` (called once, before its first step)."""
 
+    def _init_group(self, group: dict[str, Any]) -> None:
+        """Create the state of the group's parameters that have a gradient and no state yet.
+
+        Named as in ``torch.optim``: while tracing a step, dynamo runs a method of this name
+        eagerly instead of tracing it, then marks every state tensor a static, id-guarded graph
+        attribute. A compiled step then fetches no state tensor per call (otherwise one O(k)
+        walk of ``self.state``'s keys per tensor), and a replaced state fails the guard and
+        recompiles (docs/performance.md, "dynamo's per-tensor fetch of the state").
+        """
+        for p in group["params"]:
+            if p.grad is not None:
+                state = self.state[p]
+                if not state:
+                    self._init_state(group, p, state)
+
     def _update(
         self,
         group: dict[str, Any],
@@ -564,10 +579,8 @@ class StepOptimizer(Optimizer):
             if not items:
                 continue
             ps = [p for _, p, _g in items]
+            self._init_group(group)
             states = [self.state[p] for p in ps]
-            for p, state in zip(ps, states):
-                if not state:
-                    self._init_state(group, p, state)
             backend = backends[gi]
             if backend is None:  # scope="all_groups": stepped below, with the other such groups
                 joint.append((group, *self._working(group, items, states)))
