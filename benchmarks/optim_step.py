@@ -397,8 +397,17 @@ def main() -> None:
     ap.add_argument("--compiled-only", action="store_true",
                     help="only the --compiled rows (each times the same optimizer's eager loop and "
                          "foreach steps beside the compiled one)")
+    ap.add_argument("--no-size-asserts", action="store_true",
+                    help="compile with torch._inductor.config.size_asserts = False: inductor then "
+                         "skips its per-tensor size/stride check of every graph input and buffer on "
+                         "each call (~3-4 per tensor; most of a compiled step's overhead at 1,000 "
+                         "tensors)")
     ap.add_argument("--json", default="")
     args = ap.parse_args()
+    if args.no_size_asserts:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.size_asserts = False
     global DEVICE
     DEVICE = torch.device(args.device)
     if args.threads:
@@ -428,6 +437,7 @@ def main() -> None:
         meta = {"scale": args.scale, "torch": torch.__version__, "threads": torch.get_num_threads(), "load_avg_1min": load,
                 "repeats": args.repeats, "steps": args.steps, "guards": args.guards, "paths": args.paths,
                 "compiled": args.compiled or args.compiled_only, "device": str(DEVICE),
+                "size_asserts": not args.no_size_asserts,
                 "device_name": torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "cpu"}
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "rows": rows}, f, indent=1)
