@@ -224,6 +224,7 @@ def test_zero_curvature_linear_loss():
     model = nn.Linear(3, 1, bias=False).double()
     data = (torch.randn(4, 3, dtype=torch.float64), torch.zeros(4, 1, dtype=torch.float64))
     op = M.HessianOperator(model, lambda out, y: (out - y).mean(), data)
+    # Exact zeros: no parameter's gradient has a graph, so no double backward runs at all.
     with pytest.warns(RuntimeWarning, match=r"gradient w.r.t. the model's output does not depend .* linear in it"):
         np.testing.assert_array_equal(op.dense().numpy(), np.zeros((3, 3)))
 
@@ -328,6 +329,8 @@ def test_parameter_with_a_constant_gradient_is_named():
         H = op.dense()
     k = [p is model.shift for p in op.params].index(True)
     rest = [i for i in range(op.dim) if i != k]
+    # Exact zeros, not rounding: the operator fills a parameter autograd returns nothing for
+    # (no graph, or unused) with zeros, on every CPU.
     assert torch.all(H[k] == 0) and torch.all(H[:, k] == 0) and H[rest][:, rest].abs().sum() > 0
 
 

@@ -215,12 +215,9 @@ class HessianOperator:
         self._checked_second_order = True
         cut = _through_error_node([g for g in grads if g is not None])
         if cut:
-            names = {id(p): n for n, p in self.model.named_parameters()}
-            shown = [names.get(id(self.params[i]), f"params[{i}]")
-                     for i, g in enumerate(grads) if g is not None and id(g) in cut]
-            more = f" and {len(shown) - 5} more" if len(shown) > 5 else ""
+            shown = self._names([i for i, g in enumerate(grads) if g is not None and id(g) in cut])
             raise ValueError(
-                f"HessianOperator: the gradient of {', '.join(shown[:5])}{more} passes through a "
+                f"HessianOperator: the gradient of {shown} passes through a "
                 "function marked @once_differentiable (an autograd Function whose backward builds "
                 "no graph): autograd would return Hessian-vector products without the terms "
                 "through it, silently. Write that function with differentiable torch operations "
@@ -242,15 +239,18 @@ class HessianOperator:
                 return
         const = [i for i, g in enumerate(grads) if g is not None and not g.requires_grad]
         if const:
-            names = {id(p): n for n, p in self.model.named_parameters()}
-            shown = [names.get(id(self.params[i]), f"params[{i}]") for i in const]
-            more = f" and {len(shown) - 5} more" if len(shown) > 5 else ""
             warnings.warn(
-                f"HessianOperator: the gradient of {', '.join(shown[:5])}{more} does not depend on "
+                f"HessianOperator: the gradient of {self._names(const)} does not depend on "
                 "the parameters (autograd returned it without a graph), so their Hessian rows are "
                 f"taken as zero: {hint}.",
                 RuntimeWarning, stacklevel=3,
             )
+
+    def _names(self, indices: list[int]) -> str:
+        """The model's names of ``self.params[i]`` for ``i`` in ``indices``, the first five."""
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        shown = [names.get(id(self.params[i]), f"params[{i}]") for i in indices]
+        return ", ".join(shown[:5]) + (f" and {len(shown) - 5} more" if len(shown) > 5 else "")
 
     def _double_backward(
         self, grads: Sequence[Tensor], live: list[int], cols: list[list[Tensor]], V: Tensor, k: int

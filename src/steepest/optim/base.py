@@ -579,8 +579,11 @@ class StepOptimizer(Optimizer):
             if not items:
                 continue
             ps = [p for _, p, _g in items]
-            self._init_group(group)
+            if compiling():  # dynamo runs _init_group eagerly; the state is read after it
+                self._init_group(group)
             states = [self.state[p] for p in ps]
+            if not all(states):  # eager: fills the empty dicts in place (one state lookup a step)
+                self._init_group(group)
             backend = backends[gi]
             if backend is None:  # scope="all_groups": stepped below, with the other such groups
                 joint.append((group, *self._working(group, items, states)))
