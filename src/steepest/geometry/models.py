@@ -209,7 +209,9 @@ class HessianOperator:
         ``ValueError``; (2) at the loss, its gradient w.r.t. the model's output has no graph
         (also the case for a loss linear in the output): warn, the Hessian has no
         loss-curvature term ``J^T H_loss J``; (3) some parameters' gradients have no graph
-        (their Hessian rows are zero; right where the loss is linear in them): warn."""
+        (their Hessian rows are zero; right where the loss is linear in them): warn. Cost, once
+        per operator: a walk of the first batch's gradient graph, and (2)'s forward and backward
+        to the output."""
         if self._checked_second_order:
             return
         self._checked_second_order = True
