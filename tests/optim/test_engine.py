@@ -401,3 +401,29 @@ def test_heavy_ball_all_groups_scope_takes_each_groups_momentum():
             ref[i] = ref[i] - lr * ms[i] / nrm
     for p, x in zip(params, ref):
         torch.testing.assert_close(p.detach(), x, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_stateless_step_walks_no_state_and_momentum_switched_on_later_gets_its_buffer(fused, monkeypatch):
+    """A stateless group (no momentum) skips ``_init_group`` (it found every state still empty,
+    each step: ~1.8 ms on 1,000 tensors); momentum switched on mid-run creates its buffer then,
+    and the step continues as a Signum started from a zero buffer at that point."""
+    from steepest.backend import fused as F
+
+    monkeypatch.setattr(F, "BACKEND", "aot_eager")
+    params = _params()
+    opt = SignSGD(params, lr=0.01, fused=fused)
+    calls = []
+    orig = SignSGD._init_group
+    monkeypatch.setattr(SignSGD, "_init_group", lambda self, g: (calls.append(self), orig(self, g)))
+    _run(opt, params, steps=2)
+    assert calls == [] and all(not opt.state[p] for p in params)
+    ref_params = [p.detach().clone().requires_grad_() for p in params]
+    ref = SignSGD(ref_params, lr=0.01, momentum=0.9, fused=fused)
+    opt.param_groups[0]["momentum"] = 0.9
+    _run(opt, params, steps=3, seed=40)
+    _run(ref, ref_params, steps=3, seed=40)
+    assert [c is opt for c in calls] == [True, False]  # opt once, the step its buffers were made; ref once
+    for p, q in zip(params, ref_params):
+        # same kernels on the same data in one process: bitwise
+        assert torch.equal(p, q) and torch.equal(opt.state[p]["momentum_buffer"], ref.state[q]["momentum_buffer"])

@@ -444,7 +444,7 @@ def test_list_kernels_call_their_graph_directly_with_the_prologues_results(monke
         kernels = [k for k in F._KERNELS.values() if k is not None]
         assert len(kernels) == 3  # the update, the reduction's plain and blocked size classes
         assert [_is_direct(k) for k in kernels] == [direct] * 3
-        got.append(([t for r in rows for t in r[:3]], sums))
+        got.append(([t for r in rows for t in r[:3]], list(sums.unbind(0))))
     F.reset()
     for x, y in zip(got[0][0] + got[0][1], got[1][0] + got[1][1]):
         assert torch.equal(x, y)

@@ -35,7 +35,7 @@ from steepest.backend.ops import (
     ops_for,
     sum_all,
 )
-from steepest.backend.policy import compiling
+from steepest.backend.policy import compiling, nonfinite_policy
 
 __all__ = [
     "BACKENDS",
@@ -50,6 +50,7 @@ __all__ = [
     "compiling",
     "is_dtensor",
     "l2_norm",
+    "nonfinite_policy",
     "ops_for",
     "policy",
     "select",

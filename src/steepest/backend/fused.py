@@ -95,7 +95,7 @@ import torch
 from torch import Tensor
 
 from steepest.backend.core import BACKENDS, Backend, NonFinite
-from steepest.backend.ops import _SUM_BLOCK, LoopOps, is_dtensor, symbolic_sums
+from steepest.backend.ops import _SUM_BLOCK, LoopOps, _stack, is_dtensor, symbolic_sums
 from steepest.backend.policy import compiling
 
 __all__ = ["FusedBackend", "NonFinite", "available", "map_many", "reset", "run", "run_many"]
@@ -301,16 +301,18 @@ def _list_kernel(spec: Callable[..., Any], k: int, n: int, results: bool
                  ) -> tuple[Callable[..., Any], dict[str, Any]]:
     """A function of ``k`` rows of ``n`` arguments, taken column by column (the first argument
     of every row, then the second...: :func:`run_many` slices columns, no Python per row), that
-    calls ``spec`` on each row and returns their results as a tuple (``results``) or nothing,
+    calls ``spec`` on each row and returns their results stacked (``results``: one output
+    buffer per call, not one per row, and no stack of 0-d tensors after it) or nothing,
     and its globals (the compiled kernel's, given again when a saved one is loaded). Written
     out, not a loop over ``*args``: a code object of its own per kernel (module docstring) that
     pickles no closure."""
     names = [[f"a{j}_{i}" for j in range(n)] for i in range(k)]
     calls = [f"_row({', '.join(row)})" for row in names]
-    body = f"    return ({', '.join(calls)},)" if results else "\n".join(f"    {c}" for c in calls)
+    body = (f"    return _stack(({', '.join(calls)},))" if results
+            else "\n".join(f"    {c}" for c in calls))
     params = ", ".join(names[i][j] for j in range(n) for i in range(k))
     src = f"def _rows_{k}({params}):\n{body}\n"
-    glob: dict[str, Any] = {"__builtins__": __builtins__, "_row": spec}
+    glob: dict[str, Any] = {"__builtins__": __builtins__, "_row": spec, "_stack": torch.stack}
     exec(compile(src, f"<steepest list kernel {spec.__name__} x{k}>", "exec"), glob)
     return glob[f"_rows_{k}"], glob
 
@@ -413,6 +415,11 @@ def _direct(aot: Any, example: tuple[Any, ...]) -> Callable[..., Any] | None:
                 return None
         if want is None:
             ret = "None"
+        elif isinstance(want, Tensor) and isinstance(res, (tuple, list)):
+            at = [k for k, r in enumerate(res) if r is want]
+            if len(at) != 1:
+                return None
+            ret = f"o[{at[0]}]"
         elif isinstance(want, tuple) and isinstance(res, (tuple, list)):
             pos = {id(r): k for k, r in enumerate(res)}
             if not all(id(w) in pos for w in want):
@@ -427,6 +434,8 @@ def _direct(aot: Any, example: tuple[Any, ...]) -> Callable[..., Any] | None:
         # the check: the same graph on the same data through both callers (bitwise)
         x, y = probe(5, 1), probe(5, 1)
         rx, ry = aot(*x), call(*y)
+        if isinstance(rx, Tensor):
+            rx, ry = (rx,), (ry,)
         if (rx is None) != (ry is None) or (rx is not None and len(rx) != len(ry)):
             return None
         pairs = list(zip(x, y)) + ([] if rx is None else list(zip(rx, ry)))
@@ -590,15 +599,17 @@ def run_many(fn: Callable[..., Any], rows: list[tuple[Any, ...]], **static: Any)
         for row in rows:
             fn(*row, **static)
         return
-    _many(fn, rows, static, None)
+    _many(fn, rows, static, False)
 
 
-def map_many(fn: Callable[..., Any], rows: list[tuple[Any, ...]], **static: Any) -> list[Any]:
-    """``[fn(*row, **static) for row in rows]`` as list kernels (:func:`run_many`), for a function
-    that returns a value per row (a reduction pass)."""
+def map_many(fn: Callable[..., Any], rows: list[tuple[Any, ...]], **static: Any) -> Tensor:
+    """``torch.stack([fn(*row, **static) for row in rows])`` as list kernels (:func:`run_many`),
+    for a function that returns a tensor per row, of one shape for all rows (a reduction pass);
+    mixed dtypes are promoted as by :func:`steepest.backend.ops._stack`. Each list kernel returns
+    its rows' results stacked, so a pass over 1,000 tensors allocates 63 outputs, not 1,000
+    (docs/performance.md, "Reduction passes: one output per list kernel")."""
     if compiling() or not available():
-        return [fn(*row, **static) for row in rows]
-    out: list[Any] = [None] * len(rows)
+        return _stack([fn(*row, **static) for row in rows])
     # Rows longer than one summation block and shorter ones get kernels of their own: their sums
     # are traced blocked or plain (backend.ops.symbolic_sums; the size class is in the key).
     # (a row's first argument is its tensor in every pass: one numel() per row, ~0.1 us)
@@ -607,15 +618,17 @@ def map_many(fn: Callable[..., Any], rows: list[tuple[Any, ...]], **static: Any)
             and all(isinstance(r[0], Tensor) for r in rows) else
             [_row_numel(r) > _SUM_BLOCK for r in rows])
     if all(long) or not any(long):
-        _many(fn, rows, static, out, long[0])
-        return out
+        res = _many(fn, rows, static, True, long[0])
+        assert res is not None
+        return res
+    out: list[Tensor] = [None] * len(rows)  # type: ignore[list-item]
     for flag in (True, False):
         ix = [i for i, b in enumerate(long) if b is flag]
-        sub: list[Any] = [None] * len(ix)
-        _many(fn, [rows[i] for i in ix], static, sub, flag)
-        for i, r in zip(ix, sub):
+        sub = _many(fn, [rows[i] for i in ix], static, True, flag)
+        assert sub is not None
+        for i, r in zip(ix, sub.unbind(0)):
             out[i] = r
-    return out
+    return _stack(out)
 
 
 def _row_numel(row: tuple[Any, ...]) -> int:
@@ -623,24 +636,28 @@ def _row_numel(row: tuple[Any, ...]) -> int:
 
 
 def _many(fn: Callable[..., Any], rows: list[tuple[Any, ...]], static: dict[str, Any],
-          out: list[Any] | None, blocked: bool = True) -> None:
-    """``blocked``: how the kernel sums over a row (backend.ops.symbolic_sums; in its key)."""
+          results: bool, blocked: bool = True) -> Tensor | None:
+    """``fn`` on every row as list kernels; with ``results``, the rows' results stacked (else
+    None). ``blocked``: how the kernel sums over a row (backend.ops.symbolic_sums; in its key)."""
     if not rows:
-        return
+        return _stack([]) if results else None
     views: dict[int, Tensor] = {}
     # signature -> (the rows' indices, the kernel's arguments as columns: one sequence per
     # position of a row)
     groups: dict[tuple[Any, ...], tuple[list[int], list[Any]]] = {}
+    out: list[Tensor] = []  # per row, where not all rows are one group
     fast = _uniform(rows, views)
     if fast is not None:
         groups[fast[1]] = (list(range(len(rows))), fast[0])
     else:
         members: dict[tuple[Any, ...], tuple[list[int], list[tuple[Any, ...]]]] = {}
+        if results:
+            out = [None] * len(rows)  # type: ignore[list-item]
         for i, row in enumerate(rows):
             got = _row_args(row, views)
             if got is None:  # eagerly
                 r = fn(*row, **static)
-                if out is not None:
+                if results:
                     out[i] = r
                 continue
             args, sig = got
@@ -648,13 +665,12 @@ def _many(fn: Callable[..., Any], rows: list[tuple[Any, ...]], static: dict[str,
             ix.append(i)
             rs.append(args)
         groups = {sig: (ix, list(zip(*rs))) for sig, (ix, rs) in members.items()}
-    if not groups:
-        return
     n_args = len(rows[0])
     items = tuple(sorted(static.items()))
     for sig, (ix, cols) in groups.items():
-        key = (fn, items, MODE, BACKEND, ("list", BUCKET, out is not None, sig, blocked))
+        key = (fn, items, MODE, BACKEND, ("list", BUCKET, results, sig, blocked))
         kernel: Any = _KERNELS.get(key, False)
+        chunks: list[Tensor] = []  # this group's results, one stacked tensor per call
         for start in range(0, len(ix), BUCKET):
             stop = start + BUCKET
             flat: list[Any] = []
@@ -669,27 +685,33 @@ def _many(fn: Callable[..., Any], rows: list[tuple[Any, ...]], static: dict[str,
             if kernel is False:  # the first call compiles (before writing anything)
                 try:
                     with symbolic_sums(blocked):  # traced on the first call
-                        kernel = _compile_list(fn, static, key, flat, n_args, out is not None)
+                        kernel = _compile_list(fn, static, key, flat, n_args, results)
                         res = kernel(*flat)
                 except Exception as exc:  # this kernel eagerly, with one warning
                     _fail(key, exc)
                     kernel = None
                 else:
                     _KERNELS[key] = kernel
-                    if out is not None:
-                        for i, r in zip(ix[start:stop], res):
-                            out[i] = r
+                    if results:
+                        chunks.append(res)
                     continue
             if kernel is None:
-                for i in ix[start:stop]:
-                    r = fn(*rows[i], **static)
-                    if out is not None:
-                        out[i] = r
+                got_rows = [fn(*rows[i], **static) for i in ix[start:stop]]
+                if results:
+                    chunks.append(_stack(got_rows))
                 continue
             res = kernel(*flat)
-            if out is not None:
-                for i, r in zip(ix[start:stop], res):
-                    out[i] = r
+            if results:
+                chunks.append(res)
+        if not results:
+            continue
+        # (the last call's padded rows are cut off)
+        stacked = (chunks[0] if len(chunks) == 1 else torch.cat(chunks))[:len(ix)]
+        if fast is not None:
+            return stacked
+        for i, r in zip(ix, stacked.unbind(0)):
+            out[i] = r
+    return _stack(out) if results else None
 
 
 class FusedBackend(Backend):
@@ -715,8 +737,9 @@ class FusedBackend(Backend):
         run_many(fn, rows, **static)
 
     def kernel_map(self, fn: Callable[..., Any], rows: list[tuple[Any, ...]], **static: Any
-                   ) -> list[Any]:
-        """``[fn(*row, **static) for row in rows]`` as list kernels (:func:`map_many`)."""
+                   ) -> Tensor:
+        """``torch.stack([fn(*row, **static) for row in rows])`` as list kernels
+        (:func:`map_many`)."""
         return map_many(fn, rows, **static)
 
     def accepts(self, group: dict[str, Any], params: list[Tensor]) -> bool:

@@ -55,6 +55,15 @@ def compiling() -> bool:
     return torch.compiler.is_compiling()
 
 
+def nonfinite_policy(policy: str | None, params: list[Tensor]) -> str:
+    """A group's ``nonfinite`` setting resolved: ``None`` (the default) is ``"raise"`` for an
+    eager step on CPU tensors and ``"ignore"`` elsewhere (a device check would cost a host
+    sync per step; a traced step cannot raise data-dependently), docs/optimizers.md."""
+    if policy is not None:
+        return policy
+    return "ignore" if compiling() or not _all_cpu(params) else "raise"
+
+
 def default_foreach(params: list[Tensor]) -> bool:
     """``foreach=None``: on CPU the per-tensor loop is usually faster (docs/design.md); foreach pays
     off on GPUs."""

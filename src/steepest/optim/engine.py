@@ -458,6 +458,9 @@ class SteepestDescent(StepOptimizer):
         m = group["momentum"]
         return m, m
 
+    def _creates_state(self, group: dict[str, Any]) -> bool:
+        return any(self._betas(group))
+
     def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
         if any(self._betas(group)):
             state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)

@@ -41,7 +41,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from steepest.backend import NonFinite, compiling, sum_all
+from steepest.backend import NonFinite, compiling, nonfinite_policy, sum_all
+from steepest.backend.ops import _stack
 from steepest.norms import Norm, _combine_pow, _safe_div, per_tensor_list
 from steepest.optim.base import first_nonfinite, update_is_finite
 
@@ -426,10 +427,7 @@ class _PerDtype:
 
 def _checks(group: dict[str, Any], params: list[Tensor]) -> bool:
     """Whether the group's non-finite policy checks (as ``StepOptimizer._nonfinite_policy``)."""
-    policy = group.get("nonfinite")
-    if policy is not None:
-        return bool(policy != "ignore")
-    return not compiling() and all(p.device.type == "cpu" for p in params)
+    return nonfinite_policy(group.get("nonfinite"), params) != "ignore"
 
 
 def _refuse_nonfinite(partials: Tensor, grads: list[Tensor]) -> None:
@@ -442,36 +440,23 @@ def _refuse_nonfinite(partials: Tensor, grads: list[Tensor]) -> None:
         raise NonFinite(k)
 
 
-def _stack(xs: list[Tensor]) -> Tensor:
-    """Per-tensor reductions as one 1-d tensor of their common dtype (float32 for half
-    precision, as the eager working copies; float64 stays float64)."""
-    if not xs:
-        return torch.zeros(0)
-    dtypes = set(map(_DTYPE, xs))  # one C pass; a `.to` per tensor is ~1 us even when a no-op
-    if len(dtypes) == 1:
-        return torch.stack(xs)
-    dt = xs[0].dtype
-    for d in dtypes:
-        dt = torch.promote_types(dt, d)
-    return torch.stack([x.to(dt) for x in xs])
-
-
 _DTYPE = operator.attrgetter("dtype")
 _DEVICE = operator.attrgetter("device")
 
 
 def _map(backend: Any, fn: Callable[..., Tensor], rows: list[tuple[Any, ...]], **static: Any
-         ) -> list[Tensor]:
-    """A reduction pass: ``fn(*row, **static)`` per row (``backend.kernel_map``: list kernels),
-    a float32 0 for an empty tensor (the row's first argument)."""
+         ) -> Tensor:
+    """A reduction pass: ``fn(*row, **static)`` per row, stacked (``backend.kernel_map``: list
+    kernels, each returning its rows' results in one tensor); a float32 0 for an empty tensor
+    (the row's first argument)."""
     todo = [i for i, row in enumerate(rows) if row[0].numel()]
     if len(todo) == len(rows):
-        return list(backend.kernel_map(fn, rows, **static))
+        return backend.kernel_map(fn, rows, **static)
     out = [row[0].new_zeros((), dtype=torch.float32) for row in rows]
     if todo:
-        for i, r in zip(todo, backend.kernel_map(fn, [rows[i] for i in todo], **static)):
+        for i, r in zip(todo, backend.kernel_map(fn, [rows[i] for i in todo], **static).unbind(0)):
             out[i] = r
-    return out
+    return _stack(out)
 
 
 def _shared(scalars: Tensor | list[Tensor] | None, params: list[Tensor], per_tensor: bool) -> list[Any]:
@@ -533,8 +518,8 @@ def fused_steepest(group: dict[str, Any], params: list[Tensor], grads: list[Tens
     posts: list[Any] = [None] * n
     if not norm.elementwise(mode):
         # Pass 1 (reads g, m; writes nothing): the norm's partials of c, then its plan.
-        partials = _stack(_map(backend, steepest_partial, [(g, m) for g, m in zip(grads, ms)],
-                               norm=norm, b1=b1, sgn=sgn, momentum=momentum, hi1=hi1, **hb))
+        partials = _map(backend, steepest_partial, [(g, m) for g, m in zip(grads, ms)],
+                        norm=norm, b1=b1, sgn=sgn, momentum=momentum, hi1=hi1, **hb)
         if _checks(group, params):
             _refuse_nonfinite(partials, grads)
         per_tensor = group.get("scope", "global") == "per_tensor"
@@ -578,7 +563,7 @@ def fused_ef(group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
     sgn = -1.0 if group["maximize"] else 1.0
     errs = [st["error"] for st in states]
     lrs = lr.many(params)
-    partials = _stack(_map(backend, ef_reduce, list(zip(grads, errs, lrs)), sgn=sgn))
+    partials = _map(backend, ef_reduce, list(zip(grads, errs, lrs)), sgn=sgn)
     if _checks(group, params):
         _refuse_nonfinite(partials, grads)
     per_tensor = group["scope"] == "per_tensor"
