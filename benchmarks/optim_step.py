@@ -74,6 +74,10 @@ class UserLinfPythonDuals(UserLinf):
 # name -> (factory(params, foreach), number of parameter-sized state tensors)
 CONFIGS: dict[str, tuple[Callable[..., torch.optim.Optimizer], int]] = {
     "SGD-momentum (torch)": (lambda ps, fe, nf=None: torch.optim.SGD(ps, lr=1e-3, momentum=0.9, foreach=fe), 1),
+    # p -= lr g, nothing else: the least a step can do. Compiled, its time is what any compiled
+    # step pays on the layout (dynamo's guards on every parameter and gradient, the graph's
+    # call), the floor behind "compiled never slower than eager" for the cheapest updates.
+    "SGD (torch)": (lambda ps, fe, nf=None: torch.optim.SGD(ps, lr=1e-3, foreach=fe), 0),
     "AdamW (torch)": (lambda ps, fe, nf=None: torch.optim.AdamW(ps, lr=1e-3, foreach=fe), 2),
     "SignSGD": (lambda ps, fe, nf=None: steepest.SignSGD(ps, lr=1e-3, foreach=fe, nonfinite=nf), 0),
     "Signum": (lambda ps, fe, nf=None: steepest.SignSGD(ps, lr=1e-3, momentum=0.9, foreach=fe, nonfinite=nf), 1),

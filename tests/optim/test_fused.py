@@ -162,6 +162,27 @@ def test_fused_equals_eager_loop(name, cls, kw, dtype, monkeypatch):
     assert F.STATS["failed"] == 0
 
 
+@pytest.mark.parametrize("name", ["MSGD", "SVAG", "MSVAG", "AdamStar", "AdamAveraged"])
+def test_fused_step_counts_that_differ_between_tensors(name):
+    """A parameter without a gradient at the first step has a step count one behind the others
+    from then on: the per-count scalars (bias corrections, variance adaptation) of the fused
+    drivers, read for the whole group at once, must follow each tensor's own count."""
+    _, cls, kw = _case(name)
+    runs = []
+    for fused in (False, True):
+        ps = _params(torch.float32)
+        opt = cls(ps, **kw, fused=True) if fused else cls(ps, **kw, foreach=False)
+        for t in range(3):
+            _set_grads(ps, t)
+            if t == 0:
+                ps[1].grad = None
+            opt.step()
+        runs.append((ps, opt))
+    (ref_ps, ref), (ps, opt) = runs
+    assert float(opt.state[ps[1]]["step"]) == 2.0 and float(opt.state[ps[0]]["step"]) == 3.0
+    _compare(name, ref_ps, ref, ps, opt, torch.float32)
+
+
 class UserLinf(Norm):
     """l_inf written as a user would: the public map and duals only (no partial)."""
 
