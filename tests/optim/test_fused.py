@@ -631,3 +631,40 @@ def test_fused_reduction_takes_no_cascade_sum_at_any_size(which, monkeypatch, tm
         assert F.STATS["failed"] == failed  # none compiled eagerly in this test
     finally:
         F.reset()
+
+
+def test_checked_columns_are_reused_only_within_a_run_and_only_whole(monkeypatch):
+    """``_uniform`` skips the checks of a column it checked earlier in the same fused run (the
+    gradients in a two-pass update's second pass), recognized by every element's identity: a
+    column that shares its first tensor but not the rest is checked again (here it has a row of
+    another size, so the rows run row by row), and nothing is kept outside a run."""
+    g = torch.Generator().manual_seed(0)
+    a, b, c = (torch.randn(6, generator=g) for _ in range(3))
+    odd = torch.randn(5, generator=g)
+    ps = [torch.randn(6, generator=g) for _ in range(3)]
+    F._uniform([(p, x) for p, x in zip(ps, (a, b, c))], {})
+    assert not F._CHECKED  # outside a run: nothing kept
+    monkeypatch.setattr(F, "_CHECKING", True)
+    try:
+        assert F._uniform([(p, x) for p, x in zip(ps, (a, b, c))], {}) is not None
+        assert F._CHECKED  # the parameter and gradient columns
+        # same first gradient, another tensor (of another size) in row 2: not the checked column
+        assert F._uniform([(p, x) for p, x in zip(ps, (a, b, odd))], {}) is None
+        # the checked column again, beside parameters of another size: the sizes still compared
+        other = [torch.randn(7, generator=g) for _ in range(3)]
+        assert F._uniform([(p, x) for p, x in zip(other, (a, b, c))], {}) is None
+    finally:
+        F._CHECKED.clear()
+
+
+def test_fused_run_leaves_no_checked_columns():
+    """A fused step clears its record of checked columns when it ends, also when it raises."""
+    ps = _params(torch.float32)
+    opt = so.BlockNormalizedSGD(ps, lr=0.1, fused=True)
+    _set_grads(ps, 0)
+    opt.step()
+    assert not F._CHECKED and not F._CHECKING
+    ps[1].grad[0] = float("nan")
+    with pytest.raises(FloatingPointError):
+        opt.step()
+    assert not F._CHECKED and not F._CHECKING

@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from steepest.backend import NonFinite, compiling, nonfinite_policy, sum_all
+from steepest.backend.fused import vouch
 from steepest.backend.ops import ForeachOps, _stack
 from steepest.backend.policy import _all_cpu
 from steepest.norms import Norm, _combine_pow, _safe_div, per_tensor_list
@@ -476,6 +477,8 @@ def _shared(scalars: Tensor | list[Tensor] | None, params: list[Tensor], per_ten
         items = list(scalars.view(-1, 1).unbind(0))
         if 0 in map(Tensor.dim, params):
             items = [x.view(()) if q.dim() == 0 else x for x, q in zip(items, params)]
+        else:
+            vouch(items)  # one dtype and device, (1,)-shaped, contiguous: no per-view checks
         return items
     got = per_tensor_list(scalars)
     assert got is not None
