@@ -642,7 +642,7 @@ def map_many(fn: Callable[..., Any], rows: list[tuple[Any, ...]], **static: Any)
     for a function that returns a tensor per row, of one shape for all rows (a reduction pass);
     mixed dtypes are promoted as by :func:`steepest.backend.ops._stack`. Each list kernel returns
     its rows' results stacked, so a pass over 1,000 tensors allocates 63 outputs, not 1,000
-    (docs/performance.md, "Reduction passes: one output per list kernel")."""
+    (docs/performance.md, "Per-tensor Python work")."""
     if compiling() or not available():
         return _stack([fn(*row, **static) for row in rows])
     # Rows longer than one summation block and shorter ones get kernels of their own: their sums
