@@ -541,8 +541,9 @@ def fused_steepest(group: dict[str, Any], params: list[Tensor], grads: list[Tens
 def _counts(states: list[dict[str, Any]]) -> list[float]:
     """Increment each state's step counter; return the new values as floats: one list kernel
     and one host read for the group instead of an ``add_`` and a ``float()`` per tensor (fused
-    MSGD on 1,000 tensors: 10.8 -> 10.0 ms a step; docs/performance.md, "Per-tensor Python work"). The values are the counters' own (a float32
-    counter read as it is), as ``float()`` of each would give."""
+    MSGD on 1,000 tensors: 10.8 -> 10.0 ms a step; docs/performance.md, "Per-tensor Python
+    work"). The values are the counters' own (a float32 counter read as it is), as ``float()``
+    of each would give."""
     steps = [st["step"] for st in states]
     if compiling() or not steps or not _all_cpu(steps):
         for s in steps:
