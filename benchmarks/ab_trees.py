@@ -7,7 +7,9 @@
 Why: on a shared machine two runs of ``optim_step.py`` minutes apart differ by 20-40% in their
 ratios (load and cache neighbours change between runs), more than the 5-15% a change to the
 per-tensor Python work makes. Here one worker process per tree (``PYTHONPATH=<tree>``) builds
-every optimizer on the same layout (float32 parameters, fixed gradients, 3 warm-up steps), and
+every optimizer on the same layout (float32 parameters and fixed gradients, seeded: the same
+values in every worker; ``--params // --tensors`` elements a tensor; all ``--opt`` optimizers
+step the same parameters; 3 warm-up steps), and
 the driver asks them in turn to time a burst of steps (order alternating between rounds), so
 that a slow moment hits both trees alike; ``--workers`` processes per tree (default 2), since
 one process can run a few percent slower than another of the same code for its whole life. Reported: each optimizer's median ms per step per
@@ -29,6 +31,7 @@ WORKER = r"""
 import sys, time, torch
 import steepest
 torch.set_num_threads(int(sys.argv[4]))
+torch.manual_seed(0)  # the same values in every worker
 n, k = int(sys.argv[2]), int(sys.argv[3])
 ps = [torch.nn.Parameter(torch.randn(n // k)) for _ in range(k)]
 for p in ps:

@@ -183,6 +183,26 @@ def test_fused_step_counts_that_differ_between_tensors(name):
     _compare(name, ref_ps, ref, ps, opt, torch.float32)
 
 
+def test_fused_step_counters_of_shape_one_read_as_floats():
+    """Step counters loaded as (1,)-shaped tensors (not what the optimizers make, but what a
+    checkpoint edited by hand may hold) are read one by one, as ``float()`` reads them."""
+    _, cls, kw = _case("MSGD")
+    runs = []
+    for shaped in (False, True):
+        ps = _params(torch.float32)
+        opt = cls(ps, **kw, fused=True)
+        _set_grads(ps, 0)
+        opt.step()
+        if shaped:
+            for p in ps:
+                opt.state[p]["step"] = opt.state[p]["step"].reshape(1)
+        _set_grads(ps, 1)
+        opt.step()
+        runs.append((ps, opt))
+    (ref_ps, ref), (ps, opt) = runs
+    _compare("MSGD", ref_ps, ref, ps, opt, torch.float32)
+
+
 class UserLinf(Norm):
     """l_inf written as a user would: the public map and duals only (no partial)."""
 

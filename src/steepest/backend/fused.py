@@ -17,7 +17,7 @@ backend)``, which calls the drivers of :mod:`steepest.optim.updates`; they call 
 * :meth:`FusedBackend.kernel_many` (:func:`run_many`): the same for many rows (one row per
   tensor: ``fn(*row, **static)``), as *list kernels*: one compiled call per ``BUCKET`` rows.
 * :meth:`FusedBackend.kernel_map` (:func:`map_many`): the same for a function that returns a
-  value per row (a reduction pass).
+  tensor per row, of one shape for all rows (a reduction pass); returns them stacked.
 * :func:`available()`: whether kernels are compiled (False without dynamo).
 * :func:`reset()`: forget compiled kernels and past failures (tests).
 
@@ -522,8 +522,10 @@ def _row_args(row: tuple[Any, ...], views: dict[int, Tensor]
 # signature entry, its flattened form, its sizes or None for a scalar column). A column met again
 # in the same run -- the gradients in a two-pass update's second pass -- is recognized by the
 # identity of every element (one C pass, ~10 us for 1,000 tensors against ~350 us of checks) and
-# not checked again: nothing can change a tensor's dtype, size or layout between the passes of
-# one step (no user code runs there). Cleared when the run ends; outside a run nothing is kept.
+# not checked again: between the passes of one step only the update's own code runs (a norm's
+# plan on the reductions' values, its map eagerly for rows that cannot fuse), nothing that
+# resizes or re-strides a parameter, gradient or state tensor. Cleared when the run ends; outside
+# a run nothing is kept.
 _CHECKED: dict[int, tuple[tuple[Any, ...], Any, tuple[Any, ...], list[int] | None]] = {}
 _CHECKING = False
 

@@ -408,8 +408,11 @@ class StepOptimizer(Optimizer):
         (default: whether the class defines it). A stateless step (SignSGD, BlockNormalizedSGD)
         then skips :meth:`_init_group`, which would otherwise walk every parameter each step to
         find its state still empty (0.1-0.8 ms of a 9-13 ms step on 1,000 tensors, measured;
-        docs/performance.md, "Per-tensor Python work")."""
-        return type(self)._init_state is not StepOptimizer._init_state
+        docs/performance.md, "Per-tensor Python work"). A class that overrides
+        ``_init_group`` creates its state there: True."""
+        cls = type(self)
+        return (cls._init_state is not StepOptimizer._init_state
+                or cls._init_group is not StepOptimizer._init_group)
 
     def _init_group(self, group: dict[str, Any]) -> None:
         """Create the state of the group's parameters that have a gradient and no state yet.

@@ -4,8 +4,8 @@ These are the kernels of the fused backend (:mod:`steepest.backend.fused` compil
 with ``torch.compile``, shape-dynamic, once per function, static options and dtype). Each is
 also correct eager (the fallback when compiling is unavailable runs them as they are). The
 drivers at the end (``fused_*``) are what an optimizer's ``_fused_run`` calls: they make the
-reductions and per-tensor scalars and call ``backend.kernel_map`` (a reduction pass) and
-``backend.kernel_many`` (the update). A norm
+reductions and per-tensor scalars and call ``backend.kernel_map`` (a reduction pass: the rows'
+values stacked in one tensor) and ``backend.kernel_many`` (the update). A norm
 enters only through its public methods (:meth:`steepest.norms.Norm.map`, ``partial``,
 ``plan_partials``), so a norm written outside the package fuses as a built-in one.
 
@@ -539,13 +539,14 @@ def fused_steepest(group: dict[str, Any], params: list[Tensor], grads: list[Tens
 
 
 def _counts(states: list[dict[str, Any]]) -> list[float]:
-    """Increment each state's step counter; return the new values as floats: one list kernel
-    and one host read for the group instead of an ``add_`` and a ``float()`` per tensor (fused
-    MSGD on 1,000 tensors: 10.8 -> 10.0 ms a step; docs/performance.md, "Per-tensor Python
-    work"). The values are the counters' own (a float32 counter read as it is), as ``float()``
+    """Increment each state's step counter; return the new values as floats. For the usual
+    counters (0-d, on the CPU, an eager step): one list op and one host read for the group
+    instead of an ``add_`` and a ``float()`` per tensor (fused MSGD on 1,000 tensors: 10.8 ->
+    10.0 ms a step; docs/performance.md, "Per-tensor Python work"); otherwise one of each per
+    tensor. The values are the counters' own (a float32 counter read as it is), as ``float()``
     of each would give."""
     steps = [st["step"] for st in states]
-    if compiling() or not steps or not _all_cpu(steps):
+    if compiling() or not steps or not _all_cpu(steps) or any(map(Tensor.dim, steps)):
         for s in steps:
             s.add_(1.0)
         return [float(s) for s in steps]
@@ -555,8 +556,8 @@ def _counts(states: list[dict[str, Any]]) -> list[float]:
 
 def _per_count(ks: list[float], params: list[Tensor], make: Callable[[float], Any]) -> list[Any]:
     """Per tensor, ``make(k)(p)`` for its step count ``k``: ``make`` is called once per distinct
-    count (usually one for the whole group), and where all counts are one, its value's
-    ``many`` hands the rows their scalar without a call per tensor."""
+    count, and where every tensor has the same count (the usual group), its value's ``many``
+    hands the rows their scalar without a call per tensor."""
     if ks and ks.count(ks[0]) == len(ks):
         return list(make(ks[0]).many(params))
     made: dict[float, Any] = {}
