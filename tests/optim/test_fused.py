@@ -491,6 +491,47 @@ def test_list_kernels_call_their_graph_directly_with_the_prologues_results(monke
         assert torch.equal(x, y)
 
 
+@pytest.mark.slow
+def test_direct_call_of_inductor_code_writes_and_bumps_versions_as_the_full_path(monkeypatch, tmp_path):
+    """With inductor, a list kernel's direct caller calls inductor's compiled code itself, below
+    AOT autograd's runtime wrapper; it must then bump the version counters of the tensors the
+    kernel writes, as that wrapper does. Against the same kernel called through every layer
+    (``DIRECT`` off): the same writes (bitwise: the same C++ on the same data) and the same
+    version counter increments; and a tensor saved for backward, then written by a step, makes
+    backward raise (autograd sees the in-place write)."""
+    from steepest.optim.updates import msgd_step
+
+    monkeypatch.setattr(F, "BACKEND", "inductor")
+    monkeypatch.setattr(F, "BUCKET", 4)
+    monkeypatch.setenv("STEEPEST_FUSED_CACHE", str(tmp_path))
+    st = dict(wd=0.1, w=0.1, sgn=1.0, hi=False)
+    sizes = [3, 700, 17, 2, 40]  # a full call of 4 rows and a padded one
+    got = []
+    for direct in (True, False):
+        monkeypatch.setattr(F, "DIRECT", direct)
+        F.reset()
+        rows = _msgd_rows(sizes, seed=5)
+        before = [t._version for r in rows for t in r[:3]]
+        F.run_many(msgd_step, rows, **st)
+        moved = [t._version - v for t, v in zip((t for r in rows for t in r[:3]), before)]
+        levels = [getattr(k, "level", None) for k in F._KERNELS.values()]
+        assert levels == (["inductor"] if direct else [None])
+        got.append(([t for r in rows for t in r[:3]], moved))
+    assert got[0][1] == got[1][1]
+    assert got[0][1][:3] == [1, 0, 1]  # p and m written once, g only read
+    for x, y in zip(got[0][0], got[1][0]):
+        assert torch.equal(x, y)
+    # autograd's view of it: p saved for backward (y = x * p), then written by the kernel
+    monkeypatch.setattr(F, "DIRECT", True)
+    rows = _msgd_rows(sizes, seed=6)
+    x = torch.ones(sizes[1], requires_grad=True)
+    y = (x * rows[1][0]).sum()
+    F.run_many(msgd_step, rows, **st)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward()
+    F.reset()
+
+
 class _FakeAot:
     """Stands for an aot-compiled kernel: ``fn``'s bytecode calls one ``__compiled_fn_*``."""
 

@@ -349,39 +349,36 @@ DIRECT = True
 
 
 def _direct(aot: Any, example: tuple[Any, ...]) -> Callable[..., Any] | None:
-    """A caller of an aot list kernel's compiled graph that skips dynamo's Python prologue, or
+    """A caller of an aot list kernel's compiled code that skips the Python layers around it, or
     None where the kernel is not as expected (then the kernel is called as it is).
 
-    Why: the prologue reads each row's symbolic size through ``torch._dynamo.utils.call_size``
-    under a ``torch._disable_dynamo`` wrapper, 18 wrapper calls per call of 16 rows; at 1,000
-    tensors of 1,000 elements that was about a third of a two-pass fused step (cProfile,
-    docs/performance.md, "Fused reduction passes"). The graph takes the rows' tensors and their
-    sizes; the sizes are ``numel`` of tensors we pass, so the caller passes them itself.
+    Why: a call of an aot kernel passes through dynamo's prologue (each row's symbolic size read
+    through ``torch._dynamo.utils.call_size`` under a ``torch._disable_dynamo`` wrapper, 18
+    wrapper calls per call of 16 rows), a ``disable`` frame wrapper, AOT autograd's runtime
+    wrapper (it bumps the version counters of the tensors the kernel wrote) and inductor's
+    ``CompiledFxGraph.__call__`` (profiler and autotune-cache hooks) before it reaches the
+    generated ``call`` that launches the C++ kernel. At 1,000 tensors of 1,000 elements those
+    layers were most of a fused step's time outside its kernels (docs/performance.md, "Fused
+    reduction passes" and "The layers around a compiled kernel"). The inner code takes the rows'
+    tensors and their sizes; the sizes are ``numel`` of tensors we pass, so the caller passes
+    them itself, and it bumps the same version counters the runtime wrapper bumps.
 
-    How, without relying on the prologue's layout: the kernel's bytecode is run once on probe rows
+    How, without relying on those layers' layout: the kernel's bytecode is run once on probe rows
     of distinct sizes (row i: 2 + i elements), in a copy of its globals where the graph (the one
-    ``__compiled_fn_*`` global) is wrapped by a recorder of its arguments and results: each argument must be one of the
-    probe tensors (by identity) or the size of one probe row, each result of the kernel one of the
-    graph's results. The caller built from that record is then checked against the kernel on a
-    second probe (other sizes, random data) for equal results and equal writes; any mismatch or
-    error: None."""
+    ``__compiled_fn_*`` global) is wrapped by a recorder of its arguments and results, and with
+    ``CompiledFxGraph.__call__`` recorded too (its inputs, its results, the version counters it
+    moved). Each argument of the recorded call must be one of the probe tensors (by identity) or
+    the size of one probe row, each result of the kernel one of the call's results. A caller is
+    built from the innermost record that qualifies (inductor's compiled graph, else dynamo's
+    graph) and checked against the kernel on a second probe (other sizes, random data) for equal
+    results, equal writes and equal version counter increments; any mismatch or error: None."""
     try:
         g = aot.fn.__globals__
         names = [k for k in g if k.startswith("__compiled_fn_")]
         if len(names) != 1 or len(example) % BUCKET:
             return None
         graph = g[names[0]]
-
-        def probe(offset: int, seed: int) -> list[Any]:
-            gen = torch.Generator().manual_seed(seed)
-            out: list[Any] = []
-            for j, a in enumerate(example):
-                if isinstance(a, Tensor):
-                    m = 1 if a.numel() == 1 else offset + j % BUCKET
-                    a = torch.rand(m, generator=gen, dtype=torch.float64).to(a.dtype).to(a.device) + 0.5
-                out.append(a)
-            return out
-
+        first = _probe(example, 2, 0)
         rec: list[Any] = []
 
         def record(*args: Any) -> Any:
@@ -389,61 +386,148 @@ def _direct(aot: Any, example: tuple[Any, ...]) -> Callable[..., Any] | None:
             rec.append((args, res))
             return res
 
-        first = probe(2, 0)
         # the kernel's bytecode with the graph recorded, in a copy of its globals (the kernel
         # itself, shared, is not touched)
         fn = aot.fn
         spy = types.FunctionType(fn.__code__, {**g, names[0]: record}, fn.__name__, fn.__defaults__,
                                  fn.__closure__)
         spy.__kwdefaults__ = fn.__kwdefaults__
-        want = spy(*first)
+        inner: list[Any] = []
+        before = _versions(first)
+        with _recording_inductor(inner, first):
+            want = spy(*first)
+        bumped = [b - a for a, b in zip(before, _versions(first))]
         if len(rec) != 1:
             return None
-        args, res = rec[0]
-        ids = {id(a): j for j, a in enumerate(first) if isinstance(a, Tensor)}
-        lead: dict[int, int] = {}  # row -> the position of a tensor of that row with more than one element
-        for j, a in enumerate(first):
-            if isinstance(a, Tensor) and a.numel() > 1:
-                lead.setdefault(j % BUCKET, j)
-        terms: list[str] = []
-        for a in args:
-            if isinstance(a, Tensor) and id(a) in ids:
-                terms.append(f"a[{ids[id(a)]}]")
-            elif type(a) is int and a - 2 in lead:
-                terms.append(f"a[{lead[a - 2]}].shape[0]")
-            else:
-                return None
-        if want is None:
-            ret = "None"
-        elif isinstance(want, Tensor) and isinstance(res, (tuple, list)):
-            at = [k for k, r in enumerate(res) if r is want]
-            if len(at) != 1:
-                return None
-            ret = f"o[{at[0]}]"
-        elif isinstance(want, tuple) and isinstance(res, (tuple, list)):
-            pos = {id(r): k for k, r in enumerate(res)}
-            if not all(id(w) in pos for w in want):
-                return None
-            ret = "(" + "".join(f"o[{pos[id(w)]}], " for w in want) + ")"
-        else:
-            return None
-        src = f"def _direct(*a):\n    o = _graph({', '.join(terms)})\n    return {ret}\n"
-        ns: dict[str, Any] = {"_graph": graph}
-        exec(compile(src, "<steepest direct list kernel>", "exec"), ns)
-        call = ns["_direct"]
-        # the check: the same graph on the same data through both callers (bitwise)
-        x, y = probe(5, 1), probe(5, 1)
-        rx, ry = aot(*x), call(*y)
-        if isinstance(rx, Tensor):
-            rx, ry = (rx,), (ry,)
-        if (rx is None) != (ry is None) or (rx is not None and len(rx) != len(ry)):
-            return None
-        pairs = list(zip(x, y)) + ([] if rx is None else list(zip(rx, ry)))
-        if not all(_same(u, v) for u, v in pairs if isinstance(u, Tensor)):
-            return None
-        return call
+        tries: list[tuple[Any, Any, Any, bool, list[int]]] = []
+        if len(inner) == 1:  # inductor's code, called with a list; bump what the layers above did
+            call_fn, iargs, ires, moved = inner[0]
+            tries.append((call_fn, iargs, ires, True, [b - m for b, m in zip(bumped, moved)]))
+        tries.append((graph, rec[0][0], rec[0][1], False, [0] * len(bumped)))
+        for callee, args, res, boxed, bumps in tries:
+            call = _caller(callee, args, res, want, first, boxed, bumps)
+            if call is not None and _agrees(aot, call, example):
+                return call
+        return None
     except Exception:
         return None
+
+
+def _probe(example: tuple[Any, ...], offset: int, seed: int) -> list[Any]:
+    """Probe rows for :func:`_direct`: ``example``'s arguments with row i's tensors of
+    ``offset + i`` elements (scalars of 1), random in [0.5, 1.5)."""
+    gen = torch.Generator().manual_seed(seed)
+    out: list[Any] = []
+    for j, a in enumerate(example):
+        if isinstance(a, Tensor):
+            m = 1 if a.numel() == 1 else offset + j % BUCKET
+            a = torch.rand(m, generator=gen, dtype=torch.float64).to(a.dtype).to(a.device) + 0.5
+        out.append(a)
+    return out
+
+
+def _versions(args: list[Any]) -> list[int]:
+    return [a._version if isinstance(a, Tensor) else 0 for a in args]
+
+
+class _recording_inductor:
+    """While open, every ``CompiledFxGraph.__call__`` is recorded in ``out`` as (its compiled
+    callable, its inputs, its result, the version counter increments of ``probe``'s tensors
+    across it); nothing is recorded where inductor's class is not found."""
+
+    def __init__(self, out: list[Any], probe: list[Any]) -> None:
+        self.out, self.probe = out, probe
+        self.cls: Any = None
+
+    def __enter__(self) -> None:
+        try:
+            from torch._inductor.output_code import CompiledFxGraph
+        except Exception:
+            return
+        self.cls, orig = CompiledFxGraph, CompiledFxGraph.__call__
+        out, probe = self.out, self.probe
+
+        def call(this: Any, inputs: Any) -> Any:
+            args = list(inputs)
+            before = _versions(probe)
+            res = orig(this, inputs)
+            out.append((this.current_callable, args, res,
+                        [b - a for a, b in zip(before, _versions(probe))]))
+            return res
+
+        self.orig = orig
+        CompiledFxGraph.__call__ = call  # type: ignore[method-assign]
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.cls is not None:
+            self.cls.__call__ = self.orig
+
+
+def _caller(callee: Any, args: Any, res: Any, want: Any, first: list[Any], boxed: bool,
+            bumps: list[int]) -> Callable[..., Any] | None:
+    """The direct caller of ``callee`` from one recorded call (:func:`_direct`): its arguments
+    as the probe's tensors and row sizes, its result as the kernel's; ``boxed``: ``callee``
+    takes one list; ``bumps``: per argument of the kernel, how many times the caller must bump
+    its version counter (0 or 1). None if the record does not qualify."""
+    ids = {id(a): j for j, a in enumerate(first) if isinstance(a, Tensor)}
+    lead: dict[int, int] = {}  # row -> the position of a tensor of that row with more than one element
+    for j, a in enumerate(first):
+        if isinstance(a, Tensor) and a.numel() > 1:
+            lead.setdefault(j % BUCKET, j)
+    terms: list[str] = []
+    for a in args:
+        if isinstance(a, Tensor) and id(a) in ids:
+            terms.append(f"a[{ids[id(a)]}]")
+        elif type(a) is int and a - 2 in lead:
+            terms.append(f"a[{lead[a - 2]}].shape[0]")
+        else:
+            return None
+    if want is None:
+        ret = "None"
+    elif isinstance(want, Tensor) and isinstance(res, (tuple, list)):
+        at = [k for k, r in enumerate(res) if r is want]
+        if len(at) != 1:
+            return None
+        ret = f"o[{at[0]}]"
+    elif isinstance(want, tuple) and isinstance(res, (tuple, list)):
+        pos = {id(r): k for k, r in enumerate(res)}
+        if not all(id(w) in pos for w in want):
+            return None
+        ret = "(" + "".join(f"o[{pos[id(w)]}], " for w in want) + ")"
+    else:
+        return None
+    if any(b not in (0, 1) for b in bumps):
+        return None
+    joined = ", ".join(terms)
+    lines = [f"    o = _callee([{joined}])" if boxed else f"    o = _callee({joined})"]
+    dirty = [j for j, b in enumerate(bumps) if b]
+    if dirty:
+        lines.append("    _bump((" + "".join(f"a[{j}], " for j in dirty) + "))")
+    src = "def _direct(*a):\n" + "\n".join(lines) + f"\n    return {ret}\n"
+    ns: dict[str, Any] = {"_callee": callee, "_bump": torch._C._increment_version}
+    exec(compile(src, "<steepest direct list kernel>", "exec"), ns)
+    call = ns["_direct"]
+    call.level = "inductor" if boxed else "graph"  # which code it calls (tests, debugging)
+    return call
+
+
+def _agrees(aot: Any, call: Callable[..., Any], example: tuple[Any, ...]) -> bool:
+    """The check of a direct caller: the kernel and ``call`` on the same probe (other sizes than
+    the recorded one, random data) give equal results, equal writes and equal version counter
+    increments (the same compiled code on the same data: bitwise)."""
+    x, y = _probe(example, 5, 1), _probe(example, 5, 1)
+    vx, vy = _versions(x), _versions(y)
+    rx, ry = aot(*x), call(*y)
+    dx = [b - a for a, b in zip(vx, _versions(x))]
+    dy = [b - a for a, b in zip(vy, _versions(y))]
+    if dx != dy:
+        return False
+    if isinstance(rx, Tensor):
+        rx, ry = (rx,), (ry,)
+    if (rx is None) != (ry is None) or (rx is not None and len(rx) != len(ry)):
+        return False
+    pairs = list(zip(x, y)) + ([] if rx is None else list(zip(rx, ry)))
+    return all(_same(u, v) for u, v in pairs if isinstance(u, Tensor))
 
 
 def _same(u: Tensor, v: Tensor) -> bool:
