@@ -423,6 +423,11 @@ def _msgd_rows(sizes, seed=0, dtype=torch.float32):  # type: ignore[no-untyped-d
             for i, s in enumerate(sizes)]
 
 
+def _cols(rows):  # type: ignore[no-untyped-def]
+    """Rows as the columns run_many/map_many take (a tuple of one value per row, per argument)."""
+    return list(zip(*rows))
+
+
 def _eager_rows(fn, rows, **static):  # type: ignore[no-untyped-def]
     ref = [tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in r) for r in rows]
     return ref, [fn(*r, **static) for r in ref]
@@ -449,7 +454,7 @@ def test_list_kernel_assumes_no_relation_between_row_sizes(monkeypatch, tmp_path
         for sizes in (first, then):
             rows = _msgd_rows(sizes, seed=len(sizes))
             ref, _ = _eager_rows(msgd_step, rows, **st)
-            F.run_many(msgd_step, rows, **st)
+            F.run_many(msgd_step, _cols(rows), **st)
             for r, e in zip(rows, ref):
                 for a, b in zip(r[:3], e[:3]):
                     torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
@@ -480,8 +485,8 @@ def test_list_kernels_call_their_graph_directly_with_the_prologues_results(monke
         monkeypatch.setattr(F, "DIRECT", direct)
         F.reset()
         rows = _msgd_rows(sizes, seed=3)
-        F.run_many(msgd_step, rows, **st)
-        sums = F.map_many(steepest_partial, [(r[1], r[2]) for r in rows], **pst)
+        F.run_many(msgd_step, _cols(rows), **st)
+        sums = F.map_many(steepest_partial, _cols([(r[1], r[2]) for r in rows]), **pst)
         kernels = [k for k in F._KERNELS.values() if k is not None]
         assert len(kernels) == 3  # the update, the reduction's plain and blocked size classes
         assert [_is_direct(k) for k in kernels] == [direct] * 3
@@ -512,7 +517,7 @@ def test_direct_call_of_inductor_code_writes_and_bumps_versions_as_the_full_path
         F.reset()
         rows = _msgd_rows(sizes, seed=5)
         before = [t._version for r in rows for t in r[:3]]
-        F.run_many(msgd_step, rows, **st)
+        F.run_many(msgd_step, _cols(rows), **st)
         moved = [t._version - v for t, v in zip((t for r in rows for t in r[:3]), before)]
         levels = [getattr(k, "level", None) for k in F._KERNELS.values()]
         assert levels == (["inductor"] if direct else [None])
@@ -526,7 +531,7 @@ def test_direct_call_of_inductor_code_writes_and_bumps_versions_as_the_full_path
     rows = _msgd_rows(sizes, seed=6)
     x = torch.ones(sizes[1], requires_grad=True)
     y = (x * rows[1][0]).sum()
-    F.run_many(msgd_step, rows, **st)
+    F.run_many(msgd_step, _cols(rows), **st)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         y.backward()
     F.reset()
@@ -597,16 +602,68 @@ def test_list_kernels_equal_per_tensor_eager():
 
     st = dict(norm=norm, b1=0.9, b2=0.9, momentum="ema", hi1=False, hi2=False)
     got, (ref, _) = rows(), _eager_rows(steepest_step, rows(), **st)
-    F.run_many(steepest_step, got, **st)
+    F.run_many(steepest_step, _cols(got), **st)
     for i, (r, e) in enumerate(zip(got, ref)):
         assert torch.equal(r[0], e[0]) and torch.equal(r[2], e[2]), f"row {i}"
     pst = dict(norm=norm, b1=0.9, sgn=1.0, momentum="ema", hi1=False)
     grads = [(r[1], r[2]) for r in rows()]
-    sums = F.map_many(steepest_partial, grads, **pst)
+    sums = F.map_many(steepest_partial, _cols(grads), **pst)
     assert [torch.equal(a, steepest_partial(*r, **pst)) for a, r in zip(sums, grads)] == [True] * 8
     kinds = [k[4] for k in F._KERNELS if isinstance(k[4], tuple) and k[4][0] == "list"]
     assert len(kinds) == 4  # float32 and float64, for each function
     F.reset()
+
+
+def test_columns_same_vec_and_a_one_element_row_equal_per_tensor_eager():
+    """Columns as the drivers give them: ``Same`` (a shared lr; None for an absent momentum),
+    ``Vec`` (per-row scalars as one 1-d tensor, one of them expanded: stride 0), and a row of one
+    element among the others (it runs eagerly, the others keep the column path): against the
+    per-tensor function run eagerly on each row, with row i's scalar the 0-d ``pre[i]``;
+    bitwise, since aot_eager runs the same ATen kernels on the same data."""
+    from steepest.norms import Lp
+    from steepest.optim.updates import steepest_partial, steepest_step
+
+    F.reset()
+    norm = Lp(3.0)
+    sizes = [5, 7, 1, 12, 3, 9, 4]  # 7 rows (BUCKET 3: padded calls); 6 without the 1-element row
+    n = len(sizes)
+
+    def tensors():  # type: ignore[no-untyped-def]
+        g = torch.Generator().manual_seed(2)
+        return [[torch.randn(k, generator=g) for k in sizes] for _ in range(3)]
+
+    pre = torch.rand(n, generator=torch.Generator().manual_seed(3)) + 0.5
+    post = torch.tensor([1.25]).expand(n)  # not contiguous
+    lr = torch.tensor(0.1)
+    for momentum in ("ema", "none"):
+        st = dict(norm=norm, b1=0.9, b2=0.9, momentum=momentum, hi1=False, hi2=False)
+        (ps, gs, ms), (rp, rg, rm) = tensors(), tensors()
+        m_col = ms if momentum == "ema" else F.Same(None)
+        F.run_many(steepest_step, [ps, gs, m_col, F.Vec(pre), F.Vec(post), F.Same(lr)], **st)
+        for i in range(n):
+            steepest_step(rp[i], rg[i], rm[i] if momentum == "ema" else None, pre[i], post[i], lr, **st)
+        assert [torch.equal(a, b) for a, b in zip(ps + ms, rp + rm)] == [True] * (2 * n), momentum
+        pst = dict(norm=norm, b1=0.9, sgn=1.0, momentum=momentum, hi1=False)
+        sums = F.map_many(steepest_partial, [gs, m_col], **pst)
+        want = [steepest_partial(g, m if momentum == "ema" else None, **pst) for g, m in zip(gs, ms)]
+        assert [torch.equal(a, b) for a, b in zip(sums, want)] == [True] * n, momentum
+    layouts = {k[4][4] for k in F._KERNELS if isinstance(k[4], tuple) and k[4][0] == "list"}
+    assert ("row", "row", "row", "vec", "vec", "one") in layouts  # the column path was taken
+    assert ("row", "row", "one", "vec", "vec", "one") in layouts
+    F.reset()
+
+
+def test_columns_that_disagree_on_the_number_of_rows_raise():
+    """Columns of different lengths are a driver's bug: a clear error, not rows cut short."""
+    from steepest.optim.updates import msgd_step
+
+    ps = [torch.zeros(3) for _ in range(4)]
+    with pytest.raises(ValueError, match="columns of 4 and 3 rows"):
+        F.run_many(msgd_step, [ps, ps[:3], ps, F.Same(torch.tensor(0.1)), F.Same(torch.tensor(0.1))])
+    with pytest.raises(ValueError, match="columns of 4 and 5 rows"):
+        F.map_many(msgd_step, [ps, F.Vec(torch.zeros(5))])
+    with pytest.raises(ValueError, match="1-d tensor"):
+        F.Vec(torch.zeros(()))
 
 
 @pytest.mark.parametrize("name", ["Signum", "MSGD", "ScaledSignSGD", "BlockNormalizedSGD", "EFSignSGD-per_tensor",
@@ -675,14 +732,14 @@ def test_fused_reduction_takes_no_cascade_sum_at_any_size(which, monkeypatch, tm
     failed = F.STATS["failed"]  # a process-wide count (reset() keeps it): earlier tests' failures
     try:
         rows = [make(g, 100_000) for _ in range(4)]
-        out, code = run_and_get_code(lambda: F.map_many(fn, rows, **st))
+        out, code = run_and_get_code(lambda: F.map_many(fn, _cols(rows), **st))
         text = "\n".join(code)
         assert "tmp_acc0_vec + " in text  # the sums vectorized, in the kernel ...
         assert "cascade_sum_combine" not in text  # ... without the cascade helper
         compiled = F.STATS["compiled"] + F.STATS["loaded"]
         for sizes in ([100_000] * 4, [3, 4095, 4096, 4097], [8192, 12_345, 99_999, 2], [17] * 4):
             rows = [make(g, n) for n in sizes]
-            out = F.map_many(fn, rows, **st)
+            out = F.map_many(fn, _cols(rows), **st)
             for r, o, n in zip(rows, out, sizes):
                 ref = fn(*[a.double() if isinstance(a, torch.Tensor) else a for a in r], **st)
                 torch.testing.assert_close(o.double().reshape(()), ref.reshape(()), rtol=1e-6, atol=0,
@@ -695,7 +752,7 @@ def test_fused_reduction_takes_no_cascade_sum_at_any_size(which, monkeypatch, tm
 
 
 def test_checked_columns_are_reused_only_within_a_run_and_only_whole(monkeypatch):
-    """``_uniform`` skips the checks of a column it checked earlier in the same fused run (the
+    """``_columns`` skips the checks of a column it checked earlier in the same fused run (the
     gradients in a two-pass update's second pass), recognized by every element's identity: a
     column that shares its first tensor but not the rest is checked again (here it has a row of
     another size, so the rows run row by row), and nothing is kept outside a run."""
@@ -703,17 +760,17 @@ def test_checked_columns_are_reused_only_within_a_run_and_only_whole(monkeypatch
     a, b, c = (torch.randn(6, generator=g) for _ in range(3))
     odd = torch.randn(5, generator=g)
     ps = [torch.randn(6, generator=g) for _ in range(3)]
-    F._uniform([(p, x) for p, x in zip(ps, (a, b, c))], {})
+    F._columns([ps, [a, b, c]], 3)
     assert not F._CHECKED  # outside a run: nothing kept
     monkeypatch.setattr(F, "_CHECKING", True)
     try:
-        assert F._uniform([(p, x) for p, x in zip(ps, (a, b, c))], {}) is not None
+        assert F._columns([ps, [a, b, c]], 3) is not None
         assert F._CHECKED  # the parameter and gradient columns
         # same first gradient, another tensor (of another size) in row 2: not the checked column
-        assert F._uniform([(p, x) for p, x in zip(ps, (a, b, odd))], {}) is None
+        assert F._columns([ps, [a, b, odd]], 3) is None
         # the checked column again, beside parameters of another size: the sizes still compared
         other = [torch.randn(7, generator=g) for _ in range(3)]
-        assert F._uniform([(p, x) for p, x in zip(other, (a, b, c))], {}) is None
+        assert F._columns([other, [a, b, c]], 3) is None
     finally:
         F._CHECKED.clear()
 

@@ -15,7 +15,11 @@ backend)``, which calls the drivers of :mod:`steepest.optim.updates`; they call 
   are the options that stay fixed (hyper-parameters, the norm, strings, bools), constants of the
   kernel (a Python number passed positionally is one too). Returns what ``fn`` returns.
 * :meth:`FusedBackend.kernel_many` (:func:`run_many`): the same for many rows (one row per
-  tensor: ``fn(*row, **static)``), as *list kernels*: one compiled call per ``BUCKET`` rows.
+  tensor: ``fn(*row, **static)``), as *list kernels*: one compiled call per ``BUCKET`` rows. The
+  rows are given as columns, one per positional argument of ``fn``: a sequence (one value per
+  row: the parameters, the gradients), a :class:`Same` (one value for all rows: the lr) or a
+  :class:`Vec` (a 1-d tensor, one element per row: a norm's per-tensor scalars), so that a
+  driver makes no Python object per row and a call passes a shared value once.
 * :meth:`FusedBackend.kernel_map` (:func:`map_many`): the same for a function that returns a
   tensor per row, of one shape for all rows (a reduction pass); returns them stacked.
 * :func:`available()`: whether kernels are compiled (False without dynamo).
@@ -38,9 +42,10 @@ assume any relation between the sizes of two rows: dynamo's duck shaping (one si
 equal sizes) is off while tracing, and tests/optim/test_fused.py checks a kernel compiled on
 rows of one size against rows of different sizes and the reverse. Rows are checked in Python
 instead of by inductor's input asserts (contiguous, one size within a row): see
-:func:`_row_args` and :func:`_uniform`. An aot list kernel's compiled graph is called directly,
+:func:`_row_args` and :func:`_columns`. An aot list kernel's compiled code is called directly,
 with the rows' sizes passed by the caller, not through dynamo's Python prologue (18 wrapper
-calls per call of 16 rows): :func:`_direct` says how that caller is built and checked.
+calls per call of 16 rows) and AOT autograd's and inductor's wrappers: :func:`_direct` says how
+that caller is built and checked.
 
 Warm start: in "aot" mode each compiled kernel is saved (``save_compiled_function``) under
 ``<inductor cache dir>/steepest-fused`` (or ``STEEPEST_FUSED_CACHE``; "0" turns it off), named by
@@ -98,7 +103,8 @@ from steepest.backend.core import BACKENDS, Backend, NonFinite
 from steepest.backend.ops import _SUM_BLOCK, LoopOps, _stack, is_dtensor, symbolic_sums
 from steepest.backend.policy import compiling
 
-__all__ = ["FusedBackend", "NonFinite", "available", "map_many", "reset", "run", "run_many", "vouch"]
+__all__ = ["FusedBackend", "NonFinite", "Same", "Vec", "available", "map_many", "reset", "rows_of", "run",
+           "run_many"]
 
 # The torch.compile backend of the kernels ("inductor"; tests use "aot_eager", which traces the
 # same graphs and compiles no C++).
@@ -297,42 +303,63 @@ BUCKET = 16
 SMALL = 1 << 15
 
 
-def _list_kernel(spec: Callable[..., Any], k: int, n: int, results: bool
+def _list_kernel(spec: Callable[..., Any], k: int, kinds: tuple[str, ...], results: bool
                  ) -> tuple[Callable[..., Any], dict[str, Any]]:
-    """A function of ``k`` rows of ``n`` arguments, taken column by column (the first argument
-    of every row, then the second...: :func:`run_many` slices columns, no Python per row), that
-    calls ``spec`` on each row and returns their results stacked (``results``: one output
-    buffer per call, not one per row, and no stack of 0-d tensors after it) or nothing,
-    and its globals (the compiled kernel's, given again when a saved one is loaded). Written
-    out, not a loop over ``*args``: a code object of its own per kernel (module docstring) that
-    pickles no closure."""
-    names = [[f"a{j}_{i}" for j in range(n)] for i in range(k)]
-    calls = [f"_row({', '.join(row)})" for row in names]
+    """A function of ``k`` rows, taken column by column (:func:`run_many` slices columns, no
+    Python per row), that calls ``spec`` on each row and returns their results stacked
+    (``results``: one output buffer per call, not one per row, and no stack of 0-d tensors after
+    it) or nothing, and its globals (the compiled kernel's, given again when a saved one is
+    loaded). ``kinds``, per argument of a row, how a call passes it: ``"row"`` one argument per
+    row; ``"one"`` one argument for all ``k`` rows (a shared scalar, a constant, None);
+    ``"vec"`` one 1-d tensor of ``k`` elements, row i's value its slice ``[i:i+1]``, taken inside
+    the compiled code. Written out, not a loop over ``*args``: a code object of its own per kernel
+    (module docstring) that pickles no closure."""
+    params: list[str] = []
+    rows: list[list[str]] = [[] for _ in range(k)]
+    for j, kind in enumerate(kinds):
+        if kind == "row":
+            names = [f"a{j}_{i}" for i in range(k)]
+            params += names
+            for i in range(k):
+                rows[i].append(names[i])
+        else:
+            params.append(f"a{j}")
+            for i in range(k):
+                rows[i].append(f"a{j}" if kind == "one" else f"a{j}[{i}:{i + 1}]")
+    calls = [f"_row({', '.join(r)})" for r in rows]
     body = (f"    return _stack(({', '.join(calls)},))" if results
             else "\n".join(f"    {c}" for c in calls))
-    params = ", ".join(names[i][j] for j in range(n) for i in range(k))
-    src = f"def _rows_{k}({params}):\n{body}\n"
+    src = f"def _rows_{k}({', '.join(params)}):\n{body}\n"
     glob: dict[str, Any] = {"__builtins__": __builtins__, "_row": spec, "_stack": torch.stack}
     exec(compile(src, f"<steepest list kernel {spec.__name__} x{k}>", "exec"), glob)
     return glob[f"_rows_{k}"], glob
 
 
+def _layout(k: int, kinds: tuple[str, ...]) -> list[int]:
+    """Per argument of a list kernel's call (:func:`_list_kernel`): its row (0..k-1), -1 for a
+    shared value, -2 for a vector column."""
+    out: list[int] = []
+    for kind in kinds:
+        out += list(range(k)) if kind == "row" else [-1 if kind == "one" else -2]
+    return out
+
+
 def _compile_list(fn: Callable[..., Any], static: dict[str, Any], key: Any, flat: list[Any],
-                  n: int, results: bool) -> Callable[..., Any]:
-    """The compiled list kernel of ``key`` for these example arguments (``BUCKET`` rows of ``n``,
-    as :func:`run_many` passes them): in "aot" mode loaded from or saved to the cache file as
-    :func:`run`'s kernels (falling back to "jit" as they do).
+                  kinds: tuple[str, ...], results: bool) -> Callable[..., Any]:
+    """The compiled list kernel of ``key`` for these example arguments (``BUCKET`` rows, as
+    :func:`run_many` passes them; ``kinds`` per argument of a row): in "aot" mode loaded from or
+    saved to the cache file as :func:`run`'s kernels (falling back to "jit" as they do).
 
     aot mode checks no guards, so the kernel must assume no relation between the sizes of two
     rows: duck shaping (one symbol for equal sizes, which would bake "these two rows have one
     size" into the kernel) is off while tracing, and the example arguments are fresh clones
-    (dynamo would merge two arguments that are one tensor object, as a shared lr is, into one
-    graph input). Within a row the tensors have one size (their symbols are made equal when
-    traced, by broadcasting; :func:`run_many` checks the rows). Inductor's input size asserts
-    are off: they were half a row's cost per call (measured: 1.3-2.6 us a row without, 2.9-6
-    with), and the sizes they check are the ones :func:`run_many` checked."""
+    (dynamo would merge two arguments that are one tensor object into one graph input). Within
+    a row the tensors have one size (their symbols are made equal when traced, by broadcasting;
+    :func:`run_many` checks the rows). Inductor's input size asserts are off: they were half a
+    row's cost per call (measured: 1.3-2.6 us a row without, 2.9-6 with), and the sizes they
+    check are the ones :func:`run_many` checked."""
     spec = _specialized(fn, static)
-    kernel, glob = _list_kernel(spec, BUCKET, n, results)
+    kernel, glob = _list_kernel(spec, BUCKET, kinds, results)
     example = tuple(a.clone() if isinstance(a, Tensor) else a for a in flat)
     if MODE == "aot":
         try:
@@ -340,7 +367,7 @@ def _compile_list(fn: Callable[..., Any], static: dict[str, Any], key: Any, flat
         except Exception:  # no aot_compile in this torch (or it failed): jit below
             pass
         else:
-            return (_direct(aot, example) if DIRECT else None) or aot
+            return (_direct(aot, example, _layout(BUCKET, kinds)) if DIRECT else None) or aot
     return _compile(kernel)
 
 
@@ -348,7 +375,8 @@ def _compile_list(fn: Callable[..., Any], static: dict[str, Any], key: Any, flat
 DIRECT = True
 
 
-def _direct(aot: Any, example: tuple[Any, ...]) -> Callable[..., Any] | None:
+def _direct(aot: Any, example: tuple[Any, ...], layout: list[int] | None = None
+            ) -> Callable[..., Any] | None:
     """A caller of an aot list kernel's compiled code that skips the Python layers around it, or
     None where the kernel is not as expected (then the kernel is called as it is).
 
@@ -359,12 +387,13 @@ def _direct(aot: Any, example: tuple[Any, ...]) -> Callable[..., Any] | None:
     ``CompiledFxGraph.__call__`` (profiler and autotune-cache hooks) before it reaches the
     generated ``call`` that launches the C++ kernel. At 1,000 tensors of 1,000 elements those
     layers were most of a fused step's time outside its kernels (docs/performance.md, "Fused
-    reduction passes" and "The layers around a compiled kernel"). The inner code takes the rows'
-    tensors and their sizes; the sizes are ``numel`` of tensors we pass, so the caller passes
-    them itself, and it bumps the same version counters the runtime wrapper bumps.
+    reduction passes" and "The layers around a compiled kernel, and columns"). The inner code
+    takes the rows' tensors and their sizes; the sizes are ``numel`` of tensors we pass, so the
+    caller passes them itself, and it bumps the same version counters the runtime wrapper bumps.
 
     How, without relying on those layers' layout: the kernel's bytecode is run once on probe rows
-    of distinct sizes (row i: 2 + i elements), in a copy of its globals where the graph (the one
+    of distinct sizes (row i: ``BUCKET + 2 + i`` elements; ``layout``: each argument's row, as
+    :func:`_layout` gives it, by default ``BUCKET`` rows of one column after another), in a copy of its globals where the graph (the one
     ``__compiled_fn_*`` global) is wrapped by a recorder of its arguments and results, and with
     ``CompiledFxGraph.__call__`` recorded too (its inputs, its results, the version counters it
     moved). Each argument of the recorded call must be one of the probe tensors (by identity) or
@@ -375,10 +404,14 @@ def _direct(aot: Any, example: tuple[Any, ...]) -> Callable[..., Any] | None:
     try:
         g = aot.fn.__globals__
         names = [k for k in g if k.startswith("__compiled_fn_")]
-        if len(names) != 1 or len(example) % BUCKET:
+        if layout is None:
+            if len(example) % BUCKET:
+                return None
+            layout = [j % BUCKET for j in range(len(example))]
+        if len(names) != 1 or len(layout) != len(example):
             return None
         graph = g[names[0]]
-        first = _probe(example, 2, 0)
+        first = _probe(example, layout, 2, 0)
         rec: list[Any] = []
 
         def record(*args: Any) -> Any:
@@ -406,21 +439,22 @@ def _direct(aot: Any, example: tuple[Any, ...]) -> Callable[..., Any] | None:
         tries.append((graph, rec[0][0], rec[0][1], False, [0] * len(bumped)))
         for callee, args, res, boxed, bumps in tries:
             call = _caller(callee, args, res, want, first, boxed, bumps)
-            if call is not None and _agrees(aot, call, example):
+            if call is not None and _agrees(aot, call, example, layout):
                 return call
         return None
     except Exception:
         return None
 
 
-def _probe(example: tuple[Any, ...], offset: int, seed: int) -> list[Any]:
+def _probe(example: tuple[Any, ...], layout: list[int], offset: int, seed: int) -> list[Any]:
     """Probe rows for :func:`_direct`: ``example``'s arguments with row i's tensors of
-    ``offset + i`` elements (scalars of 1), random in [0.5, 1.5)."""
+    ``BUCKET + offset + i`` elements (scalars of 1; a vector column's ``BUCKET``: a size no row
+    has), random in [0.5, 1.5)."""
     gen = torch.Generator().manual_seed(seed)
     out: list[Any] = []
-    for j, a in enumerate(example):
+    for a, row in zip(example, layout):
         if isinstance(a, Tensor):
-            m = 1 if a.numel() == 1 else offset + j % BUCKET
+            m = 1 if a.numel() == 1 else BUCKET if row < 0 else BUCKET + offset + row
             a = torch.rand(m, generator=gen, dtype=torch.float64).to(a.dtype).to(a.device) + 0.5
         out.append(a)
     return out
@@ -470,16 +504,16 @@ def _caller(callee: Any, args: Any, res: Any, want: Any, first: list[Any], boxed
     takes one list; ``bumps``: per argument of the kernel, how many times the caller must bump
     its version counter (0 or 1). None if the record does not qualify."""
     ids = {id(a): j for j, a in enumerate(first) if isinstance(a, Tensor)}
-    lead: dict[int, int] = {}  # row -> the position of a tensor of that row with more than one element
+    sized: dict[int, int] = {}  # a size -> the position of a tensor of that size (one per row)
     for j, a in enumerate(first):
         if isinstance(a, Tensor) and a.numel() > 1:
-            lead.setdefault(j % BUCKET, j)
+            sized.setdefault(a.numel(), j)
     terms: list[str] = []
     for a in args:
         if isinstance(a, Tensor) and id(a) in ids:
             terms.append(f"a[{ids[id(a)]}]")
-        elif type(a) is int and a - 2 in lead:
-            terms.append(f"a[{lead[a - 2]}].shape[0]")
+        elif type(a) is int and a in sized:
+            terms.append(f"a[{sized[a]}].numel()")  # (1-d: its size; no torch.Size made)
         else:
             return None
     if want is None:
@@ -511,11 +545,11 @@ def _caller(callee: Any, args: Any, res: Any, want: Any, first: list[Any], boxed
     return call
 
 
-def _agrees(aot: Any, call: Callable[..., Any], example: tuple[Any, ...]) -> bool:
+def _agrees(aot: Any, call: Callable[..., Any], example: tuple[Any, ...], layout: list[int]) -> bool:
     """The check of a direct caller: the kernel and ``call`` on the same probe (other sizes than
     the recorded one, random data) give equal results, equal writes and equal version counter
     increments (the same compiled code on the same data: bitwise)."""
-    x, y = _probe(example, 5, 1), _probe(example, 5, 1)
+    x, y = _probe(example, layout, 5, 1), _probe(example, layout, 5, 1)
     vx, vy = _versions(x), _versions(y)
     rx, ry = aot(*x), call(*y)
     dx = [b - a for a, b in zip(vx, _versions(x))]
@@ -534,21 +568,106 @@ def _same(u: Tensor, v: Tensor) -> bool:
     return u.shape == v.shape and bool(((u == v) | (u.isnan() & v.isnan())).all())
 
 
-# Dummy rows that pad a call to BUCKET rows: per row signature, up to BUCKET - 1 rows of tensors
-# of 2 elements (a size 0 or 1 would be specialized; scalars of 1), written by the kernel, never
-# read by anything else.
-_DUMMIES: dict[Any, list[list[Any]]] = {}
+# Dummy values that pad a call to BUCKET rows, per signature entry of a "row" column: up to
+# BUCKET - 1 tensors of 2 elements (a size 0 or 1 would be specialized; scalars of 1), written by
+# the kernel, never read by anything else; a constant or None as it is.
+_DUMMIES: dict[Any, list[Any]] = {}
 
 
-def _dummies(sig: tuple[Any, ...], count: int) -> list[list[Any]]:
-    """``count`` dummy rows of this signature, as columns."""
-    cols = _DUMMIES.get(sig)
-    if cols is None:
-        cols = _DUMMIES[sig] = [
-            [torch.zeros(1 if len(s) == 3 else 2, dtype=s[0], device=s[1])
-             for _ in range(BUCKET - 1)] if type(s) is tuple and isinstance(s[0], torch.dtype)
-            else [s[1] if type(s) is tuple else None] * (BUCKET - 1) for s in sig]
-    return [c[:count] for c in cols]
+def _dummies(entry: Any, count: int) -> list[Any]:
+    """``count`` dummy values of a row column whose signature entry is ``entry``."""
+    got = _DUMMIES.get(entry)
+    if got is None:
+        if type(entry) is tuple and isinstance(entry[0], torch.dtype):
+            got = [torch.zeros(1 if len(entry) == 3 else 2, dtype=entry[0], device=entry[1])
+                   for _ in range(BUCKET - 1)]
+        else:
+            got = [entry[1] if type(entry) is tuple else None] * (BUCKET - 1)
+        _DUMMIES[entry] = got
+    return got[:count]
+
+
+class Same:
+    """A column of :func:`run_many`/:func:`map_many` with one value for every row: a per-step
+    scalar tensor (the lr), a Python number (a constant of the kernel) or None. A list kernel
+    takes it once per call, not once per row."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"Same({self.value!r})"
+
+
+class Vec:
+    """A column of :func:`run_many`/:func:`map_many` given as one 1-d tensor whose element i is
+    row i's scalar (a norm's per-tensor plan, as ``plan_partials`` returns it). A list kernel
+    takes a slice of ``BUCKET`` elements per call and gives row i its element as a (1,)-shaped
+    slice inside the compiled code, so no Python object is made per row (1,000 ``unbind`` views
+    and their release were ~0.5 ms of a 1,000-tensor step: docs/performance.md, "The layers
+    around a compiled kernel, and columns").
+    Eagerly, row i gets the 0-d element ``tensor[i]``."""
+
+    __slots__ = ("tensor",)
+
+    def __init__(self, tensor: Tensor) -> None:
+        if not isinstance(tensor, Tensor) or tensor.dim() != 1:
+            raise ValueError(f"Vec takes a 1-d tensor (one element per row), got {type(tensor).__name__}"
+                             + (f" of shape {tuple(tensor.shape)}" if isinstance(tensor, Tensor) else ""))
+        self.tensor = tensor
+
+    def __repr__(self) -> str:
+        return f"Vec({self.tensor!r})"
+
+
+Column = Any  # a sequence of one value per row, a Same or a Vec
+
+
+def _nrows(cols: list[Column]) -> int:
+    """The number of rows of a set of columns; a ``ValueError`` where two columns disagree (a
+    driver's bug, which ``zip`` would silently cut short)."""
+    n = -1
+    for c in cols:
+        if type(c) is Same:
+            continue
+        m = int(c.tensor.shape[0]) if type(c) is Vec else len(c)
+        if n < 0:
+            n = m
+        elif m != n:
+            raise ValueError(f"run_many/map_many: columns of {n} and {m} rows")
+    if n < 0:
+        raise ValueError("run_many/map_many: no column gives the number of rows (all are Same)")
+    return n
+
+
+def rows_of(cols: list[Column], n: int | None = None) -> list[tuple[Any, ...]]:
+    """The rows of ``cols``: ``fn(*row)`` per row is what a list kernel computes (the eager
+    path, and rows that cannot run in a list kernel)."""
+    n = _nrows(cols) if n is None else n
+    seqs: list[Any] = []
+    for c in cols:
+        if type(c) is Same:
+            seqs.append(repeat(c.value, n))
+        elif type(c) is Vec:
+            seqs.append(c.tensor.unbind(0))
+        else:
+            seqs.append(c)
+    return list(zip(*seqs))
+
+
+def _select(cols: list[Column], ix: list[int]) -> list[Column]:
+    """The columns of the rows ``ix`` only."""
+    out: list[Column] = []
+    for c in cols:
+        if type(c) is Same:
+            out.append(c)
+        elif type(c) is Vec:
+            out.append(Vec(c.tensor[torch.tensor(ix, dtype=torch.long, device=c.tensor.device)]))
+        else:
+            out.append([c[i] for i in ix])
+    return out
 
 
 def _row_args(row: tuple[Any, ...], views: dict[int, Tensor]
@@ -601,60 +720,84 @@ def _row_args(row: tuple[Any, ...], views: dict[int, Tensor]
     return tuple(args), tuple(sig)
 
 
-# Tensor columns _uniform has checked during the current FusedBackend.run (one optimizer group's
-# step), or that a driver vouched for (:func:`vouch`): id of the first tensor -> (the column, its
-# signature entry, its flattened form, its sizes or None for a scalar column). A column met again
-# in the same run -- the gradients in a two-pass update's second pass -- is recognized by the
-# identity of every element (one C pass, ~10 us for 1,000 tensors against ~350 us of checks) and
-# not checked again: between the passes of one step only the update's own code runs (a norm's
-# plan on the reductions' values, its map eagerly for rows that cannot fuse), nothing that
-# resizes or re-strides a parameter, gradient or state tensor. Cleared when the run ends; outside
-# a run nothing is kept.
+# Row columns _columns has checked during the current FusedBackend.run (one optimizer group's
+# step): id of the first tensor -> (the column, its signature entry, its flattened form, its
+# sizes or None for a scalar column). A column met again in the same run -- the gradients in a
+# two-pass update's second pass -- is recognized by the identity of every element (one C pass,
+# ~10 us for 1,000 tensors against ~350 us of checks) and not checked again: between the passes
+# of one step only the update's own code runs (a norm's plan on the reductions' values, its map
+# eagerly for rows that cannot fuse), nothing that resizes or re-strides a parameter, gradient or
+# state tensor. Cleared when the run ends; outside a run nothing is kept.
 _CHECKED: dict[int, tuple[tuple[Any, ...], Any, tuple[Any, ...], list[int] | None]] = {}
 _CHECKING = False
 
 
-def vouch(scalars: list[Tensor]) -> None:
-    """Record per-tensor scalars a driver made as (1,)-shaped views of one contiguous 1-d tensor
-    (``optim.updates._shared``) as checked, for the current run only (see :data:`_CHECKED`)."""
-    if _CHECKING and scalars and isinstance(scalars[0], Tensor):
-        a = scalars[0]
-        col = tuple(scalars)
-        _CHECKED[id(a)] = (col, (a.dtype, a.device, 1), col, None)
+def _one(v: Any) -> tuple[Any, Any] | None:
+    """A value every row shares, as a call passes it, and its signature entry (None: it cannot
+    be shared: a tensor of more than one element, another object)."""
+    if isinstance(v, Tensor):
+        if v.numel() != 1:
+            return None
+        return (v if v.dim() == 1 else v.view(1)), ("one", v.dtype, v.device)
+    if v is None:
+        return None, None
+    if type(v) in (int, float):
+        return v, (type(v), v)
+    return None
 
 
-def _uniform(rows: list[tuple[Any, ...]], views: dict[int, Tensor]
-             ) -> tuple[list[Any], tuple[Any, ...]] | None:
-    """:func:`_row_args` of every row at once, where all rows have one signature and run as list
-    kernels (the common case: a group of one dtype and device, contiguous tensors): the
-    arguments as columns (one sequence per position of a row) and the signature, else None
-    (then row by row). Column-wise, so that
-    the checks are C loops (``map`` of tensor methods) rather than Python per tensor: ~0.1 us a
-    tensor against ~1 us."""
-    cols = list(zip(*rows))
-    if len(cols) != len(rows[0]):
-        return None
-    n: list[int] | None = None
+def _columns(cols: list[Column], n: int) -> tuple[list[Any], tuple[Any, ...], tuple[str, ...]] | None:
+    """The columns as the list kernels take them where every row runs in one list kernel (the
+    common case: a group of one dtype and device, contiguous tensors of at least 2 elements):
+    per column its arguments (a sequence of one per row; for a shared value the value; for a
+    :class:`Vec` its tensor, padded to whole calls), the signature (what the kernel is compiled
+    for beyond sizes) and the kinds ("row", "one", "vec": :func:`_list_kernel`); else None (then
+    row by row, :func:`_row_args`). Column-wise, so that the checks are C loops (``map`` of tensor
+    methods) rather than Python per tensor: ~0.1 us a tensor against ~1 us."""
+    sizes: list[int] | None = None
     sig: list[Any] = []
+    kinds: list[str] = []
     out: list[Any] = []
     for col in cols:
+        if type(col) is Same:
+            got = _one(col.value)
+            if got is None:
+                return None
+            out.append(got[0])
+            sig.append(got[1])
+            kinds.append("one")
+            continue
+        if type(col) is Vec:
+            t = col.tensor
+            if not isinstance(t, Tensor) or t.dim() != 1 or t.shape[0] != n:
+                return None
+            whole = -(-n // BUCKET) * BUCKET
+            # (contiguous: the kernel reads its slice at stride 1, as the example it was traced on)
+            t = t.contiguous() if whole == n else torch.cat((t, t.new_zeros(whole - n)))
+            out.append(t)
+            sig.append(("vec", t.dtype, t.device))
+            kinds.append("vec")
+            continue
+        if len(col) != n:
+            return None
         a = col[0]
         if isinstance(a, Tensor):
             if a.numel() == 1 and all(map(operator.is_, col, repeat(a))):  # one object (an lr)
-                v = col[0] if a.dim() == 1 else views.get(id(a))
-                if v is None:
-                    v = views[id(a)] = a.view(1)
-                out.append((v,) * len(col))
-                sig.append((a.dtype, a.device, 1))
+                got = _one(a)
+                assert got is not None
+                out.append(got[0])
+                sig.append(got[1])
+                kinds.append("one")
                 continue
+            kinds.append("row")
             seen = _CHECKED.get(id(a))
-            if seen is not None and len(seen[0]) == len(col) and all(map(operator.is_, col, seen[0])):
-                # checked earlier in this run (a gradient column in both passes), or vouched for
+            if seen is not None and len(seen[0]) == n and all(map(operator.is_, col, seen[0])):
+                # checked earlier in this run (a gradient column in both passes)
                 _, entry, flat, sizes_seen = seen
                 if sizes_seen is not None:
-                    if n is None:
-                        n = sizes_seen
-                    elif sizes_seen != n:
+                    if sizes is None:
+                        sizes = sizes_seen
+                    elif sizes_seen != sizes:
                         return None
                 sig.append(entry)
                 out.append(flat)
@@ -664,19 +807,19 @@ def _uniform(rows: list[tuple[Any, ...]], views: dict[int, Tensor]
                 return None
             if len(set(map(_DTYPE, col))) != 1 or len(set(map(Tensor.get_device, col))) != 1:
                 return None
-            sizes = list(map(Tensor.numel, col))
+            got_sizes = list(map(Tensor.numel, col))
             if a.numel() == 1:  # a scalar column (see _row_args)
-                if sizes.count(1) != len(sizes):
+                if got_sizes.count(1) != n:
                     return None
                 if set(map(Tensor.dim, col)) != {1}:
                     col = tuple(t if t.dim() == 1 else t.view(1) for t in col)
                 sig.append((a.dtype, a.device, 1))
             else:
-                if n is None:
-                    n = sizes
+                if sizes is None:
+                    sizes = got_sizes
                     if min(sizes) < 2:
                         return None
-                elif sizes != n:
+                elif got_sizes != sizes:
                     return None
                 if not all(map(Tensor.is_contiguous, col)):
                     return None
@@ -684,32 +827,39 @@ def _uniform(rows: list[tuple[Any, ...]], views: dict[int, Tensor]
                     col = tuple(t if t.dim() == 1 else t.view(-1) for t in col)
                 sig.append((a.dtype, a.device))
             if _CHECKING:
-                _CHECKED[id(a)] = (orig, sig[-1], col, None if a.numel() == 1 else sizes)
-        elif a is None:
-            if col.count(None) != len(col):
+                _CHECKED[id(a)] = (orig, sig[-1], col, None if a.numel() == 1 else got_sizes)
+            out.append(col)
+            continue
+        # a column of None or of one Python number: shared
+        if a is None:
+            if col.count(None) != n:
                 return None
-            sig.append(None)
         elif type(a) in (int, float):
-            if len(set(map(type, col))) != 1 or col.count(a) != len(col):
+            if len(set(map(type, col))) != 1 or col.count(a) != n:
                 return None
-            sig.append((type(a), a))
         else:
             return None
-        out.append(col)
-    if n is None:
+        got = _one(a)
+        assert got is not None
+        out.append(got[0])
+        sig.append(got[1])
+        kinds.append("one")
+    if sizes is None:
         return None
-    return out, tuple(sig)
+    return out, tuple(sig), tuple(kinds)
 
 
 _DTYPE = operator.attrgetter("dtype")
 
 
-def run_many(fn: Callable[..., Any], rows: list[tuple[Any, ...]], **static: Any) -> None:
-    """``fn(*row, **static)`` for every row, for an update that returns nothing and whose
-    positional tensors of a row all have one shape (the parameter, gradient and state), as
-    list kernels (see BUCKET): rows of one signature (:func:`_signature`) run BUCKET at a time in
-    one compiled call. Rows whose tensors are not contiguous or have one element run ``fn``
-    eagerly (a size of 1 would be specialized).
+def run_many(fn: Callable[..., Any], cols: list[Column], **static: Any) -> None:
+    """``fn(*row, **static)`` for every row of the columns ``cols`` (one per positional
+    argument of ``fn``: a sequence of one value per row, a :class:`Same`, or a :class:`Vec`), for
+    an update that returns nothing and whose positional tensors of a row all have one shape (the
+    parameter, gradient and state), as list kernels (see BUCKET): rows of one signature
+    (:func:`_columns`, :func:`_row_args`) run BUCKET at a time in one compiled call. Rows whose
+    tensors are not contiguous or have fewer than 2 elements run ``fn`` eagerly (a size of 0 or 1
+    would be specialized).
 
     Small tensors are not packed any more (concatenated into flat buffers, one call per buffer,
     copied back, as before list kernels): measured on 1,000 rows of msgd_step, 1 thread, list
@@ -717,63 +867,98 @@ def run_many(fn: Callable[..., Any], rows: list[tuple[Any, ...]], **static: Any)
     10,000 elements 12.9 against 36.1 ms (the same function eagerly 28-43 ms): the packs' copies
     and Python per tensor cost more than a row's share of a list kernel call at every size."""
     if compiling() or not available():
-        for row in rows:
+        for row in rows_of(cols):
             fn(*row, **static)
         return
-    _many(fn, rows, static, False)
+    _many(fn, cols, static, False)
 
 
-def map_many(fn: Callable[..., Any], rows: list[tuple[Any, ...]], **static: Any) -> Tensor:
-    """``torch.stack([fn(*row, **static) for row in rows])`` as list kernels (:func:`run_many`),
-    for a function that returns a tensor per row, of one shape for all rows (a reduction pass);
-    mixed dtypes are promoted as by :func:`steepest.backend.ops._stack`. Each list kernel returns
-    its rows' results stacked, so a pass over 1,000 tensors allocates 63 outputs, not 1,000
-    (docs/performance.md, "Per-tensor Python work")."""
+def map_many(fn: Callable[..., Any], cols: list[Column], **static: Any) -> Tensor:
+    """``torch.stack([fn(*row, **static) for row in rows_of(cols)])`` as list kernels
+    (:func:`run_many`), for a function that returns a tensor per row, of one shape for all rows (a
+    reduction pass); mixed dtypes are promoted as by :func:`steepest.backend.ops._stack`. Each
+    list kernel returns its rows' results stacked, so a pass over 1,000 tensors allocates 63
+    outputs, not 1,000 (docs/performance.md, "Per-tensor Python work")."""
     if compiling() or not available():
-        return _stack([fn(*row, **static) for row in rows])
+        return _stack([fn(*row, **static) for row in rows_of(cols)])
+    n = _nrows(cols)
+    if not n:
+        return _stack([])
     # Rows longer than one summation block and shorter ones get kernels of their own: their sums
     # are traced blocked or plain (backend.ops.symbolic_sums; the size class is in the key).
     # (a row's first argument is its tensor in every pass: one numel() per row, ~0.1 us)
-    first = rows[0][0]
-    long = ([r[0].numel() > _SUM_BLOCK for r in rows] if isinstance(first, Tensor)
-            and all(isinstance(r[0], Tensor) for r in rows) else
-            [_row_numel(r) > _SUM_BLOCK for r in rows])
+    first = cols[0]
+    if type(first) is not Same and type(first) is not Vec and all(map(isinstance, first, repeat(Tensor))):
+        long = [m > _SUM_BLOCK for m in map(Tensor.numel, first)]
+    else:
+        long = [_row_numel(r) > _SUM_BLOCK for r in rows_of(cols, n)]
     if all(long) or not any(long):
-        res = _many(fn, rows, static, True, long[0])
+        res = _many(fn, cols, static, True, long[0])
         assert res is not None
         return res
-    out: list[Tensor] = [None] * len(rows)  # type: ignore[list-item]
+    out: list[Tensor] = [None] * n  # type: ignore[list-item]
     for flag in (True, False):
         ix = [i for i, b in enumerate(long) if b is flag]
-        sub = _many(fn, [rows[i] for i in ix], static, True, flag)
+        sub = _many(fn, _select(cols, ix), static, True, flag)
         assert sub is not None
         for i, r in zip(ix, sub.unbind(0)):
             out[i] = r
     return _stack(out)
 
 
+def _split_small(cols: list[Column], n: int) -> tuple[list[int], list[int]] | None:
+    """The rows whose first tensor has fewer than 2 elements (they run eagerly), and the others,
+    where there are both and the first column is a sequence of tensors; else None."""
+    first = cols[0]
+    if type(first) is Same or type(first) is Vec or not all(map(isinstance, first, repeat(Tensor))):
+        return None
+    sizes = list(map(Tensor.numel, first))
+    small = [i for i, m in enumerate(sizes) if m < 2]
+    if not small or len(small) == n:
+        return None
+    return small, [i for i, m in enumerate(sizes) if m >= 2]
+
+
 def _row_numel(row: tuple[Any, ...]) -> int:
     return max((a.numel() for a in row if isinstance(a, Tensor)), default=0)
 
 
-def _many(fn: Callable[..., Any], rows: list[tuple[Any, ...]], static: dict[str, Any],
+def _many(fn: Callable[..., Any], cols: list[Column], static: dict[str, Any],
           results: bool, blocked: bool = True) -> Tensor | None:
-    """``fn`` on every row as list kernels; with ``results``, the rows' results stacked (else
-    None). ``blocked``: how the kernel sums over a row (backend.ops.symbolic_sums; in its key)."""
-    if not rows:
+    """``fn`` on every row of ``cols`` as list kernels; with ``results``, the rows' results
+    stacked (else None). ``blocked``: how the kernel sums over a row (backend.ops.symbolic_sums;
+    in its key)."""
+    n = _nrows(cols)
+    if not n:
         return _stack([]) if results else None
     views: dict[int, Tensor] = {}
-    # signature -> (the rows' indices, the kernel's arguments as columns: one sequence per
-    # position of a row)
-    groups: dict[tuple[Any, ...], tuple[list[int], list[Any]]] = {}
+    rows: list[tuple[Any, ...]] | None = None  # made where something runs row by row
+    # signature -> (the rows' indices, None for all, the kernel's arguments per column, kinds)
+    groups: dict[tuple[Any, ...], tuple[list[int] | None, list[Any], tuple[str, ...]]] = {}
     out: list[Tensor] = []  # per row, where not all rows are one group
-    fast = _uniform(rows, views)
+    fast = _columns(cols, n)
     if fast is not None:
-        groups[fast[1]] = (list(range(len(rows))), fast[0])
+        groups[fast[1]] = (None, fast[0], fast[2])
+    elif (split := _split_small(cols, n)) is not None:
+        # A few tensors of 0 or 1 element (a scalar parameter) run eagerly; the others keep
+        # the column path instead of all going row by row.
+        small, big = split
+        got = _many(fn, _select(cols, big), static, results, blocked)
+        eager = [fn(*row, **static) for row in rows_of(_select(cols, small), len(small))]
+        if not results:
+            return None
+        assert got is not None
+        out = [None] * n  # type: ignore[list-item]
+        for i, r in zip(big, got.unbind(0)):
+            out[i] = r
+        for i, r in zip(small, eager):
+            out[i] = r
+        return _stack(out)
     else:
+        rows = rows_of(cols, n)
         members: dict[tuple[Any, ...], tuple[list[int], list[tuple[Any, ...]]]] = {}
         if results:
-            out = [None] * len(rows)  # type: ignore[list-item]
+            out = [None] * n  # type: ignore[list-item]
         for i, row in enumerate(rows):
             got = _row_args(row, views)
             if got is None:  # eagerly
@@ -785,28 +970,30 @@ def _many(fn: Callable[..., Any], rows: list[tuple[Any, ...]], static: dict[str,
             ix, rs = members.setdefault(sig, ([], []))
             ix.append(i)
             rs.append(args)
-        groups = {sig: (ix, list(zip(*rs))) for sig, (ix, rs) in members.items()}
-    n_args = len(rows[0])
+        groups = {sig: (ix, list(zip(*rs)), ("row",) * len(sig)) for sig, (ix, rs) in members.items()}
     items = tuple(sorted(static.items()))
-    for sig, (ix, cols) in groups.items():
-        key = (fn, items, MODE, BACKEND, ("list", BUCKET, results, sig, blocked))
+    for sig, (ix, args_cols, kinds) in groups.items():
+        key = (fn, items, MODE, BACKEND, ("list", BUCKET, results, sig, kinds, blocked))
         kernel: Any = _KERNELS.get(key, False)
+        count = n if ix is None else len(ix)
         chunks: list[Tensor] = []  # this group's results, one stacked tensor per call
-        for start in range(0, len(ix), BUCKET):
+        for start in range(0, count, BUCKET):
             stop = start + BUCKET
+            pad = stop - count if stop > count else 0  # the last call: padded
             flat: list[Any] = []
-            if stop > len(ix):  # the last call: padded
-                pad = _dummies(sig, stop - len(ix))
-                for col, dummy in zip(cols, pad):
-                    flat += col[start:]
-                    flat += dummy
-            else:
-                for col in cols:
+            for col, kind, entry in zip(args_cols, kinds, sig):
+                if kind == "row":
                     flat += col[start:stop]
+                    if pad:
+                        flat += _dummies(entry, pad)
+                elif kind == "one":
+                    flat.append(col)
+                else:  # "vec": padded to whole calls by _columns
+                    flat.append(col[start:stop])
             if kernel is False:  # the first call compiles (before writing anything)
                 try:
                     with symbolic_sums(blocked):  # traced on the first call
-                        kernel = _compile_list(fn, static, key, flat, n_args, results)
+                        kernel = _compile_list(fn, static, key, flat, kinds, results)
                         res = kernel(*flat)
                 except Exception as exc:  # this kernel eagerly, with one warning
                     _fail(key, exc)
@@ -817,7 +1004,10 @@ def _many(fn: Callable[..., Any], rows: list[tuple[Any, ...]], static: dict[str,
                         chunks.append(res)
                     continue
             if kernel is None:
-                got_rows = [fn(*rows[i], **static) for i in ix[start:stop]]
+                if rows is None:
+                    rows = rows_of(cols, n)
+                todo = range(start, min(stop, count)) if ix is None else ix[start:stop]
+                got_rows = [fn(*rows[i], **static) for i in todo]
                 if results:
                     chunks.append(_stack(got_rows))
                 continue
@@ -827,8 +1017,8 @@ def _many(fn: Callable[..., Any], rows: list[tuple[Any, ...]], static: dict[str,
         if not results:
             continue
         # (the last call's padded rows are cut off)
-        stacked = (chunks[0] if len(chunks) == 1 else torch.cat(chunks))[:len(ix)]
-        if fast is not None:
+        stacked = (chunks[0] if len(chunks) == 1 else torch.cat(chunks))[:count]
+        if ix is None:
             return stacked
         for i, r in zip(ix, stacked.unbind(0)):
             out[i] = r
@@ -853,15 +1043,16 @@ class FusedBackend(Backend):
         """``fn(*args, **static)`` as one fused kernel (:func:`run`)."""
         return run(fn, *args, **static)
 
-    def kernel_many(self, fn: Callable[..., Any], rows: list[tuple[Any, ...]], **static: Any) -> None:
-        """``fn(*row, **static)`` for every row, as list kernels (:func:`run_many`)."""
-        run_many(fn, rows, **static)
+    def kernel_many(self, fn: Callable[..., Any], cols: list[Column], **static: Any) -> None:
+        """``fn(*row, **static)`` for every row of the columns ``cols`` (one per positional
+        argument: a sequence, a :class:`Same` or a :class:`Vec`), as list kernels
+        (:func:`run_many`)."""
+        run_many(fn, cols, **static)
 
-    def kernel_map(self, fn: Callable[..., Any], rows: list[tuple[Any, ...]], **static: Any
-                   ) -> Tensor:
-        """``torch.stack([fn(*row, **static) for row in rows])`` as list kernels
+    def kernel_map(self, fn: Callable[..., Any], cols: list[Column], **static: Any) -> Tensor:
+        """``torch.stack([fn(*row, **static) for row in rows_of(cols)])`` as list kernels
         (:func:`map_many`)."""
-        return map_many(fn, rows, **static)
+        return map_many(fn, cols, **static)
 
     def accepts(self, group: dict[str, Any], params: list[Tensor]) -> bool:
         # DTensors (FSDP2) need their own reductions: the eager backends run them.

@@ -517,7 +517,7 @@ class StepOptimizer(Optimizer):
         params = [p for _, p, _g in items]
         grads = [g for _, _p, g in items]
         if not copies:
-            if not any(p.is_complex() for p in params):
+            if not any(map(Tensor.is_complex, params)):
                 return params, grads, states, []
             return ([_real(p) for p in params], [_real(g) for g in grads],
                     [{k: _real(v) for k, v in st.items()} for st in states], [])

@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from steepest.backend import NonFinite, compiling, nonfinite_policy, sum_all
-from steepest.backend.fused import vouch
+from steepest.backend.fused import Column, Same, Vec, rows_of
 from steepest.backend.ops import ForeachOps, _stack
 from steepest.backend.policy import _all_cpu
 from steepest.norms import Norm, _combine_pow, _safe_div, per_tensor_list
@@ -367,9 +367,8 @@ def adam_averaged_step(
         gamma = |ss (m~ / (sqrt(v~)/bc2 + eps))|       (ss = lr/(1 - b1^k), bc2 = sqrt(1 - b2^k))
         x <- (1 - lr wd) x - mean(gamma) sign(m~),     mean(gamma) = sum(gamma) / n
 
-    ``n``: this tensor's number of entries as a 0-d tensor of its own (a distinct object per
-    row: ``kernel_many`` packs only rows whose 0-d arguments are the same objects, and the mean
-    is per tensor, so no two rows are ever packed together). The mean is a reduction before
+    ``n``: this tensor's number of entries as a 0-d tensor (the drivers pass every row's in one
+    :class:`~steepest.backend.fused.Vec`: no object per row). The mean is a reduction before
     the write of ``x``: a compiled call makes two loops (the sum reads g, m~, v~; the update
     reads them again, in cache for tensors up to a few hundred thousand entries, and writes
     m~, v~, x): 10 transfers for the 7 counted, 3 of them usually from cache."""
@@ -419,11 +418,12 @@ class _PerDtype:
             t = self.made[key] = _scalar(self.value, like)
         return t
 
-    def many(self, likes: list[Tensor]) -> list[Tensor]:
-        """``[self(x) for x in likes]``, without a call per tensor where they share one dtype and
-        device (the usual group; two C passes instead of ~0.5 us a tensor)."""
+    def column(self, likes: list[Tensor]) -> Column:
+        """``[self(x) for x in likes]`` as a kernel column: one :class:`Same` where they share one
+        dtype and device (the usual group; two C passes, and the list kernels pass it once per
+        call), else one entry per tensor."""
         if likes and len(set(map(_DTYPE, likes))) == 1 and len(set(map(_DEVICE, likes))) == 1:
-            return [self(likes[0])] * len(likes)
+            return Same(self(likes[0]))
         return [self(x) for x in likes]
 
 
@@ -446,40 +446,36 @@ _DTYPE = operator.attrgetter("dtype")
 _DEVICE = operator.attrgetter("device")
 
 
-def _map(backend: Any, fn: Callable[..., Tensor], rows: list[tuple[Any, ...]], **static: Any
-         ) -> Tensor:
-    """A reduction pass: ``fn(*row, **static)`` per row, stacked (``backend.kernel_map``: list
-    kernels, each returning its rows' results in one tensor); a float32 0 for an empty tensor
-    (the row's first argument)."""
-    todo = [i for i, row in enumerate(rows) if row[0].numel()]
-    if len(todo) == len(rows):
-        return backend.kernel_map(fn, rows, **static)
+def _map(backend: Any, fn: Callable[..., Tensor], cols: list[Column], **static: Any) -> Tensor:
+    """A reduction pass: ``fn(*row, **static)`` per row of the columns ``cols``, stacked
+    (``backend.kernel_map``: list kernels, each returning its rows' results in one tensor); a
+    float32 0 for an empty tensor (the row's first argument: ``fn`` never sees one, so that a
+    norm's ``partial`` need not handle it)."""
+    first = cols[0]
+    if 0 not in map(Tensor.numel, first):
+        return backend.kernel_map(fn, cols, **static)
+    rows = rows_of(cols)
     out = [row[0].new_zeros((), dtype=torch.float32) for row in rows]
+    todo = [i for i, row in enumerate(rows) if row[0].numel()]
     if todo:
-        for i, r in zip(todo, backend.kernel_map(fn, [rows[i] for i in todo], **static).unbind(0)):
+        got = backend.kernel_map(fn, [list(c) for c in zip(*(rows[i] for i in todo))], **static)
+        for i, r in zip(todo, got.unbind(0)):
             out[i] = r
     return _stack(out)
 
 
-def _shared(scalars: Tensor | list[Tensor] | None, params: list[Tensor], per_tensor: bool) -> list[Any]:
-    """A plan's per-tensor scalars, one entry per tensor of ``params``: (1,)-shaped views of a
-    1-d plan tensor (the form the list kernels take: no ``view`` per tensor and step, ~1 us
-    each; 0-d for a 0-d parameter, which runs eagerly); where the scope gives them all one value
-    (a group-wide norm), one object for all (rows with one object share one (1,) view in
-    ``kernel_many``). The host read is the CPU's; elsewhere each tensor keeps its own entry."""
-    n = len(params)
+def _shared(scalars: Tensor | list[Tensor] | None, params: list[Tensor], per_tensor: bool) -> Column:
+    """A plan's per-tensor scalars as a kernel column: a :class:`Vec` of the 1-d plan tensor
+    (one slice per list-kernel call, no view per tensor and step); where the scope gives them all
+    one value (a group-wide norm), one :class:`Same` (the host read is the CPU's; elsewhere the
+    plan tensor stays a Vec); None: ``Same(None)``."""
     if scalars is None:
-        return [None] * n
+        return Same(None)
     if (not per_tensor and isinstance(scalars, Tensor) and scalars.numel() and scalars.device.type == "cpu"
             and bool((scalars == scalars[0]).all())):
-        return [scalars[0]] * n
-    if isinstance(scalars, Tensor) and scalars.dim() == 1:
-        items = list(scalars.view(-1, 1).unbind(0))
-        if 0 in map(Tensor.dim, params):
-            items = [x.view(()) if q.dim() == 0 else x for x, q in zip(items, params)]
-        else:
-            vouch(items)  # one dtype and device, (1,)-shaped, contiguous: no per-view checks
-        return items
+        return Same(scalars[0])
+    if isinstance(scalars, Tensor) and scalars.dim() == 1 and scalars.shape[0] == len(params):
+        return Vec(scalars)
     got = per_tensor_list(scalars)
     assert got is not None
     return got
@@ -516,13 +512,12 @@ def fused_steepest(group: dict[str, Any], params: list[Tensor], grads: list[Tens
         momentum, hb = "heavy_ball", {"w": 1.0 - dampening}
     sgn = -1.0 if group["maximize"] else 1.0
     hi1, hi2 = 1.0 - b1 >= 0.5, 1.0 - b2 >= 0.5
-    ms: list[Tensor | None] = [st.get("momentum_buffer") if momentum != "none" else None for st in states]
-    n = len(params)
-    pres: list[Any] = [None] * n
-    posts: list[Any] = [None] * n
+    ms: Column = Same(None) if momentum == "none" else [st.get("momentum_buffer") for st in states]
+    pres: Column = Same(None)
+    posts: Column = Same(None)
     if not norm.elementwise(mode):
         # Pass 1 (reads g, m; writes nothing): the norm's partials of c, then its plan.
-        partials = _map(backend, steepest_partial, [(g, m) for g, m in zip(grads, ms)],
+        partials = _map(backend, steepest_partial, [grads, ms],
                         norm=norm, b1=b1, sgn=sgn, momentum=momentum, hi1=hi1, **hb)
         if _checks(group, params):
             _refuse_nonfinite(partials, grads)
@@ -533,9 +528,7 @@ def fused_steepest(group: dict[str, Any], params: list[Tensor], grads: list[Tens
         if not update_is_finite(who, group, params, [post], f"the {mode} step's scale under {norm!r}"):
             return
         pres, posts = _shared(pre, params, per_tensor), _shared(post, params, per_tensor)
-    backend.kernel_many(steepest_step, [(p, g, m, pre_i, post_i, lr_i) for p, g, m, pre_i, post_i, lr_i
-                                        in zip(params, grads, ms, pres, posts, lr.many(params)) if p.numel()],
-                        norm=norm, wd=wd, b1=b1, b2=b2, sgn=sgn, momentum=momentum, hi1=hi1, hi2=hi2, **hb)
+    backend.kernel_many(steepest_step, [params, grads, ms, pres, posts, lr.column(params)], norm=norm, wd=wd, b1=b1, b2=b2, sgn=sgn, momentum=momentum, hi1=hi1, hi2=hi2, **hb)
 
 
 def _counts(states: list[dict[str, Any]]) -> list[float]:
@@ -554,12 +547,12 @@ def _counts(states: list[dict[str, Any]]) -> list[float]:
     return _stack(steps).tolist()
 
 
-def _per_count(ks: list[float], params: list[Tensor], make: Callable[[float], Any]) -> list[Any]:
-    """Per tensor, ``make(k)(p)`` for its step count ``k``: ``make`` is called once per distinct
-    count, and where every tensor has the same count (the usual group), its value's ``many``
-    hands the rows their scalar without a call per tensor."""
+def _per_count(ks: list[float], params: list[Tensor], make: Callable[[float], Any]) -> Column:
+    """Per tensor, ``make(k)(p)`` for its step count ``k``, as a kernel column: ``make`` is
+    called once per distinct count, and where every tensor has the same count (the usual group),
+    its value's ``column`` gives one :class:`Same`."""
     if ks and ks.count(ks[0]) == len(ks):
-        return list(make(ks[0]).many(params))
+        return make(ks[0]).column(params)
     made: dict[float, Any] = {}
     out = []
     for p, k in zip(params, ks):
@@ -576,9 +569,8 @@ def fused_msgd(group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
     sgn = -1.0 if group["maximize"] else 1.0
     w = 1.0 - b
     hats = _per_count(_counts(states), params, lambda k: _PerDtype(lr / (1.0 - b**k)))
-    rows = [(p, g, st["exp_avg"], hat, lr_i) for p, g, st, hat, lr_i
-            in zip(params, grads, states, hats, _PerDtype(lr).many(params)) if p.numel()]
-    backend.kernel_many(msgd_step, rows, wd=wd, w=w, sgn=sgn, hi=w >= 0.5)
+    cols = [params, grads, [st["exp_avg"] for st in states], hats, _PerDtype(lr).column(params)]
+    backend.kernel_many(msgd_step, cols, wd=wd, w=w, sgn=sgn, hi=w >= 0.5)
 
 
 def fused_ef(group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
@@ -590,8 +582,8 @@ def fused_ef(group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
     lr, wd = _PerDtype(group["lr"]), _f(group["weight_decay"])
     sgn = -1.0 if group["maximize"] else 1.0
     errs = [st["error"] for st in states]
-    lrs = lr.many(params)
-    partials = _map(backend, ef_reduce, list(zip(grads, errs, lrs)), sgn=sgn)
+    lrs = lr.column(params)
+    partials = _map(backend, ef_reduce, [grads, errs, lrs], sgn=sgn)
     if _checks(group, params):
         _refuse_nonfinite(partials, grads)
     per_tensor = group["scope"] == "per_tensor"
@@ -602,9 +594,8 @@ def fused_ef(group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
         sizes = [float(e.numel()) for e in errs]
         ds = sizes if per_tensor else [sum(sizes)] * len(errs)
         coefs = _safe_div(dual, torch.tensor(ds, dtype=dual.dtype, device=dual.device))
-    cs = _shared(coefs, params, True) if per_tensor else [coefs[0]] * len(errs)  # one object (one view a call)
-    backend.kernel_many(ef_step, [(p, g, e, c, lr_i) for p, g, e, c, lr_i in zip(params, grads, errs, cs, lrs)
-                                  if p.numel()], wd=wd, sgn=sgn)
+    cs = _shared(coefs, params, True) if per_tensor else Same(coefs[0])
+    backend.kernel_many(ef_step, [params, grads, errs, cs, lrs], wd=wd, sgn=sgn)
 
 
 def fused_variance_adapted(group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
@@ -616,17 +607,27 @@ def fused_variance_adapted(group: dict[str, Any], params: list[Tensor], grads: l
     lr, b, wd = _PerDtype(group["lr"]), group["momentum"], _f(group["weight_decay"])
     sgn = -1.0 if group["maximize"] else 1.0
     per_step: dict[float, tuple[Tensor, Tensor]] = {}  # per step value (usually one): a, K
-    rows = []
-    for p, g, st, count, lr_i in zip(params, grads, states, _counts(states), lr.many(params)):
+
+    def scalars(count: float) -> tuple[Tensor, Tensor]:
         t = count - 1.0
         if t not in per_step:
             (a,), (k,) = scales(b, [t], kind != "svag")
-            a_t, k_t = torch.tensor([a, k], dtype=torch.float64, device=p.device).unbind(0)
+            a_t, k_t = torch.tensor([a, k], dtype=torch.float64, device=params[0].device).unbind(0)
             per_step[t] = (a_t, k_t)
-        a_t, k_t = per_step[t]
-        if p.numel():
-            rows.append((p, g, st["exp_avg"], st["exp_avg_sq"], lr_i, a_t, k_t))
-    backend.kernel_many(variance_adapted_step, rows, wd=wd, w=1.0 - b, b=b, sgn=sgn, kind=kind,
+        return per_step[t]
+
+    ks = _counts(states)
+    acol: Column
+    kcol: Column
+    if ks and ks.count(ks[0]) == len(ks):
+        a_t, k_t = scalars(ks[0])
+        acol, kcol = Same(a_t), Same(k_t)
+    else:
+        pairs = [scalars(k) for k in ks]
+        acol, kcol = [a for a, _ in pairs], [k for _, k in pairs]
+    cols = [params, grads, [st["exp_avg"] for st in states], [st["exp_avg_sq"] for st in states],
+            lr.column(params), acol, kcol]
+    backend.kernel_many(variance_adapted_step, cols, wd=wd, w=1.0 - b, b=b, sgn=sgn, kind=kind,
                         hi=1.0 - b >= 0.5)
 
 
@@ -642,34 +643,32 @@ def fused_stacey(group: dict[str, Any], params: list[Tensor], grads: list[Tensor
     lr_t, alpha_t, decay_t = _PerDtype(lr), _PerDtype(mirror_alpha), _PerDtype(decay)
     backend.kernel_many(
         stacey_step,
-        [(x, g, st["m"], st["z"], a, b, c) for x, g, st, a, b, c
-         in zip(params, grads, states, lr_t.many(params), alpha_t.many(params), decay_t.many(params))
-         if x.numel()],
+        [params, grads, [st["m"] for st in states], [st["z"] for st in states], lr_t.column(params),
+         alpha_t.column(params), decay_t.column(params)],
         norm=cfg.norm, p=cfg.p, tau=cfg.tau, wd=cfg.wd, w1=cfg.w1, w2=cfg.w2, mom=cfg.mom,
         plain=cfg.plain, sgn=sgn, hi1=cfg.w1 >= 0.5, hi2=cfg.w2 >= 0.5, hit=cfg.tau >= 0.5)
 
 
 def fused_adam_averaged(group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                         states: list[dict[str, Any]], backend: Any) -> None:
-    """``AdamAveraged``'s step on the fused backend (:func:`adam_averaged_step`; each row has
-    its own 0-d ``n``, so that no two rows are packed into one: the mean is per tensor)."""
+    """``AdamAveraged``'s step on the fused backend (:func:`adam_averaged_step`; each row's
+    ``n``, its number of entries, from one :class:`~steepest.backend.fused.Vec`)."""
     lr, wd, eps = _f(group["lr"]), _f(group["weight_decay"]), float(group["eps"])
     b1, b2 = group["betas"]
     sgn = -1.0 if group["maximize"] else 1.0
     ks = _counts(states)
     sss = _per_count(ks, params, lambda k: _PerDtype(lr / (1.0 - b1**k)))
     bc2s = _per_count(ks, params, lambda k: _PerDtype((1.0 - b2**k) ** 0.5))
-    rows = [(p, g, st["exp_avg"], st["exp_avg_sq"], ss, bc2, lr_i) for p, g, st, ss, bc2, lr_i
-            in zip(params, grads, states, sss, bc2s, _PerDtype(lr).many(params)) if p.numel()]
-    # The sizes, one object per row (one tensor per dtype and device, as _shared hands out
-    # per-tensor scalars).
-    sizes: dict[tuple[torch.dtype, torch.device], list[int]] = {}
-    for i, row in enumerate(rows):
-        sizes.setdefault((row[4].dtype, row[4].device), []).append(i)
-    ns: list[Any] = [None] * len(rows)
-    for (dtype, device), idx in sizes.items():
-        made = torch.tensor([float(rows[i][0].numel()) for i in idx], dtype=dtype, device=device)
-        for i, n in zip(idx, _shared(made, [rows[i][0] for i in idx], True)):
-            ns[i] = n
-    backend.kernel_many(adam_averaged_step, [(*row, n) for row, n in zip(rows, ns)],
+    # The sizes: one Vec where the group has one compute dtype and device (the usual group),
+    # else a 0-d tensor per row.
+    ns: Column
+    if params and len(set(map(_DTYPE, params))) == 1 and len(set(map(_DEVICE, params))) == 1:
+        like = _scalar(0.0, params[0])  # (the compute dtype: a (1,)-shaped n promotes nothing)
+        ns = Vec(torch.tensor(list(map(float, map(Tensor.numel, params))), dtype=like.dtype,
+                              device=like.device))
+    else:
+        ns = [_scalar(float(p.numel()), p) for p in params]
+    cols = [params, grads, [st["exp_avg"] for st in states], [st["exp_avg_sq"] for st in states], sss, bc2s,
+            _PerDtype(lr).column(params), ns]
+    backend.kernel_many(adam_averaged_step, cols,
                         w1=1.0 - b1, b2=b2, eps=eps, wd=wd, sgn=sgn, hi1=1.0 - b1 >= 0.5)
