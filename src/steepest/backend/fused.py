@@ -490,7 +490,7 @@ class _recording_inductor:
             return res
 
         self.orig = orig
-        CompiledFxGraph.__call__ = call  # type: ignore[method-assign]
+        CompiledFxGraph.__call__ = call  # type: ignore[method-assign, assignment]
 
     def __exit__(self, *exc: Any) -> None:
         if self.cls is not None:
@@ -943,13 +943,13 @@ def _many(fn: Callable[..., Any], cols: list[Column], static: dict[str, Any],
         # A few tensors of 0 or 1 element (a scalar parameter) run eagerly; the others keep
         # the column path instead of all going row by row.
         small, big = split
-        got = _many(fn, _select(cols, big), static, results, blocked)
+        sub = _many(fn, _select(cols, big), static, results, blocked)
         eager = [fn(*row, **static) for row in rows_of(_select(cols, small), len(small))]
         if not results:
             return None
-        assert got is not None
+        assert sub is not None
         out = [None] * n  # type: ignore[list-item]
-        for i, r in zip(big, got.unbind(0)):
+        for i, r in zip(big, sub.unbind(0)):
             out[i] = r
         for i, r in zip(small, eager):
             out[i] = r
@@ -967,10 +967,10 @@ def _many(fn: Callable[..., Any], cols: list[Column], static: dict[str, Any],
                     out[i] = r
                 continue
             args, sig = got
-            ix, rs = members.setdefault(sig, ([], []))
-            ix.append(i)
+            where, rs = members.setdefault(sig, ([], []))
+            where.append(i)
             rs.append(args)
-        groups = {sig: (ix, list(zip(*rs)), ("row",) * len(sig)) for sig, (ix, rs) in members.items()}
+        groups = {sig: (where, list(zip(*rs)), ("row",) * len(sig)) for sig, (where, rs) in members.items()}
     items = tuple(sorted(static.items()))
     for sig, (ix, args_cols, kinds) in groups.items():
         key = (fn, items, MODE, BACKEND, ("list", BUCKET, results, sig, kinds, blocked))

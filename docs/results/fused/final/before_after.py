@@ -24,6 +24,28 @@ def span(xs: list[float]) -> str:
     return f"{min(xs):.2f}" if max(xs) - min(xs) < 0.005 else f"{min(xs):.2f}-{max(xs):.2f}"
 
 
+def names_of(runs: list[list[dict[str, Any]]], layout: str) -> list[str]:
+    """Our optimizers of ``layout``, in the order of the first run."""
+    names: list[str] = []
+    for r in runs[0]:
+        if r["layout"] == layout and "torch" not in r["optimizer"] and r["optimizer"] not in names:
+            names.append(r["optimizer"])
+    return names
+
+
+def row(name: str, layout: str, columns: list[tuple[list[list[dict[str, Any]]], str]],
+        adamw: list[list[dict[str, Any]]]) -> str:
+    """A table row: per (runs, path) column "default / ignore" spans, then the fused path's
+    x foreach AdamW per byte from ``adamw``'s runs."""
+    cells = []
+    for runs, path in columns:
+        d = values(runs, layout, name, path, "default")
+        i = values(runs, layout, name, path, "ignore")
+        cells.append("-" if not d and not i else f"{span(d)} / {span(i)}")
+    cells.append(span(values(adamw, layout, name, "fused", "default", "x_adamw_foreach_per_byte")))
+    return f"| {name} | " + " | ".join(cells) + " |"
+
+
 def main() -> None:
     pre = [load(f"fpre18-{i}.json") for i in (0, 1)]
     now = [load(f"fnow-{i}.json") for i in (0, 1)]
@@ -32,18 +54,9 @@ def main() -> None:
         print("| optimizer | loop before | loop after | foreach before | foreach after | fused after "
               "| fused x foreach AdamW |")
         print("| --- | --- | --- | --- | --- | --- | --- |")
-        names: list[str] = []
-        for r in now[0]:
-            if r["layout"] == layout and "torch" not in r["optimizer"] and r["optimizer"] not in names:
-                names.append(r["optimizer"])
-        for name in names:
-            cells = []
-            for runs, path in ((pre, "loop"), (now, "loop"), (pre, "foreach"), (now, "foreach"), (now, "fused")):
-                d = values(runs, layout, name, path, "default")
-                i = values(runs, layout, name, path, "ignore")
-                cells.append("-" if not d and not i else f"{span(d)} / {span(i)}")
-            cells.append(span(values(now, layout, name, "fused", "default", "x_adamw_foreach_per_byte")))
-            print(f"| {name} | " + " | ".join(cells) + " |")
+        columns = [(pre, "loop"), (now, "loop"), (pre, "foreach"), (now, "foreach"), (now, "fused")]
+        for name in names_of(now, layout):
+            print(row(name, layout, columns, now))
 
 
 if __name__ == "__main__":
