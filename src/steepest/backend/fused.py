@@ -393,14 +393,15 @@ def _direct(aot: Any, example: tuple[Any, ...], layout: list[int] | None = None
 
     How, without relying on those layers' layout: the kernel's bytecode is run once on probe rows
     of distinct sizes (row i: ``BUCKET + 2 + i`` elements; ``layout``: each argument's row, as
-    :func:`_layout` gives it, by default ``BUCKET`` rows of one column after another), in a copy of its globals where the graph (the one
-    ``__compiled_fn_*`` global) is wrapped by a recorder of its arguments and results, and with
-    ``CompiledFxGraph.__call__`` recorded too (its inputs, its results, the version counters it
-    moved). Each argument of the recorded call must be one of the probe tensors (by identity) or
-    the size of one probe row, each result of the kernel one of the call's results. A caller is
-    built from the innermost record that qualifies (inductor's compiled graph, else dynamo's
-    graph) and checked against the kernel on a second probe (other sizes, random data) for equal
-    results, equal writes and equal version counter increments; any mismatch or error: None."""
+    :func:`_layout` gives it, by default ``BUCKET`` rows of one column after another), in a copy
+    of its globals where the graph (the one ``__compiled_fn_*`` global) is wrapped by a recorder
+    of its arguments and results, and with ``CompiledFxGraph.__call__`` recorded too (its
+    inputs, its results, the version counters it moved). Each argument of the recorded call
+    must be one of the probe tensors (by identity) or the size of one probe row, each result of
+    the kernel one of the call's results. A caller is built from the innermost record that
+    qualifies (inductor's compiled graph, else dynamo's graph) and checked against the kernel on
+    a second probe (other sizes, random data) for equal results, equal writes and equal version
+    counter increments; any mismatch or error: None."""
     try:
         g = aot.fn.__globals__
         names = [k for k in g if k.startswith("__compiled_fn_")]
@@ -772,8 +773,9 @@ def _columns(cols: list[Column], n: int) -> tuple[list[Any], tuple[Any, ...], tu
             if not isinstance(t, Tensor) or t.dim() != 1 or t.shape[0] != n:
                 return None
             whole = -(-n // BUCKET) * BUCKET
-            # (contiguous: the kernel reads its slice at stride 1, as the example it was traced on)
-            t = t.contiguous() if whole == n else torch.cat((t, t.new_zeros(whole - n)))
+            # (contiguous: the kernel reads its slice at stride 1, as the example it was traced
+            # on; the padded rows' values are 1, read only by the dummy rows)
+            t = t.contiguous() if whole == n else torch.cat((t, t.new_ones(whole - n)))
             out.append(t)
             sig.append(("vec", t.dtype, t.device))
             kinds.append("vec")

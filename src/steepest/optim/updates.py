@@ -528,7 +528,8 @@ def fused_steepest(group: dict[str, Any], params: list[Tensor], grads: list[Tens
         if not update_is_finite(who, group, params, [post], f"the {mode} step's scale under {norm!r}"):
             return
         pres, posts = _shared(pre, params, per_tensor), _shared(post, params, per_tensor)
-    backend.kernel_many(steepest_step, [params, grads, ms, pres, posts, lr.column(params)], norm=norm, wd=wd, b1=b1, b2=b2, sgn=sgn, momentum=momentum, hi1=hi1, hi2=hi2, **hb)
+    backend.kernel_many(steepest_step, [params, grads, ms, pres, posts, lr.column(params)], norm=norm, wd=wd,
+                        b1=b1, b2=b2, sgn=sgn, momentum=momentum, hi1=hi1, hi2=hi2, **hb)
 
 
 def _counts(states: list[dict[str, Any]]) -> list[float]:
