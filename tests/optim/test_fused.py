@@ -618,8 +618,8 @@ def test_columns_same_vec_and_a_one_element_row_equal_per_tensor_eager():
     """Columns as the drivers give them: ``Same`` (a shared lr; None for an absent momentum),
     ``Vec`` (per-row scalars as one 1-d tensor, one of them expanded: stride 0), and a row of one
     element among the others (it runs eagerly, the others keep the column path): against the
-    per-tensor function run eagerly on each row, with row i's scalar the 0-d ``pre[i]``;
-    bitwise, since aot_eager runs the same ATen kernels on the same data."""
+    per-tensor function run eagerly on each row, with row i's scalar the (1,)-shaped
+    ``pre[i:i+1]``; bitwise, since aot_eager runs the same ATen kernels on the same data."""
     from steepest.norms import Lp
     from steepest.optim.updates import steepest_partial, steepest_step
 
@@ -640,8 +640,9 @@ def test_columns_same_vec_and_a_one_element_row_equal_per_tensor_eager():
         (ps, gs, ms), (rp, rg, rm) = tensors(), tensors()
         m_col = ms if momentum == "ema" else F.Same(None)
         F.run_many(steepest_step, [ps, gs, m_col, F.Vec(pre), F.Vec(post), F.Same(lr)], **st)
-        for i in range(n):
-            steepest_step(rp[i], rg[i], rm[i] if momentum == "ema" else None, pre[i], post[i], lr, **st)
+        for i in range(n):  # (a Vec's element, eagerly: its (1,)-shaped slice; rows_of)
+            steepest_step(rp[i], rg[i], rm[i] if momentum == "ema" else None, pre[i:i + 1], post[i:i + 1], lr,
+                          **st)
         assert [torch.equal(a, b) for a, b in zip(ps + ms, rp + rm)] == [True] * (2 * n), momentum
         pst = dict(norm=norm, b1=0.9, sgn=1.0, momentum=momentum, hi1=False)
         sums = F.map_many(steepest_partial, [gs, m_col], **pst)
@@ -651,6 +652,36 @@ def test_columns_same_vec_and_a_one_element_row_equal_per_tensor_eager():
     assert ("row", "row", "row", "vec", "vec", "one") in layouts  # the column path was taken
     assert ("row", "row", "one", "vec", "vec", "one") in layouts
     F.reset()
+
+
+def test_vec_scalars_promote_alike_in_list_kernels_and_eager_rows():
+    """A mixed float32/float64 group's per-tensor plan is float64. A float32 row in a list kernel
+    gets its scalar as a (1,)-shaped float64 slice, which promotes the row's math to float64, as
+    the loop path does; a float32 row that runs eagerly (here: not contiguous) must get it in the
+    same form, not as a 0-d scalar (which would leave its math in float32: 1 ulp apart, found in
+    review). Two parameters with the same values and gradients, one contiguous and one not:
+    bitwise equal (the same ATen kernels on the same data, aot_eager), and within 1e-6 of the
+    loop path (another path: rounding may differ)."""
+    outs = []
+    for kw in (dict(fused=True), dict(foreach=False)):
+        g = torch.Generator().manual_seed(0)
+        base = torch.randn(4, 6, generator=g)
+        a = torch.nn.Parameter(base.clone())
+        b = torch.nn.Parameter(base.t().contiguous().t())  # same values, not contiguous
+        c = torch.nn.Parameter(torch.randn(8, generator=g, dtype=torch.float64))
+        d = torch.nn.Parameter(torch.randn(4, 6, generator=g))
+        opt = so.ScaledSignSGD([a, b, c, d], lr=0.01, scope="per_tensor", **kw)
+        for t in range(3):
+            gg = torch.Generator().manual_seed(10 + t)
+            grad = torch.randint(-8, 9, (4, 6), generator=gg).float() / 8
+            a.grad, b.grad = grad.clone(), grad.t().contiguous().t()
+            c.grad = torch.randn(8, generator=gg, dtype=torch.float64)
+            d.grad = torch.randn(4, 6, generator=gg)
+            opt.step()
+        outs.append((a.detach(), b.detach()))
+    (fa, fb), (la, _) = outs
+    assert torch.equal(fa, fb)
+    torch.testing.assert_close(fa, la, rtol=1e-6, atol=1e-7)
 
 
 def test_columns_that_disagree_on_the_number_of_rows_raise():

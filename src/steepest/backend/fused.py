@@ -608,8 +608,8 @@ class Vec:
     takes a slice of ``BUCKET`` elements per call and gives row i its element as a (1,)-shaped
     slice inside the compiled code, so no Python object is made per row (1,000 ``unbind`` views
     and their release were ~0.5 ms of a 1,000-tensor step: docs/performance.md, "The layers
-    around a compiled kernel, and columns").
-    Eagerly, row i gets the 0-d element ``tensor[i]``."""
+    around a compiled kernel, and columns"). Eagerly, row i gets the same (1,)-shaped slice
+    (0-d where the row's first tensor is 0-d: :func:`rows_of`)."""
 
     __slots__ = ("tensor",)
 
@@ -645,14 +645,22 @@ def _nrows(cols: list[Column]) -> int:
 
 def rows_of(cols: list[Column], n: int | None = None) -> list[tuple[Any, ...]]:
     """The rows of ``cols``: ``fn(*row)`` per row is what a list kernel computes (the eager
-    path, and rows that cannot run in a list kernel)."""
+    path, and rows that cannot run in a list kernel). A :class:`Vec`'s element is given as the
+    kernels take it, a (1,)-shaped slice (so that it takes part in type promotion alike: a
+    float64 plan scalar promotes a float32 row's math on both paths, as on the loop path), but
+    0-d for a row whose first tensor is 0-d (a (1,) scalar would make its result (1,))."""
     n = _nrows(cols) if n is None else n
+    lead = next((c for c in cols if type(c) is not Same and type(c) is not Vec
+                 and all(map(isinstance, c, repeat(Tensor)))), None)
     seqs: list[Any] = []
     for c in cols:
         if type(c) is Same:
             seqs.append(repeat(c.value, n))
         elif type(c) is Vec:
-            seqs.append(c.tensor.unbind(0))
+            items = list(c.tensor.view(-1, 1).unbind(0))
+            if lead is not None and 0 in map(Tensor.dim, lead):
+                items = [x.view(()) if q.dim() == 0 else x for x, q in zip(items, lead)]
+            seqs.append(items)
         else:
             seqs.append(c)
     return list(zip(*seqs))
