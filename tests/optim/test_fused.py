@@ -649,8 +649,9 @@ def test_columns_same_vec_and_a_one_element_row_equal_per_tensor_eager():
         want = [steepest_partial(g, m if momentum == "ema" else None, **pst) for g, m in zip(gs, ms)]
         assert [torch.equal(a, b) for a, b in zip(sums, want)] == [True] * n, momentum
     layouts = {k[4][4] for k in F._KERNELS if isinstance(k[4], tuple) and k[4][0] == "list"}
-    assert ("row", "row", "row", "vec", "vec", "one") in layouts  # the column path was taken
-    assert ("row", "row", "one", "vec", "vec", "one") in layouts
+    # the column path was taken: scalar columns (the Vecs, the shared lr) as vectors, None once
+    assert ("row", "row", "row", "vec", "vec", "vec") in layouts
+    assert ("row", "row", "one", "vec", "vec", "vec") in layouts
     F.reset()
 
 
@@ -682,6 +683,34 @@ def test_vec_scalars_promote_alike_in_list_kernels_and_eager_rows():
     (fa, fb), (la, _) = outs
     assert torch.equal(fa, fb)
     torch.testing.assert_close(fa, la, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["MSGD", "MSVAG", "AdamAveraged", "Signum-mixed"])
+def test_no_new_kernel_when_a_steps_scalars_stop_being_shared(name):
+    """A kernel's layout must not depend on whether a step's scalars are shared: a parameter
+    with no gradient on one step (its step count then lags: per-row bias corrections instead of
+    one) or a float64 tensor of a float32 group with no gradient on a step (the group then runs
+    as one dtype) compiles no new kernel (found in review: a multi-second compile mid-run)."""
+    g = torch.Generator().manual_seed(0)
+    if name == "Signum-mixed":
+        ps = [torch.nn.Parameter(torch.randn(k, generator=g)) for k in (10, 20, 30)]
+        ps.append(torch.nn.Parameter(torch.randn(5, generator=g, dtype=torch.float64)))
+        opt = so.SignSGD(ps, lr=0.1, momentum=0.9, fused=True)
+        late = 3
+    else:
+        ps = [torch.nn.Parameter(torch.randn(k, generator=g)) for k in (10, 20, 30, 40)]
+        opt = {"MSGD": so.MSGD, "MSVAG": so.MSVAG, "AdamAveraged": so.AdamAveraged}[name](ps, lr=0.1, fused=True)
+        late = 0
+    F.reset()
+    compiled = []
+    for t in range(4):
+        for i, p in enumerate(ps):
+            p.grad = None if (t == 1 and i == late) else torch.randn(p.shape, generator=g, dtype=p.dtype)
+        before = F.STATS["compiled"]
+        opt.step()
+        compiled.append(F.STATS["compiled"] - before)
+    assert compiled[1:] == [0, 0, 0], compiled
+    F.reset()
 
 
 def test_columns_that_disagree_on_the_number_of_rows_raise():

@@ -310,9 +310,9 @@ def _list_kernel(spec: Callable[..., Any], k: int, kinds: tuple[str, ...], resul
     (``results``: one output buffer per call, not one per row, and no stack of 0-d tensors after
     it) or nothing, and its globals (the compiled kernel's, given again when a saved one is
     loaded). ``kinds``, per argument of a row, how a call passes it: ``"row"`` one argument per
-    row; ``"one"`` one argument for all ``k`` rows (a shared scalar, a constant, None);
-    ``"vec"`` one 1-d tensor of ``k`` elements, row i's value its slice ``[i:i+1]``, taken inside
-    the compiled code. Written out, not a loop over ``*args``: a code object of its own per kernel
+    row; ``"one"`` one argument for all ``k`` rows (a Python number, a constant of the kernel, or
+    None); ``"vec"`` one 1-d tensor of ``k`` elements, row i's value its slice ``[i:i+1]``, taken
+    inside the compiled code (every scalar tensor column: :func:`_columns`). Written out, not a loop over ``*args``: a code object of its own per kernel
     (module docstring) that pickles no closure."""
     params: list[str] = []
     rows: list[list[str]] = [[] for _ in range(k)]
@@ -742,12 +742,8 @@ _CHECKING = False
 
 
 def _one(v: Any) -> tuple[Any, Any] | None:
-    """A value every row shares, as a call passes it, and its signature entry (None: it cannot
-    be shared: a tensor of more than one element, another object)."""
-    if isinstance(v, Tensor):
-        if v.numel() != 1:
-            return None
-        return (v if v.dim() == 1 else v.view(1)), ("one", v.dtype, v.device)
+    """A None or a Python number every row shares, as a call passes it (once), and its
+    signature entry; None for anything else."""
     if v is None:
         return None, None
     if type(v) in (int, float):
@@ -755,21 +751,50 @@ def _one(v: Any) -> tuple[Any, Any] | None:
     return None
 
 
+def _whole(n: int) -> int:
+    """``n`` rows padded to whole calls of ``BUCKET``."""
+    return -(-n // BUCKET) * BUCKET
+
+
+def _spread(v: Tensor, whole: int) -> Tensor:
+    """A scalar every row shares, as a vector column of ``whole`` elements."""
+    return v.reshape(1).expand(whole).contiguous()
+
+
+def _gather_scalars(col: Any, whole: int) -> Tensor:
+    """Per-row scalars (tensors of one element, one dtype and device) as a vector column,
+    padded to ``whole`` elements with ones (read only by dummy rows)."""
+    flat = torch.cat(col) if all(t.dim() == 1 for t in col) else torch.cat([t.reshape(1) for t in col])
+    return flat if whole == len(col) else torch.cat((flat, flat.new_ones(whole - len(col))))
+
+
 def _columns(cols: list[Column], n: int) -> tuple[list[Any], tuple[Any, ...], tuple[str, ...]] | None:
     """The columns as the list kernels take them where every row runs in one list kernel (the
     common case: a group of one dtype and device, contiguous tensors of at least 2 elements):
-    per column its arguments (a sequence of one per row; for a shared value the value; for a
-    :class:`Vec` its tensor, padded to whole calls), the signature (what the kernel is compiled
-    for beyond sizes) and the kinds ("row", "one", "vec": :func:`_list_kernel`); else None (then
-    row by row, :func:`_row_args`). Column-wise, so that the checks are C loops (``map`` of tensor
-    methods) rather than Python per tensor: ~0.1 us a tensor against ~1 us."""
+    per column its arguments and the signature (what the kernel is compiled for beyond sizes),
+    and the kinds (:func:`_list_kernel`): a tensor column one argument per row ("row"); every
+    scalar column -- a :class:`Vec`, a shared scalar (:class:`Same`, or one object in every
+    row), per-row scalars -- one vector padded to whole calls ("vec"), so that a kernel's layout
+    does not change when a step's scalars stop being shared (step counts that diverge: no new
+    compile mid-run); a None or a Python number once ("one"). Else None (then row by row,
+    :func:`_row_args`). Column-wise, so that the checks are C loops (``map`` of tensor methods)
+    rather than Python per tensor: ~0.1 us a tensor against ~1 us."""
     sizes: list[int] | None = None
     sig: list[Any] = []
     kinds: list[str] = []
     out: list[Any] = []
+    whole = _whole(n)
     for col in cols:
         if type(col) is Same:
-            got = _one(col.value)
+            v = col.value
+            if isinstance(v, Tensor):
+                if v.numel() != 1:
+                    return None
+                out.append(_spread(v, whole))
+                sig.append(("vec", v.dtype, v.device))
+                kinds.append("vec")
+                continue
+            got = _one(v)
             if got is None:
                 return None
             out.append(got[0])
@@ -780,7 +805,6 @@ def _columns(cols: list[Column], n: int) -> tuple[list[Any], tuple[Any, ...], tu
             t = col.tensor
             if not isinstance(t, Tensor) or t.dim() != 1 or t.shape[0] != n:
                 return None
-            whole = -(-n // BUCKET) * BUCKET
             # (contiguous: the kernel reads its slice at stride 1, as the example it was traced
             # on; the padded rows' values are 1, read only by the dummy rows)
             t = t.contiguous() if whole == n else torch.cat((t, t.new_ones(whole - n)))
@@ -792,23 +816,29 @@ def _columns(cols: list[Column], n: int) -> tuple[list[Any], tuple[Any, ...], tu
             return None
         a = col[0]
         if isinstance(a, Tensor):
-            if a.numel() == 1 and all(map(operator.is_, col, repeat(a))):  # one object (an lr)
-                got = _one(a)
-                assert got is not None
-                out.append(got[0])
-                sig.append(got[1])
-                kinds.append("one")
+            if a.numel() == 1:  # a scalar column: one vector
+                if all(map(operator.is_, col, repeat(a))):  # one object (an lr)
+                    out.append(_spread(a, whole))
+                else:
+                    if not all(map(isinstance, col, repeat(Tensor))):
+                        return None
+                    if len(set(map(_DTYPE, col))) != 1 or len(set(map(Tensor.get_device, col))) != 1:
+                        return None
+                    if list(map(Tensor.numel, col)).count(1) != n:
+                        return None
+                    out.append(_gather_scalars(col, whole))
+                sig.append(("vec", a.dtype, a.device))
+                kinds.append("vec")
                 continue
             kinds.append("row")
             seen = _CHECKED.get(id(a))
             if seen is not None and len(seen[0]) == n and all(map(operator.is_, col, seen[0])):
                 # checked earlier in this run (a gradient column in both passes)
                 _, entry, flat, sizes_seen = seen
-                if sizes_seen is not None:
-                    if sizes is None:
-                        sizes = sizes_seen
-                    elif sizes_seen != sizes:
-                        return None
+                if sizes is None:
+                    sizes = sizes_seen
+                elif sizes_seen != sizes:
+                    return None
                 sig.append(entry)
                 out.append(flat)
                 continue
@@ -818,26 +848,19 @@ def _columns(cols: list[Column], n: int) -> tuple[list[Any], tuple[Any, ...], tu
             if len(set(map(_DTYPE, col))) != 1 or len(set(map(Tensor.get_device, col))) != 1:
                 return None
             got_sizes = list(map(Tensor.numel, col))
-            if a.numel() == 1:  # a scalar column (see _row_args)
-                if got_sizes.count(1) != n:
+            if sizes is None:
+                sizes = got_sizes
+                if min(sizes) < 2:
                     return None
-                if set(map(Tensor.dim, col)) != {1}:
-                    col = tuple(t if t.dim() == 1 else t.view(1) for t in col)
-                sig.append((a.dtype, a.device, 1))
-            else:
-                if sizes is None:
-                    sizes = got_sizes
-                    if min(sizes) < 2:
-                        return None
-                elif got_sizes != sizes:
-                    return None
-                if not all(map(Tensor.is_contiguous, col)):
-                    return None
-                if set(map(Tensor.dim, col)) != {1}:
-                    col = tuple(t if t.dim() == 1 else t.view(-1) for t in col)
-                sig.append((a.dtype, a.device))
+            elif got_sizes != sizes:
+                return None
+            if not all(map(Tensor.is_contiguous, col)):
+                return None
+            if set(map(Tensor.dim, col)) != {1}:
+                col = tuple(t if t.dim() == 1 else t.view(-1) for t in col)
+            sig.append((a.dtype, a.device))
             if _CHECKING:
-                _CHECKED[id(a)] = (orig, sig[-1], col, None if a.numel() == 1 else got_sizes)
+                _CHECKED[id(a)] = (orig, sig[-1], col, got_sizes)
             out.append(col)
             continue
         # a column of None or of one Python number: shared
@@ -916,6 +939,30 @@ def map_many(fn: Callable[..., Any], cols: list[Column], **static: Any) -> Tenso
     return _stack(out)
 
 
+def _row_layout(sig: tuple[Any, ...], cols: list[Any], count: int
+                ) -> tuple[tuple[Any, ...], list[Any], tuple[str, ...]]:
+    """The rows of one :func:`_row_args` signature in the layout :func:`_columns` gives the same
+    rows (so that both paths share one kernel): scalar columns as one vector, None and Python
+    numbers once, tensors and other objects per row."""
+    out_sig: list[Any] = []
+    kinds: list[str] = []
+    out: list[Any] = []
+    for e, col in zip(sig, cols):
+        if type(e) is tuple and isinstance(e[0], torch.dtype) and len(e) == 3:  # per-row scalars
+            out.append(_gather_scalars(col, _whole(count)))
+            out_sig.append(("vec", e[0], e[1]))
+            kinds.append("vec")
+        elif e is None or (type(e) is tuple and isinstance(e[0], type)):  # None, a number
+            out.append(col[0])
+            out_sig.append(e)
+            kinds.append("one")
+        else:
+            out.append(col)
+            out_sig.append(e)
+            kinds.append("row")
+    return tuple(out_sig), out, tuple(kinds)
+
+
 def _split_small(cols: list[Column], n: int) -> tuple[list[int], list[int]] | None:
     """The rows whose first tensor has fewer than 2 elements (they run eagerly), and the others,
     where there are both and the first column is a sequence of tensors; else None."""
@@ -980,7 +1027,9 @@ def _many(fn: Callable[..., Any], cols: list[Column], static: dict[str, Any],
             where, rs = members.setdefault(sig, ([], []))
             where.append(i)
             rs.append(args)
-        groups = {sig: (where, list(zip(*rs)), ("row",) * len(sig)) for sig, (where, rs) in members.items()}
+        for sig, (where, rs) in members.items():
+            got_sig, args_cols, kinds = _row_layout(sig, list(zip(*rs)), len(where))
+            groups[got_sig] = (where, args_cols, kinds)
     items = tuple(sorted(static.items()))
     for sig, (ix, args_cols, kinds) in groups.items():
         key = (fn, items, MODE, BACKEND, ("list", BUCKET, results, sig, kinds, blocked))
