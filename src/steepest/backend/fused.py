@@ -19,7 +19,8 @@ backend)``, which calls the drivers of :mod:`steepest.optim.updates`; they call 
   rows are given as columns, one per positional argument of ``fn``: a sequence (one value per
   row: the parameters, the gradients), a :class:`Same` (one value for all rows: the lr) or a
   :class:`Vec` (a 1-d tensor, one element per row: a norm's per-tensor scalars), so that a
-  driver makes no Python object per row and a call passes a shared value once.
+  driver makes no Python object per row; in a call every scalar column is one vector of
+  ``BUCKET`` elements (:func:`_columns`).
 * :meth:`FusedBackend.kernel_map` (:func:`map_many`): the same for a function that returns a
   tensor per row, of one shape for all rows (a reduction pass); returns them stacked.
 * :func:`available()`: whether kernels are compiled (False without dynamo).
@@ -590,8 +591,9 @@ def _dummies(entry: Any, count: int) -> list[Any]:
 
 class Same:
     """A column of :func:`run_many`/:func:`map_many` with one value for every row: a per-step
-    scalar tensor (the lr), a Python number (a constant of the kernel) or None. A list kernel
-    takes it once per call, not once per row."""
+    scalar tensor (the lr; a list kernel takes it as a vector column, spread once a step, so
+    that its layout is the same as for per-row scalars), a Python number (a constant of the
+    kernel) or None (both passed once per call)."""
 
     __slots__ = ("value",)
 
