@@ -410,8 +410,13 @@ class StepOptimizer(Optimizer):
         find its state still empty (0.1-0.8 ms of a 9-13 ms step on 1,000 tensors, measured;
         docs/performance.md, "Per-tensor Python work"). A class that overrides
         ``_init_group`` creates its state there: True."""
+        return self._extends_state(StepOptimizer)
+
+    def _extends_state(self, base: type[StepOptimizer]) -> bool:
+        """Whether this class makes state beyond ``base``'s: it overrides ``base``'s
+        :meth:`_init_state`, or :meth:`_init_group` (where a class may create state itself)."""
         cls = type(self)
-        return (cls._init_state is not StepOptimizer._init_state
+        return (cls._init_state is not base._init_state
                 or cls._init_group is not StepOptimizer._init_group)
 
     def _init_group(self, group: dict[str, Any]) -> None:

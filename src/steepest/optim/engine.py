@@ -461,10 +461,7 @@ class SteepestDescent(StepOptimizer):
     def _creates_state(self, group: dict[str, Any]) -> bool:
         # Only the momentum buffer, unless a subclass extends the state (its _init_state or
         # _init_group decides then).
-        cls = type(self)
-        if cls._init_state is not SteepestDescent._init_state or cls._init_group is not StepOptimizer._init_group:
-            return True
-        return any(self._betas(group))
+        return self._extends_state(SteepestDescent) or any(self._betas(group))
 
     def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
         if any(self._betas(group)):
